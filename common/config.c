@@ -1,0 +1,965 @@
+/* common/config.c: the configuration loader.
+ *
+ * libinih does the lexing; a reader of ours feeds it one line at a time so we
+ * know the line number of every key (Debian's libinih is built without
+ * INI_HANDLER_LINENO), strips leading blanks (inih would otherwise treat an
+ * indented line as a continuation) and inline "#"/";" comments (the shipped
+ * files use "key = value   # why").  One table below says, for each key, its
+ * section, type, default and one line of documentation; the loader, the
+ * defaults and `saslgate --man-keys` all come from it. */
+
+#include "config.h"
+
+#include "buf.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <glob.h>
+#include <ini.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define SG_MAX_INCLUDE_DEPTH 8
+#define SG_MAX_CONF_LINE 4096
+
+struct sg_where_entry {
+	char *section; /* "server", "listener NAME", ... */
+	char *key;
+	sg_where where;
+};
+
+/* ---------------------------------------------------------------- errors */
+
+void sg_errors_add(sg_errors *e, const sg_where *w, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	char *line;
+	int r;
+	if (w && w->file && w->line > 0)
+		r = asprintf(&line, "%s:%d: %s", w->file, w->line, msg);
+	else if (w && w->file)
+		r = asprintf(&line, "%s: %s", w->file, msg);
+	else
+		r = asprintf(&line, "%s", msg);
+	if (r < 0)
+		abort();
+	char **p = realloc(e->msg, (e->n + 1) * sizeof *p);
+	if (!p)
+		abort();
+	e->msg = p;
+	e->msg[e->n++] = line;
+}
+
+void sg_errors_print(const sg_errors *e, void *f)
+{
+	for (size_t i = 0; i < e->n; i++)
+		fprintf((FILE *)f, "%s\n", e->msg[i]);
+}
+
+void sg_errors_log(const sg_errors *e)
+{
+	for (size_t i = 0; i < e->n; i++)
+		log_error(NULL, "%s", e->msg[i]);
+}
+
+void sg_errors_free(sg_errors *e)
+{
+	for (size_t i = 0; i < e->n; i++)
+		free(e->msg[i]);
+	free(e->msg);
+	e->msg = NULL;
+	e->n = 0;
+}
+
+/* ---------------------------------------------------------- value parsers */
+
+static int parse_number(const char *s, uint64_t *num, const char **unit)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return -1;
+	*num = v;
+	*unit = end;
+	return 0;
+}
+
+int sg_parse_duration_ms(const char *s, uint64_t *out)
+{
+	uint64_t n, mul;
+	const char *u;
+	if (parse_number(s, &n, &u) < 0)
+		return -1;
+	if (strcmp(u, "ms") == 0)
+		mul = 1;
+	else if (*u == '\0' || strcmp(u, "s") == 0)
+		mul = 1000; /* a bare number is seconds, as in Postfix */
+	else if (strcmp(u, "m") == 0)
+		mul = 60000;
+	else if (strcmp(u, "h") == 0)
+		mul = 3600000;
+	else
+		return -1;
+	if (n > UINT64_MAX / mul)
+		return -1;
+	*out = n * mul;
+	return 0;
+}
+
+int sg_parse_size(const char *s, uint64_t *out)
+{
+	uint64_t n, mul;
+	const char *u;
+	if (parse_number(s, &n, &u) < 0)
+		return -1;
+	if (*u == '\0')
+		mul = 1;
+	else if (strcasecmp(u, "k") == 0)
+		mul = 1024;
+	else if (strcasecmp(u, "m") == 0)
+		mul = 1024 * 1024;
+	else if (strcasecmp(u, "g") == 0)
+		mul = 1024ULL * 1024 * 1024;
+	else
+		return -1;
+	if (n > UINT64_MAX / mul)
+		return -1;
+	*out = n * mul;
+	return 0;
+}
+
+int sg_parse_bool(const char *s, bool *out)
+{
+	static const char *const yes[] = {"yes", "true", "on", "1"};
+	static const char *const no[] = {"no", "false", "off", "0"};
+	for (int i = 0; i < 4; i++) {
+		if (strcasecmp(s, yes[i]) == 0)
+			return *out = true, 0;
+		if (strcasecmp(s, no[i]) == 0)
+			return *out = false, 0;
+	}
+	return -1;
+}
+
+static int parse_port(const char *p, const char **why)
+{
+	if (!*p) {
+		*why = "missing port";
+		return -1;
+	}
+	char *end;
+	errno = 0;
+	long v = strtol(p, &end, 10);
+	if (*end || errno || end == p) {
+		*why = "port is not a number";
+		return -1;
+	}
+	if (v < 1 || v > 65535) {
+		*why = "port out of range (1-65535)";
+		return -1;
+	}
+	return (int)v;
+}
+
+int sg_parse_hostport(const char *s, const char *def_port, char **host,
+                      char **port, const char **why)
+{
+	const char *h = s, *hend, *p = NULL;
+	if (*s == '[') {
+		hend = strchr(s, ']');
+		if (!hend) {
+			*why = "missing ']' after IPv6 address";
+			return -1;
+		}
+		h = s + 1;
+		if (hend[1] == ':')
+			p = hend + 2;
+		else if (hend[1] != '\0') {
+			*why = "junk after ']'";
+			return -1;
+		}
+	} else {
+		const char *c = strchr(s, ':');
+		if (c && strchr(c + 1, ':')) {
+			*why = "IPv6 addresses need brackets: [::1]:25";
+			return -1;
+		}
+		hend = c ? c : s + strlen(s);
+		if (c)
+			p = c + 1;
+	}
+	if (hend == h) {
+		*why = "missing host";
+		return -1;
+	}
+	if (!p && !def_port) {
+		*why = "missing :port";
+		return -1;
+	}
+	if (parse_port(p ? p : def_port, why) < 0)
+		return -1;
+	*host = strndup(h, (size_t)(hend - h));
+	*port = strdup(p ? p : def_port);
+	if (!*host || !*port)
+		abort();
+	return 0;
+}
+
+int sg_parse_sockaddr(const char *s, struct sockaddr_storage *ss,
+                      socklen_t *len, const char **why)
+{
+	char *host, *port;
+	if (sg_parse_hostport(s, NULL, &host, &port, why) < 0)
+		return -1;
+	int pn = atoi(port);
+	int rc = 0;
+	memset(ss, 0, sizeof *ss);
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)pn);
+		*len = sizeof *a4;
+	} else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)pn);
+		*len = sizeof *a6;
+	} else {
+		*why = "not an IP address (listeners take 0.0.0.0:587 or [::]:587)";
+		rc = -1;
+	}
+	free(host);
+	free(port);
+	return rc;
+}
+
+/* -------------------------------------------------------------- key table */
+
+enum ktype {
+	K_STR,
+	K_BOOL,
+	K_UINT,
+	K_DURATION,
+	K_SIZE,
+	K_ENUM,
+	K_LOGLEVEL,
+	K_WORKERS,
+	K_TLSVER,
+	K_SERVER, /* [upstream] server: repeatable */
+	K_ADDRESS /* [listener] address */
+};
+
+struct key {
+	const char *section; /* "listener" for [listener NAME] */
+	const char *name;
+	enum ktype type;
+	size_t off; /* into sg_config, or sg_listener_cfg for "listener" */
+	const char *def; /* default as text; NULL = none */
+	const char *const *names; /* K_ENUM values, index = enum value */
+	const char *doc;
+};
+
+static const char *const tls_modes[] = {"none", "starttls", "implicit", NULL};
+static const char *const pp_modes[] = {"no", "v1", "v2", "any", NULL};
+static const char *const id_modes[] = {"xclient", "xforward", "header",
+                                       "auth",    "none",     NULL};
+static const char *const utls_modes[] = {"none", "starttls", "required", NULL};
+static const char *const bare_modes[] = {"reject", "normalize", NULL};
+
+#define C(f) offsetof(sg_config, f)
+#define L(f) offsetof(sg_listener_cfg, f)
+
+static const struct key keys[] = {
+    {"server", "hostname", K_STR, C(hostname), "",
+     NULL, "name in the greeting, EHLO and Received (default: the host name)"},
+    {"server", "user", K_STR, C(user), "", NULL,
+     "drop privileges to this user after binding (when started as root)"},
+    {"server", "workers", K_WORKERS, C(workers), "1", NULL,
+     "event-loop threads; \"auto\" = one per core"},
+    {"server", "max_connections", K_UINT, C(max_connections), "10000", NULL,
+     "client connections at once; past it 421 4.7.0 at connect"},
+    {"server", "shutdown_timeout", K_DURATION, C(shutdown_timeout_ms), "30s",
+     NULL, "on SIGTERM, how long sessions may finish before 421"},
+    {"server", "log_level", K_LOGLEVEL, C(log_level), "info", NULL,
+     "error | warn | info | debug"},
+
+    {"listener", "address", K_ADDRESS, 0, NULL, NULL,
+     "address:port to listen on, e.g. 0.0.0.0:587 or [::]:587 (required)"},
+    {"listener", "tls", K_ENUM, L(tls), "starttls", tls_modes,
+     "starttls | implicit (port 465) | none"},
+    {"listener", "require_auth", K_BOOL, L(require_auth), "yes", NULL,
+     "MAIL before AUTH gets 530 5.7.0; \"no\" proxies unauthenticated "
+     "sessions too (no identity; the upstream's relay rules apply)"},
+    {"listener", "require_tls_for_auth", K_BOOL, L(require_tls_for_auth),
+     "yes", NULL, "no AUTH offered or accepted before TLS"},
+    {"listener", "proxy_protocol", K_ENUM, L(proxy_protocol), "no", pp_modes,
+     "no | v1 | v2 | any: require a HAProxy PROXY header first"},
+
+    {"tls", "certificate", K_STR, C(tls_certificate), "", NULL,
+     "certificate chain, PEM (leaf first)"},
+    {"tls", "key", K_STR, C(tls_key), "", NULL, "private key, PEM"},
+    {"tls", "ecdsa_certificate", K_STR, C(tls_ecdsa_certificate), "", NULL,
+     "optional second chain (ECDSA), served to clients that offer it"},
+    {"tls", "ecdsa_key", K_STR, C(tls_ecdsa_key), "", NULL,
+     "private key of ecdsa_certificate"},
+    {"tls", "min_version", K_TLSVER, C(tls_min_version), "TLSv1.2", NULL,
+     "TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3"},
+    {"tls", "ciphers", K_STR, C(tls_ciphers), "", NULL,
+     "OpenSSL cipher list for TLS 1.2 and below (empty: OpenSSL default)"},
+    {"tls", "session_tickets", K_BOOL, C(tls_session_tickets), "yes", NULL,
+     "RFC 5077 session tickets for resumption"},
+
+    {"sasl", "service", K_STR, C(sasl_service), "smtp", NULL,
+     "Cyrus SASL service name"},
+    {"sasl", "realm", K_STR, C(sasl_realm), "", NULL,
+     "user realm (empty: Cyrus default)"},
+    {"sasl", "failure_delay", K_DURATION, C(failure_delay_ms), "3s", NULL,
+     "tarpit before each 535"},
+    {"sasl", "max_failures", K_UINT, C(max_failures), "3", NULL,
+     "failed AUTHs per session, then 421 4.7.0 and close"},
+    {"sasl", "ip_failure_limit", K_UINT, C(ip_failure_limit), "10", NULL,
+     "failed AUTHs per client address within ip_failure_window before "
+     "AUTH answers 454 4.7.0 (0 = off)"},
+    {"sasl", "ip_failure_window", K_DURATION, C(ip_failure_window_ms), "10m",
+     NULL, "window of ip_failure_limit"},
+    {"sasl", "sender_login_map", K_STR, C(sender_login_map), "", NULL,
+     "file: login -> allowed senders (addresses, @domains); \"=login\" "
+     "rule; a foreign MAIL FROM gets 553 5.7.1 (empty: off)"},
+    {"sasl", "threads", K_UINT, C(sasl_threads), "4", NULL,
+     "threads for blocking SASL calls (libuv thread pool)"},
+
+    {"upstream", "server", K_SERVER, 0, NULL, NULL,
+     "host:port of the MTA; repeatable, tried in order"},
+    {"upstream", "identity", K_ENUM, C(identity), "xclient", id_modes,
+     "xclient | xforward | header | auth | none"},
+    {"upstream", "helo", K_STR, C(upstream_helo), "", NULL,
+     "our EHLO name upstream (default: hostname)"},
+    {"upstream", "auth_user", K_STR, C(auth_user), "", NULL,
+     "identity = auth: the service account"},
+    {"upstream", "auth_password_file", K_STR, C(auth_password_file), "",
+     NULL, "identity = auth: file with its password (mode 0600, one line)"},
+    {"upstream", "tls", K_ENUM, C(upstream_tls), "none", utls_modes,
+     "none | starttls (opportunistic) | required (verified)"},
+    {"upstream", "ca_file", K_STR, C(upstream_ca_file), "", NULL,
+     "CA bundle for tls = required (empty: system default)"},
+    {"upstream", "tls_name", K_STR, C(upstream_tls_name), "", NULL,
+     "name to verify in the upstream certificate (empty: server host)"},
+    {"upstream", "connect_timeout", K_DURATION, C(connect_timeout_ms), "10s",
+     NULL, "per server, connect and greeting"},
+    {"upstream", "timeout", K_DURATION, C(upstream_timeout_ms), "5m", NULL,
+     "waiting for any upstream reply (RFC 5321 4.5.3.2 suggests minutes)"},
+
+    {"limits", "max_message_size", K_SIZE, C(max_message_size), "50M", NULL,
+     "advertised in SIZE, enforced while streaming (552 5.3.4)"},
+    {"limits", "max_recipients", K_UINT, C(max_recipients), "100", NULL,
+     "RCPTs per message; past it 452 4.5.3"},
+    {"limits", "idle_timeout", K_DURATION, C(idle_timeout_ms), "5m", NULL,
+     "no command for this long: 421 4.4.2 and close"},
+    {"limits", "bare_newline", K_ENUM, C(bare_newline), "reject", bare_modes,
+     "bare CR or LF in DATA: reject (550 5.5.2) | normalize (to CRLF)"},
+};
+#define NKEYS (sizeof keys / sizeof keys[0])
+
+void sg_config_print_keys(void *fp)
+{
+	FILE *f = fp;
+	const char *sec = "";
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strcmp(sec, keys[i].section) != 0) {
+			sec = keys[i].section;
+			fprintf(f, ".SS [%s%s]\n", sec,
+			        strcmp(sec, "listener") == 0 ? " NAME" : "");
+		}
+		fprintf(f, ".TP\n.B %s\n%s", keys[i].name, keys[i].doc);
+		if (keys[i].def && *keys[i].def)
+			fprintf(f, " (default: %s)", keys[i].def);
+		fprintf(f, ".\n");
+	}
+}
+
+/* ----------------------------------------------------------------- loader */
+
+struct loader {
+	sg_config *c;
+	sg_errors *errs;
+	sg_where where;     /* current file and line */
+	int depth;
+	FILE *fp;
+	char *linebuf;
+	size_t linecap;
+	/* the first `server` of [upstream] in a file replaces the list an
+	 * earlier file built ("a later value overrides an earlier one"); later
+	 * ones in the same file append to it */
+	const char *servers_file;
+};
+
+static const char *intern_file(sg_config *c, const char *path)
+{
+	for (size_t i = 0; i < c->nfiles; i++)
+		if (strcmp(c->files[i], path) == 0)
+			return c->files[i];
+	char **p = realloc(c->files, (c->nfiles + 1) * sizeof *p);
+	if (!p)
+		abort();
+	c->files = p;
+	c->files[c->nfiles] = sg_xstrdup(path);
+	return c->files[c->nfiles++];
+}
+
+static void record_where(sg_config *c, const char *section, const char *key,
+                         sg_where w)
+{
+	for (size_t i = 0; i < c->nwheres; i++)
+		if (strcmp(c->wheres[i].section, section) == 0 &&
+		    strcmp(c->wheres[i].key, key) == 0) {
+			c->wheres[i].where = w;
+			return;
+		}
+	struct sg_where_entry *p =
+	    realloc(c->wheres, (c->nwheres + 1) * sizeof *p);
+	if (!p)
+		abort();
+	c->wheres = p;
+	c->wheres[c->nwheres].section = sg_xstrdup(section);
+	c->wheres[c->nwheres].key = sg_xstrdup(key);
+	c->wheres[c->nwheres].where = w;
+	c->nwheres++;
+}
+
+sg_where sg_config_where(const sg_config *c, const char *section,
+                         const char *key)
+{
+	for (size_t i = 0; i < c->nwheres; i++)
+		if (strcmp(c->wheres[i].section, section) == 0 &&
+		    strcmp(c->wheres[i].key, key) == 0)
+			return c->wheres[i].where;
+	sg_where none = {c->path, 0};
+	return none;
+}
+
+static int set_value(struct loader *ld, const struct key *k, void *base,
+                     const char *v)
+{
+	sg_config *c = ld->c;
+	char *p = (char *)base + k->off;
+	const char *why = NULL;
+	uint64_t u;
+	bool b;
+
+	switch (k->type) {
+	case K_STR:
+		free(*(char **)p);
+		*(char **)p = sg_xstrdup(v);
+		return 0;
+	case K_BOOL:
+		if (sg_parse_bool(v, &b) < 0)
+			goto bad;
+		*(bool *)p = b;
+		return 0;
+	case K_UINT:
+		if (sg_parse_size(v, &u) < 0 || strspn(v, "0123456789") != strlen(v) ||
+		    u > UINT_MAX)
+			goto bad;
+		*(unsigned *)p = (unsigned)u;
+		return 0;
+	case K_DURATION:
+		if (sg_parse_duration_ms(v, &u) < 0)
+			goto bad;
+		*(uint64_t *)p = u;
+		return 0;
+	case K_SIZE:
+		if (sg_parse_size(v, &u) < 0)
+			goto bad;
+		*(uint64_t *)p = u;
+		return 0;
+	case K_ENUM:
+		for (int i = 0; k->names[i]; i++)
+			if (strcasecmp(v, k->names[i]) == 0) {
+				*(int *)p = i;
+				return 0;
+			}
+		goto bad;
+	case K_LOGLEVEL: {
+		int lv = sg_log_level_parse(v);
+		if (lv < 0)
+			goto bad;
+		*(int *)p = lv;
+		return 0;
+	}
+	case K_WORKERS:
+		if (strcasecmp(v, "auto") == 0) {
+			long n = sysconf(_SC_NPROCESSORS_ONLN);
+			*(int *)p = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+			return 0;
+		}
+		if (sg_parse_size(v, &u) < 0 || strspn(v, "0123456789") != strlen(v) ||
+		    u < 1 || u > 64)
+			goto bad;
+		*(int *)p = (int)u;
+		return 0;
+	case K_TLSVER: {
+		static const struct {
+			const char *n;
+			int v;
+		} vers[] = {{"TLSv1", TLS1_VERSION},
+		            {"TLSv1.0", TLS1_VERSION},
+		            {"TLSv1.1", TLS1_1_VERSION},
+		            {"TLSv1.2", TLS1_2_VERSION},
+		            {"TLSv1.3", TLS1_3_VERSION}};
+		for (size_t i = 0; i < sizeof vers / sizeof vers[0]; i++)
+			if (strcasecmp(v, vers[i].n) == 0) {
+				*(int *)p = vers[i].v;
+				return 0;
+			}
+		goto bad;
+	}
+	case K_SERVER: {
+		char *host, *port;
+		if (sg_parse_hostport(v, "25", &host, &port, &why) < 0)
+			goto bad;
+		if (ld->servers_file != ld->where.file) {
+			for (size_t i = 0; i < c->nservers; i++) {
+				free(c->servers[i].host);
+				free(c->servers[i].port);
+			}
+			c->nservers = 0;
+			ld->servers_file = ld->where.file;
+		}
+		sg_upstream_server *s =
+		    realloc(c->servers, (c->nservers + 1) * sizeof *s);
+		if (!s)
+			abort();
+		c->servers = s;
+		s[c->nservers].host = host;
+		s[c->nservers].port = port;
+		s[c->nservers].where = ld->where;
+		c->nservers++;
+		return 0;
+	}
+	case K_ADDRESS: {
+		sg_listener_cfg *l = base;
+		if (sg_parse_sockaddr(v, &l->addr, &l->addrlen, &why) < 0)
+			goto bad;
+		free(l->address);
+		l->address = sg_xstrdup(v);
+		return 0;
+	}
+	}
+bad:
+	if (k->names) {
+		char list[256] = "";
+		for (int i = 0; k->names[i]; i++) {
+			strncat(list, i ? " | " : "", sizeof list - strlen(list) - 1);
+			strncat(list, k->names[i], sizeof list - strlen(list) - 1);
+		}
+		sg_errors_add(ld->errs, &ld->where,
+		              "bad value \"%s\" for %s (expected %s)", v, k->name,
+		              list);
+	} else {
+		static const char *const expect[] = {
+		    [K_BOOL] = "yes or no",
+		    [K_UINT] = "a whole number",
+		    [K_DURATION] = "a duration such as 500ms, 30s, 5m, 1h",
+		    [K_SIZE] = "a size such as 4096, 64k, 50M, 1G",
+		    [K_LOGLEVEL] = "error | warn | info | debug",
+		    [K_WORKERS] = "a number from 1 to 64, or auto",
+		    [K_TLSVER] = "TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3",
+		};
+		sg_errors_add(ld->errs, &ld->where, "bad value \"%s\" for %s: %s", v,
+		              k->name,
+		              why ? why : (expect[k->type] ? expect[k->type] : "invalid"));
+	}
+	return -1;
+}
+
+static void set_default(struct loader *ld, const struct key *k, void *base)
+{
+	if (k->def)
+		set_value(ld, k, base, k->def);
+}
+
+static sg_listener_cfg *listener_get(struct loader *ld, const char *name)
+{
+	sg_config *c = ld->c;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (strcmp(c->listeners[i].name, name) == 0)
+			return &c->listeners[i];
+	sg_listener_cfg *p =
+	    realloc(c->listeners, (c->nlisteners + 1) * sizeof *p);
+	if (!p)
+		abort();
+	c->listeners = p;
+	sg_listener_cfg *l = &p[c->nlisteners++];
+	memset(l, 0, sizeof *l);
+	l->name = sg_xstrdup(name);
+	l->where = ld->where;
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, "listener") == 0)
+			set_default(ld, &keys[i], l);
+	return l;
+}
+
+static int load_file(struct loader *ld, const char *path);
+
+static void do_include(struct loader *ld, const char *pattern)
+{
+	char full[PATH_MAX];
+	if (pattern[0] == '/') {
+		snprintf(full, sizeof full, "%s", pattern);
+	} else {
+		const char *slash = strrchr(ld->where.file, '/');
+		int dirlen = slash ? (int)(slash - ld->where.file) : 1;
+		snprintf(full, sizeof full, "%.*s/%s", dirlen,
+		         slash ? ld->where.file : ".", pattern);
+	}
+	if (ld->depth >= SG_MAX_INCLUDE_DEPTH) {
+		sg_errors_add(ld->errs, &ld->where,
+		              "includes nested deeper than %d (a loop?)",
+		              SG_MAX_INCLUDE_DEPTH);
+		return;
+	}
+	glob_t g;
+	int r = glob(full, GLOB_ERR, NULL, &g); /* sorted: lexical order */
+	if (r == GLOB_NOMATCH) {
+		/* an empty conf.d/ is fine; a named file that is missing is not */
+		if (!strpbrk(pattern, "*?["))
+			sg_errors_add(ld->errs, &ld->where,
+			              "cannot read include %s: no such file", full);
+		return;
+	}
+	if (r != 0) {
+		sg_errors_add(ld->errs, &ld->where, "cannot read include %s: %s",
+		              full, strerror(errno));
+		return;
+	}
+	sg_where saved = ld->where;
+	const char *saved_sf = ld->servers_file;
+	for (size_t i = 0; i < g.gl_pathc; i++) {
+		ld->depth++;
+		if (load_file(ld, g.gl_pathv[i]) < 0)
+			sg_errors_add(ld->errs, &saved, "cannot read include %s: %s",
+			              g.gl_pathv[i], strerror(errno));
+		ld->depth--;
+		ld->where = saved;
+	}
+	(void)saved_sf;
+	globfree(&g);
+}
+
+static int handler(void *user, const char *section, const char *name,
+                   const char *value)
+{
+	struct loader *ld = user;
+	sg_config *c = ld->c;
+
+	if (strcmp(name, "include") == 0) {
+		do_include(ld, value);
+		return 1;
+	}
+	if (!*section) {
+		sg_errors_add(ld->errs, &ld->where,
+		              "\"%s\" outside a [section] (only include may stand "
+		              "there)",
+		              name);
+		return 1;
+	}
+
+	const char *sec = section;
+	sg_listener_cfg *l = NULL;
+	if (strncmp(section, "listener", 8) == 0 &&
+	    (section[8] == ' ' || section[8] == '\t' || section[8] == '\0')) {
+		const char *n = section + 8;
+		while (*n == ' ' || *n == '\t')
+			n++;
+		if (!*n) {
+			sg_errors_add(ld->errs, &ld->where,
+			              "[listener] needs a name: [listener submission]");
+			return 1;
+		}
+		l = listener_get(ld, n);
+		sec = "listener";
+	} else if (strcmp(sec, "server") && strcmp(sec, "tls") &&
+	           strcmp(sec, "sasl") && strcmp(sec, "upstream") &&
+	           strcmp(sec, "limits")) {
+		sg_errors_add(ld->errs, &ld->where, "unknown section [%s]", section);
+		return 1;
+	}
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strcmp(keys[i].section, sec) || strcmp(keys[i].name, name))
+			continue;
+		if (set_value(ld, &keys[i], l ? (void *)l : (void *)c, value) == 0) {
+			record_where(c, section, name, ld->where);
+			if (l && strcmp(name, "tls") == 0)
+				l->where_tls = ld->where;
+		}
+		return 1;
+	}
+	if (strcmp(sec, "sasl") == 0) {
+		/* Every [sasl] key we do not own goes to Cyrus' getopt callback,
+		 * in order; a later one with the same name replaces the value. */
+		for (size_t i = 0; i < c->nsasl_opts; i++)
+			if (strcmp(c->sasl_opts[i].key, name) == 0) {
+				free(c->sasl_opts[i].value);
+				c->sasl_opts[i].value = sg_xstrdup(value);
+				c->sasl_opts[i].where = ld->where;
+				return 1;
+			}
+		sg_kv *p = realloc(c->sasl_opts, (c->nsasl_opts + 1) * sizeof *p);
+		if (!p)
+			abort();
+		c->sasl_opts = p;
+		p[c->nsasl_opts].key = sg_xstrdup(name);
+		p[c->nsasl_opts].value = sg_xstrdup(value);
+		p[c->nsasl_opts].where = ld->where;
+		c->nsasl_opts++;
+		return 1;
+	}
+	sg_errors_add(ld->errs, &ld->where, "unknown key \"%s\" in [%s]", name,
+	              section);
+	return 1;
+}
+
+/* The reader inih calls for each line: we count lines, drop leading blanks
+ * and inline comments, and refuse lines longer than inih's buffer. */
+static char *reader(char *str, int num, void *user)
+{
+	struct loader *ld = user;
+	ssize_t n = getline(&ld->linebuf, &ld->linecap, ld->fp);
+	if (n < 0)
+		return NULL;
+	ld->where.line++;
+	char *s = ld->linebuf;
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (*s != '#' && *s != ';') {
+		/* "key = value   # comment": a # or ; after a blank starts one */
+		for (char *p = s; *p; p++)
+			if ((*p == '#' || *p == ';') && p > s &&
+			    (p[-1] == ' ' || p[-1] == '\t')) {
+				*p = '\0';
+				break;
+			}
+	}
+	size_t len = strlen(s);
+	while (len && (s[len - 1] == '\n' || s[len - 1] == '\r' ||
+	               s[len - 1] == ' ' || s[len - 1] == '\t'))
+		s[--len] = '\0';
+	if ((int)len >= num - 1) {
+		sg_errors_add(ld->errs, &ld->where, "line too long (max %d)",
+		              num - 2);
+		s[0] = '\0';
+		len = 0;
+	}
+	memcpy(str, s, len);
+	str[len] = '\n';
+	str[len + 1] = '\0';
+	return str;
+}
+
+static int load_file(struct loader *ld, const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return -1;
+	FILE *saved_fp = ld->fp;
+	ld->fp = fp;
+	ld->where.file = intern_file(ld->c, path);
+	ld->where.line = 0;
+	int r = ini_parse_stream(reader, ld, handler, ld);
+	if (r > 0) {
+		sg_where w = {ld->where.file, r};
+		sg_errors_add(ld->errs, &w,
+		              "syntax error (expected [section] or key = value)");
+	}
+	fclose(fp);
+	ld->fp = saved_fp;
+	return 0;
+}
+
+static void validate(struct loader *ld)
+{
+	sg_config *c = ld->c;
+	sg_where top = {c->path, 0};
+
+	if (c->nlisteners == 0)
+		sg_errors_add(ld->errs, &top,
+		              "no [listener NAME] section: nothing to listen on");
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		sg_listener_cfg *l = &c->listeners[i];
+		if (!l->address)
+			sg_errors_add(ld->errs, &l->where,
+			              "[listener %s] has no address", l->name);
+		if (l->tls != SG_TLS_NONE &&
+		    (!*c->tls_certificate || !*c->tls_key)) {
+			sg_where w = l->where_tls.file ? l->where_tls : l->where;
+			sg_errors_add(ld->errs, &w,
+			              "[listener %s] has tls = %s but [tls] has no "
+			              "certificate and key",
+			              l->name, tls_modes[l->tls]);
+		}
+		for (size_t j = 0; j < i; j++)
+			if (l->address && c->listeners[j].address &&
+			    l->addrlen == c->listeners[j].addrlen &&
+			    memcmp(&l->addr, &c->listeners[j].addr, l->addrlen) == 0)
+				sg_errors_add(ld->errs, &l->where,
+				              "[listener %s] uses the address of [listener "
+				              "%s]",
+				              l->name, c->listeners[j].name);
+	}
+	if (!*c->tls_certificate != !*c->tls_key) {
+		sg_where w = sg_config_where(c, "tls", *c->tls_key ? "key"
+		                                                    : "certificate");
+		sg_errors_add(ld->errs, &w,
+		              "[tls] needs both certificate and key");
+	}
+	if (!*c->tls_ecdsa_certificate != !*c->tls_ecdsa_key) {
+		sg_where w = sg_config_where(c, "tls", "ecdsa_certificate");
+		sg_errors_add(ld->errs, &w,
+		              "[tls] needs both ecdsa_certificate and ecdsa_key");
+	}
+	if (c->nservers == 0)
+		sg_errors_add(ld->errs, &top,
+		              "[upstream] has no server: nothing to relay to");
+	if (c->identity == SG_ID_AUTH) {
+		sg_where w = sg_config_where(c, "upstream", "identity");
+		if (!*c->auth_user || !*c->auth_password_file)
+			sg_errors_add(ld->errs, &w,
+			              "identity = auth needs auth_user and "
+			              "auth_password_file");
+		else if (access(c->auth_password_file, R_OK) != 0) {
+			sg_where wf = sg_config_where(c, "upstream", "auth_password_file");
+			sg_errors_add(ld->errs, &wf, "cannot read %s: %s",
+			              c->auth_password_file, strerror(errno));
+		}
+	}
+	if (*c->sender_login_map && access(c->sender_login_map, R_OK) != 0) {
+		sg_where w = sg_config_where(c, "sasl", "sender_login_map");
+		sg_errors_add(ld->errs, &w, "cannot read %s: %s", c->sender_login_map,
+		              strerror(errno));
+	}
+	if (c->max_failures == 0) {
+		sg_where w = sg_config_where(c, "sasl", "max_failures");
+		sg_errors_add(ld->errs, &w, "max_failures must be at least 1");
+	}
+	if (c->sasl_threads == 0 || c->sasl_threads > 128) {
+		sg_where w = sg_config_where(c, "sasl", "threads");
+		sg_errors_add(ld->errs, &w, "threads must be 1 to 128");
+	}
+	if (c->max_message_size < 1024) {
+		sg_where w = sg_config_where(c, "limits", "max_message_size");
+		sg_errors_add(ld->errs, &w, "max_message_size below 1k");
+	}
+	if (c->max_recipients == 0) {
+		sg_where w = sg_config_where(c, "limits", "max_recipients");
+		sg_errors_add(ld->errs, &w, "max_recipients must be at least 1");
+	}
+	if (c->idle_timeout_ms < 1000) {
+		sg_where w = sg_config_where(c, "limits", "idle_timeout");
+		sg_errors_add(ld->errs, &w, "idle_timeout below 1s");
+	}
+	if (c->connect_timeout_ms == 0) {
+		sg_where w = sg_config_where(c, "upstream", "connect_timeout");
+		sg_errors_add(ld->errs, &w, "connect_timeout must be above 0");
+	}
+}
+
+sg_config *sg_config_load(const char *path, sg_errors *errs)
+{
+	struct loader ld;
+	memset(&ld, 0, sizeof ld);
+	sg_config *c = sg_xcalloc(1, sizeof *c);
+	c->refcnt = 1;
+	c->path = sg_xstrdup(path);
+	ld.c = c;
+	ld.errs = errs;
+	size_t nerr0 = errs->n;
+
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, "listener") != 0)
+			set_default(&ld, &keys[i], c);
+	if (!*c->hostname) {
+		char h[256];
+		if (gethostname(h, sizeof h) == 0) {
+			h[sizeof h - 1] = '\0';
+			free(c->hostname);
+			c->hostname = sg_xstrdup(h);
+		}
+	}
+
+	ld.where.file = intern_file(c, path);
+	if (load_file(&ld, path) < 0) {
+		sg_where w = {c->path, 0};
+		sg_errors_add(errs, &w, "cannot read configuration: %s",
+		              strerror(errno));
+	} else {
+		validate(&ld);
+	}
+	if (!*c->upstream_helo) {
+		free(c->upstream_helo);
+		c->upstream_helo = sg_xstrdup(c->hostname);
+	}
+	free(ld.linebuf);
+	if (errs->n > nerr0) {
+		sg_config_unref(c);
+		return NULL;
+	}
+	return c;
+}
+
+sg_config *sg_config_ref(sg_config *c)
+{
+	__atomic_add_fetch(&c->refcnt, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void sg_config_unref(sg_config *c)
+{
+	if (!c || __atomic_sub_fetch(&c->refcnt, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	for (size_t i = 0; i < NKEYS; i++)
+		if (keys[i].type == K_STR && strcmp(keys[i].section, "listener"))
+			free(*(char **)((char *)c + keys[i].off));
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		free(c->listeners[i].name);
+		free(c->listeners[i].address);
+	}
+	free(c->listeners);
+	for (size_t i = 0; i < c->nservers; i++) {
+		free(c->servers[i].host);
+		free(c->servers[i].port);
+	}
+	free(c->servers);
+	for (size_t i = 0; i < c->nsasl_opts; i++) {
+		free(c->sasl_opts[i].key);
+		free(c->sasl_opts[i].value);
+	}
+	free(c->sasl_opts);
+	for (size_t i = 0; i < c->nwheres; i++) {
+		free(c->wheres[i].section);
+		free(c->wheres[i].key);
+	}
+	free(c->wheres);
+	for (size_t i = 0; i < c->nfiles; i++)
+		free(c->files[i]);
+	free(c->files);
+	free(c->path);
+	free(c);
+}

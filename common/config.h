@@ -1,0 +1,162 @@
+/* common/config.h: the configuration of saslgate, as loaded from the INI file.
+ *
+ * One table of keys (config.c: section, name, type, default, doc) drives the
+ * loader, `-t`, the defaults and the man page.  A loaded sg_config is
+ * read-only and shared by every worker; a reload builds a new one and swaps a
+ * reference-counted pointer (sg_config_ref/unref), so live sessions keep the
+ * configuration they started with. */
+#ifndef SG_CONFIG_H
+#define SG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define SG_VERSION "0.1.0"
+#define SG_DEFAULT_CONFIG "/etc/saslgate/saslgate.conf"
+
+enum sg_tls_mode { SG_TLS_NONE = 0, SG_TLS_STARTTLS, SG_TLS_IMPLICIT };
+enum sg_proxy_proto { SG_PP_NO = 0, SG_PP_V1, SG_PP_V2, SG_PP_ANY };
+enum sg_identity_mode {
+	SG_ID_XCLIENT = 0,
+	SG_ID_XFORWARD,
+	SG_ID_HEADER,
+	SG_ID_AUTH,
+	SG_ID_NONE
+};
+enum sg_up_tls { SG_UTLS_NONE = 0, SG_UTLS_STARTTLS, SG_UTLS_REQUIRED };
+enum sg_bare_newline { SG_BARE_REJECT = 0, SG_BARE_NORMALIZE };
+
+/* Where a value came from, for "FILE:LINE: message" errors after loading. */
+typedef struct sg_where {
+	const char *file; /* interned in sg_config->files; NULL = default */
+	int line;
+} sg_where;
+
+typedef struct sg_listener_cfg {
+	char *name;
+	char *address; /* as written: "0.0.0.0:587", "[::]:465" */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	int tls;            /* enum sg_tls_mode */
+	bool require_auth;
+	bool require_tls_for_auth;
+	int proxy_protocol; /* enum sg_proxy_proto */
+	sg_where where;     /* the [listener NAME] line */
+	sg_where where_tls; /* its tls = line */
+} sg_listener_cfg;
+
+typedef struct sg_upstream_server {
+	char *host; /* name or address, brackets removed for IPv6 */
+	char *port; /* numeric string */
+	sg_where where;
+} sg_upstream_server;
+
+typedef struct sg_kv {
+	char *key;
+	char *value;
+	sg_where where;
+} sg_kv;
+
+typedef struct sg_config {
+	int refcnt; /* atomic; see sg_config_ref */
+	char *path;  /* the main file */
+
+	/* [server] */
+	char *hostname;
+	char *user;
+	int workers; /* resolved: "auto" = number of cores */
+	unsigned max_connections;
+	uint64_t shutdown_timeout_ms;
+	int log_level;
+
+	/* [listener NAME] */
+	sg_listener_cfg *listeners;
+	size_t nlisteners;
+
+	/* [tls] */
+	char *tls_certificate;
+	char *tls_key;
+	char *tls_ecdsa_certificate; /* optional second pair (ECDSA) */
+	char *tls_ecdsa_key;
+	int tls_min_version; /* OpenSSL TLS1_2_VERSION etc. */
+	char *tls_ciphers;   /* TLS <= 1.2 cipher list, "" = OpenSSL default */
+	bool tls_session_tickets;
+
+	/* [sasl] */
+	char *sasl_service;
+	char *sasl_realm;
+	uint64_t failure_delay_ms;
+	unsigned max_failures;
+	unsigned ip_failure_limit;     /* 0 = off */
+	uint64_t ip_failure_window_ms;
+	char *sender_login_map;        /* "" = off */
+	unsigned sasl_threads;         /* libuv thread pool size */
+	sg_kv *sasl_opts;              /* every other [sasl] key, in order */
+	size_t nsasl_opts;
+
+	/* [upstream] */
+	sg_upstream_server *servers;
+	size_t nservers;
+	int identity; /* enum sg_identity_mode */
+	char *upstream_helo;
+	char *auth_user;
+	char *auth_password_file;
+	int upstream_tls; /* enum sg_up_tls */
+	char *upstream_ca_file;
+	char *upstream_tls_name; /* name to verify, "" = the server's host */
+	uint64_t connect_timeout_ms;
+	uint64_t upstream_timeout_ms; /* per reply */
+
+	/* [limits] */
+	uint64_t max_message_size;
+	unsigned max_recipients;
+	uint64_t idle_timeout_ms;
+	int bare_newline; /* enum sg_bare_newline */
+
+	/* bookkeeping: every key's origin, interned file names */
+	struct sg_where_entry *wheres;
+	size_t nwheres;
+	char **files;
+	size_t nfiles;
+} sg_config;
+
+/* Collected problems, each "FILE:LINE: message" (or "FILE: message"). */
+typedef struct sg_errors {
+	char **msg;
+	size_t n;
+} sg_errors;
+
+void sg_errors_add(sg_errors *e, const sg_where *w, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void sg_errors_print(const sg_errors *e, void *stdio_file);
+void sg_errors_log(const sg_errors *e); /* one log_error line each */
+void sg_errors_free(sg_errors *e);
+
+/* Load and validate a file (and its includes).  Returns NULL and fills errs
+ * when anything is wrong; never exits.  The result has refcnt 1. */
+sg_config *sg_config_load(const char *path, sg_errors *errs);
+sg_config *sg_config_ref(sg_config *c);
+void sg_config_unref(sg_config *c);
+
+/* Where [section] key was set (default: file NULL, line 0). */
+sg_where sg_config_where(const sg_config *c, const char *section,
+                         const char *key);
+
+/* Value parsers, exposed for tests and other modules. 0 ok, -1 bad. */
+int sg_parse_duration_ms(const char *s, uint64_t *out);
+int sg_parse_size(const char *s, uint64_t *out);
+int sg_parse_bool(const char *s, bool *out);
+/* "host:port", "[v6]:port", "v4:port" -> sockaddr; -1 with *why set */
+int sg_parse_sockaddr(const char *s, struct sockaddr_storage *ss,
+                      socklen_t *len, const char **why);
+/* "host:port" / "[v6]:port" / "host" (port defaults to def_port) */
+int sg_parse_hostport(const char *s, const char *def_port, char **host,
+                      char **port, const char **why);
+
+/* Print the key table as man-page source (saslgate --man-keys); used to
+ * keep saslgate.conf(5) in step with the code. */
+void sg_config_print_keys(void *stdio_file);
+
+#endif

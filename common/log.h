@@ -1,0 +1,30 @@
+/* common/log.h: leveled logging to stderr (journald picks it up).
+ *
+ * Every line a session writes carries its session id, so an admin can grep one
+ * connection's story: log_info(s->id, "event=auth result=ok user=%s", ...).
+ * Pass NULL as the id for daemon-wide lines.  Never pass a credential (or its
+ * base64) to these functions: the AUTH path logs mechanism and user only. */
+#ifndef SG_LOG_H
+#define SG_LOG_H
+
+#include <stdarg.h>
+
+enum sg_log_level { SG_LOG_ERROR = 0, SG_LOG_WARN, SG_LOG_INFO, SG_LOG_DEBUG };
+
+extern int sg_log_level; /* lines above this level are dropped */
+
+void sg_log(int level, const char *sid, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void sg_vlog(int level, const char *sid, const char *fmt, va_list ap);
+int sg_log_level_parse(const char *s); /* -1 when not a level name */
+
+#define log_error(sid, ...) sg_log(SG_LOG_ERROR, (sid), __VA_ARGS__)
+#define log_warn(sid, ...) sg_log(SG_LOG_WARN, (sid), __VA_ARGS__)
+#define log_info(sid, ...) sg_log(SG_LOG_INFO, (sid), __VA_ARGS__)
+#define log_debug(sid, ...)                                                    \
+	do {                                                                       \
+		if (sg_log_level >= SG_LOG_DEBUG)                                      \
+			sg_log(SG_LOG_DEBUG, (sid), __VA_ARGS__);                          \
+	} while (0)
+
+#endif

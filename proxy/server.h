@@ -1,0 +1,50 @@
+/* proxy/server.h: workers (one libuv loop per thread) and their listeners.
+ *
+ * Every worker binds its own copy of each listener with SO_REUSEPORT, so the
+ * kernel spreads connections over the cores; a session lives and dies on one
+ * loop (no locks on the hot path).  The main thread owns signals: SIGHUP
+ * builds a new config + TLS context and hands them to every worker through
+ * its uv_async; SIGTERM asks every worker to stop accepting and drain. */
+#ifndef SG_PROXY_SERVER_H
+#define SG_PROXY_SERVER_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "../common/config.h"
+#include "../common/tls.h"
+
+struct sg_session;
+
+typedef struct sg_listener {
+	uv_tcp_t tcp;
+	struct sg_worker *worker;
+	size_t index; /* into cfg->listeners of the config that bound it */
+	bool bound;
+} sg_listener;
+
+typedef struct sg_worker {
+	uv_loop_t loop;
+	uv_thread_t thread;
+	int id;
+	struct sg_server *srv;
+	sg_config *cfg;  /* current config (a reference); sessions take their own */
+	sg_tls_ctx *tls; /* current server TLS context, NULL when no [tls] */
+	sg_listener *listeners;
+	size_t nlisteners;
+	uv_async_t wake;       /* main thread -> worker: reload or stop */
+	uv_timer_t stop_timer; /* shutdown_timeout */
+	struct sg_session *sessions; /* intrusive doubly linked list */
+	unsigned nsessions;
+	bool stopping;
+	/* pending hand-over from the main thread (under srv->lock) */
+	sg_config *new_cfg;
+	sg_tls_ctx *new_tls;
+	bool want_stop;
+} sg_worker;
+
+/* Global connection count against max_connections, all workers. */
+unsigned sg_server_conn_inc(void); /* returns the new count */
+void sg_server_conn_dec(void);
+
+#endif

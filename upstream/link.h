@@ -1,0 +1,101 @@
+/* upstream/link.h: the connection to the internal MTA, as the session sees it.
+ *
+ * upstream/ is the only place that speaks SMTP to the MTA.  A link is opened
+ * when the client has authenticated (before the 235 is sent) or, on a
+ * require_auth = no listener, at the first MAIL.  sg_link_open tries the
+ * [upstream] servers in order (names resolved on the thread pool), says EHLO,
+ * optional STARTTLS, hands over the identity (XCLIENT / XFORWARD / service
+ * account AUTH / nothing) and calls ready.  From then on the session passes
+ * MAIL/RCPT/RSET lines through and streams DATA; every reply it gives the
+ * client for those comes from the upstream (or is a 4xx/5xx of ours), never
+ * a 2xx the upstream did not send. */
+#ifndef SG_UPSTREAM_LINK_H
+#define SG_UPSTREAM_LINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../common/config.h"
+
+/* Who the client is, for XCLIENT/XFORWARD and the Received header. */
+typedef struct sg_identity {
+	const char *sid;        /* session id: logs and Received "id" */
+	const char *login;      /* authorized SASL identity; NULL = none */
+	const char *client_ip;  /* after PROXY protocol */
+	unsigned client_port;
+	const char *client_name; /* reverse DNS if known, else NULL */
+	const char *helo;       /* client's EHLO/HELO argument */
+	bool esmtp;             /* EHLO (true) or HELO */
+	const char *tls_version; /* NULL when plaintext */
+	const char *tls_cipher;
+	unsigned tls_bits;
+	const char *dest_ip;    /* our listener's address and port */
+	unsigned dest_port;
+} sg_identity;
+
+/* A reply to pass back.  text holds the whole reply as the client should see
+ * it: one or more lines, each ending in CRLF ("250-...\r\n250 ok\r\n").
+ * code 0 never reaches the session: a lost upstream becomes a 421/451 made
+ * here. */
+typedef struct sg_reply {
+	int code;
+	const char *text;
+	size_t len;
+} sg_reply;
+
+typedef struct sg_link sg_link;
+typedef void (*sg_link_cb)(void *arg, const sg_reply *r);
+
+/* Open a link; identity is copied.  ready gets 2xx once an upstream took the
+ * identity, else a 4xx text suitable for the client (454 4.7.0 at AUTH;
+ * the log names the upstream, its reply and what to fix).  On error the link
+ * is already closed: do not use it after a non-2xx ready. */
+sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
+                      const sg_identity *id, sg_link_cb ready, void *arg);
+
+/* One command line (MAIL, RCPT, RSET, NOOP), CRLF included.  Replies come
+ * back in order, one cb each; commands may be pipelined (the link sends
+ * them together when the upstream offers PIPELINING, else one at a time). */
+void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
+                     void *arg);
+
+/* DATA: the session sends "DATA\r\n" with sg_link_command; on 354 it answers
+ * the client 354 and calls sg_link_data_begin, then feeds every byte the
+ * client sends with sg_link_data_feed.  feed scans for end-of-data
+ * (<CRLF>.<CRLF>), enforces max_message_size and bare_newline, prepends the
+ * Received header (and X-Authenticated-User for identity header/auth,
+ * stripping a client-supplied one), and writes upstream.  It returns how
+ * many bytes it consumed (all of them until the end of data; the rest after
+ * the final dot is the client's next command).  *pause is set when the
+ * upstream write queue is above its bound: the session stops reading the
+ * client until drain is called.  done is called once with the final reply
+ * (upstream's, or 550 5.5.2 / 552 5.3.4 / 451 of ours) when the message is
+ * over. */
+void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg));
+size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause);
+
+/* Upstream queue id from the last final reply ("queued as ABC123"), or "". */
+const char *sg_link_last_queue_id(sg_link *l);
+/* host:port of the upstream this link talks to. */
+const char *sg_link_peer(sg_link *l);
+bool sg_link_alive(sg_link *l);
+
+/* QUIT (when idle) and free.  Pending callbacks are not called. */
+void sg_link_close(sg_link *l);
+
+/* EHLO honesty: what the upstream offers, probed at start and on reload
+ * (sg_upstream_probe) and cached.  Read by the session when it builds its
+ * EHLO reply.  Before the first probe answers, all false. */
+typedef struct sg_upstream_caps {
+	bool probed;
+	bool eightbitmime, smtputf8, dsn, pipelining, chunking;
+	uint64_t size; /* 0 = none advertised */
+} sg_upstream_caps;
+
+void sg_upstream_probe(uv_loop_t *loop, const sg_config *cfg);
+sg_upstream_caps sg_upstream_caps_get(void);
+
+#endif
