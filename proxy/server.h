@@ -33,7 +33,8 @@ typedef struct sg_worker {
 	sg_listener *listeners;
 	size_t nlisteners;
 	uv_async_t wake;       /* main thread -> worker: reload or stop */
-	uv_timer_t stop_timer; /* shutdown_timeout */
+	uv_timer_t stop_timer; /* polls sessions during shutdown */
+	uint64_t stop_started;  /* loop time the shutdown began */
 	struct sg_session *sessions; /* intrusive doubly linked list */
 	unsigned nsessions;
 	bool stopping;
@@ -46,5 +47,11 @@ typedef struct sg_worker {
 /* Global connection count against max_connections, all workers. */
 unsigned sg_server_conn_inc(void); /* returns the new count */
 void sg_server_conn_dec(void);
+
+/* Run the daemon until SIGTERM/SIGINT; takes the reference on cfg.
+ * Returns the exit code. */
+int sg_server_run(sg_config *cfg);
+/* saslgate -t: load and check everything, bind nothing; exit code. */
+int sg_server_check(const char *path);
 
 #endif

@@ -1,0 +1,455 @@
+/* proxy/server.c: workers, listeners, signals, reload and shutdown.
+ *
+ * Threads: the main thread runs a small loop that owns the signals, the
+ * upstream capability probe and configuration reloads.  Each of the
+ * `workers` threads runs its own uv loop with its own copy of every listener
+ * bound with SO_REUSEPORT, so the kernel spreads connections over the cores
+ * and a session never leaves the loop that accepted it (ARCHITECTURE.md).
+ *
+ * Reload (SIGHUP): the main thread builds a new sg_config and TLS context;
+ * if either fails, the errors are logged with FILE:LINE and the old ones stay
+ * (CONTRACT.md).  Otherwise each worker gets the new pair through its
+ * uv_async; sessions already running keep the references they took at
+ * accept, new sessions get the new ones.  Listener addresses cannot move on
+ * a reload (we may have dropped root): a removed listener is closed, a new
+ * one is reported as needing a restart.
+ *
+ * Shutdown (SIGTERM/SIGINT): workers close their listeners, ask sessions to
+ * finish, and after shutdown_timeout send the rest 421 and close them. */
+#include "server.h"
+
+#include "../common/log.h"
+#include "../sasl/auth.h"
+#include "../upstream/link.h"
+#include "session.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#define SG_LISTEN_BACKLOG 1024
+#define SG_DRAIN_POLL_MS 100
+
+struct sg_server {
+	uv_loop_t *loop; /* main thread */
+	sg_config *cfg;
+	sg_tls_ctx *tls;
+	sg_worker *workers;
+	int nworkers;
+	uv_mutex_t lock;
+	uv_signal_t sig_hup, sig_term, sig_int;
+	bool stopping;
+};
+
+static unsigned conn_count;
+
+unsigned sg_server_conn_inc(void)
+{
+	return __atomic_add_fetch(&conn_count, 1, __ATOMIC_RELAXED);
+}
+
+void sg_server_conn_dec(void)
+{
+	__atomic_sub_fetch(&conn_count, 1, __ATOMIC_RELAXED);
+}
+
+static const char *const tls_mode_name[] = {"none", "starttls", "implicit"};
+
+/* ------------------------------------------------------------- listeners */
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	sg_listener *l = server->data;
+	if (status < 0) {
+		log_warn(NULL, "accept on %s: %s",
+		         l->worker->cfg->listeners[l->index].address,
+		         uv_strerror(status));
+		return;
+	}
+	sg_session_accept(l->worker, l);
+}
+
+static int bind_listener(sg_worker *w, sg_listener *l, const sg_listener_cfg *lc,
+                         sg_errors *errs)
+{
+	int r;
+	l->worker = w;
+	l->tcp.data = l;
+	uv_tcp_init_ex(&w->loop, &l->tcp, lc->addr.ss_family);
+	uv_os_fd_t fd;
+	if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0) {
+		int one = 1;
+		/* one socket per worker on the same port: the kernel balances */
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	}
+	unsigned flags = lc->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+	r = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&lc->addr, flags);
+	if (r == 0)
+		r = uv_listen((uv_stream_t *)&l->tcp, SG_LISTEN_BACKLOG,
+		              on_connection);
+	if (r < 0) {
+		sg_errors_add(errs, &lc->where, "[listener %s] cannot listen on %s: %s",
+		              lc->name, lc->address, uv_strerror(r));
+		return -1;
+	}
+	l->bound = true;
+	return 0;
+}
+
+static void listener_closed(uv_handle_t *h) { (void)h; }
+
+static void close_listeners(sg_worker *w)
+{
+	for (size_t i = 0; i < w->nlisteners; i++)
+		if (w->listeners[i].bound && !uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
+			uv_close((uv_handle_t *)&w->listeners[i].tcp, listener_closed);
+}
+
+/* --------------------------------------------------------------- workers */
+
+static void drain_poll(uv_timer_t *t);
+
+static void worker_begin_stop(sg_worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	close_listeners(w);
+	uv_update_time(&w->loop);
+	w->stop_started = uv_now(&w->loop);
+	sg_session_drain_all(w, false);
+	uv_timer_start(&w->stop_timer, drain_poll, SG_DRAIN_POLL_MS,
+	               SG_DRAIN_POLL_MS);
+}
+
+static void drain_poll(uv_timer_t *t)
+{
+	sg_worker *w = t->data;
+	uint64_t deadline = w->cfg->shutdown_timeout_ms;
+	uint64_t elapsed = uv_now(&w->loop) - w->stop_started;
+	if (w->nsessions > 0 && elapsed >= deadline)
+		sg_session_drain_all(w, true);
+	if (w->nsessions == 0) {
+		uv_timer_stop(t);
+		uv_close((uv_handle_t *)&w->stop_timer, NULL);
+		uv_close((uv_handle_t *)&w->wake, NULL);
+	}
+}
+
+/* Main thread -> worker: a new configuration, or stop. */
+static void on_wake(uv_async_t *a)
+{
+	sg_worker *w = a->data;
+	struct sg_server *srv = w->srv;
+	uv_mutex_lock(&srv->lock);
+	sg_config *nc = w->new_cfg;
+	sg_tls_ctx *nt = w->new_tls;
+	bool stop = w->want_stop;
+	w->new_cfg = NULL;
+	w->new_tls = NULL;
+	uv_mutex_unlock(&srv->lock);
+
+	if (nc) {
+		/* Re-map each listener to the new config by address. */
+		for (size_t i = 0; i < w->nlisteners; i++) {
+			sg_listener *l = &w->listeners[i];
+			if (!l->bound)
+				continue;
+			const sg_listener_cfg *old = &w->cfg->listeners[l->index];
+			size_t j;
+			for (j = 0; j < nc->nlisteners; j++)
+				if (nc->listeners[j].addrlen == old->addrlen &&
+				    memcmp(&nc->listeners[j].addr, &old->addr,
+				           old->addrlen) == 0)
+					break;
+			if (j == nc->nlisteners) {
+				if (w->id == 0)
+					log_info(NULL, "reload: [listener %s] %s removed, closing it",
+					         old->name, old->address);
+				uv_close((uv_handle_t *)&l->tcp, listener_closed);
+				l->bound = false;
+			} else {
+				l->index = j;
+			}
+		}
+		sg_config_unref(w->cfg);
+		w->cfg = nc;
+		if (w->tls)
+			sg_tls_ctx_unref(w->tls);
+		w->tls = nt;
+	}
+	if (stop)
+		worker_begin_stop(w);
+}
+
+static void worker_main(void *arg)
+{
+	sg_worker *w = arg;
+	uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+/* ------------------------------------------------------------- main loop */
+
+static void hand_over(struct sg_server *srv, sg_config *cfg, sg_tls_ctx *tls,
+                      bool stop)
+{
+	for (int i = 0; i < srv->nworkers; i++) {
+		sg_worker *w = &srv->workers[i];
+		uv_mutex_lock(&srv->lock);
+		if (cfg) {
+			if (w->new_cfg)
+				sg_config_unref(w->new_cfg);
+			if (w->new_tls)
+				sg_tls_ctx_unref(w->new_tls);
+			w->new_cfg = sg_config_ref(cfg);
+			w->new_tls = tls ? sg_tls_ctx_ref(tls) : NULL;
+		}
+		if (stop)
+			w->want_stop = true;
+		uv_mutex_unlock(&srv->lock);
+		uv_async_send(&w->wake);
+	}
+}
+
+static bool needs_tls(const sg_config *c)
+{
+	if (*c->tls_certificate)
+		return true;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].tls != SG_TLS_NONE)
+			return true;
+	return false;
+}
+
+static void reload(struct sg_server *srv)
+{
+	sg_errors errs = {0};
+	sd_notify(0, "RELOADING=1");
+	log_info(NULL, "reload: reading %s", srv->cfg->path);
+	sg_config *nc = sg_config_load(srv->cfg->path, &errs);
+	sg_tls_ctx *nt = NULL;
+	if (nc && needs_tls(nc))
+		nt = sg_tls_server_ctx(nc, &errs);
+	if (nc && errs.n == 0)
+		sg_sasl_reconfig(nc, &errs);
+	if (!nc || errs.n) {
+		sg_errors_log(&errs);
+		log_error(NULL, "reload failed: keeping the running configuration");
+		sg_errors_free(&errs);
+		if (nc)
+			sg_config_unref(nc);
+		if (nt)
+			sg_tls_ctx_unref(nt);
+		sd_notify(0, "READY=1");
+		return;
+	}
+	for (size_t j = 0; j < nc->nlisteners; j++) {
+		bool found = false;
+		for (size_t i = 0; i < srv->cfg->nlisteners; i++)
+			if (srv->cfg->listeners[i].addrlen == nc->listeners[j].addrlen &&
+			    memcmp(&srv->cfg->listeners[i].addr, &nc->listeners[j].addr,
+			           nc->listeners[j].addrlen) == 0)
+				found = true;
+		if (!found)
+			log_warn(NULL,
+			         "reload: [listener %s] %s is new: restart saslgate to "
+			         "listen there",
+			         nc->listeners[j].name, nc->listeners[j].address);
+	}
+	sg_log_level = nc->log_level;
+	hand_over(srv, nc, nt, false);
+	sg_config_unref(srv->cfg);
+	srv->cfg = nc;
+	if (srv->tls)
+		sg_tls_ctx_unref(srv->tls);
+	srv->tls = nt;
+	sg_upstream_probe(srv->loop, nc);
+	log_info(NULL, "reload: done, new sessions use the new configuration");
+	sd_notify(0, "READY=1");
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	struct sg_server *srv = h->data;
+	if (signum == SIGHUP) {
+		if (!srv->stopping)
+			reload(srv);
+		return;
+	}
+	if (srv->stopping)
+		return;
+	srv->stopping = true;
+	log_info(NULL, "shutdown: %s received, finishing sessions (up to %llu ms)",
+	         signum == SIGTERM ? "SIGTERM" : "SIGINT",
+	         (unsigned long long)srv->cfg->shutdown_timeout_ms);
+	sd_notify(0, "STOPPING=1");
+	hand_over(srv, NULL, NULL, true);
+	uv_close((uv_handle_t *)&srv->sig_hup, NULL);
+	uv_close((uv_handle_t *)&srv->sig_term, NULL);
+	uv_close((uv_handle_t *)&srv->sig_int, NULL);
+}
+
+static int drop_privileges(const char *user)
+{
+	if (!*user || geteuid() != 0)
+		return 0;
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		log_error(NULL, "[server] user %s: no such user", user);
+		return -1;
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		log_error(NULL, "cannot become user %s: %s", user, strerror(errno));
+		return -1;
+	}
+	log_info(NULL, "running as user %s (uid %u)", user, (unsigned)pw->pw_uid);
+	return 0;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int sg_server_run(sg_config *cfg)
+{
+	struct sg_server srv;
+	sg_errors errs = {0};
+	memset(&srv, 0, sizeof srv);
+	srv.cfg = cfg;
+	srv.loop = uv_default_loop();
+	uv_mutex_init(&srv.lock);
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
+	sg_log_level = cfg->log_level;
+
+	if (needs_tls(cfg)) {
+		srv.tls = sg_tls_server_ctx(cfg, &errs);
+		if (!srv.tls)
+			goto fail;
+	}
+	if (sg_sasl_init(cfg, &errs) < 0)
+		goto fail;
+	if (errs.n) { /* reported, not fatal (e.g. saslauthd not up yet) */
+		for (size_t i = 0; i < errs.n; i++)
+			log_warn(NULL, "%s", errs.msg[i]);
+		sg_errors_free(&errs);
+	}
+
+	srv.nworkers = cfg->workers;
+	srv.workers = sg_xcalloc((size_t)srv.nworkers, sizeof *srv.workers);
+	for (int i = 0; i < srv.nworkers; i++) {
+		sg_worker *w = &srv.workers[i];
+		w->id = i;
+		w->srv = &srv;
+		uv_loop_init(&w->loop);
+		w->cfg = sg_config_ref(cfg);
+		w->tls = srv.tls ? sg_tls_ctx_ref(srv.tls) : NULL;
+		uv_async_init(&w->loop, &w->wake, on_wake);
+		w->wake.data = w;
+		uv_timer_init(&w->loop, &w->stop_timer);
+		w->stop_timer.data = w;
+		w->nlisteners = cfg->nlisteners;
+		w->listeners = sg_xcalloc(cfg->nlisteners, sizeof *w->listeners);
+		for (size_t j = 0; j < cfg->nlisteners; j++) {
+			w->listeners[j].index = j;
+			if (bind_listener(w, &w->listeners[j], &cfg->listeners[j], &errs) < 0)
+				goto fail;
+		}
+	}
+	if (drop_privileges(cfg->user) < 0)
+		goto fail;
+
+	uv_signal_init(srv.loop, &srv.sig_hup);
+	uv_signal_init(srv.loop, &srv.sig_term);
+	uv_signal_init(srv.loop, &srv.sig_int);
+	srv.sig_hup.data = srv.sig_term.data = srv.sig_int.data = &srv;
+	uv_signal_start(&srv.sig_hup, on_signal, SIGHUP);
+	uv_signal_start(&srv.sig_term, on_signal, SIGTERM);
+	uv_signal_start(&srv.sig_int, on_signal, SIGINT);
+
+	for (int i = 0; i < srv.nworkers; i++)
+		uv_thread_create(&srv.workers[i].thread, worker_main, &srv.workers[i]);
+	sg_upstream_probe(srv.loop, cfg);
+
+	char lines[1024] = "";
+	for (size_t j = 0; j < cfg->nlisteners; j++) {
+		size_t n = strlen(lines);
+		snprintf(lines + n, sizeof lines - n, " %s=%s/%s%s", cfg->listeners[j].name,
+		         cfg->listeners[j].address, tls_mode_name[cfg->listeners[j].tls],
+		         cfg->listeners[j].proxy_protocol ? "+proxy" : "");
+	}
+	log_info(NULL, "ready: saslgate %s listening on%s workers=%d", SG_VERSION,
+	         lines, srv.nworkers);
+	sd_notify(0, "READY=1");
+
+	uv_run(srv.loop, UV_RUN_DEFAULT);
+	for (int i = 0; i < srv.nworkers; i++) {
+		uv_thread_join(&srv.workers[i].thread);
+		uv_loop_close(&srv.workers[i].loop);
+	}
+	log_info(NULL, "stopped");
+	for (int i = 0; i < srv.nworkers; i++) {
+		sg_worker *w = &srv.workers[i];
+		if (w->new_cfg)
+			sg_config_unref(w->new_cfg);
+		if (w->new_tls)
+			sg_tls_ctx_unref(w->new_tls);
+		sg_config_unref(w->cfg);
+		if (w->tls)
+			sg_tls_ctx_unref(w->tls);
+		free(w->listeners);
+	}
+	free(srv.workers);
+	if (srv.tls)
+		sg_tls_ctx_unref(srv.tls);
+	sg_sasl_done();
+	uv_loop_close(srv.loop);
+	if (srv.cfg != cfg)
+		sg_config_unref(srv.cfg);
+	else
+		sg_config_unref(cfg);
+	return 0;
+
+fail:
+	sg_errors_log(&errs);
+	sg_errors_free(&errs);
+	log_error(NULL, "not started");
+	return 1;
+}
+
+/* `saslgate -t`: everything start-up checks, nothing bound. */
+int sg_server_check(const char *path)
+{
+	sg_errors errs = {0};
+	sg_config *cfg = sg_config_load(path, &errs);
+	if (cfg) {
+		if (needs_tls(cfg)) {
+			sg_tls_ctx *t = sg_tls_server_ctx(cfg, &errs);
+			if (t)
+				sg_tls_ctx_unref(t);
+		}
+		sg_sasl_init(cfg, &errs);
+		sg_sasl_done();
+	}
+	sg_errors_print(&errs, stderr);
+	int bad = errs.n > 0;
+	sg_errors_free(&errs);
+	if (cfg)
+		sg_config_unref(cfg);
+	if (!bad)
+		printf("%s: configuration OK\n", path);
+	return bad ? 1 : 0;
+}
