@@ -34,6 +34,7 @@
 #   S1_TOTAL [3000] S1_CONNS [32] S1_DUR [20]  S2_CONNS [20] S2_MPC [200] S2_DUR [60]
 #   S3_CONNS [4] S3_MPC [5] S3_DUR [120]  IDLE_N [2000] IDLE_HOLD [10]
 #   IDLE_SETUP_MAX [160]  IDLE_BIG [10000]  S5_SIZE [104857600]
+#   PROFILE [0] (1: extra perf runs of PROFILE_SCENARIOS ["S1 S2 S3"], not counted)
 #   LOG_LEVEL [info]  SKIP_BUILD [0]  SKIP_INSTALL [0]  BUILD [<repo>/build-bench]
 #   WORK [/tmp/saslgate-ownbench]  OUT [$WORK/results-<timestamp>]
 #   PORT_BASE [14500]: sink +25, saslgate +87, saslgate-auto +88,
@@ -111,6 +112,13 @@ make -s -C "$BENCH" sgload || die "building sgload failed"
 mkdir -p "$OUT" $WORK/tls $WORK/sasl $WORK/sink $WORK/nginx/tmp $WORK/s5
 chmod 1777 $WORK/sink $WORK/s5
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# S4X: saslgate holds two descriptors per authenticated session (client +
+# upstream); a container may forbid raising the hard limit
+NOFILE=$(ulimit -n)
+if in_list S4X "$SCENARIOS" && [ $((2 * IDLE_BIG + 200)) -gt "$NOFILE" ]; then
+	log "S4X: ulimit -n is $NOFILE (hard limit, cannot be raised here): IDLE_BIG $IDLE_BIG -> $(((NOFILE - 200) / 2))"
+	IDLE_BIG=$(((NOFILE - 200) / 2))
+fi
 OLD_PORTRANGE=$(sysctl -n net.ipv4.ip_local_port_range | tr '\t' ' ')
 OLD_TWREUSE=$(sysctl -n net.ipv4.tcp_tw_reuse)
 # S1 opens ~2 connections per message: keep TIME_WAIT from exhausting ports
@@ -283,7 +291,7 @@ trap 'exit 130' INT TERM
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "host: $(uname -r), $(nproc) cpus,$(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo)"
 	echo "versions: $([ $HAVE_SG = 1 ] && "$SG" -V 2>&1) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)) / $(nginx -v 2>&1 | sed 's/.*: //') / postfix $(postconf -h mail_version 2>/dev/null) / $(openssl version)"
-	echo "reps=$REPS targets=$TARGETS scenarios=$SCENARIOS cgroup=$CG_MODE"
+	echo "reps=$REPS targets=$TARGETS scenarios=$SCENARIOS cgroup=$CG_MODE nofile=$NOFILE idle_n=$IDLE_N idle_big=$IDLE_BIG"
 } >$OUT/meta.txt
 log "results -> $OUT ($(sed -n 2p $OUT/meta.txt))"
 start_sink
@@ -430,7 +438,25 @@ for ((rep = 1; rep <= REPS; rep++)); do
 	done
 done
 
-# ------------------------------------------------------------ 7. table
+# ------------------------------------------------------------ 7. profile (optional, not counted)
+# PROFILE=1: one more run of each PROFILE_SCENARIOS for target saslgate under
+# `perf record -e cpu-clock` (flat profile: a Release build has no frame
+# pointers); the top of `perf report` goes to OUT/profile-<scen>.txt.
+if [ "${PROFILE:-0}" = 1 ] && in_list saslgate "$TARGETS" && command -v perf >/dev/null; then
+	for s in ${PROFILE_SCENARIOS:-S1 S2 S3}; do
+		stop_t saslgate; start_t saslgate; sleep 1
+		perf record -q -e cpu-clock -F 4000 -p ${SGPID[saslgate]} -o $OUT/perf-$s.data >/dev/null 2>&1 &
+		pp=$!
+		sleep 1
+		$LOAD --port ${PORT[saslgate]} $(tls_args saslgate) $(scen_args $s) --timeout 30 >/dev/null 2>&1
+		kill -INT $pp 2>/dev/null; wait $pp 2>/dev/null
+		perf report -i $OUT/perf-$s.data --stdio --no-children --sort dso,symbol 2>/dev/null |
+			grep -v '^#' | grep -v '^$' | head -40 >$OUT/profile-$s.txt
+		log "profile $s: $OUT/profile-$s.txt (top: $(head -3 $OUT/profile-$s.txt | awk '{print $1, $NF}' | tr '\n' ' '))"
+	done
+fi
+
+# ------------------------------------------------------------ 8. table
 {
 	echo "# saslgate benchmark: medians of $REPS runs [min..max]"
 	echo "# $(sed -n 1p $OUT/meta.txt); $(sed -n 2p $OUT/meta.txt)"
