@@ -37,6 +37,11 @@ typedef struct sg_auth_peer {
 	const char *remote_ip; /* after PROXY protocol: the real client */
 	unsigned remote_port;
 	const char *sid; /* session id for log lines */
+	/* ADDED by sasl/ (additive; false = the old behaviour): the listener
+	 * has require_tls_for_auth = no, so PLAIN/LOGIN may be offered before
+	 * TLS (SASL_SEC_NOPLAINTEXT is not set).  Without it Cyrus hides every
+	 * plaintext mechanism until sg_auth_set_tls(). */
+	bool plaintext_ok;
 } sg_auth_peer;
 
 sg_auth *sg_auth_new(const sg_config *cfg, const sg_auth_peer *peer);

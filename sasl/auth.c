@@ -1,0 +1,809 @@
+/* sasl/auth.c: the glue between the session and Cyrus SASL (sasl/auth.h).
+ *
+ * The only file that drives Cyrus: sasl_server_init with our getopt and log
+ * callbacks, one sasl_conn_t per session, sasl_server_start/step on libuv's
+ * thread pool, and the normalisation of Cyrus' results into the few answers
+ * SMTP has (after Postfix' xsasl_cyrus_server.c).
+ *
+ * Configuration.  Cyrus asks its options through the getopt callback.  Each
+ * connection gets a callback answering from the configuration the session
+ * started with (the sg_auth holds a reference), so a reload never changes a
+ * running exchange; calls without a connection (plugin start-up) go to a
+ * global callback answering from the newest configuration, with the answers
+ * interned (Cyrus may keep the pointer for as long as it likes).  No
+ * /etc/sasl2/<app>.conf is read: we pass no application name to
+ * sasl_server_init, so Cyrus has no file to look for, and every option comes
+ * from [sasl].  mech_list is answered per connection, which is also what lets
+ * a reload change it (Cyrus 2.1.27+ builds each connection's list from it).
+ *
+ * Threads.  A session has at most one Cyrus call in flight.  While it runs,
+ * the pool thread owns the sasl_conn_t; the loop thread touches it again only
+ * in the after-callback.  sg_auth_free during a call only marks the object;
+ * the after-callback frees it (libuv runs that callback even then). */
+#include "auth.h"
+#include "sasl_int.h"
+#include "../common/buf.h"
+#include "../common/log.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sasl/sasl.h>
+#include <sasl/saslplug.h>
+
+#define SG_AUTH_MECH_MAX 20    /* RFC 4954 / sg_auth_mech_valid */
+#define SG_AUTH_MECHS_MAX 512  /* our "AUTH ..." list; Cyrus has ~12 names */
+#define SG_AUTH_LIST_MAX 2048  /* every loaded mechanism / auxprop plugin */
+#define SG_AUTH_IN_MAX 16384   /* one decoded client response (a 4096-octet
+                                  line decodes to 3070; GSSAPI tokens fit) */
+#define SG_AUTH_IPPORT_MAX 80  /* "ip;port" for Cyrus */
+#define SG_AUTH_SID_MAX 40     /* session id copied for log lines */
+#define SG_AUTH_THREADS_MAX 1024 /* libuv's own cap on UV_THREADPOOL_SIZE */
+
+struct sg_auth {
+	sasl_conn_t *conn; /* created lazily */
+	sg_config *cfg;    /* reference: the getopt callback answers from it */
+	sasl_callback_t cbs[3];
+	char sid[SG_AUTH_SID_MAX];
+	char local[SG_AUTH_IPPORT_MAX];
+	char remote[SG_AUTH_IPPORT_MAX];
+	bool conn_failed;
+	bool plaintext_ok; /* listener: require_tls_for_auth = no */
+	bool tls;
+	unsigned ssf;
+	bool props_dirty; /* set_tls came while a call was in flight */
+	bool mechs_ok;
+	char mechs[SG_AUTH_MECHS_MAX];
+
+	/* the exchange; at most one call in flight */
+	uv_work_t work;
+	bool busy;
+	bool dead;       /* sg_auth_free while busy: the after-cb frees */
+	bool started;    /* a mechanism runs: sg_auth_step allowed */
+	bool pending_ok; /* Cyrus said OK with data: sent as 334, await "" */
+	int preset;      /* -1: ask Cyrus; else the answer, decided up front */
+	bool is_start;
+	char mech[SG_AUTH_MECH_MAX + 1];
+	char *in;
+	unsigned inlen;
+	bool has_initial;
+	int rc;            /* Cyrus' result */
+	bool backend_down; /* saslauthd did not answer a probe */
+	const char *out;   /* Cyrus' challenge: valid until its next call */
+	unsigned outlen;
+	sg_auth_cb cb;
+	void *arg;
+
+	char *user, *authcid;           /* set when authenticated */
+	char *pend_user, *pend_authcid; /* during pending_ok */
+};
+
+/* Cyrus stores every callback as int (*)(void); the detour through
+ * void (*)(void) tells the compiler the cast is meant. */
+#define SG_CB(f) ((sasl_callback_ft)(void (*)(void))(f))
+
+struct interned {
+	struct interned *next;
+	char s[];
+};
+
+static uv_once_t g_once = UV_ONCE_INIT;
+static uv_mutex_t g_lock;         /* g_cfg, g_interned */
+static sg_config *g_cfg;          /* the newest configuration (reference) */
+static struct interned *g_interned; /* answers of the global getopt */
+static bool g_active;             /* sasl_server_init done */
+
+static void g_init(void)
+{
+	uv_mutex_init(&g_lock);
+}
+
+/* ---- callbacks Cyrus calls (on any thread) ---------------------------- */
+
+static const char *intern(const char *v)
+{
+	for (struct interned *i = g_interned; i; i = i->next)
+		if (strcmp(i->s, v) == 0)
+			return i->s;
+	size_t n = strlen(v) + 1;
+	struct interned *i = malloc(sizeof *i + n);
+	if (!i)
+		return NULL;
+	memcpy(i->s, v, n);
+	i->next = g_interned;
+	g_interned = i;
+	return i->s;
+}
+
+static int global_getopt(void *ctx, const char *plugin, const char *option,
+                         const char **result, unsigned *len)
+{
+	const char *v = NULL;
+	uv_mutex_lock(&g_lock);
+	if (g_cfg && option) {
+		v = sg_sasl_opt(g_cfg, option);
+		if (v)
+			v = intern(v);
+	}
+	uv_mutex_unlock(&g_lock);
+	if (!v)
+		return SASL_FAIL; /* Cyrus' own default */
+	*result = v;
+	if (len)
+		*len = (unsigned)strlen(v);
+	return SASL_OK;
+}
+
+static int conn_getopt(void *ctx, const char *plugin, const char *option,
+                       const char **result, unsigned *len)
+{
+	const sg_auth *a = ctx;
+	const char *v = option ? sg_sasl_opt(a->cfg, option) : NULL;
+	if (!v)
+		return SASL_FAIL;
+	*result = v;
+	if (len)
+		*len = (unsigned)strlen(v);
+	return SASL_OK;
+}
+
+/* Cyrus' messages into our log.  SASL_LOG_PASS carries passwords: dropped,
+ * always (CONTRACT: no password is ever logged). */
+static int on_log(void *ctx, int level, const char *msg)
+{
+	const sg_auth *a = ctx;
+	const char *sid = a && a->sid[0] ? a->sid : NULL;
+
+	if (!msg)
+		return SASL_OK;
+	switch (level) {
+	case SASL_LOG_ERR:
+		log_error(sid, "sasl: %s", msg);
+		break;
+	case SASL_LOG_WARN:
+		log_warn(sid, "sasl: %s", msg);
+		break;
+	case SASL_LOG_FAIL:
+	case SASL_LOG_NOTE:
+		log_info(sid, "sasl: %s", msg);
+		break;
+	case SASL_LOG_DEBUG:
+	case SASL_LOG_TRACE:
+		log_debug(sid, "sasl: %s", msg);
+		break;
+	default: /* SASL_LOG_PASS, SASL_LOG_NONE */
+		break;
+	}
+	return SASL_OK;
+}
+
+static const sasl_callback_t global_cbs[] = {
+    {SASL_CB_GETOPT, SG_CB(global_getopt), NULL},
+    {SASL_CB_LOG, SG_CB(on_log), NULL},
+    {SASL_CB_LIST_END, NULL, NULL},
+};
+
+/* ---- mechanisms -------------------------------------------------------- */
+
+bool sg_auth_mech_valid(char *mech)
+{
+	size_t n = 0;
+	if (!mech)
+		return false;
+	for (char *p = mech; *p; p++, n++) {
+		*p = (char)toupper((unsigned char)*p);
+		if (n >= SG_AUTH_MECH_MAX)
+			return false;
+		if (!((*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '_'))
+			return false;
+	}
+	return n >= 1;
+}
+
+/* Offer this mechanism (Cyrus listed it)?  Never ANONYMOUS, EXTERNAL or
+ * GSSAPI unless mech_list names them; never one that needs a server-side
+ * secret when saslauthd is the only password check. */
+static bool mech_wanted(const sg_config *cfg, const char *m)
+{
+	if ((strcmp(m, "ANONYMOUS") == 0 || strcmp(m, "EXTERNAL") == 0 ||
+	     strcmp(m, "GSSAPI") == 0 || strncmp(m, "GS2-", 4) == 0) &&
+	    !sg_sasl_mech_listed(cfg, m))
+		return false;
+	if (sg_sasl_saslauthd_only(cfg) && sg_sasl_mech_needs_secret(m))
+		return false;
+	return true;
+}
+
+static void apply_props(sg_auth *a)
+{
+	sasl_security_properties_t sp;
+	memset(&sp, 0, sizeof sp);
+	/* No SASL security layer (max_ssf 0, as Postfix): TLS protects the
+	 * session, and a layer would have to wrap every later byte. */
+	sp.min_ssf = 0;
+	sp.max_ssf = 0;
+	sp.maxbufsize = 0;
+	if (!sg_sasl_mech_listed(a->cfg, "ANONYMOUS"))
+		sp.security_flags |= SASL_SEC_NOANONYMOUS;
+	/* RFC 4954 section 4 and RFC 8314: no password in clear text.  After
+	 * TLS (or where the admin allowed it) Cyrus may offer PLAIN/LOGIN. */
+	if (!a->tls && !a->plaintext_ok)
+		sp.security_flags |= SASL_SEC_NOPLAINTEXT;
+	sasl_setprop(a->conn, SASL_SEC_PROPS, &sp);
+	if (a->tls) {
+		sasl_ssf_t ssf = a->ssf;
+		sasl_setprop(a->conn, SASL_SSF_EXTERNAL, &ssf);
+	}
+	a->props_dirty = false;
+}
+
+static int ensure_conn(sg_auth *a)
+{
+	if (a->conn)
+		return 0;
+	if (a->conn_failed || !g_active)
+		return -1;
+	const char *realm = *a->cfg->sasl_realm ? a->cfg->sasl_realm : NULL;
+	int rc = sasl_server_new(a->cfg->sasl_service, a->cfg->hostname, realm,
+	                         *a->local ? a->local : NULL,
+	                         *a->remote ? a->remote : NULL, a->cbs, 0, &a->conn);
+	if (rc == SASL_BADPARAM && (*a->local || *a->remote)) {
+		/* an address Cyrus cannot parse: it is only a hint for plugins */
+		a->conn = NULL;
+		rc = sasl_server_new(a->cfg->sasl_service, a->cfg->hostname, realm,
+		                     NULL, NULL, a->cbs, 0, &a->conn);
+	}
+	if (rc != SASL_OK) {
+		log_error(a->sid[0] ? a->sid : NULL, "sasl: sasl_server_new: %s",
+		          sasl_errstring(rc, NULL, NULL));
+		a->conn = NULL;
+		a->conn_failed = true;
+		return -1;
+	}
+	apply_props(a);
+	return 0;
+}
+
+const char *sg_auth_mechs(sg_auth *a)
+{
+	const char *list = NULL;
+	unsigned plen = 0;
+	int count = 0;
+
+	if (!a)
+		return "";
+	if (a->mechs_ok || a->busy)
+		return a->mechs; /* "" until first computed */
+	if (ensure_conn(a) < 0)
+		return "";
+	if (sasl_listmech(a->conn, NULL, "", " ", "", &list, &plen, &count) !=
+	        SASL_OK ||
+	    !list)
+		list = "";
+	size_t o = 0;
+	a->mechs[0] = '\0';
+	while (*list) {
+		char m[SG_AUTH_MECH_MAX + 2];
+		size_t n = strcspn(list, " ");
+		if (n && n <= SG_AUTH_MECH_MAX) {
+			memcpy(m, list, n);
+			m[n] = '\0';
+			if (sg_auth_mech_valid(m) && mech_wanted(a->cfg, m) &&
+			    o + n + 2 < sizeof a->mechs) {
+				if (o)
+					a->mechs[o++] = ' ';
+				memcpy(a->mechs + o, m, n + 1);
+				o += n;
+			}
+		}
+		list += n;
+		list += strspn(list, " ");
+	}
+	a->mechs_ok = true;
+	return a->mechs;
+}
+
+bool sg_auth_mech_offered(sg_auth *a, const char *mech)
+{
+	const char *l = sg_auth_mechs(a);
+	size_t n = strlen(mech);
+	if (!n)
+		return false;
+	while (*l) {
+		size_t k = strcspn(l, " ");
+		if (k == n && memcmp(l, mech, n) == 0)
+			return true;
+		l += k;
+		l += strspn(l, " ");
+	}
+	return false;
+}
+
+/* ---- per session ------------------------------------------------------- */
+
+sg_auth *sg_auth_new(const sg_config *cfg, const sg_auth_peer *peer)
+{
+	sg_auth *a = sg_xcalloc(1, sizeof *a);
+	a->cfg = sg_config_ref((sg_config *)cfg);
+	a->preset = -1;
+	if (peer) {
+		if (peer->sid)
+			snprintf(a->sid, sizeof a->sid, "%s", peer->sid);
+		/* Cyrus' "a.b.c.d;port" (IPv6 without brackets) */
+		if (peer->local_ip && *peer->local_ip)
+			snprintf(a->local, sizeof a->local, "%s;%u", peer->local_ip,
+			         peer->local_port);
+		if (peer->remote_ip && *peer->remote_ip)
+			snprintf(a->remote, sizeof a->remote, "%s;%u", peer->remote_ip,
+			         peer->remote_port);
+		a->plaintext_ok = peer->plaintext_ok;
+	}
+	a->cbs[0] = (sasl_callback_t){SASL_CB_GETOPT, SG_CB(conn_getopt),
+	                              a};
+	a->cbs[1] = (sasl_callback_t){SASL_CB_LOG, SG_CB(on_log), a};
+	a->cbs[2] = (sasl_callback_t){SASL_CB_LIST_END, NULL, NULL};
+	return a;
+}
+
+static void destroy(sg_auth *a)
+{
+	if (a->conn)
+		sasl_dispose(&a->conn);
+	free(a->in);
+	free(a->user);
+	free(a->authcid);
+	free(a->pend_user);
+	free(a->pend_authcid);
+	sg_config_unref(a->cfg);
+	free(a);
+}
+
+void sg_auth_free(sg_auth *a)
+{
+	if (!a)
+		return;
+	if (a->busy) {
+		a->dead = true; /* after_work frees */
+		return;
+	}
+	destroy(a);
+}
+
+void sg_auth_set_tls(sg_auth *a, unsigned ssf)
+{
+	if (!a)
+		return;
+	a->tls = true;
+	a->ssf = ssf;
+	a->mechs_ok = false;
+	if (!a->conn)
+		return;
+	if (a->busy)
+		a->props_dirty = true;
+	else
+		apply_props(a);
+}
+
+static void clear_exchange(sg_auth *a)
+{
+	a->started = false;
+	a->pending_ok = false;
+	free(a->pend_user);
+	free(a->pend_authcid);
+	a->pend_user = a->pend_authcid = NULL;
+}
+
+void sg_auth_reset(sg_auth *a)
+{
+	if (!a)
+		return;
+	if (a->busy) {
+		/* the session waits for the callback first; nothing to forget */
+		log_debug(a->sid[0] ? a->sid : NULL,
+		          "sasl: reset while a call is in flight ignored");
+		return;
+	}
+	clear_exchange(a);
+}
+
+const char *sg_auth_user(sg_auth *a)
+{
+	return a ? a->user : NULL;
+}
+
+const char *sg_auth_authcid(sg_auth *a)
+{
+	return a ? a->authcid : NULL;
+}
+
+/* Postfix' normalisation (xsasl_cyrus_server.c): an unknown user is a bad
+ * password "for privacy" (no user enumeration); a backend that cannot answer
+ * is temporary and costs the client no failure. */
+static int normalise(int rc, bool backend_down)
+{
+	switch (rc) {
+	case SASL_OK:
+		return SG_AUTH_OK;
+	case SASL_CONTINUE:
+		return SG_AUTH_CONTINUE;
+	case SASL_NOUSER:
+	case SASL_BADAUTH:
+		/* a dead saslauthd can look like a bad password: the worker
+		 * probed its socket when Cyrus was unsure */
+		return backend_down ? SG_AUTH_TEMPFAIL : SG_AUTH_FAIL;
+	case SASL_NOAUTHZ:
+		return SG_AUTH_AUTHZ;
+	case SASL_FAIL: /* generic: saslauthd unreachable, db error */
+	case SASL_NOMEM:
+	case SASL_TRYAGAIN:
+	case SASL_UNAVAIL:
+		return SG_AUTH_TEMPFAIL;
+	case SASL_NOMECH:
+	case SASL_TOOWEAK:
+	case SASL_ENCRYPT:
+		return SG_AUTH_NOMECH;
+	case SASL_BADPROT:
+	case SASL_BADPARAM:
+	case SASL_BADMAC:
+		return SG_AUTH_BADPROT;
+	default: /* EXPIRED, DISABLED, NOVERIFY, BADSERV, WEAKPASS ... */
+		return SG_AUTH_FAIL;
+	}
+}
+
+static void work(uv_work_t *w)
+{
+	sg_auth *a = w->data;
+	const char *out = NULL;
+	unsigned outlen = 0;
+	int rc;
+
+	a->out = NULL;
+	a->outlen = 0;
+	a->backend_down = false;
+	if (a->preset >= 0)
+		return;
+	if (a->is_start)
+		rc = sasl_server_start(a->conn, a->mech, a->has_initial ? a->in : NULL,
+		                       a->has_initial ? a->inlen : 0, &out, &outlen);
+	else
+		rc = sasl_server_step(a->conn, a->in, a->inlen, &out, &outlen);
+	a->rc = rc;
+	a->out = out;
+	a->outlen = out ? outlen : 0;
+	/* Cyrus reports an unreachable saslauthd as SASL_FAIL, but a plugin
+	 * may turn it into SASL_BADAUTH: when unsure, knock on the socket. */
+	if ((rc == SASL_BADAUTH || rc == SASL_FAIL || rc == SASL_NOUSER) &&
+	    sg_sasl_uses(a->cfg, "saslauthd"))
+		a->backend_down =
+		    sg_sasl_probe_socket(sg_sasl_saslauthd_path(a->cfg)) < 0;
+}
+
+static char *getprop_dup(sasl_conn_t *conn, int prop)
+{
+	const void *p = NULL;
+	if (sasl_getprop(conn, prop, &p) != SASL_OK || !p)
+		return NULL;
+	return sg_xstrdup(p);
+}
+
+static void after_work(uv_work_t *w, int status)
+{
+	sg_auth *a = w->data;
+	const char *sid = a->sid[0] ? a->sid : NULL;
+	const char *out = NULL;
+	unsigned outlen = 0;
+	int res;
+
+	a->busy = false;
+	free(a->in);
+	a->in = NULL;
+	if (a->dead) {
+		destroy(a);
+		return;
+	}
+	if (a->props_dirty && a->conn)
+		apply_props(a);
+	if (status < 0)
+		res = SG_AUTH_TEMPFAIL; /* cancelled: nobody does, but be total */
+	else if (a->preset >= 0)
+		res = a->preset;
+	else
+		res = normalise(a->rc, a->backend_down);
+	bool from_cyrus = a->preset < 0 && status >= 0;
+	a->preset = -1;
+
+	if (res == SG_AUTH_OK && from_cyrus) {
+		a->pend_user = getprop_dup(a->conn, SASL_USERNAME);
+		a->pend_authcid = getprop_dup(a->conn, SASL_AUTHUSER);
+		if (!a->pend_user) {
+			log_error(sid, "sasl: authenticated, but no user name");
+			res = SG_AUTH_TEMPFAIL;
+		} else if (a->outlen > 0) {
+			/* Success with data (SCRAM's server-final, DIGEST rspauth):
+			 * RFC 4954 section 4 lets the server send it as a 334
+			 * challenge and expect an empty response before 235. */
+			a->pending_ok = true;
+			res = SG_AUTH_CONTINUE;
+		}
+	}
+	switch (res) {
+	case SG_AUTH_OK:
+		free(a->user);
+		free(a->authcid);
+		a->user = a->pend_user;
+		a->authcid = a->pend_authcid;
+		a->pend_user = a->pend_authcid = NULL;
+		clear_exchange(a);
+		break;
+	case SG_AUTH_CONTINUE:
+		out = a->out ? a->out : "";
+		outlen = a->outlen;
+		break;
+	default:
+		if (a->backend_down)
+			log_warn(sid,
+			         "sasl: saslauthd socket %s is not reachable: AUTH "
+			         "answered as a temporary failure",
+			         sg_sasl_saslauthd_path(a->cfg));
+		clear_exchange(a);
+		break;
+	}
+	a->cb(a->arg, res, out, outlen);
+}
+
+static int queue(sg_auth *a, uv_loop_t *loop, sg_auth_cb cb, void *arg)
+{
+	a->cb = cb;
+	a->arg = arg;
+	a->work.data = a;
+	a->busy = true;
+	int r = uv_queue_work(loop, &a->work, work, after_work);
+	if (r < 0) {
+		a->busy = false;
+		free(a->in);
+		a->in = NULL;
+		a->preset = -1;
+		log_error(a->sid[0] ? a->sid : NULL, "sasl: uv_queue_work: %s",
+		          uv_strerror(r));
+		return -1;
+	}
+	return 0;
+}
+
+static void copy_in(sg_auth *a, const char *in, unsigned inlen)
+{
+	a->in = malloc((size_t)inlen + 1); /* never NULL: "=" is not "none" */
+	if (!a->in)
+		abort();
+	if (inlen)
+		memcpy(a->in, in, inlen);
+	a->in[inlen] = '\0';
+	a->inlen = inlen;
+}
+
+int sg_auth_start(sg_auth *a, uv_loop_t *loop, const char *mech,
+                  const char *in, unsigned inlen, bool has_initial,
+                  sg_auth_cb cb, void *arg)
+{
+	if (!a || !loop || !cb || !mech || a->busy || a->dead)
+		return -1;
+	clear_exchange(a);
+	a->preset = -1;
+	snprintf(a->mech, sizeof a->mech, "%s", mech);
+	if (strlen(mech) > SG_AUTH_MECH_MAX || !sg_auth_mech_valid(a->mech))
+		a->preset = SG_AUTH_NOMECH; /* CVE-2019-19906 class: checked here */
+	else if (ensure_conn(a) < 0)
+		a->preset = SG_AUTH_TEMPFAIL;
+	else if (!sg_auth_mech_offered(a, a->mech))
+		a->preset = SG_AUTH_NOMECH; /* not before TLS, not under saslauthd */
+	else if (has_initial && inlen > SG_AUTH_IN_MAX)
+		a->preset = SG_AUTH_BADPROT;
+	if (a->preset < 0)
+		a->started = true;
+	a->is_start = true;
+	a->has_initial = has_initial;
+	copy_in(a, in, has_initial && inlen <= SG_AUTH_IN_MAX ? inlen : 0);
+	return queue(a, loop, cb, arg);
+}
+
+int sg_auth_step(sg_auth *a, uv_loop_t *loop, const char *in, unsigned inlen,
+                 sg_auth_cb cb, void *arg)
+{
+	if (!a || !loop || !cb || a->busy || a->dead || !a->started)
+		return -1;
+	a->preset = -1;
+	if (a->pending_ok)
+		/* the response to a success-with-data challenge is empty */
+		a->preset = inlen == 0 ? SG_AUTH_OK : SG_AUTH_BADPROT;
+	else if (inlen > SG_AUTH_IN_MAX)
+		a->preset = SG_AUTH_BADPROT;
+	a->is_start = false;
+	copy_in(a, in, inlen <= SG_AUTH_IN_MAX ? inlen : 0);
+	if (a->preset == SG_AUTH_OK) {
+		/* hand the identity over in after_work's OK branch */
+		a->pending_ok = false;
+	}
+	return queue(a, loop, cb, arg);
+}
+
+/* ---- start-up and reload ---------------------------------------------- */
+
+static void auxprop_cb(sasl_auxprop_plug_t *m, sasl_info_callback_stage_t st,
+                       void *rock)
+{
+	char *buf = rock;
+	size_t n = strlen(buf);
+	if (st != SASL_INFO_LIST_MECH || !m || !m->name)
+		return;
+	snprintf(buf + n, SG_AUTH_LIST_MAX - n, "%s%s", n ? " " : "", m->name);
+}
+
+static void loaded_lists(char *mechs, char *aux)
+{
+	const char **l = sasl_global_listmech();
+	size_t n = 0;
+	mechs[0] = aux[0] = '\0';
+	for (; l && *l && n < SG_AUTH_LIST_MAX; l++)
+		n += (size_t)snprintf(mechs + n, SG_AUTH_LIST_MAX - n, "%s%s",
+		                      n ? " " : "", *l);
+	auxprop_plugin_info(NULL, auxprop_cb, aux);
+}
+
+static void move_errors(sg_errors *to, sg_errors *from)
+{
+	for (size_t i = 0; i < from->n; i++)
+		sg_errors_add(to, NULL, "%s", from->msg[i]);
+	sg_errors_free(from);
+}
+
+static void set_global_cfg(const sg_config *cfg)
+{
+	sg_config *old;
+	uv_mutex_lock(&g_lock);
+	old = g_cfg;
+	g_cfg = cfg ? sg_config_ref((sg_config *)cfg) : NULL;
+	uv_mutex_unlock(&g_lock);
+	if (old)
+		sg_config_unref(old);
+}
+
+/* Checks, sender map, the effective settings.  initial: environment
+ * problems (socket, sasldb) are reported in errs like the others (`-t`,
+ * start-up prints them); on reload they are warnings, not a reason to keep
+ * the old configuration. */
+static int apply(const sg_config *cfg, sg_errors *errs, bool initial)
+{
+	char all[SG_AUTH_LIST_MAX], aux[SG_AUTH_LIST_MAX];
+	sg_errors fatal = {0}, env = {0};
+
+	loaded_lists(all, aux);
+	sg_sasl_check(cfg, all, aux, &fatal, &env);
+	sg_sender_map_load(cfg, &fatal);
+
+	/* What a client sees after TLS: the settings in one line. */
+	sg_auth_peer peer = {.sid = NULL};
+	uv_mutex_lock(&g_lock);
+	sg_config *prev = g_cfg; /* plugins read the new options meanwhile */
+	g_cfg = (sg_config *)cfg;
+	uv_mutex_unlock(&g_lock);
+	sg_auth *probe = sg_auth_new(cfg, &peer);
+	sg_auth_set_tls(probe, 256);
+	char mechs[SG_AUTH_MECHS_MAX];
+	snprintf(mechs, sizeof mechs, "%s", sg_auth_mechs(probe));
+	sg_auth_free(probe);
+	uv_mutex_lock(&g_lock);
+	g_cfg = prev;
+	uv_mutex_unlock(&g_lock);
+
+	if (!*mechs && !fatal.n) {
+		sg_where w = sg_sasl_where(cfg, "mech_list");
+		sg_errors_add(&fatal, &w,
+		              "no SASL mechanism left to offer (mech_list \"%s\", "
+		              "pwcheck_method %s)",
+		              sg_sasl_opt(cfg, "mech_list"),
+		              sg_sasl_opt(cfg, "pwcheck_method")
+		                  ? sg_sasl_opt(cfg, "pwcheck_method")
+		                  : "auxprop");
+	}
+	if (sg_sasl_saslauthd_only(cfg)) {
+		/* The classic Postfix/Cyrus question: say it once, here. */
+		const char *s = sg_sasl_opt(cfg, "mech_list");
+		char dropped[SG_AUTH_MECHS_MAX] = "";
+		while (s && *s) {
+			size_t n = strcspn(s, " \t,");
+			char m[SG_AUTH_MECH_MAX + 2];
+			if (n && n <= SG_AUTH_MECH_MAX) {
+				memcpy(m, s, n);
+				m[n] = '\0';
+				size_t k = strlen(dropped);
+				if (sg_sasl_mech_needs_secret(m))
+					snprintf(dropped + k, sizeof dropped - k, "%s%s",
+					         k ? " " : "", m);
+			}
+			s += n;
+			s += strspn(s, " \t,");
+		}
+		if (*dropped)
+			log_warn(NULL,
+			         "sasl: not offering %s: challenge-response mechanisms "
+			         "cannot work with pwcheck_method = saslauthd (it only "
+			         "checks plaintext passwords; the server has no secret)",
+			         dropped);
+	}
+
+	int bad = fatal.n ? -1 : 0;
+	move_errors(errs, &fatal);
+	if (initial) {
+		move_errors(errs, &env);
+	} else {
+		for (size_t i = 0; i < env.n; i++)
+			log_warn(NULL, "%s", env.msg[i]);
+		sg_errors_free(&env);
+	}
+	if (bad)
+		return -1;
+	set_global_cfg(cfg);
+	const char *pw = sg_sasl_opt(cfg, "pwcheck_method");
+	const char *ap = sg_sasl_opt(cfg, "auxprop_plugin");
+	log_info(NULL,
+	         "sasl: mechanisms=\"%s\" pwcheck_method=%s auxprop_plugin=%s "
+	         "saslauthd_path=%s",
+	         mechs, pw && *pw ? pw : "auxprop", ap && *ap ? ap : "-",
+	         sg_sasl_uses(cfg, "saslauthd") ? sg_sasl_saslauthd_path(cfg) : "-");
+	return 0;
+}
+
+int sg_sasl_init(const sg_config *cfg, sg_errors *errs)
+{
+	char n[16];
+
+	uv_once(&g_once, g_init);
+	/* Before the first uv_queue_work anywhere: libuv reads it once. */
+	unsigned t = cfg->sasl_threads ? cfg->sasl_threads : 4;
+	snprintf(n, sizeof n, "%u", t > SG_AUTH_THREADS_MAX ? SG_AUTH_THREADS_MAX : t);
+	setenv("UV_THREADPOOL_SIZE", n, 1);
+
+	if (g_active)
+		sg_sasl_done();
+	set_global_cfg(cfg);
+	int rc = sasl_server_init(global_cbs, NULL);
+	if (rc != SASL_OK) {
+		sg_where w = {cfg->path, 0};
+		sg_errors_add(errs, &w, "[sasl] Cyrus SASL start-up failed: %s",
+		              sasl_errstring(rc, NULL, NULL));
+		set_global_cfg(NULL);
+		return -1;
+	}
+	g_active = true;
+	return apply(cfg, errs, true);
+}
+
+int sg_sasl_reconfig(const sg_config *cfg, sg_errors *errs)
+{
+	uv_once(&g_once, g_init);
+	if (!g_active)
+		return sg_sasl_init(cfg, errs);
+	return apply(cfg, errs, false);
+}
+
+void sg_sasl_done(void)
+{
+	uv_once(&g_once, g_init);
+	if (g_active)
+		sasl_server_done();
+	g_active = false;
+	set_global_cfg(NULL);
+	uv_mutex_lock(&g_lock);
+	while (g_interned) {
+		struct interned *i = g_interned;
+		g_interned = i->next;
+		free(i);
+	}
+	uv_mutex_unlock(&g_lock);
+	sg_sender_map_done();
+}
