@@ -1,0 +1,82 @@
+/* proxy/smtp_parse.c: resumable SMTP command line framer (see smtp_parse.h
+ * for the limits and the bare-LF rule). */
+#include "smtp_parse.h"
+
+#include <ctype.h>
+#include <string.h>
+
+int sg_line_next(sg_lines *st, const char *buf, size_t len, size_t limit,
+                 const char **line, size_t *linelen, size_t *consumed)
+{
+	*consumed = 0;
+	*line = NULL;
+	*linelen = 0;
+
+	/* Dropping the rest of an overlong line: up to and including its LF. */
+	if (st->discarding) {
+		const char *lf = memchr(buf, '\n', len);
+		if (!lf) {
+			*consumed = len;
+			return SG_LINE_NONE;
+		}
+		st->discarding = false;
+		*consumed = (size_t)(lf - buf) + 1;
+		return SG_LINE_NONE;
+	}
+
+	/* Only the first `limit` octets can hold the LF of a valid line. */
+	size_t scan = len < limit ? len : limit;
+	const char *lf = memchr(buf, '\n', scan);
+	if (!lf) {
+		if (len < limit)
+			return SG_LINE_NONE; /* incomplete, still within bounds */
+		/* limit octets and no LF: too long whatever follows.  Drop it up
+		 * to its LF if that is here already (the next command follows),
+		 * else drop all and the rest of the line as it arrives. */
+		lf = memchr(buf + scan, '\n', len - scan);
+		if (lf) {
+			*consumed = (size_t)(lf - buf) + 1;
+		} else {
+			st->discarding = true;
+			*consumed = len;
+		}
+		return SG_LINE_TOOLONG;
+	}
+
+	size_t total = (size_t)(lf - buf) + 1; /* LF included */
+	*consumed = total;
+	size_t n = total - 1;
+	if (n > 0 && buf[n - 1] == '\r')
+		n--;
+	if (memchr(buf, '\0', n))
+		return SG_LINE_NUL;
+	*line = buf;
+	*linelen = n;
+	return SG_LINE_OK;
+}
+
+bool sg_line_pending(const sg_lines *st, const char *buf, size_t len,
+                     size_t limit)
+{
+	if (st->discarding)
+		return memchr(buf, '\n', len) != NULL;
+	if (len >= limit)
+		return true;
+	return memchr(buf, '\n', len) != NULL;
+}
+
+void sg_cmd_split(char *line, char **verb, char **arg)
+{
+	char *p = line;
+	*verb = p;
+	for (; *p && *p != ' '; p++)
+		*p = (char)toupper((unsigned char)*p);
+	if (*p)
+		*p++ = '\0';
+	while (*p == ' ')
+		p++;
+	*arg = p;
+	size_t n = strlen(p);
+	while (n > 0 && p[n - 1] == ' ')
+		p[--n] = '\0';
+}
