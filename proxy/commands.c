@@ -1,0 +1,865 @@
+/* proxy/commands.c: the client-side SMTP commands.
+ *
+ * ONE table maps each verb to its handler, the states it is allowed in (and
+ * the reply when it is not) and policy flags, in the manner of Postfix
+ * smtpd's command table.  Handlers are ladders of guard clauses: each guard
+ * gives one reply (reply.c) and returns; the action comes last.
+ *
+ * Everything that concerns a message (MAIL, RCPT, DATA, RSET once linked) is
+ * answered with the upstream's reply (upstream/link.h): saslgate never gives
+ * a 2xx for something the MTA has not accepted. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../common/log.h"
+#include "reply.h"
+#include "session_int.h"
+
+enum verb {
+	V_EHLO, V_HELO, V_STARTTLS, V_AUTH, V_MAIL, V_RCPT, V_DATA, V_RSET,
+	V_NOOP, V_VRFY, V_QUIT, V_HELP,
+};
+
+#define ST(x) (1u << (x))
+#define ST_SESSION (ST(SG_ST_HELO) | ST(SG_ST_READY) | ST(SG_ST_MAIL) | ST(SG_ST_RCPT))
+#define ST_TXN (ST(SG_ST_MAIL) | ST(SG_ST_RCPT))
+
+/* RFC 2920 3.1: EHLO, DATA, QUIT, NOOP, VRFY (and STARTTLS, AUTH) can only
+ * be last in a pipelined group: flush the group's replies right after. */
+#define F_GROUP_END 0x1
+/* Not followed by the client until it has our reply: log its verb only
+ * (AUTH carries credentials). */
+#define F_SECRET 0x2
+
+typedef struct sg_cmd {
+	const char *verb;
+	enum verb id;
+	void (*fn)(sg_session *s, char *arg);
+	unsigned states;     /* ST() mask where the verb is allowed */
+	enum sg_rep bad_seq; /* reply elsewhere */
+	unsigned flags;
+} sg_cmd;
+
+static void cmd_ehlo(sg_session *s, char *arg);
+static void cmd_helo(sg_session *s, char *arg);
+static void cmd_starttls(sg_session *s, char *arg);
+static void cmd_auth(sg_session *s, char *arg);
+static void cmd_mail(sg_session *s, char *arg);
+static void cmd_rcpt(sg_session *s, char *arg);
+static void cmd_data(sg_session *s, char *arg);
+static void cmd_rset(sg_session *s, char *arg);
+static void cmd_noop(sg_session *s, char *arg);
+static void cmd_vrfy(sg_session *s, char *arg);
+static void cmd_quit(sg_session *s, char *arg);
+static void cmd_help(sg_session *s, char *arg);
+
+static const sg_cmd cmd_table[] = {
+	{"EHLO", V_EHLO, cmd_ehlo, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
+	{"HELO", V_HELO, cmd_helo, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
+	{"STARTTLS", V_STARTTLS, cmd_starttls, ST(SG_ST_HELO) | ST(SG_ST_READY),
+	 SG_R_BAD_SEQ, F_GROUP_END},
+	{"AUTH", V_AUTH, cmd_auth, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO,
+	 F_GROUP_END | F_SECRET},
+	{"MAIL", V_MAIL, cmd_mail, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO, 0},
+	{"RCPT", V_RCPT, cmd_rcpt, ST_TXN, SG_R_NEED_MAIL, 0},
+	{"DATA", V_DATA, cmd_data, ST_TXN, SG_R_NEED_MAIL, F_GROUP_END},
+	{"RSET", V_RSET, cmd_rset, ST_SESSION, SG_R_BAD_SEQ, 0},
+	{"NOOP", V_NOOP, cmd_noop, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
+	{"VRFY", V_VRFY, cmd_vrfy, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
+	{"QUIT", V_QUIT, cmd_quit, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
+	{"HELP", V_HELP, cmd_help, ST_SESSION, SG_R_BAD_SEQ, 0},
+};
+
+/* ------------------------------------------------------------- helpers */
+
+void sg_cmd_txn_reset(sg_session *s)
+{
+	s->mail_from[0] = '\0';
+	s->rcpts = 0;
+	s->msg_size = 0;
+	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
+	    s->state == SG_ST_DATA)
+		sg_session_state(s, SG_ST_READY);
+}
+
+static bool auth_allowed(const sg_session *s)
+{
+	return s->encrypted || !s->lc->require_tls_for_auth;
+}
+
+/* Copy a client-supplied name for a log line: no spaces, '=', quotes or
+ * control characters, so a login like "x client=1.2.3.4" cannot forge a
+ * key that fail2ban would match. */
+static void log_safe(char *dst, size_t max, const char *src)
+{
+	size_t i = 0;
+	for (; src && src[i] && i + 1 < max; i++) {
+		unsigned char c = (unsigned char)src[i];
+		dst[i] = (c <= 0x20 || c >= 0x7f || c == '=' || c == '"') ? '?'
+		                                                           : (char)c;
+	}
+	dst[i] = '\0';
+}
+
+static void log_auth(sg_session *s, const char *result, const char *reason)
+{
+	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s", result,
+	         s->tried[0] ? " user=" : "", s->tried, s->client_ip, s->mech,
+	         reason ? " reason=" : "", reason ? reason : "");
+}
+
+/* "KEY" or "KEY=value" (case-insensitive key). */
+static bool param_is(const char *tok, const char *key)
+{
+	size_t n = strlen(key);
+	return strncasecmp(tok, key, n) == 0 && (tok[n] == '\0' || tok[n] == '=');
+}
+
+/* Parse "<path>" at *pp into out (angle brackets and an obsolete source
+ * route removed).  Returns SG_R_COUNT when fine, else the reply: 501 for a
+ * missing or unterminated path, 553 5.1.3 for a bad address. */
+static enum sg_rep parse_path(char **pp, char *out, bool allow_empty)
+{
+	char *p = *pp;
+	if (*p != '<')
+		return SG_R_SYNTAX;
+	p++;
+	/* RFC 5321 4.1.2 / C: "@a,@b:user@c", the route is to be ignored */
+	if (*p == '@') {
+		char *colon = strchr(p, ':');
+		if (!colon)
+			return SG_R_BAD_ADDR;
+		p = colon + 1;
+	}
+	char *start = p;
+	bool quoted = false;
+	for (; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c < 0x20 || c == 0x7f)
+			return SG_R_BAD_ADDR;
+		if (quoted && c == '\\' && p[1]) {
+			p++;
+			continue;
+		}
+		if (c == '"') {
+			quoted = !quoted;
+			continue;
+		}
+		if (quoted)
+			continue;
+		if (c == '>')
+			break;
+		if (c == ' ' || c == '<' || c == ',' || c == ';')
+			return SG_R_BAD_ADDR;
+	}
+	if (*p != '>')
+		return SG_R_SYNTAX;
+	size_t n = (size_t)(p - start);
+	if (n == 0 && !allow_empty)
+		return SG_R_BAD_ADDR;
+	if (n > SG_PATH_MAX)
+		return SG_R_BAD_ADDR;
+	char *at = memrchr(start, '@', n);
+	if (at && (at == start || at == p - 1))
+		return SG_R_BAD_ADDR; /* "@dom" or "user@" */
+	memcpy(out, start, n);
+	out[n] = '\0';
+	p++;
+	if (*p && *p != ' ')
+		return SG_R_SYNTAX;
+	*pp = p;
+	return SG_R_COUNT;
+}
+
+/* -------------------------------------------------------- upstream relay */
+
+static void on_upstream_reply(void *arg, const sg_reply *r);
+
+/* Hold a reply that came back before sg_link_open returned. */
+static bool hold_sync(sg_session *s, const sg_reply *r)
+{
+	if (!s->link_opening)
+		return false;
+	s->sync_code = r->code;
+	s->sync_text = malloc(r->len ? r->len : 1);
+	s->sync_len = s->sync_text ? r->len : 0;
+	if (s->sync_text)
+		memcpy(s->sync_text, r->text, r->len);
+	return true;
+}
+
+static void open_link(sg_session *s, bool with_login, sg_link_cb ready)
+{
+	sg_identity id;
+	sg_session_fill_identity(s, &id, with_login);
+	s->pending = SG_PEND_LINK_OPEN;
+	s->link_opening = true;
+	s->sync_code = 0;
+	sg_link *l = sg_link_open(s->loop, s->cfg, &id, ready, s);
+	s->link_opening = false;
+	if (!s->sync_code) {
+		s->link = l;
+		return;
+	}
+	int code = s->sync_code;
+	s->link = code >= 200 && code < 300 ? l : NULL;
+	sg_reply r = {code, s->sync_text ? s->sync_text : "", s->sync_len};
+	s->sync_code = 0;
+	ready(s, &r);
+	free(s->sync_text);
+	s->sync_text = NULL;
+}
+
+static void relay(sg_session *s, enum verb v, const char *line, size_t len)
+{
+	s->up_verb = v;
+	s->pending = SG_PEND_UPSTREAM;
+	sg_link_command(s->link, line, len, on_upstream_reply, s);
+}
+
+static void link_lost(sg_session *s)
+{
+	if (!s->link || sg_link_alive(s->link))
+		return;
+	log_info(s->id, "upstream %s lost", sg_link_peer(s->link));
+	sg_link_close(s->link);
+	s->link = NULL;
+	sg_cmd_txn_reset(s);
+}
+
+static void on_upstream_reply(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	bool ok = r->code >= 200 && r->code < 300;
+	switch (s->up_verb) {
+	case V_MAIL:
+		if (ok)
+			sg_session_state(s, SG_ST_MAIL);
+		else
+			s->mail_from[0] = '\0';
+		break;
+	case V_RCPT:
+		if (ok) {
+			s->rcpts++;
+			sg_session_state(s, SG_ST_RCPT);
+		}
+		break;
+	case V_DATA:
+		if (r->code == 354 && sg_link_alive(s->link)) {
+			sg_reply_raw(s, r->code, r->text, r->len);
+			sg_session_data_begin(s);
+			sg_session_resume(s);
+			return;
+		}
+		break;
+	case V_RSET:
+		if (ok)
+			sg_cmd_txn_reset(s);
+		break;
+	default:
+		break;
+	}
+	sg_reply_raw(s, r->code, r->text, r->len);
+	link_lost(s);
+	sg_session_resume(s);
+}
+
+/* MAIL on a session without a (live) link: open one, then send the held
+ * line.  require_auth = no listeners get here unauthenticated (no login). */
+static void on_mail_link_ready(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing || hold_sync(s, r))
+		return;
+	if (r->code < 200 || r->code >= 300) {
+		s->link = NULL;
+		s->mail_from[0] = '\0';
+		free(s->pend_line);
+		s->pend_line = NULL;
+		log_info(s->id, "MAIL: no upstream took the session (%d)", r->code);
+		if (r->code >= 400 && r->code < 500 && r->len)
+			sg_reply_raw(s, r->code, r->text, r->len);
+		else
+			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		sg_session_resume(s);
+		return;
+	}
+	char *line = s->pend_line;
+	s->pend_line = NULL;
+	if (!s->link || !line) { /* cannot happen: open_link set the link */
+		free(line);
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		sg_session_resume(s);
+		return;
+	}
+	relay(s, V_MAIL, line, s->pend_len);
+	free(line);
+}
+
+/* ---------------------------------------------------------------- EHLO */
+
+static enum sg_rep check_helo(sg_session *s, const char *arg)
+{
+	if (!*arg || strlen(arg) > SG_HELO_MAX)
+		return SG_R_HELO_SYNTAX;
+	for (const char *p = arg; *p; p++)
+		if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e)
+			return SG_R_HELO_SYNTAX;
+	return SG_R_COUNT;
+}
+
+/* RFC 5321 4.1.4: EHLO/HELO inside a transaction acts as RSET. */
+static void drop_reply(void *arg, const sg_reply *r) { (void)arg, (void)r; }
+
+static void greet(sg_session *s, const char *arg, bool esmtp)
+{
+	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT) {
+		if (s->link)
+			sg_link_command(s->link, "RSET\r\n", 6, drop_reply, s);
+		sg_cmd_txn_reset(s);
+	}
+	snprintf(s->helo, sizeof s->helo, "%s", arg);
+	s->esmtp = esmtp;
+	sg_session_state(s, SG_ST_READY);
+}
+
+static void cmd_helo(sg_session *s, char *arg)
+{
+	enum sg_rep bad = check_helo(s, arg);
+	if (bad != SG_R_COUNT) {
+		sg_reply_send(s, bad);
+		return;
+	}
+	greet(s, arg, false);
+	sg_reply_send(s, SG_R_HELO);
+}
+
+#define SG_EHLO_LINES 12
+#define SG_EHLO_LINE_MAX 512
+
+static void cmd_ehlo(sg_session *s, char *arg)
+{
+	enum sg_rep bad = check_helo(s, arg);
+	if (bad != SG_R_COUNT) {
+		sg_reply_send(s, bad);
+		return;
+	}
+	greet(s, arg, true);
+
+	sg_upstream_caps caps = sg_upstream_caps_get();
+	char lines[SG_EHLO_LINES][SG_EHLO_LINE_MAX];
+	int n = 0;
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "%s", s->cfg->hostname);
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "PIPELINING");
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "SIZE %llu",
+	         (unsigned long long)s->cfg->max_message_size);
+	/* the contract promises 8BITMIME; MAIL refuses BODY=8BITMIME only when
+	 * a probed upstream lacks it */
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "8BITMIME");
+	/* offered only when the upstream can take them (EHLO honesty) */
+	if (caps.smtputf8)
+		snprintf(lines[n++], SG_EHLO_LINE_MAX, "SMTPUTF8");
+	if (caps.dsn)
+		snprintf(lines[n++], SG_EHLO_LINE_MAX, "DSN");
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "ENHANCEDSTATUSCODES");
+	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls && s->tls_ctx)
+		snprintf(lines[n++], SG_EHLO_LINE_MAX, "STARTTLS");
+	if (auth_allowed(s) && !s->authenticated) {
+		sg_auth *a = sg_session_auth(s);
+		const char *mechs = a ? sg_auth_mechs(a) : "";
+		if (mechs && *mechs)
+			snprintf(lines[n++], SG_EHLO_LINE_MAX, "AUTH %s", mechs);
+	}
+	snprintf(lines[n++], SG_EHLO_LINE_MAX, "HELP");
+	for (int i = 0; i < n; i++)
+		sg_reply_line(s, 250, i + 1 < n, lines[i]);
+}
+
+/* ------------------------------------------------------------ STARTTLS */
+
+static void cmd_starttls(sg_session *s, char *arg)
+{
+	/* RFC 3207 4: no parameters */
+	if (*arg) {
+		sg_reply_send(s, SG_R_NO_ARGS);
+		return;
+	}
+	if (s->tls) {
+		sg_reply_send(s, SG_R_TLS_ACTIVE);
+		return;
+	}
+	if (s->lc->tls != SG_TLS_STARTTLS || !s->tls_ctx) {
+		sg_reply_send(s, SG_R_TLS_UNAVAIL);
+		return;
+	}
+	sg_reply_send(s, SG_R_STARTTLS);
+	sg_session_starttls(s);
+}
+
+/* ---------------------------------------------------------------- AUTH */
+
+/* sg_b64_decode needs inlen*3/4+3 */
+#define SG_AUTH_DEC_MAX (SG_AUTH_LINE_MAX / 4 * 3 + 4)
+/* longest challenge we pass on ("334 " + base64 in a 12288-octet line) */
+#define SG_AUTH_CHAL_MAX 8192
+
+static void on_auth_result(void *arg, int result, const char *chal,
+                           unsigned len);
+
+static void auth_done_fail(sg_session *s)
+{
+	s->auth_await = false;
+	if (s->auth)
+		sg_auth_reset(s->auth);
+	sg_session_state(s, SG_ST_READY);
+}
+
+/* failure_delay is over: the 535 (RFC 4954 6), and maybe the 421. */
+static void on_auth_delay(uv_timer_t *t)
+{
+	sg_session *s = t->data;
+	if (s->closing)
+		return;
+	s->auth_failures++;
+	sg_ipfail_record(s->cfg, s->client_ip);
+	log_auth(s, "fail", NULL);
+	auth_done_fail(s);
+	sg_reply_send(s, SG_R_AUTH_FAILED);
+	if (s->cfg->max_failures && s->auth_failures >= s->cfg->max_failures) {
+		sg_reply_send(s, SG_R_TOO_MANY_FAIL);
+		sg_session_close(s, "too many auth failures");
+		return;
+	}
+	sg_session_resume(s);
+}
+
+static void on_auth_link_ready(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing || hold_sync(s, r))
+		return;
+	if (r->code >= 200 && r->code < 300) {
+		const char *u = s->auth ? sg_auth_user(s->auth) : NULL;
+		snprintf(s->user, sizeof s->user, "%s", u ? u : s->tried);
+		s->authenticated = true;
+		sg_session_state(s, SG_ST_READY);
+		log_auth(s, "ok", NULL);
+		sg_reply_send(s, SG_R_AUTH_OK);
+		sg_session_resume(s);
+		return;
+	}
+	/* No upstream took the identity: never relay without it (CONTRACT). */
+	s->link = NULL;
+	s->user[0] = '\0';
+	log_auth(s, "tempfail", "upstream");
+	auth_done_fail(s);
+	if (r->code >= 400 && r->code < 500 && r->len)
+		sg_reply_raw(s, r->code, r->text, r->len);
+	else
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+	sg_session_resume(s);
+}
+
+static void on_auth_result(void *arg, int result, const char *chal,
+                           unsigned len)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	const char *who = s->auth ? sg_auth_authcid(s->auth) : NULL;
+	if (who && *who)
+		log_safe(s->tried, sizeof s->tried, who);
+	switch (result) {
+	case SG_AUTH_CONTINUE: {
+		char b64[SG_AUTH_CHAL_MAX / 3 * 4 + 8];
+		unsigned n = 0;
+		if (len > SG_AUTH_CHAL_MAX ||
+		    sg_b64_encode(chal, len, b64, sizeof b64, &n) < 0) {
+			log_auth(s, "tempfail", "challenge too long");
+			auth_done_fail(s);
+			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+			break;
+		}
+		b64[n] = '\0';
+		s->auth_await = true;
+		sg_reply_line(s, 334, false, b64); /* "334 " for an empty one */
+		break;
+	}
+	case SG_AUTH_OK:
+		/* 235 only once an upstream has taken the identity (CONTRACT) */
+		snprintf(s->user, sizeof s->user, "%s",
+		         sg_auth_user(s->auth) ? sg_auth_user(s->auth) : "");
+		open_link(s, true, on_auth_link_ready);
+		return;
+	case SG_AUTH_FAIL:
+	case SG_AUTH_AUTHZ:
+		/* tarpit before the 535: uv_timer, never a sleep */
+		s->pending = SG_PEND_AUTH_DELAY;
+		s->delay.data = s;
+		uv_timer_start(&s->delay, on_auth_delay, s->cfg->failure_delay_ms, 0);
+		return;
+	case SG_AUTH_NOMECH:
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_BAD_MECH);
+		break;
+	case SG_AUTH_BADPROT:
+		log_auth(s, "fail", "malformed response");
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_BAD_B64);
+		break;
+	default: /* SG_AUTH_TEMPFAIL: the backend cannot answer, no failure */
+		log_auth(s, "tempfail", NULL);
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		break;
+	}
+	sg_session_resume(s);
+}
+
+/* Decode a client response; "=" is an empty one (RFC 4954 4). */
+static int decode_response(const char *in, size_t len, char *out,
+                           unsigned *outlen)
+{
+	*outlen = 0;
+	if (len == 1 && in[0] == '=')
+		return 0;
+	return sg_b64_decode(in, len, out, SG_AUTH_DEC_MAX, outlen);
+}
+
+static void auth_response(sg_session *s, char *line, size_t len)
+{
+	s->auth_await = false;
+	/* RFC 4954 4: "*" cancels the exchange */
+	if (len == 1 && line[0] == '*') {
+		log_auth(s, "cancelled", NULL);
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_AUTH_CANCEL);
+		return;
+	}
+	char dec[SG_AUTH_DEC_MAX];
+	unsigned n;
+	if (decode_response(line, len, dec, &n) < 0) {
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_BAD_B64);
+		return;
+	}
+	s->pending = SG_PEND_SASL;
+	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
+	explicit_bzero(dec, sizeof dec);
+	if (r < 0) {
+		s->pending = SG_PEND_NONE;
+		log_auth(s, "tempfail", "cannot start");
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+	}
+}
+
+static void cmd_auth(sg_session *s, char *arg)
+{
+	/* RFC 4954 4: once per session, not inside a transaction */
+	if (s->authenticated) {
+		sg_reply_send(s, SG_R_ALREADY_AUTH);
+		return;
+	}
+	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT) {
+		sg_reply_send(s, SG_R_AUTH_IN_TXN);
+		return;
+	}
+	/* RFC 4954 6: 538 when the mechanism needs an encrypted session */
+	if (!auth_allowed(s)) {
+		sg_reply_send(s, SG_R_ENCRYPT_NEEDED);
+		return;
+	}
+	char *ir = strchr(arg, ' ');
+	if (ir) {
+		*ir++ = '\0';
+		while (*ir == ' ')
+			ir++;
+	}
+	if (!*arg) {
+		sg_reply_send(s, SG_R_SYNTAX);
+		return;
+	}
+	/* checked before the name reaches Cyrus (CVE-2019-19906 class) */
+	if (strlen(arg) >= sizeof s->mech || !sg_auth_mech_valid(arg)) {
+		snprintf(s->mech, sizeof s->mech, "invalid");
+		sg_reply_send(s, SG_R_BAD_MECH);
+		return;
+	}
+	snprintf(s->mech, sizeof s->mech, "%s", arg);
+	s->tried[0] = '\0';
+	sg_auth *a = sg_session_auth(s);
+	if (!a) {
+		log_auth(s, "tempfail", "no SASL context");
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		return;
+	}
+	if (!sg_auth_mech_offered(a, s->mech)) {
+		sg_reply_send(s, SG_R_BAD_MECH);
+		return;
+	}
+	if (sg_ipfail_over(s->cfg, s->client_ip)) {
+		log_auth(s, "tempfail", "address over ip_failure_limit");
+		sg_reply_send(s, SG_R_AUTH_IP_LIMIT);
+		return;
+	}
+	char dec[SG_AUTH_DEC_MAX];
+	unsigned n = 0;
+	bool has_ir = ir && *ir;
+	if (has_ir && decode_response(ir, strlen(ir), dec, &n) < 0) {
+		sg_reply_send(s, SG_R_BAD_B64);
+		return;
+	}
+	sg_session_state(s, SG_ST_AUTH_PENDING);
+	s->pending = SG_PEND_SASL;
+	int r = sg_auth_start(a, s->loop, s->mech, dec, n, has_ir, on_auth_result,
+	                      s);
+	explicit_bzero(dec, sizeof dec);
+	if (r < 0) {
+		s->pending = SG_PEND_NONE;
+		log_auth(s, "tempfail", "cannot start");
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+	}
+}
+
+/* ---------------------------------------------------------- MAIL, RCPT */
+
+#define SG_RELAY_LINE_MAX (SG_LINE_MAX + 16)
+
+typedef enum sg_rep (*param_check)(sg_session *s, const char *tok,
+                                   const sg_upstream_caps *caps);
+
+/* Check each space-separated parameter (on a copy: the line is sent on). */
+static enum sg_rep check_params(sg_session *s, const char *params,
+                                param_check fn)
+{
+	char copy[SG_LINE_MAX];
+	snprintf(copy, sizeof copy, "%s", params);
+	sg_upstream_caps caps = sg_upstream_caps_get();
+	char *save = NULL;
+	for (char *tok = strtok_r(copy, " ", &save); tok;
+	     tok = strtok_r(NULL, " ", &save)) {
+		enum sg_rep bad = fn(s, tok, &caps);
+		if (bad != SG_R_COUNT)
+			return bad;
+	}
+	return SG_R_COUNT;
+}
+
+static enum sg_rep mail_param(sg_session *s, const char *tok,
+                              const sg_upstream_caps *caps)
+{
+	if (param_is(tok, "SIZE")) { /* RFC 1870 */
+		const char *v = tok[4] == '=' ? tok + 5 : "";
+		char *end;
+		if (*v < '0' || *v > '9')
+			return SG_R_SYNTAX;
+		unsigned long long sz = strtoull(v, &end, 10);
+		if (*end)
+			return SG_R_SYNTAX;
+		if (s->cfg->max_message_size && sz > s->cfg->max_message_size)
+			return SG_R_TOO_BIG;
+		return SG_R_COUNT;
+	}
+	if (param_is(tok, "BODY")) { /* RFC 6152 */
+		if (strcasecmp(tok, "BODY=7BIT") == 0)
+			return SG_R_COUNT;
+		if (strcasecmp(tok, "BODY=8BITMIME") == 0 &&
+		    (!caps->probed || caps->eightbitmime))
+			return SG_R_COUNT;
+		return SG_R_BAD_PARAM;
+	}
+	if (strcasecmp(tok, "SMTPUTF8") == 0) /* RFC 6531 */
+		return caps->smtputf8 ? SG_R_COUNT : SG_R_BAD_PARAM;
+	if (param_is(tok, "RET") || param_is(tok, "ENVID")) /* RFC 3461 */
+		return caps->dsn ? SG_R_COUNT : SG_R_BAD_PARAM;
+	if (param_is(tok, "AUTH")) /* RFC 4954 5 */
+		return SG_R_COUNT;
+	return SG_R_BAD_PARAM;
+}
+
+static enum sg_rep rcpt_param(sg_session *s, const char *tok,
+                              const sg_upstream_caps *caps)
+{
+	if (param_is(tok, "NOTIFY") || param_is(tok, "ORCPT")) /* RFC 3461 */
+		return caps->dsn ? SG_R_COUNT : SG_R_BAD_PARAM;
+	return SG_R_BAD_PARAM;
+}
+
+static void cmd_mail(sg_session *s, char *arg)
+{
+	/* CONTRACT: MAIL before AUTH where it is required */
+	if (s->lc->require_auth && !s->authenticated) {
+		sg_reply_send(s, SG_R_AUTH_REQUIRED);
+		return;
+	}
+	/* RFC 5321 4.1.4: no MAIL inside a transaction */
+	if (s->state != SG_ST_READY) {
+		sg_reply_send(s, SG_R_NESTED_MAIL);
+		return;
+	}
+	if (strncasecmp(arg, "FROM:", 5) != 0) {
+		sg_reply_send(s, SG_R_SYNTAX);
+		return;
+	}
+	char *p = arg + 5;
+	while (*p == ' ') /* tolerated, as Postfix does */
+		p++;
+	char addr[SG_PATH_MAX + 1];
+	enum sg_rep bad = parse_path(&p, addr, true);
+	if (bad == SG_R_COUNT)
+		bad = check_params(s, p, mail_param);
+	if (bad != SG_R_COUNT) {
+		sg_reply_send(s, bad);
+		return;
+	}
+	if (s->authenticated && !sg_sender_allowed(s->cfg, s->user, addr)) {
+		log_info(s->id, "MAIL: from=<%s> not allowed for user=%s", addr,
+		         s->user);
+		sg_reply_send(s, SG_R_NOT_OWNER);
+		return;
+	}
+	char line[SG_RELAY_LINE_MAX];
+	int n = snprintf(line, sizeof line, "MAIL FROM:<%s>%s\r\n", addr, p);
+	if (n < 0 || (size_t)n >= sizeof line) {
+		sg_reply_send(s, SG_R_SYNTAX);
+		return;
+	}
+	snprintf(s->mail_from, sizeof s->mail_from, "%s", addr);
+	if (s->link && sg_link_alive(s->link)) {
+		relay(s, V_MAIL, line, (size_t)n);
+		return;
+	}
+	/* First MAIL of an unauthenticated session (require_auth = no), or the
+	 * upstream was lost since: (re)open with the same identity. */
+	if (s->link) {
+		sg_link_close(s->link);
+		s->link = NULL;
+	}
+	free(s->pend_line);
+	s->pend_line = malloc((size_t)n);
+	if (!s->pend_line) {
+		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		return;
+	}
+	memcpy(s->pend_line, line, (size_t)n);
+	s->pend_len = (size_t)n;
+	open_link(s, s->authenticated, on_mail_link_ready);
+}
+
+static void cmd_rcpt(sg_session *s, char *arg)
+{
+	if (strncasecmp(arg, "TO:", 3) != 0) {
+		sg_reply_send(s, SG_R_SYNTAX);
+		return;
+	}
+	char *p = arg + 3;
+	while (*p == ' ')
+		p++;
+	char addr[SG_PATH_MAX + 1];
+	enum sg_rep bad = parse_path(&p, addr, false);
+	if (bad == SG_R_COUNT)
+		bad = check_params(s, p, rcpt_param);
+	if (bad != SG_R_COUNT) {
+		sg_reply_send(s, bad);
+		return;
+	}
+	/* RFC 5321 4.5.3.1.8: 452 when the recipient buffer is full */
+	if (s->cfg->max_recipients && s->rcpts >= s->cfg->max_recipients) {
+		sg_reply_send(s, SG_R_TOO_MANY_RCPT);
+		return;
+	}
+	if (!s->link) { /* lost with the transaction: link_lost() reset it */
+		sg_reply_send(s, SG_R_NEED_MAIL);
+		return;
+	}
+	char line[SG_RELAY_LINE_MAX];
+	int n = snprintf(line, sizeof line, "RCPT TO:<%s>%s\r\n", addr, p);
+	if (n < 0 || (size_t)n >= sizeof line) {
+		sg_reply_send(s, SG_R_SYNTAX);
+		return;
+	}
+	relay(s, V_RCPT, line, (size_t)n);
+}
+
+static void cmd_data(sg_session *s, char *arg)
+{
+	if (*arg) {
+		sg_reply_send(s, SG_R_NO_ARGS);
+		return;
+	}
+	/* RFC 5321 3.3: DATA needs at least one accepted recipient */
+	if (s->state != SG_ST_RCPT || s->rcpts == 0 || !s->link) {
+		sg_reply_send(s, SG_R_NEED_RCPT);
+		return;
+	}
+	relay(s, V_DATA, "DATA\r\n", 6);
+}
+
+static void cmd_rset(sg_session *s, char *arg)
+{
+	if (*arg) {
+		sg_reply_send(s, SG_R_NO_ARGS);
+		return;
+	}
+	if (s->link && sg_link_alive(s->link)) {
+		relay(s, V_RSET, "RSET\r\n", 6);
+		return;
+	}
+	sg_cmd_txn_reset(s);
+	sg_reply_send(s, SG_R_OK);
+}
+
+/* ---------------------------------------------------------- the others */
+
+static void cmd_noop(sg_session *s, char *arg) { sg_reply_send(s, SG_R_OK); }
+
+/* RFC 5321 3.5.3: 252, we cannot verify (and will not enumerate users) */
+static void cmd_vrfy(sg_session *s, char *arg) { sg_reply_send(s, SG_R_VRFY); }
+
+static void cmd_help(sg_session *s, char *arg) { sg_reply_send(s, SG_R_HELP); }
+
+static void cmd_quit(sg_session *s, char *arg)
+{
+	sg_reply_send(s, SG_R_BYE);
+	sg_session_close(s, "quit");
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+void sg_cmd_line(sg_session *s, char *line, size_t len)
+{
+	if (s->auth_await) {
+		auth_response(s, line, len);
+		return;
+	}
+	char *verb, *arg;
+	sg_cmd_split(line, &verb, &arg);
+	const sg_cmd *c = NULL;
+	for (size_t i = 0; i < sizeof cmd_table / sizeof cmd_table[0]; i++)
+		if (strcmp(verb, cmd_table[i].verb) == 0) {
+			c = &cmd_table[i];
+			break;
+		}
+	if (!c) {
+		char v[32];
+		log_safe(v, sizeof v, verb);
+		log_debug(s->id, "unknown command %s", v);
+		sg_reply_send(s, SG_R_UNKNOWN);
+		return;
+	}
+	log_debug(s->id, "command %s%s", c->verb,
+	          (c->flags & F_SECRET) ? " (...)" : "");
+	if (!(c->states & ST(s->state))) {
+		sg_reply_send(s, c->bad_seq);
+		return;
+	}
+	c->fn(s, arg);
+	if ((c->flags & F_GROUP_END) && s->pending == SG_PEND_NONE && !s->closing)
+		sg_session_flush(s);
+}

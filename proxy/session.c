@@ -1,0 +1,790 @@
+/* proxy/session.c: one client connection, from accept to close.
+ *
+ * The session owns its socket, TLS engine, SASL context and upstream link
+ * (ARCHITECTURE.md).  Input is read into a bounded buffer (plaintext, or
+ * ciphertext fed to the TLS engine and pulled back as plaintext), framed into
+ * command lines by smtp_parse.c and dispatched through the command table in
+ * commands.c.  Replies collect in s->out and are written once per pipelined
+ * group (RFC 2920 3.1).  One command at a time: while an async result (SASL
+ * on the thread pool, an upstream reply, the failure delay) is pending no
+ * further command is taken from the buffer, which keeps replies in order.
+ *
+ * Memory: every libuv handle of the session is freed only in its close
+ * callback; the struct goes when the last one has closed. */
+#include "session.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "proxyproto.h"
+#include "reply.h"
+#include "session_int.h"
+
+static const char *const state_name[] = {
+	[SG_ST_GREETING] = "GREETING", [SG_ST_TLS_HANDSHAKE] = "TLS_HANDSHAKE",
+	[SG_ST_HELO] = "HELO",         [SG_ST_READY] = "READY",
+	[SG_ST_AUTH_PENDING] = "AUTH_PENDING", [SG_ST_MAIL] = "MAIL",
+	[SG_ST_RCPT] = "RCPT",         [SG_ST_DATA] = "DATA",
+	[SG_ST_CLOSING] = "CLOSING",
+};
+
+/* ------------------------------------------------------------ session ids */
+
+static uv_once_t sid_once = UV_ONCE_INIT;
+static unsigned long long sid_base;
+static unsigned sid_counter;
+
+static void sid_init(void) { sid_base = (unsigned long long)time(NULL); }
+
+/* 12 hex characters: 20 bits of the process start time and a 28-bit
+ * counter shared by all workers, so ids are unique within a process and
+ * rarely repeat across restarts. */
+static void make_sid(char *out)
+{
+	uv_once(&sid_once, sid_init);
+	unsigned n = __atomic_add_fetch(&sid_counter, 1, __ATOMIC_RELAXED);
+	snprintf(out, SG_SID_LEN + 1, "%05llx%07x", sid_base & 0xfffffULL,
+	         n & 0xfffffffu);
+}
+
+/* --------------------------------------------------------------- helpers */
+
+void sg_session_state(sg_session *s, enum sg_state st)
+{
+	if (s->state == st)
+		return;
+	log_debug(s->id, "state %s -> %s", state_name[s->state], state_name[st]);
+	s->state = st;
+}
+
+static void addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen,
+                      unsigned *port)
+{
+	ip[0] = '\0';
+	*port = 0;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		uv_ip4_name(a, ip, iplen);
+		*port = ntohs(a->sin_port);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+		uv_ip6_name(a, ip, iplen);
+		*port = ntohs(a->sin6_port);
+	}
+	if (!ip[0])
+		snprintf(ip, iplen, "unknown");
+}
+
+static bool in_transaction(const sg_session *s)
+{
+	return s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
+	       s->state == SG_ST_DATA || s->state == SG_ST_AUTH_PENDING ||
+	       s->pending != SG_PEND_NONE;
+}
+
+/* ----------------------------------------------------------------- output */
+
+typedef struct wreq {
+	uv_write_t req;
+	size_t len;
+	char data[];
+} wreq;
+
+static void finish_close(sg_session *s);
+static void update_reading(sg_session *s);
+
+static void on_write(uv_write_t *req, int status)
+{
+	wreq *wr = (wreq *)req;
+	sg_session *s = req->data;
+	s->wq_bytes -= wr->len;
+	free(wr);
+	if (status < 0 && !s->closing)
+		sg_session_close(s, "write error");
+	if (s->closing) {
+		if (s->wq_bytes == 0)
+			finish_close(s);
+		return;
+	}
+	update_reading(s);
+}
+
+static void write_raw(sg_session *s, const char *p, size_t len)
+{
+	if (len == 0 || uv_is_closing((uv_handle_t *)&s->tcp))
+		return;
+	wreq *wr = malloc(sizeof *wr + len);
+	if (!wr) {
+		sg_session_close(s, "out of memory");
+		return;
+	}
+	wr->len = len;
+	memcpy(wr->data, p, len);
+	wr->req.data = s;
+	uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
+	int r = uv_write(&wr->req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
+	if (r < 0) {
+		free(wr);
+		if (!s->closing)
+			sg_session_close(s, "write error");
+		return;
+	}
+	s->wq_bytes += len;
+}
+
+static void send_tls_out(sg_session *s)
+{
+	size_t len;
+	const char *p;
+	while (s->tls && (p = sg_tls_out(s->tls, &len)) && len > 0) {
+		write_raw(s, p, len);
+		sg_tls_out_consume(s->tls, len);
+	}
+}
+
+void sg_session_flush(sg_session *s)
+{
+	if (s->out.len == 0)
+		return;
+	if (s->tls && !s->encrypted) {
+		/* mid-handshake: a plaintext reply would corrupt the stream */
+		sg_buf_reset(&s->out);
+		return;
+	}
+	if (s->tls) {
+		if (sg_tls_write(s->tls, s->out.data, s->out.len) < 0)
+			log_warn(s->id, "tls write failed: %s", sg_tls_error(s->tls));
+		send_tls_out(s);
+	} else {
+		write_raw(s, s->out.data, s->out.len);
+	}
+	sg_buf_reset(&s->out);
+	sg_buf_shrink(&s->out);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	sg_session *s = h->data;
+	if (--s->handles > 0)
+		return;
+	sg_worker *w = s->w;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->nsessions--;
+	sg_tls_free(s->tls);
+	sg_buf_free(&s->in);
+	sg_buf_free(&s->out);
+	free(s->pend_line);
+	if (s->tls_ctx)
+		sg_tls_ctx_unref(s->tls_ctx);
+	sg_config_unref(s->cfg);
+	sg_server_conn_dec();
+	free(s);
+}
+
+static void finish_close(sg_session *s)
+{
+	if (uv_is_closing((uv_handle_t *)&s->tcp))
+		return;
+	uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
+	uv_close((uv_handle_t *)&s->idle, on_handle_closed);
+	uv_close((uv_handle_t *)&s->delay, on_handle_closed);
+}
+
+static void on_linger(uv_timer_t *t)
+{
+	/* the client does not take our last reply: give up on it */
+	finish_close(t->data);
+}
+
+static void log_disconnect(sg_session *s)
+{
+	double secs = (double)(uv_now(s->loop) - s->start_ms) / 1000.0;
+	char tls[160] = "none";
+	if (s->tls && s->encrypted)
+		snprintf(tls, sizeof tls, "%s/%s", sg_tls_version(s->tls),
+		         sg_tls_cipher(s->tls));
+	log_info(s->id,
+	         "event=disconnect client=%s:%u tls=%s user=%s msgs=%u bytes=%llu "
+	         "queue_ids=%s time=%.3f reason=%s",
+	         s->client_ip, s->client_port, tls,
+	         s->authenticated ? s->user : "-", s->msgs,
+	         (unsigned long long)s->bytes, s->qids[0] ? s->qids : "-", secs,
+	         s->close_reason ? s->close_reason : "-");
+}
+
+void sg_session_close(sg_session *s, const char *reason)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->close_reason = reason;
+	sg_session_state(s, SG_ST_CLOSING);
+	uv_timer_stop(&s->idle);
+	uv_timer_stop(&s->delay);
+	/* Both drop their pending callbacks (auth.h, link.h). */
+	if (s->auth) {
+		sg_auth_free(s->auth);
+		s->auth = NULL;
+	}
+	if (s->link) {
+		sg_link_close(s->link);
+		s->link = NULL;
+	}
+	log_disconnect(s);
+	if (!uv_is_closing((uv_handle_t *)&s->tcp))
+		uv_read_stop((uv_stream_t *)&s->tcp);
+	s->reading = false;
+	sg_session_flush(s);
+	if (s->tls && s->encrypted) {
+		sg_tls_shutdown(s->tls);
+		send_tls_out(s);
+	}
+	if (s->wq_bytes == 0) {
+		finish_close(s);
+		return;
+	}
+	s->delay.data = s;
+	uv_timer_start(&s->delay, on_linger, SG_CLOSE_LINGER_MS, 0);
+}
+
+/* ----------------------------------------------------------------- timers */
+
+static void on_idle(uv_timer_t *t)
+{
+	sg_session *s = t->data;
+	if (s->closing)
+		return;
+	/* Waiting on SASL or the upstream (which have their own timeouts), or
+	 * on an upstream that does not take our data: not the client's fault. */
+	if ((s->pending != SG_PEND_NONE && s->pending != SG_PEND_TLS) ||
+	    s->data_paused) {
+		sg_session_idle_rearm(s);
+		return;
+	}
+	log_info(s->id, "idle timeout in state %s", state_name[s->state]);
+	if (s->state != SG_ST_GREETING && s->state != SG_ST_TLS_HANDSHAKE)
+		sg_reply_send(s, SG_R_IDLE);
+	sg_session_close(s, "idle timeout");
+}
+
+void sg_session_idle_rearm(sg_session *s)
+{
+	if (s->closing || s->cfg->idle_timeout_ms == 0)
+		return;
+	uv_timer_start(&s->idle, on_idle, s->cfg->idle_timeout_ms, 0);
+}
+
+/* ------------------------------------------------------------------ input */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	buf->base = malloc(SG_READ_CHUNK);
+	buf->len = buf->base ? SG_READ_CHUNK : 0;
+}
+
+/* Read while there is room for a whole chunk, the client takes its replies
+ * and the upstream takes the message (back-pressure both ways). */
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void update_reading(sg_session *s)
+{
+	if (uv_is_closing((uv_handle_t *)&s->tcp))
+		return;
+	bool want = !s->closing && s->in.len + SG_READ_CHUNK <= s->in.max &&
+	            s->wq_bytes < SG_OUTQ_MAX && !s->data_paused;
+	if (want && !s->reading) {
+		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
+			s->reading = true;
+	} else if (!want && s->reading) {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->reading = false;
+	}
+}
+
+/* Pull decrypted bytes into s->in (bounded by its max). */
+static void pull_tls(sg_session *s)
+{
+	if (!s->tls || !s->encrypted || s->in.len >= s->in.max)
+		return;
+	int r = sg_tls_read(s->tls, &s->in);
+	send_tls_out(s); /* e.g. a KeyUpdate answer */
+	if (r == 1)
+		sg_session_close(s, "client closed");
+	else if (r < 0) {
+		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
+		         s->client_ip, sg_tls_error(s->tls));
+		sg_session_close(s, "tls error");
+	}
+}
+
+static void feed_data(sg_session *s)
+{
+	if (!s->data_active || s->data_paused || s->in.len == 0)
+		return;
+	bool pause = false;
+	size_t n = sg_link_data_feed(s->link, s->in.data, s->in.len, &pause);
+	size_t had = s->in.len;
+	s->msg_size += n;
+	sg_buf_consume(&s->in, n);
+	if (n > 0)
+		sg_session_idle_rearm(s);
+	if (pause && s->data_active)
+		s->data_paused = true;
+	/* Bytes left over: the link saw <CRLF>.<CRLF> and the rest is the
+	 * client's next command, read once the final reply is in. */
+	if (s->data_active && n < had)
+		s->pending = SG_PEND_DATA_END;
+}
+
+static void process_lines(sg_session *s)
+{
+	/* Room for the longest line; the copy is wiped after use because an
+	 * AUTH line holds credentials. */
+	char cmd[SG_AUTH_LINE_MAX + 1];
+	for (;;) {
+		if (s->closing)
+			return;
+		pull_tls(s);
+		if (s->closing)
+			return;
+		if (s->state == SG_ST_DATA) {
+			feed_data(s);
+			return;
+		}
+		if (s->pending != SG_PEND_NONE || s->state == SG_ST_GREETING ||
+		    s->state == SG_ST_TLS_HANDSHAKE)
+			return;
+		if (s->draining && !in_transaction(s)) {
+			sg_reply_send(s, SG_R_SHUTDOWN);
+			sg_session_close(s, "shutdown");
+			return;
+		}
+		if (s->in.len == 0)
+			return;
+		size_t limit = s->auth_await ? SG_AUTH_LINE_MAX : SG_LINE_MAX;
+		const char *line;
+		size_t len, used;
+		int st = sg_line_next(&s->lines, s->in.data, s->in.len, limit, &line,
+		                      &len, &used);
+		if (st == SG_LINE_NONE) {
+			sg_buf_consume(&s->in, used);
+			if (used == 0)
+				return;
+			continue;
+		}
+		if (st == SG_LINE_OK)
+			memcpy(cmd, line, len);
+		cmd[st == SG_LINE_OK ? len : 0] = '\0';
+		sg_buf_consume(&s->in, used);
+		sg_session_idle_rearm(s);
+		if (st == SG_LINE_TOOLONG) {
+			log_info(s->id, "command line over %zu octets", limit);
+			sg_reply_send(s, SG_R_LINE_TOO_LONG);
+		} else if (st == SG_LINE_NUL) {
+			sg_reply_send(s, SG_R_NUL);
+		}
+		if (st != SG_LINE_OK) {
+			if (s->auth_await) { /* the exchange cannot go on */
+				s->auth_await = false;
+				if (s->auth)
+					sg_auth_reset(s->auth);
+				sg_session_state(s, SG_ST_READY);
+			}
+			continue;
+		}
+		sg_cmd_line(s, cmd, len);
+		explicit_bzero(cmd, len);
+	}
+}
+
+void sg_session_process(sg_session *s)
+{
+	if (s->in_process) {
+		s->again = true;
+		return;
+	}
+	s->in_process = true;
+	do {
+		s->again = false;
+		process_lines(s);
+	} while (s->again && !s->closing);
+	s->in_process = false;
+	if (s->closing)
+		return;
+	/* RFC 2920 3.1: answer a pipelined group in one write, once no more of
+	 * its commands are buffered and none awaits an async result. */
+	bool more = s->state != SG_ST_DATA &&
+	            sg_line_pending(&s->lines, s->in.data, s->in.len,
+	                            s->auth_await ? SG_AUTH_LINE_MAX : SG_LINE_MAX);
+	if (s->state == SG_ST_DATA || (s->pending == SG_PEND_NONE && !more))
+		sg_session_flush(s);
+	if (s->pending == SG_PEND_NONE && s->in.len == 0 && s->out.len == 0) {
+		/* idle: give back what a quiet session does not need */
+		sg_buf_shrink(&s->in);
+		if (s->tls)
+			sg_tls_trim(s->tls);
+	}
+	update_reading(s);
+}
+
+void sg_session_resume(sg_session *s)
+{
+	if (s->closing)
+		return;
+	s->pending = SG_PEND_NONE;
+	sg_session_idle_rearm(s);
+	sg_session_process(s);
+}
+
+/* ------------------------------------------------------------------- TLS */
+
+static void do_handshake(sg_session *s)
+{
+	int r = sg_tls_handshake(s->tls);
+	send_tls_out(s);
+	if (r == 0)
+		return;
+	if (r < 0) {
+		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
+		         s->client_ip, sg_tls_error(s->tls));
+		sg_session_close(s, "tls error");
+		return;
+	}
+	s->encrypted = true;
+	s->pending = SG_PEND_NONE;
+	log_info(s->id, "event=tls result=ok client=%s version=%s cipher=%s bits=%u%s",
+	         s->client_ip, sg_tls_version(s->tls), sg_tls_cipher(s->tls),
+	         sg_tls_bits(s->tls), sg_tls_resumed(s->tls) ? " resumed" : "");
+	if (s->lc->tls == SG_TLS_IMPLICIT)
+		sg_reply_send(s, SG_R_GREETING);
+	sg_session_state(s, SG_ST_HELO);
+	sg_session_idle_rearm(s);
+	sg_session_process(s);
+}
+
+static int tls_begin(sg_session *s)
+{
+	if (!s->tls_ctx || !(s->tls = sg_tls_new_server(s->tls_ctx))) {
+		log_error(s->id, "event=tls result=fail client=%s reason=no TLS context",
+		          s->client_ip);
+		sg_session_close(s, "tls error");
+		return -1;
+	}
+	s->pending = SG_PEND_TLS;
+	sg_session_state(s, SG_ST_TLS_HANDSHAKE);
+	return 0;
+}
+
+void sg_session_starttls(sg_session *s)
+{
+	sg_session_flush(s); /* the 220, in plaintext */
+	/* CVE-2011-0411: whatever the client pipelined after STARTTLS was sent
+	 * in plaintext and must not be executed as if it came over TLS. */
+	if (s->in.len > 0)
+		log_info(s->id, "STARTTLS: discarded %zu plaintext octets sent "
+		         "after the command", s->in.len);
+	sg_buf_reset(&s->in);
+	s->lines.discarding = false;
+	/* RFC 3207 4.2: forget everything learnt from the client before. */
+	s->helo[0] = '\0';
+	s->esmtp = false;
+	s->auth_await = false;
+	s->authenticated = false;
+	s->user[0] = '\0';
+	if (s->auth) {
+		sg_auth_free(s->auth);
+		s->auth = NULL;
+	}
+	if (s->link) {
+		sg_link_close(s->link);
+		s->link = NULL;
+	}
+	sg_cmd_txn_reset(s);
+	tls_begin(s);
+}
+
+/* -------------------------------------------------- SASL, identity, DATA */
+
+sg_auth *sg_session_auth(sg_session *s)
+{
+	if (s->auth)
+		return s->auth;
+	sg_auth_peer peer = {
+	    .local_ip = s->dest_ip,
+	    .local_port = s->dest_port,
+	    .remote_ip = s->client_ip,
+	    .remote_port = s->client_port,
+	    .sid = s->id,
+	};
+	s->auth = sg_auth_new(s->cfg, &peer);
+	if (s->auth && s->tls && s->encrypted)
+		sg_auth_set_tls(s->auth, sg_tls_bits(s->tls));
+	return s->auth;
+}
+
+void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login)
+{
+	memset(id, 0, sizeof *id);
+	id->sid = s->id;
+	id->login = with_login ? s->user : NULL;
+	id->client_ip = s->client_ip;
+	id->client_port = s->client_port;
+	id->helo = s->helo[0] ? s->helo : NULL;
+	id->esmtp = s->esmtp;
+	if (s->tls && s->encrypted) {
+		id->tls_version = sg_tls_version(s->tls);
+		id->tls_cipher = sg_tls_cipher(s->tls);
+		id->tls_bits = sg_tls_bits(s->tls);
+	}
+	id->dest_ip = s->dest_ip;
+	id->dest_port = s->dest_port;
+}
+
+static void add_qid(sg_session *s, const char *qid)
+{
+	if (!qid || !qid[0])
+		return;
+	size_t n = strlen(s->qids);
+	if (n + strlen(qid) + 2 >= sizeof s->qids)
+		return; /* enough for a log line; the upstream log has the rest */
+	snprintf(s->qids + n, sizeof s->qids - n, "%s%s", n ? "," : "", qid);
+}
+
+static void on_data_done(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	s->data_active = false;
+	s->data_paused = false;
+	size_t first = 0;
+	while (first < r->len && r->text[first] != '\r' && r->text[first] != '\n')
+		first++;
+	bool ok = r->code >= 200 && r->code < 300;
+	if (ok) {
+		s->msgs++;
+		s->bytes += s->msg_size;
+		add_qid(s, sg_link_last_queue_id(s->link));
+	}
+	log_info(s->id,
+	         "event=message user=%s from=<%s> rcpts=%u size=%llu upstream=%s "
+	         "reply=\"%.*s\"",
+	         s->authenticated ? s->user : "-", s->mail_from, s->rcpts,
+	         (unsigned long long)s->msg_size,
+	         s->link ? sg_link_peer(s->link) : "-", (int)first, r->text);
+	sg_reply_raw(s, r->code, r->text, r->len);
+	sg_cmd_txn_reset(s);
+	if (s->link && !sg_link_alive(s->link)) {
+		sg_link_close(s->link);
+		s->link = NULL;
+	}
+	sg_session_resume(s);
+}
+
+static void on_data_drain(void *arg)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	s->data_paused = false;
+	sg_session_process(s);
+}
+
+void sg_session_data_begin(sg_session *s)
+{
+	sg_session_state(s, SG_ST_DATA);
+	s->data_active = true;
+	s->data_paused = false;
+	s->msg_size = 0;
+	sg_session_flush(s); /* the 354 goes out now, whatever follows */
+	sg_link_data_begin(s->link, on_data_done, s, on_data_drain);
+}
+
+/* ----------------------------------------------------------------- accept */
+
+static void start_conversation(sg_session *s)
+{
+	if (s->lc->tls == SG_TLS_IMPLICIT) {
+		if (tls_begin(s) < 0)
+			return;
+		if (s->in.len > 0) { /* bytes after a PROXY header: ciphertext */
+			if (sg_tls_feed(s->tls, s->in.data, s->in.len) < 0) {
+				sg_session_close(s, "out of memory");
+				return;
+			}
+			sg_buf_reset(&s->in);
+			do_handshake(s);
+		}
+		return;
+	}
+	sg_reply_send(s, SG_R_GREETING);
+	sg_session_state(s, SG_ST_HELO);
+	sg_session_process(s);
+}
+
+static void handle_proxy_header(sg_session *s)
+{
+	sg_pp_result res;
+	const char *why = NULL;
+	int n = sg_pp_parse((const unsigned char *)s->in.data, s->in.len,
+	                    s->lc->proxy_protocol, &res, &why);
+	if (n == 0 && s->in.len < SG_PP_MAX)
+		return;
+	if (n <= 0) {
+		log_warn(s->id, "event=proxy result=fail peer=%s:%u reason=%s",
+		         s->client_ip, s->client_port,
+		         why ? why : "header too long");
+		sg_session_close(s, "proxy protocol error");
+		return;
+	}
+	char peer[SG_IP_MAX];
+	snprintf(peer, sizeof peer, "%s", s->client_ip);
+	unsigned peer_port = s->client_port;
+	if (!res.local) {
+		addr_text(&res.src, s->client_ip, sizeof s->client_ip,
+		          &s->client_port);
+		addr_text(&res.dst, s->dest_ip, sizeof s->dest_ip, &s->dest_port);
+	}
+	log_info(s->id, "event=proxy version=%d client=%s:%u via=%s:%u%s",
+	         res.version, s->client_ip, s->client_port, peer, peer_port,
+	         res.local ? " local" : "");
+	sg_buf_consume(&s->in, (size_t)n);
+	start_conversation(s);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	sg_session *s = st->data;
+	if (nread <= 0 || s->closing) {
+		free(buf->base);
+		if (nread < 0 && !s->closing) {
+			if (nread != UV_EOF && nread != UV_ECONNRESET)
+				log_info(s->id, "read error: %s", uv_strerror((int)nread));
+			sg_session_close(s, "client closed");
+		}
+		return;
+	}
+	if (s->tls) {
+		int r = sg_tls_feed(s->tls, buf->base, (size_t)nread);
+		free(buf->base);
+		if (r < 0) {
+			sg_session_close(s, "out of memory");
+			return;
+		}
+		if (s->state == SG_ST_TLS_HANDSHAKE)
+			do_handshake(s);
+		else
+			sg_session_process(s);
+		if (!s->closing)
+			update_reading(s);
+		return;
+	}
+	int r = sg_buf_append(&s->in, buf->base, (size_t)nread);
+	free(buf->base);
+	if (r < 0) { /* cannot happen while update_reading keeps a chunk free */
+		sg_session_close(s, "input overflow");
+		return;
+	}
+	if (s->state == SG_ST_GREETING)
+		handle_proxy_header(s);
+	else
+		sg_session_process(s);
+	if (!s->closing)
+		update_reading(s);
+}
+
+void sg_session_accept(sg_worker *w, sg_listener *l)
+{
+	sg_session *s = sg_xcalloc(1, sizeof *s);
+	s->w = w;
+	s->loop = &w->loop;
+	s->cfg = sg_config_ref(w->cfg);
+	s->lc = &s->cfg->listeners[l->index];
+	s->tls_ctx = w->tls ? sg_tls_ctx_ref(w->tls) : NULL;
+	sg_buf_init(&s->in, SG_INBUF_MAX);
+	sg_buf_init(&s->out, 0);
+	make_sid(s->id);
+	s->start_ms = uv_now(s->loop);
+	s->state = SG_ST_GREETING;
+	snprintf(s->client_ip, sizeof s->client_ip, "unknown");
+
+	uv_tcp_init(s->loop, &s->tcp);
+	uv_timer_init(s->loop, &s->idle);
+	uv_timer_init(s->loop, &s->delay);
+	s->tcp.data = s->idle.data = s->delay.data = s;
+	s->handles = 3;
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+	unsigned count = sg_server_conn_inc(); /* dec in on_handle_closed */
+
+	int r = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->tcp);
+	if (r < 0) {
+		log_warn(s->id, "accept: %s", uv_strerror(r));
+		s->closing = true;
+		finish_close(s);
+		return;
+	}
+	uv_tcp_nodelay(&s->tcp, 1); /* replies are small and latency-bound */
+	struct sockaddr_storage ss;
+	int len = sizeof ss;
+	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
+		addr_text(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
+	len = sizeof ss;
+	if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
+		addr_text(&ss, s->dest_ip, sizeof s->dest_ip, &s->dest_port);
+
+	log_info(s->id, "event=connect client=%s:%u listener=%s", s->client_ip,
+	         s->client_port, s->lc->name);
+	if (s->cfg->max_connections && count > s->cfg->max_connections) {
+		log_warn(s->id, "event=reject client=%s reason=max_connections (%u)",
+		         s->client_ip, s->cfg->max_connections);
+		/* on an implicit-TLS port a plaintext reply would be noise */
+		if (s->lc->tls != SG_TLS_IMPLICIT && !s->lc->proxy_protocol)
+			sg_reply_send(s, SG_R_TOO_MANY_CONN);
+		sg_session_close(s, "too many connections");
+		return;
+	}
+	if (w->stopping) {
+		sg_session_close(s, "shutdown");
+		return;
+	}
+	sg_session_idle_rearm(s);
+	update_reading(s);
+	if (s->lc->proxy_protocol == SG_PP_NO)
+		start_conversation(s);
+}
+
+/* ------------------------------------------------------------------ drain */
+
+void sg_session_drain_all(sg_worker *w, bool final)
+{
+	sg_session *next;
+	for (sg_session *s = w->sessions; s; s = next) {
+		next = s->next;
+		if (s->closing)
+			continue;
+		if (!final && in_transaction(s)) {
+			s->draining = true; /* closes when the transaction is over */
+			continue;
+		}
+		/* no reply before the greeting; in DATA the 421 also tells the
+		 * client its message was not accepted */
+		if (s->state != SG_ST_GREETING && s->state != SG_ST_TLS_HANDSHAKE)
+			sg_reply_send(s, SG_R_SHUTDOWN);
+		sg_session_close(s, "shutdown");
+	}
+}

@@ -1,0 +1,143 @@
+/* proxy/session_int.h: the session struct and the functions session.c,
+ * commands.c and reply.c share.  Nothing outside proxy/ includes this. */
+#ifndef SG_PROXY_SESSION_INT_H
+#define SG_PROXY_SESSION_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../common/buf.h"
+#include "../common/config.h"
+#include "../common/tls.h"
+#include "../sasl/auth.h"
+#include "../upstream/link.h"
+#include "server.h"
+#include "smtp_parse.h"
+
+#define SG_SID_LEN 12          /* hex characters of a session id */
+#define SG_INBUF_MAX 16384     /* client input buffer (>= SG_AUTH_LINE_MAX) */
+#define SG_READ_CHUNK 16384    /* one socket read */
+#define SG_OUTQ_MAX (64 * 1024) /* unsent replies: stop reading the client */
+#define SG_MAX_ERRORS 10       /* the 11th error reply becomes 421 4.7.0 */
+#define SG_CLOSE_LINGER_MS 2000 /* wait this long for our last reply to go */
+#define SG_HELO_MAX 255        /* RFC 1035 domain name length */
+#define SG_PATH_MAX 256        /* RFC 5321 4.5.3.1.3 reverse/forward path */
+#define SG_USER_MAX 255        /* login name kept for logs */
+#define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
+#define SG_IP_MAX 64           /* textual IPv4/IPv6 address */
+
+/* Protocol states (ARCHITECTURE.md); sg_session_state() logs each change. */
+enum sg_state {
+	SG_ST_GREETING = 0, /* before the greeting: PROXY header awaited */
+	SG_ST_TLS_HANDSHAKE,
+	SG_ST_HELO,         /* greeted, no EHLO/HELO yet */
+	SG_ST_READY,        /* EHLO/HELO seen, no transaction */
+	SG_ST_AUTH_PENDING, /* SASL exchange under way */
+	SG_ST_MAIL,         /* MAIL accepted, no RCPT yet */
+	SG_ST_RCPT,         /* at least one RCPT accepted */
+	SG_ST_DATA,         /* message bytes streaming upstream */
+	SG_ST_CLOSING,
+};
+
+/* What the session waits for; no command is read while not SG_PEND_NONE. */
+enum sg_pending {
+	SG_PEND_NONE = 0,
+	SG_PEND_SASL,       /* sg_auth_start/step on the thread pool */
+	SG_PEND_AUTH_DELAY, /* failure_delay before a 535 */
+	SG_PEND_LINK_OPEN,  /* sg_link_open: ready callback */
+	SG_PEND_UPSTREAM,   /* the reply to a relayed command */
+	SG_PEND_DATA_END,   /* end-of-data seen, final reply awaited */
+	SG_PEND_TLS,        /* STARTTLS handshake */
+};
+
+typedef struct sg_session {
+	struct sg_session *next, *prev; /* worker's list (server.h) */
+	sg_worker *w;
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	uv_timer_t idle;  /* idle_timeout, re-armed per command */
+	uv_timer_t delay; /* failure_delay before 535; close linger */
+	int handles;      /* open handles; freed when the last one closes */
+	char id[SG_SID_LEN + 1];
+
+	sg_config *cfg;              /* own reference */
+	const sg_listener_cfg *lc;   /* &cfg->listeners[index] */
+	sg_tls_ctx *tls_ctx;         /* own reference, may be NULL */
+	sg_tls *tls;
+	bool encrypted;              /* handshake done */
+
+	enum sg_state state;
+	enum sg_pending pending;
+	sg_lines lines;
+	sg_buf in;  /* plaintext from the client, bounded by SG_INBUF_MAX */
+	sg_buf out; /* replies of the current pipelined group */
+	size_t wq_bytes; /* written to libuv, not yet sent */
+	bool reading;
+	bool in_process; /* re-entrancy guard of sg_session_process */
+	bool again;      /* something changed while in_process */
+	bool closing;
+	bool draining;   /* shutdown: close when the transaction is over */
+	bool data_active, data_paused;
+	const char *close_reason;
+	unsigned errors;
+	uint64_t start_ms;
+
+	char client_ip[SG_IP_MAX];
+	unsigned client_port;
+	char dest_ip[SG_IP_MAX];
+	unsigned dest_port;
+	char helo[SG_HELO_MAX + 1];
+	bool esmtp;
+
+	sg_auth *auth;       /* lazily created */
+	bool authenticated;
+	bool auth_await;     /* a 334 was sent: next line is a SASL response */
+	unsigned auth_failures;
+	char user[SG_USER_MAX + 1];  /* authenticated identity */
+	char tried[SG_USER_MAX + 1]; /* login of the last attempt, for logs */
+	char mech[24];
+
+	sg_link *link;
+	int up_verb;  /* enum in commands.c: which command awaits upstream */
+	char *pend_line; /* MAIL line held while the link opens */
+	size_t pend_len;
+	/* sg_link_open may call ready before it returns (no server reachable
+	 * at once): the reply is held here and handled after the call. */
+	bool link_opening;
+	int sync_code;
+	char *sync_text;
+	size_t sync_len;
+
+	char mail_from[SG_PATH_MAX + 1];
+	unsigned rcpts;
+	uint64_t msg_size;
+
+	unsigned msgs;
+	uint64_t bytes;
+	char qids[SG_QIDS_MAX];
+} sg_session;
+
+/* session.c */
+void sg_session_state(sg_session *s, enum sg_state st);
+void sg_session_close(sg_session *s, const char *reason);
+void sg_session_flush(sg_session *s);
+void sg_session_process(sg_session *s);
+/* An async result arrived: accept commands again and go on. */
+void sg_session_resume(sg_session *s);
+void sg_session_idle_rearm(sg_session *s);
+/* STARTTLS accepted (220 queued): send it, drop buffered plaintext, start
+ * the handshake. */
+void sg_session_starttls(sg_session *s);
+/* The SASL context, created on first use (NULL on failure). */
+sg_auth *sg_session_auth(sg_session *s);
+/* 354 relayed: stream the following bytes upstream. */
+void sg_session_data_begin(sg_session *s);
+void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
+
+/* commands.c */
+void sg_cmd_line(sg_session *s, char *line, size_t len);
+/* Drop transaction state (after RSET, end of DATA, EHLO). */
+void sg_cmd_txn_reset(sg_session *s);
+
+#endif
