@@ -41,12 +41,14 @@
                                   line decodes to 3070; GSSAPI tokens fit) */
 #define SG_AUTH_IPPORT_MAX 80  /* "ip;port" for Cyrus */
 #define SG_AUTH_SID_MAX 40     /* session id copied for log lines */
+#define SG_AUTH_NAME_MAX 256   /* user names in our log lines */
+#define SG_AUTH_WHY_MAX 256    /* reason a backend is down, for the log */
 #define SG_AUTH_THREADS_MAX 1024 /* libuv's own cap on UV_THREADPOOL_SIZE */
 
 struct sg_auth {
 	sasl_conn_t *conn; /* created lazily */
 	sg_config *cfg;    /* reference: the getopt callback answers from it */
-	sasl_callback_t cbs[3];
+	sasl_callback_t cbs[4];
 	char sid[SG_AUTH_SID_MAX];
 	char local[SG_AUTH_IPPORT_MAX];
 	char remote[SG_AUTH_IPPORT_MAX];
@@ -71,7 +73,8 @@ struct sg_auth {
 	unsigned inlen;
 	bool has_initial;
 	int rc;            /* Cyrus' result */
-	bool backend_down; /* saslauthd did not answer a probe */
+	bool backend_down; /* saslauthd / sasldb did not answer a probe */
+	char why[SG_AUTH_WHY_MAX]; /* and why, for the log */
 	const char *out;   /* Cyrus' challenge: valid until its next call */
 	unsigned outlen;
 	sg_auth_cb cb;
@@ -180,6 +183,25 @@ static int on_log(void *ctx, int level, const char *msg)
 	return SASL_OK;
 }
 
+/* Who may act as whom: only as oneself, Cyrus' own default policy, but
+ * answered as SASL_NOAUTHZ (Cyrus' says SASL_BADAUTH) so the log can tell
+ * "PLAIN authzid not allowed" from a bad password.  Both become 535. */
+static int proxy_policy(sasl_conn_t *conn, void *ctx, const char *requested,
+                        unsigned rlen, const char *authid, unsigned alen,
+                        const char *def_realm, unsigned urlen,
+                        struct propctx *propctx)
+{
+	if (requested && authid && rlen == alen &&
+	    memcmp(requested, authid, rlen) == 0)
+		return SASL_OK;
+	/* sasl_seterror has its own small printf: %s only, no precision */
+	char who[SG_AUTH_NAME_MAX], as[SG_AUTH_NAME_MAX];
+	snprintf(who, sizeof who, "%.*s", (int)alen, authid ? authid : "");
+	snprintf(as, sizeof as, "%.*s", (int)rlen, requested ? requested : "");
+	sasl_seterror(conn, 0, "%s may not act as %s", who, as);
+	return SASL_NOAUTHZ;
+}
+
 static const sasl_callback_t global_cbs[] = {
     {SASL_CB_GETOPT, SG_CB(global_getopt), NULL},
     {SASL_CB_LOG, SG_CB(on_log), NULL},
@@ -248,14 +270,19 @@ static int ensure_conn(sg_auth *a)
 	if (a->conn_failed || !g_active)
 		return -1;
 	const char *realm = *a->cfg->sasl_realm ? a->cfg->sasl_realm : NULL;
+	/* SASL_SUCCESS_DATA: Cyrus hands us a success that carries data
+	 * (SCRAM's server-final, DIGEST-MD5's rspauth) as SASL_OK + data, and
+	 * we send it as a 334 that must be answered with an empty line
+	 * (RFC 4954 section 4); without it Cyrus accepts any last line. */
 	int rc = sasl_server_new(a->cfg->sasl_service, a->cfg->hostname, realm,
 	                         *a->local ? a->local : NULL,
-	                         *a->remote ? a->remote : NULL, a->cbs, 0, &a->conn);
+	                         *a->remote ? a->remote : NULL, a->cbs,
+	                         SASL_SUCCESS_DATA, &a->conn);
 	if (rc == SASL_BADPARAM && (*a->local || *a->remote)) {
 		/* an address Cyrus cannot parse: it is only a hint for plugins */
 		a->conn = NULL;
 		rc = sasl_server_new(a->cfg->sasl_service, a->cfg->hostname, realm,
-		                     NULL, NULL, a->cbs, 0, &a->conn);
+		                     NULL, NULL, a->cbs, SASL_SUCCESS_DATA, &a->conn);
 	}
 	if (rc != SASL_OK) {
 		log_error(a->sid[0] ? a->sid : NULL, "sasl: sasl_server_new: %s",
@@ -345,7 +372,9 @@ sg_auth *sg_auth_new(const sg_config *cfg, const sg_auth_peer *peer)
 	a->cbs[0] = (sasl_callback_t){SASL_CB_GETOPT, SG_CB(conn_getopt),
 	                              a};
 	a->cbs[1] = (sasl_callback_t){SASL_CB_LOG, SG_CB(on_log), a};
-	a->cbs[2] = (sasl_callback_t){SASL_CB_LIST_END, NULL, NULL};
+	a->cbs[2] = (sasl_callback_t){SASL_CB_PROXY_POLICY, SG_CB(proxy_policy),
+	                              a};
+	a->cbs[3] = (sasl_callback_t){SASL_CB_LIST_END, NULL, NULL};
 	return a;
 }
 
@@ -476,11 +505,10 @@ static void work(uv_work_t *w)
 	a->out = out;
 	a->outlen = out ? outlen : 0;
 	/* Cyrus reports an unreachable saslauthd as SASL_FAIL, but a plugin
-	 * may turn it into SASL_BADAUTH: when unsure, knock on the socket. */
-	if ((rc == SASL_BADAUTH || rc == SASL_FAIL || rc == SASL_NOUSER) &&
-	    sg_sasl_uses(a->cfg, "saslauthd"))
-		a->backend_down =
-		    sg_sasl_probe_socket(sg_sasl_saslauthd_path(a->cfg)) < 0;
+	 * may turn it into SASL_BADAUTH, and a missing sasldb looks like an
+	 * unknown user: when unsure, knock on the backend. */
+	if (rc == SASL_BADAUTH || rc == SASL_FAIL || rc == SASL_NOUSER)
+		a->backend_down = sg_sasl_backend_down(a->cfg, a->why, sizeof a->why);
 }
 
 static char *getprop_dup(sasl_conn_t *conn, int prop)
@@ -515,6 +543,9 @@ static void after_work(uv_work_t *w, int status)
 	else
 		res = normalise(a->rc, a->backend_down);
 	bool from_cyrus = a->preset < 0 && status >= 0;
+	if (from_cyrus && a->rc != SASL_OK && a->rc != SASL_CONTINUE)
+		log_debug(sid, "sasl: %s: %s (%s)", a->is_start ? a->mech : "step",
+		          sasl_errstring(a->rc, NULL, NULL), sasl_errdetail(a->conn));
 	a->preset = -1;
 
 	if (res == SG_AUTH_OK && from_cyrus) {
@@ -524,9 +555,7 @@ static void after_work(uv_work_t *w, int status)
 			log_error(sid, "sasl: authenticated, but no user name");
 			res = SG_AUTH_TEMPFAIL;
 		} else if (a->outlen > 0) {
-			/* Success with data (SCRAM's server-final, DIGEST rspauth):
-			 * RFC 4954 section 4 lets the server send it as a 334
-			 * challenge and expect an empty response before 235. */
+			/* success with data: 334 first, 235 after an empty line */
 			a->pending_ok = true;
 			res = SG_AUTH_CONTINUE;
 		}
@@ -547,9 +576,9 @@ static void after_work(uv_work_t *w, int status)
 	default:
 		if (a->backend_down)
 			log_warn(sid,
-			         "sasl: saslauthd socket %s is not reachable: AUTH "
-			         "answered as a temporary failure",
-			         sg_sasl_saslauthd_path(a->cfg));
+			         "sasl: password backend unavailable (%s): AUTH answered "
+			         "as a temporary failure",
+			         a->why);
 		clear_exchange(a);
 		break;
 	}

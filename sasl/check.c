@@ -231,13 +231,15 @@ static void check_saslauthd(const sg_config *cfg, sg_errors *env)
 		sg_errors_add(env, &w, "saslauthd socket %s: %s", path, strerror(-r));
 }
 
-static void check_sasldb(const sg_config *cfg, sg_errors *env)
+const char *sg_sasl_sasldb_path(const sg_config *cfg)
 {
 	const sg_kv *path_kv = sg_sasl_opt_kv(cfg, "sasldb_path");
 	const sg_kv *plug = sg_sasl_opt_kv(cfg, "auxprop_plugin");
 	bool sasldb = false;
 	char w[SG_WORD_MAX];
 
+	if (!sg_sasl_uses(cfg, "auxprop"))
+		return NULL;
 	if (plug) {
 		const char *s = plug->value;
 		while (next_word(&s, w))
@@ -245,13 +247,40 @@ static void check_sasldb(const sg_config *cfg, sg_errors *env)
 				sasldb = true;
 	}
 	if (!path_kv && !sasldb)
-		return; /* nothing we could name a line for */
+		return NULL; /* nothing we could name a line for */
 	if (plug && !sasldb)
-		return; /* sasldb_path set but another auxprop plugin in use */
-	const char *path = path_kv && *path_kv->value ? path_kv->value
-	                                              : "/etc/sasldb2";
-	sg_where wh = sg_sasl_where(cfg, path_kv ? "sasldb_path"
-	                                         : "auxprop_plugin");
+		return NULL; /* sasldb_path set but another auxprop plugin in use */
+	return path_kv && *path_kv->value ? path_kv->value : "/etc/sasldb2";
+}
+
+bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz)
+{
+	const char *db = sg_sasl_sasldb_path(cfg);
+	int r;
+
+	if (sg_sasl_uses(cfg, "saslauthd")) {
+		const char *sock = sg_sasl_saslauthd_path(cfg);
+		r = sg_sasl_probe_socket(sock);
+		if (r < 0) {
+			snprintf(why, whysz, "saslauthd socket %s: %s", sock, strerror(-r));
+			return true;
+		}
+	}
+	if (db && (r = probe_read(db)) < 0) {
+		snprintf(why, whysz, "sasldb %s: %s", db, strerror(-r));
+		return true;
+	}
+	return false;
+}
+
+static void check_sasldb(const sg_config *cfg, sg_errors *env)
+{
+	const char *path = sg_sasl_sasldb_path(cfg);
+	if (!path)
+		return;
+	sg_where wh = sg_sasl_where(cfg, sg_sasl_opt_kv(cfg, "sasldb_path")
+	                                     ? "sasldb_path"
+	                                     : "auxprop_plugin");
 	int r = as_user(cfg, probe_read, path);
 	const char *u = who(cfg);
 	if (r == -ENOENT)
@@ -336,6 +365,5 @@ void sg_sasl_check(const sg_config *cfg, const char *all_mechs,
 
 	if (sg_sasl_uses(cfg, "saslauthd"))
 		check_saslauthd(cfg, env);
-	if (sg_sasl_uses(cfg, "auxprop"))
-		check_sasldb(cfg, env);
+	check_sasldb(cfg, env);
 }

@@ -42,6 +42,12 @@ bool sg_sasl_mech_listed(const sg_config *cfg, const char *mech);
 
 /* Connect to the saslauthd socket and hang up: 0, or -errno. */
 int sg_sasl_probe_socket(const char *path);
+/* The sasldb file auxprop reads, when the [sasl] keys name one. */
+const char *sg_sasl_sasldb_path(const sg_config *cfg);
+/* Can the password backend answer at all?  (saslauthd socket connects,
+ * sasldb readable.)  Called on a pool thread after a failure, so a dead
+ * backend gives 454, not 535.  why: a reason for the log. */
+bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz);
 
 /* Start-up checks (check.c).  fatal: problems that make every AUTH fail
  * (unknown pwcheck_method, mech_list naming no plugin); env: things outside
