@@ -526,6 +526,7 @@ sg_auth *sg_session_auth(sg_session *s)
 	    .remote_ip = s->client_ip,
 	    .remote_port = s->client_port,
 	    .sid = s->id,
+	    .plaintext_ok = !s->lc->require_tls_for_auth,
 	};
 	s->auth = sg_auth_new(s->cfg, &peer);
 	if (s->auth && s->tls && s->encrypted)

@@ -11,6 +11,8 @@ int sg_line_next(sg_lines *st, const char *buf, size_t len, size_t limit,
 	*consumed = 0;
 	*line = NULL;
 	*linelen = 0;
+	if (len == 0)
+		return SG_LINE_NONE;
 
 	/* Dropping the rest of an overlong line: up to and including its LF. */
 	if (st->discarding) {
@@ -58,6 +60,8 @@ int sg_line_next(sg_lines *st, const char *buf, size_t len, size_t limit,
 bool sg_line_pending(const sg_lines *st, const char *buf, size_t len,
                      size_t limit)
 {
+	if (len == 0)
+		return false;
 	if (st->discarding)
 		return memchr(buf, '\n', len) != NULL;
 	if (len >= limit)
