@@ -1,0 +1,55 @@
+/* upstream/data_scan.h: the DATA byte scanner, pure code (fuzzable).
+ *
+ * Walks the client's DATA bytes once, in pieces of any size, and writes what
+ * the upstream must see to an output buffer:
+ *  - end-of-data only at <CRLF>.<CRLF> (the data starts at a line start);
+ *  - bare LF / bare CR line ends are never forwarded as line ends: with
+ *    reject the message is marked bad (nothing more is written) but the scan
+ *    goes on to the real <CRLF>.<CRLF>; with normalize they become CRLF and a
+ *    lone "." line that is not the real end is written as ".." so the
+ *    upstream cannot see an end-of-data the client did not send (SMTP
+ *    smuggling, Dec 2023: "\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r");
+ *  - dot-stuffed lines pass through intact (the upstream un-stuffs);
+ *  - optionally drops "X-Authenticated-User:" header fields (and their folded
+ *    continuation lines) from the header section;
+ *  - counts the size and stops writing past max_size. */
+#ifndef SG_UPSTREAM_DATA_SCAN_H
+#define SG_UPSTREAM_DATA_SCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+
+/* Longest header-name prefix held back while deciding whether a header line
+ * is "X-Authenticated-User" (20 characters, optional WSP, ':'). */
+#define SG_SCAN_HOLD 64
+
+typedef struct sg_scan {
+	int state;
+	bool normalize;    /* bare_newline = normalize */
+	bool strip_xauth;  /* identity header/auth */
+	bool bol_clean;    /* the current line began after a CRLF */
+	bool in_header;    /* still inside the header section */
+	bool stripping;    /* dropping the current header field */
+	size_t line_len;   /* octets of the current line so far (no EOL) */
+	uint64_t max_size; /* 0 = unlimited */
+	uint64_t size;     /* content octets written (or that would be) */
+	bool bad;          /* bare CR/LF seen (reject mode) */
+	bool too_big;      /* size went past max_size */
+	bool done;         /* <CRLF>.<CRLF> seen */
+	char hold[SG_SCAN_HOLD];
+	size_t nhold;
+} sg_scan;
+
+void sg_scan_init(sg_scan *s, bool normalize, bool strip_xauth,
+                  uint64_t max_size);
+/* Scan in; append the bytes for the upstream to out (nothing once bad or
+ * too_big).  Returns the octets consumed: all of in, or up to and including
+ * the final ".\r\n" once done (the rest is the client's next command).
+ * The terminating ".\r\n" itself is not written to out.  -1 is never
+ * returned; an out buffer past its bound sets too_big. */
+size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out);
+
+#endif

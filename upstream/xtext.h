@@ -1,0 +1,14 @@
+/* upstream/xtext.h: xtext encoding (RFC 1891 section 4 / RFC 3461) for the
+ * XCLIENT and XFORWARD attribute values.  The single serializer of those
+ * values (ARCHITECTURE.md: XCLIENT/xtext has one serializer). */
+#ifndef SG_UPSTREAM_XTEXT_H
+#define SG_UPSTREAM_XTEXT_H
+
+#include <stddef.h>
+
+/* Encode in into out (cap bytes, NUL-terminated).  '+', '=' and every octet
+ * outside 33..126 become "+HH" (upper-case hex).  Returns the encoded length
+ * (without the NUL), or -1 when it would not fit in cap. */
+long sg_xtext_encode(char *out, size_t cap, const char *in);
+
+#endif
