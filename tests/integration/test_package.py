@@ -53,8 +53,18 @@ def _installed():
     return p.returncode == 0 and "installed" in p.stdout and "not-installed" not in p.stdout
 
 
+def _dpkg(*args, timeout=180):
+    """dpkg, retried (bounded) while another dpkg/apt holds its lock."""
+    deadline = time.monotonic() + 90
+    while True:
+        p = _run(["dpkg", *args], timeout=timeout)
+        if p.returncode == 0 or "lock" not in p.stderr or time.monotonic() > deadline:
+            return p
+        time.sleep(3)
+
+
 def _purge():
-    return _run(["dpkg", "--purge", "saslgate"], timeout=120)
+    return _dpkg("--purge", "saslgate", timeout=120)
 
 
 def _ini_set(text, section, key, value):
@@ -214,7 +224,7 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
     daemon = None
     try:
         # --- install
-        p = _run(["dpkg", "-i", deb], timeout=180)
+        p = _dpkg("-i", deb)
         assert p.returncode == 0, "dpkg -i:\n%s%s" % (p.stdout, p.stderr)
         if not snakeoil.exists():
             p = _run(["make-ssl-cert", "generate-default-snakeoil"], timeout=60)
