@@ -35,6 +35,7 @@
 #   S3_CONNS [4] S3_MPC [5] S3_DUR [120]  IDLE_N [2000] IDLE_HOLD [10]
 #   IDLE_SETUP_MAX [160]  IDLE_BIG [10000]  S5_SIZE [104857600]
 #   PROFILE [0] (1: extra perf runs of PROFILE_SCENARIOS ["S1 S2 S3"], not counted)
+#   IDENTITY [xclient] ([upstream] identity; smtp-sink announces XCLIENT and XFORWARD)
 #   LOG_LEVEL [info]  SKIP_BUILD [0]  SKIP_INSTALL [0]  BUILD [<repo>/build-bench]
 #   WORK [/tmp/saslgate-ownbench]  OUT [$WORK/results-<timestamp>]
 #   PORT_BASE [14500]: sink +25, saslgate +87, saslgate-auto +88,
@@ -69,6 +70,7 @@ IDLE_N=${IDLE_N:-2000}; IDLE_HOLD=${IDLE_HOLD:-10}; IDLE_SETUP_MAX=${IDLE_SETUP_
 IDLE_BIG=${IDLE_BIG:-10000}
 S5_SIZE=${S5_SIZE:-104857600}
 LOG_LEVEL=${LOG_LEVEL:-info}
+IDENTITY=${IDENTITY:-xclient}
 SKIP_BUILD=${SKIP_BUILD:-0}; SKIP_INSTALL=${SKIP_INSTALL:-0}
 PORT_BASE=${PORT_BASE:-14500}
 SINK_PORT=$((PORT_BASE + 25))
@@ -167,7 +169,7 @@ sg_conf() { # name port workers ecdsa(0|1)
 	mech_list = PLAIN LOGIN
 	[upstream]
 	server = 127.0.0.1:$SINK_PORT
-	identity = xclient
+	identity = $IDENTITY
 	[limits]
 	# S5 sends 100 MiB plus headers
 	max_message_size = 128M
@@ -291,7 +293,7 @@ trap 'exit 130' INT TERM
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "host: $(uname -r), $(nproc) cpus,$(awk -F: '/model name/{print $2; exit}' /proc/cpuinfo)"
 	echo "versions: $([ $HAVE_SG = 1 ] && "$SG" -V 2>&1) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)) / $(nginx -v 2>&1 | sed 's/.*: //') / postfix $(postconf -h mail_version 2>/dev/null) / $(openssl version)"
-	echo "reps=$REPS targets=$TARGETS scenarios=$SCENARIOS cgroup=$CG_MODE nofile=$NOFILE idle_n=$IDLE_N idle_big=$IDLE_BIG"
+	echo "reps=$REPS targets=$TARGETS scenarios=$SCENARIOS cgroup=$CG_MODE identity=$IDENTITY nofile=$NOFILE idle_n=$IDLE_N idle_big=$IDLE_BIG"
 } >$OUT/meta.txt
 log "results -> $OUT ($(sed -n 2p $OUT/meta.txt))"
 start_sink
