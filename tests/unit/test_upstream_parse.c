@@ -1,0 +1,282 @@
+/* tests/unit/test_upstream_parse.c: xtext, the upstream reply reader, the
+ * EHLO extension parser, queue ids and the Received header format. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../upstream/received.h"
+#include "../../upstream/reply_parse.h"
+#include "../../upstream/xtext.h"
+
+static int failures;
+#define CHECK(c)                                                               \
+	do {                                                                       \
+		if (!(c)) {                                                            \
+			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
+			        #c);                                                       \
+			failures++;                                                        \
+		}                                                                      \
+	} while (0)
+
+static void test_xtext(void)
+{
+	char out[64];
+	CHECK(sg_xtext_encode(out, sizeof out, "user@example.org") == 16);
+	CHECK(!strcmp(out, "user@example.org"));
+	/* '+', '=', space, controls and 8-bit octets become +HH */
+	CHECK(sg_xtext_encode(out, sizeof out, "a+b=c d\x01\xc3\xa9") > 0);
+	CHECK(!strcmp(out, "a+2Bb+3Dc+20d+01+C3+A9"));
+	/* a value with " LOGIN=admin" cannot add an attribute */
+	CHECK(sg_xtext_encode(out, sizeof out, "x LOGIN=admin") > 0);
+	CHECK(!strchr(out, ' ') && !strchr(out, '='));
+	CHECK(sg_xtext_encode(out, sizeof out, "") == 0 && out[0] == '\0');
+	/* too small: -1, never an overflow */
+	CHECK(sg_xtext_encode(out, 4, "abcd") == -1);
+	CHECK(sg_xtext_encode(out, 5, "abcd") == 4);
+	CHECK(sg_xtext_encode(out, 5, "ab+") == -1);
+}
+
+/* Feed s in pieces of size step; return the number of complete replies and
+ * copy the last one's text. */
+static int read_all(const char *s, size_t len, size_t step, int *code,
+                    char *last, size_t cap, int *err)
+{
+	sg_reply_reader r;
+	sg_reply_reader_init(&r);
+	int n = 0;
+	*err = 0;
+	size_t off = 0;
+	while (off < len) {
+		size_t chunk = len - off < step ? len - off : step;
+		size_t pos = 0;
+		while (pos < chunk) {
+			size_t used = 0;
+			int rc = sg_reply_read(&r, s + off + pos, chunk - pos, &used);
+			pos += used;
+			if (rc < 0) {
+				*err = 1;
+				return n;
+			}
+			if (rc == 1) {
+				n++;
+				*code = r.code;
+				snprintf(last, cap, "%.*s", (int)r.len, r.text);
+			}
+		}
+		off += chunk;
+	}
+	return n;
+}
+
+static void test_reader(void)
+{
+	const char *ehlo = "250-mx.example.org Hello\r\n250-PIPELINING\r\n"
+	                   "250-SIZE 10240000\r\n250 8BITMIME\r\n220 next\r\n";
+	char last[4096];
+	int code = 0, err = 0;
+	for (size_t step = 1; step <= strlen(ehlo); step++) {
+		int n = read_all(ehlo, strlen(ehlo), step, &code, last, sizeof last,
+		                 &err);
+		CHECK(n == 2 && !err && code == 220);
+	}
+	/* the multi-line reply is kept whole */
+	sg_reply_reader r;
+	size_t used;
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, ehlo, strlen(ehlo), &used) == 1);
+	CHECK(r.code == 250);
+	CHECK(used == strlen(ehlo) - strlen("220 next\r\n"));
+	CHECK(r.len == used && !memcmp(r.text, ehlo, used));
+	/* the next call starts a new reply */
+	size_t u2;
+	CHECK(sg_reply_read(&r, ehlo + used, strlen(ehlo) - used, &u2) == 1);
+	CHECK(r.code == 220 && !strcmp(r.text, "220 next\r\n"));
+
+	/* bare LF line ends are stored as CRLF */
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, "250-a\n250 b\n", 12, &used) == 1);
+	CHECK(!strcmp(r.text, "250-a\r\n250 b\r\n"));
+	/* "354" with no text is a complete last line */
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, "354\r\n", 5, &used) == 1 && r.code == 354);
+	/* incomplete: 0 and everything consumed */
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, "250-a\r\n250 b", 12, &used) == 0 && used == 12);
+
+	/* garbage */
+	static const char *const bad[] = {
+	    "hello\r\n", "25\r\n", "2500 x\r\n", "250x\r\n",
+	    "250-a\r\n251 b\r\n", "199 x\r\n", "600 x\r\n", "\r\n",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		sg_reply_reader_init(&r);
+		int rc = sg_reply_read(&r, bad[i], strlen(bad[i]), &used);
+		CHECK(rc == -1 && r.error);
+	}
+
+	/* line bound: SG_REPLY_LINE_MAX octets of text are too many */
+	char *big = malloc(SG_REPLY_LINE_MAX + 16);
+	memset(big, 'a', SG_REPLY_LINE_MAX + 8);
+	memcpy(big, "250 ", 4);
+	memcpy(big + SG_REPLY_LINE_MAX + 8, "\r\n", 2);
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, big, SG_REPLY_LINE_MAX + 10, &used) == -1);
+	/* a line just under the bound is fine (longer than RFC's 512) */
+	memcpy(big + SG_REPLY_LINE_MAX - 1, "\r\n", 2);
+	sg_reply_reader_init(&r);
+	CHECK(sg_reply_read(&r, big, SG_REPLY_LINE_MAX + 1, &used) == 1);
+	CHECK(SG_REPLY_LINE_MAX > SG_REPLY_LINE_RFC);
+	free(big);
+
+	/* total bound: many short continuation lines */
+	sg_reply_reader_init(&r);
+	int rc = 0;
+	for (int i = 0; i < 10000 && rc == 0; i++)
+		rc = sg_reply_read(&r, "250-xxxxxxxxxxxxxxxxxxxxxxxxxx\r\n", 32, &used);
+	CHECK(rc == -1);
+	CHECK(r.len <= SG_REPLY_MAX);
+}
+
+static void test_ehlo(void)
+{
+	const char *t =
+	    "250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+	    "250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n"
+	    "250-AUTH=PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n"
+	    "250-xclient NAME ADDR PORT PROTO HELO IDENT LOGIN DESTADDR DESTPORT\r\n"
+	    "250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n"
+	    "250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
+	sg_ehlo e;
+	CHECK(sg_ehlo_parse(t, strlen(t), &e) == 0);
+	CHECK(e.pipelining && e.starttls && e.eightbitmime && e.dsn);
+	CHECK(e.smtputf8 && e.chunking && e.enhancedstatuscodes);
+	CHECK(e.has_size && e.size == 10240000);
+	CHECK(e.auth && e.auth_plain && e.auth_login);
+	CHECK(e.xclient && e.xforward);
+	CHECK(e.xclient_attrs == (SG_XA_NAME | SG_XA_ADDR | SG_XA_PORT |
+	                          SG_XA_PROTO | SG_XA_HELO | SG_XA_IDENT |
+	                          SG_XA_LOGIN | SG_XA_DESTADDR | SG_XA_DESTPORT));
+	CHECK(e.xforward_attrs == (SG_XA_NAME | SG_XA_ADDR | SG_XA_PROTO |
+	                           SG_XA_HELO | SG_XA_SOURCE | SG_XA_PORT |
+	                           SG_XA_IDENT));
+
+	/* the first line is the domain, never an extension */
+	const char *t2 = "250-PIPELINING\r\n250 SIZE\r\n";
+	CHECK(sg_ehlo_parse(t2, strlen(t2), &e) == 0);
+	CHECK(!e.pipelining && e.has_size && e.size == 0);
+	/* a single-line reply: no extensions */
+	CHECK(sg_ehlo_parse("250 mx\r\n", 8, &e) == 0 && !e.pipelining);
+	/* only AUTH LOGIN; XCLIENT without LOGIN */
+	const char *t3 = "250-mx\r\n250-AUTH LOGIN CRAM-MD5\r\n"
+	                 "250 XCLIENT NAME ADDR\r\n";
+	CHECK(sg_ehlo_parse(t3, strlen(t3), &e) == 0);
+	CHECK(!e.auth_plain && e.auth_login);
+	CHECK(e.xclient_attrs == (SG_XA_NAME | SG_XA_ADDR));
+	/* "SIZE junk" is not a number */
+	const char *t4 = "250-mx\r\n250 SIZE 12abc\r\n";
+	CHECK(sg_ehlo_parse(t4, strlen(t4), &e) == 0 && e.size == 0);
+	/* not a 250 */
+	CHECK(sg_ehlo_parse("502 no\r\n", 8, &e) == -1);
+}
+
+static void test_queue_id(void)
+{
+	char q[64];
+	const char *p = "250 2.0.0 Ok: queued as 4Xyz12AbC\r\n";
+	sg_reply_queue_id(p, strlen(p), q, sizeof q);
+	CHECK(!strcmp(q, "4Xyz12AbC"));
+	const char *x = "250 OK id=1qABCd-000123-Ef\r\n";
+	sg_reply_queue_id(x, strlen(x), q, sizeof q);
+	CHECK(!strcmp(q, "1qABCd-000123-Ef"));
+	const char *n = "250 2.6.0 Queued mail for delivery\r\n";
+	sg_reply_queue_id(n, strlen(n), q, sizeof q);
+	CHECK(q[0] == '\0');
+	char small[4];
+	sg_reply_queue_id(p, strlen(p), small, sizeof small);
+	CHECK(!strcmp(small, "4Xy"));
+}
+
+static void test_received(void)
+{
+	sg_identity id = {
+	    .sid = "a1b2c3", .login = "alice@example.org",
+	    .client_ip = "192.0.2.7", .client_port = 50123,
+	    .client_name = NULL, .helo = "laptop", .esmtp = true,
+	    .tls_version = "TLSv1.3", .tls_cipher = "TLS_AES_256_GCM_SHA384",
+	    .tls_bits = 256,
+	};
+	sg_buf b;
+	sg_buf_init(&b, 0);
+	/* 2026-11-23 10:00:00 UTC */
+	setenv("TZ", "UTC", 1);
+	CHECK(sg_received_build(&b, &id, "mail.example.org", true, false,
+	                        1795428000) == 0);
+	sg_buf_append(&b, "", 1);
+	const char *want =
+	    "Received: from laptop (unknown [192.0.2.7])\r\n"
+	    "\tby mail.example.org (saslgate) with ESMTPSA id a1b2c3\r\n"
+	    "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n"
+	    "\t(authenticated sender: alice@example.org)\r\n"
+	    "\t; Mon, 23 Nov 2026 10:00:00 +0000\r\n";
+	CHECK(!strcmp(b.data, want));
+	if (strcmp(b.data, want))
+		fprintf(stderr, "got:\n%s", b.data);
+
+	/* identity none: no user; header mode adds X-Authenticated-User */
+	sg_buf_reset(&b);
+	sg_received_build(&b, &id, "mx", false, false, 1795428000);
+	sg_buf_append(&b, "", 1);
+	CHECK(!strstr(b.data, "alice") && !strstr(b.data, "authenticated"));
+	sg_buf_reset(&b);
+	sg_received_build(&b, &id, "mx", true, true, 1795428000);
+	sg_buf_append(&b, "", 1);
+	CHECK(strstr(b.data, "\r\nX-Authenticated-User: alice@example.org\r\n"));
+
+	/* protocol names (RFC 3848) */
+	CHECK(!strcmp(sg_received_proto(&id), "ESMTPSA"));
+	sg_identity p = id;
+	p.tls_version = NULL;
+	CHECK(!strcmp(sg_received_proto(&p), "ESMTPA"));
+	p.login = NULL;
+	CHECK(!strcmp(sg_received_proto(&p), "ESMTP"));
+	p.tls_version = "TLSv1.2";
+	CHECK(!strcmp(sg_received_proto(&p), "ESMTPS"));
+
+	/* IPv6, a hostile HELO: no header injection, lines < 998 */
+	sg_identity h = id;
+	char helo[2000];
+	memset(helo, 'h', sizeof helo - 1);
+	helo[sizeof helo - 1] = '\0';
+	memcpy(helo, "x)\r\nBcc: victim\r\n(", 18);
+	h.helo = helo;
+	h.client_ip = "2001:db8::1";
+	h.client_name = "host.example.net";
+	sg_buf_reset(&b);
+	sg_received_build(&b, &h, "mx", true, false, 1795428000);
+	sg_buf_append(&b, "", 1);
+	CHECK(strstr(b.data, "(host.example.net [IPv6:2001:db8::1])"));
+	CHECK(!strstr(b.data, "\r\nBcc"));
+	size_t line = 0;
+	for (const char *c = b.data; *c; c++) {
+		line = *c == '\n' ? 0 : line + 1;
+		CHECK(line < 998);
+		if (*c == '\n')
+			CHECK(c > b.data && c[-1] == '\r');
+	}
+	sg_buf_free(&b);
+}
+
+int main(void)
+{
+	test_xtext();
+	test_reader();
+	test_ehlo();
+	test_queue_id();
+	test_received();
+	if (failures) {
+		fprintf(stderr, "%d failure(s)\n", failures);
+		return 1;
+	}
+	printf("ok\n");
+	return 0;
+}
