@@ -1,0 +1,865 @@
+/* tests/unit/test_config.c: the configuration loader (common/config.c).
+ *
+ * Writes small configuration trees into a temporary directory and checks
+ * what sg_config_load makes of them: every key of the table parsed into its
+ * field, the defaults, every kind of error with its "FILE:LINE: message",
+ * include order and overrides (a later value wins; the first `server` of a
+ * later file replaces the list, further ones append), durations and sizes
+ * with every unit, and the unknown [sasl] keys kept in order for Cyrus. */
+#include "../../common/config.h"
+#include "../../common/log.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TEST_DIR_MAX 64 /* "/tmp/sg-test-config-XXXXXX" */
+#define TEST_PATH_MAX 512
+#define TEST_TEXT_MAX 8192
+
+static int failures;
+static int checks;
+
+#define CHECK(cond, ...)                                                       \
+	do {                                                                       \
+		checks++;                                                              \
+		if (!(cond)) {                                                         \
+			failures++;                                                        \
+			fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
+			fprintf(stderr, __VA_ARGS__);                                      \
+			fputc('\n', stderr);                                               \
+		}                                                                      \
+	} while (0)
+
+static int streq(const char *a, const char *b)
+{
+	return a && b && strcmp(a, b) == 0;
+}
+#define STREQ(a, b) streq((a), (b))
+
+static char tmpdir[TEST_DIR_MAX];
+
+/* tmpdir/rel, written with the given text (directories created). */
+static const char *put(const char *rel, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static const char *put(const char *rel, const char *fmt, ...)
+{
+	static char paths[64][TEST_PATH_MAX];
+	static int next;
+	char *path = paths[next++ % 64];
+	snprintf(path, TEST_PATH_MAX, "%s/%s", tmpdir, rel);
+	for (char *p = path + strlen(tmpdir) + 1; (p = strchr(p, '/')); p++) {
+		*p = '\0';
+		mkdir(path, 0755);
+		*p = '/';
+	}
+	char text[TEST_TEXT_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt, ap);
+	va_end(ap);
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		perror(path);
+		exit(2);
+	}
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+static void rm_rf(const char *dir)
+{
+	char cmd[TEST_PATH_MAX + 16];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+/* A fresh tree per test case. */
+static void fresh(void)
+{
+	if (tmpdir[0])
+		rm_rf(tmpdir);
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/sg-test-config-XXXXXX");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		exit(2);
+	}
+}
+
+/* What every valid file needs: one listener and one upstream server. */
+#define MINIMAL                                                                \
+	"[listener plain]\n"                                                       \
+	"address = 127.0.0.1:2525\n"                                               \
+	"tls = none\n"                                                             \
+	"[upstream]\n"                                                             \
+	"server = 127.0.0.1:25\n"
+#define MINIMAL_LINES 5
+
+static sg_config *load_ok(const char *path)
+{
+	sg_errors e = {0};
+	sg_config *c = sg_config_load(path, &e);
+	CHECK(c != NULL && e.n == 0, "%s did not load: %zu errors, first: %s", path,
+	      e.n, e.n ? e.msg[0] : "-");
+	sg_errors_free(&e);
+	return c;
+}
+
+/* Loading fails and one of the errors is exactly "FILE:LINE: ..." and
+ * contains `words`.  line 0: "FILE: ...". */
+static void expect_error(const char *path, const char *file, int line,
+                         const char *words, int srcline)
+{
+	sg_errors e = {0};
+	sg_config *c = sg_config_load(path, &e);
+	char prefix[TEST_PATH_MAX + 32];
+	if (line > 0)
+		snprintf(prefix, sizeof prefix, "%s:%d: ", file, line);
+	else
+		snprintf(prefix, sizeof prefix, "%s: ", file);
+	int found = 0;
+	for (size_t i = 0; i < e.n; i++)
+		if (strncmp(e.msg[i], prefix, strlen(prefix)) == 0 &&
+		    strstr(e.msg[i], words))
+			found = 1;
+	checks++;
+	if (c != NULL || !found) {
+		failures++;
+		fprintf(stderr,
+		        "%s:%d: FAIL: expected an error \"%s...%s\" (config %s), got "
+		        "%zu:\n",
+		        __FILE__, srcline, prefix, words, c ? "loaded" : "refused", e.n);
+		for (size_t i = 0; i < e.n; i++)
+			fprintf(stderr, "    %s\n", e.msg[i]);
+	}
+	if (c)
+		sg_config_unref(c);
+	sg_errors_free(&e);
+}
+#define EXPECT_ERROR(path, file, line, words)                                  \
+	expect_error((path), (file), (line), (words), __LINE__)
+
+/* ------------------------------------------------------------ parsers */
+
+static void test_durations(void)
+{
+	static const struct {
+		const char *s;
+		uint64_t ms;
+	} ok[] = {{"250ms", 250},       {"0ms", 0},          {"7", 7000},
+	          {"0", 0},             {"7s", 7000},        {"2m", 120000},
+	          {"3h", 10800000},     {" 30s", 30000},     {"1000000ms", 1000000},
+	          {"5124095576030h", 5124095576030ULL * 3600000}};
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+		uint64_t v = 1;
+		int rc = sg_parse_duration_ms(ok[i].s, &v);
+		CHECK(rc == 0 && v == ok[i].ms, "duration \"%s\" -> rc %d, %llu ms",
+		      ok[i].s, rc, (unsigned long long)v);
+	}
+	static const char *const bad[] = {
+	    "",    "s",    "ms",     "-1s",   "1.5s", "5 s",  "5S",  "5M",
+	    "5d",  "1sec", "5 ms",   "1h30m", "abc",  "+5s",  "5s ", "0x10",
+	    "18446744073709551615h", "99999999999999999999", "5124095576031h"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		uint64_t v = 42;
+		CHECK(sg_parse_duration_ms(bad[i], &v) < 0 && v == 42,
+		      "duration \"%s\" accepted (%llu)", bad[i], (unsigned long long)v);
+	}
+}
+
+static void test_sizes(void)
+{
+	static const struct {
+		const char *s;
+		uint64_t n;
+	} ok[] = {{"0", 0},
+	          {"4096", 4096},
+	          {"64k", 65536},
+	          {"64K", 65536},
+	          {"50M", 50ULL << 20},
+	          {"50m", 50ULL << 20},
+	          {"1G", 1ULL << 30},
+	          {"3g", 3ULL << 30},
+	          {"17179869183G", 17179869183ULL << 30}};
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+		uint64_t v = 1;
+		int rc = sg_parse_size(ok[i].s, &v);
+		CHECK(rc == 0 && v == ok[i].n, "size \"%s\" -> rc %d, %llu", ok[i].s,
+		      rc, (unsigned long long)v);
+	}
+	static const char *const bad[] = {"",    "k",     "1T",   "1kb", "1KB",
+	                                  "-1",  "1.5M",  "1 M",  "M1",  "1MM",
+	                                  "17179869184G", "18446744073709551616"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		uint64_t v = 42;
+		CHECK(sg_parse_size(bad[i], &v) < 0 && v == 42, "size \"%s\" accepted",
+		      bad[i]);
+	}
+}
+
+static void test_bools(void)
+{
+	static const char *const yes[] = {"yes", "true", "on", "1", "YES", "True"};
+	static const char *const no[] = {"no", "false", "off", "0", "NO", "Off"};
+	static const char *const bad[] = {"", "y", "n", "2", "yes please", "enable"};
+	for (size_t i = 0; i < 6; i++) {
+		bool b = false;
+		CHECK(sg_parse_bool(yes[i], &b) == 0 && b, "bool \"%s\"", yes[i]);
+		b = true;
+		CHECK(sg_parse_bool(no[i], &b) == 0 && !b, "bool \"%s\"", no[i]);
+		b = true;
+		CHECK(sg_parse_bool(bad[i], &b) < 0 && b, "bool \"%s\" accepted", bad[i]);
+	}
+}
+
+static void test_addresses(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	const char *why = NULL;
+	char buf[INET6_ADDRSTRLEN];
+
+	CHECK(sg_parse_sockaddr("0.0.0.0:587", &ss, &len, &why) == 0 &&
+	          ss.ss_family == AF_INET && len == sizeof(struct sockaddr_in) &&
+	          ntohs(((struct sockaddr_in *)&ss)->sin_port) == 587,
+	      "0.0.0.0:587");
+	CHECK(sg_parse_sockaddr("[::1]:465", &ss, &len, &why) == 0 &&
+	          ss.ss_family == AF_INET6 &&
+	          ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) == 465 &&
+	          inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf,
+	                    sizeof buf) &&
+	          strcmp(buf, "::1") == 0,
+	      "[::1]:465");
+	CHECK(sg_parse_sockaddr("127.0.0.1:65535", &ss, &len, &why) == 0, "65535");
+
+	static const struct {
+		const char *s, *why;
+	} bad[] = {{"127.0.0.1:0", "out of range"},
+	           {"127.0.0.1:65536", "out of range"},
+	           {"127.0.0.1:99999999999999999999", "not a number"},
+	           {"127.0.0.1:x", "not a number"},
+	           {"127.0.0.1:25x", "not a number"},
+	           {"127.0.0.1", "missing :port"},
+	           {"127.0.0.1:", "missing port"},
+	           {":587", "missing host"},
+	           {"::1:25", "brackets"},
+	           {"[::1]25", "junk"},
+	           {"[::1:25", "]"},
+	           {"localhost:25", "not an IP address"},
+	           {"[]:25", "missing host"}};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		why = NULL;
+		int rc = sg_parse_sockaddr(bad[i].s, &ss, &len, &why);
+		CHECK(rc < 0 && why && strstr(why, bad[i].why), "\"%s\": rc %d why %s",
+		      bad[i].s, rc, why ? why : "-");
+	}
+
+	char *host = NULL, *port = NULL;
+	CHECK(sg_parse_hostport("mx.example.org", "25", &host, &port, &why) == 0 &&
+	          STREQ(host, "mx.example.org") && STREQ(port, "25"),
+	      "default port");
+	free(host);
+	free(port);
+	CHECK(sg_parse_hostport("[2001:db8::5]", "25", &host, &port, &why) == 0 &&
+	          STREQ(host, "2001:db8::5") && STREQ(port, "25"),
+	      "v6 default port");
+	free(host);
+	free(port);
+	CHECK(sg_parse_hostport("[2001:db8::5]:2525", "25", &host, &port, &why) == 0 &&
+	          STREQ(host, "2001:db8::5") && STREQ(port, "2525"),
+	      "v6 with port");
+	free(host);
+	free(port);
+	CHECK(sg_parse_hostport("mx:26", NULL, &host, &port, &why) == 0 &&
+	          STREQ(host, "mx") && STREQ(port, "26"),
+	      "host:port");
+	free(host);
+	free(port);
+	CHECK(sg_parse_hostport("mx", NULL, &host, &port, &why) < 0,
+	      "no port and no default accepted");
+}
+
+/* ---------------------------------------------------------- whole files */
+
+static void test_every_key(void)
+{
+	fresh();
+	const char *pwfile = put("upstream.secret", "s3cret\n");
+	const char *map = put("senders", "alice alice@example.org\n");
+	const char *path = put(
+	    "saslgate.conf",
+	    "# every key, none at its default\n"
+	    "[server]\n"
+	    "hostname = mail.example.org   # comment after a blank\n"
+	    "user = nobody\n"
+	    "workers = 3\n"
+	    "max_connections = 77\n"
+	    "shutdown_timeout = 1500ms\n"
+	    "log_level = debug\n"
+	    "\n"
+	    "[listener a]\n"
+	    "address = 127.0.0.1:2525\n"
+	    "tls = implicit\n"
+	    "require_auth = no\n"
+	    "require_tls_for_auth = off\n"
+	    "proxy_protocol = v2\n"
+	    "[listener b]\n"
+	    "address = [::1]:2526\n"
+	    "tls = NONE\n"
+	    "proxy_protocol = any\n"
+	    "\n"
+	    "[tls]\n"
+	    "certificate = /nonexistent/cert.pem\n"
+	    "key = /nonexistent/key.pem\n"
+	    "ecdsa_certificate = /nonexistent/ec.pem\n"
+	    "ecdsa_key = /nonexistent/ec.key\n"
+	    "min_version = TLSv1.3\n"
+	    "ciphers = HIGH:!aNULL\n"
+	    "session_tickets = no\n"
+	    "\n"
+	    "[sasl]\n"
+	    "service = smtps\n"
+	    "realm = example.org\n"
+	    "failure_delay = 2s\n"
+	    "max_failures = 5\n"
+	    "ip_failure_limit = 0\n"
+	    "ip_failure_window = 1h\n"
+	    "sender_login_map = %s\n"
+	    "threads = 8\n"
+	    "pwcheck_method = saslauthd\n"
+	    "\n"
+	    "[upstream]\n"
+	    "server = mx1.example.org:2525\n"
+	    "server = [2001:db8::1]:26\n"
+	    "server = 10.0.0.5\n"
+	    "identity = auth\n"
+	    "helo = relay.example.org\n"
+	    "auth_user = relay@example.org\n"
+	    "auth_password_file = %s\n"
+	    "tls = required\n"
+	    "ca_file = /nonexistent/ca.pem\n"
+	    "tls_name = mx.example.org\n"
+	    "connect_timeout = 3s\n"
+	    "timeout = 2m\n"
+	    "\n"
+	    "[limits]\n"
+	    "max_message_size = 10M\n"
+	    "max_recipients = 7\n"
+	    "idle_timeout = 90\n"
+	    "bare_newline = normalize\n",
+	    map, pwfile);
+	sg_config *c = load_ok(path);
+	if (!c)
+		return;
+	CHECK(STREQ(c->path, path), "path %s", c->path);
+	CHECK(STREQ(c->hostname, "mail.example.org"), "hostname \"%s\"", c->hostname);
+	CHECK(STREQ(c->user, "nobody"), "user");
+	CHECK(c->workers == 3, "workers %d", c->workers);
+	CHECK(c->max_connections == 77, "max_connections");
+	CHECK(c->shutdown_timeout_ms == 1500, "shutdown_timeout");
+	CHECK(c->log_level == SG_LOG_DEBUG, "log_level");
+
+	CHECK(c->nlisteners == 2, "nlisteners %zu", c->nlisteners);
+	if (c->nlisteners == 2) {
+		sg_listener_cfg *a = &c->listeners[0], *b = &c->listeners[1];
+		CHECK(STREQ(a->name, "a") && STREQ(a->address, "127.0.0.1:2525") &&
+		          a->addr.ss_family == AF_INET,
+		      "listener a");
+		CHECK(a->tls == SG_TLS_IMPLICIT && !a->require_auth &&
+		          !a->require_tls_for_auth && a->proxy_protocol == SG_PP_V2,
+		      "listener a values");
+		CHECK(a->where.line == 11 && STREQ(a->where.file, path),
+		      "listener a where %d", a->where.line);
+		CHECK(a->where_tls.line == 12, "listener a tls line %d",
+		      a->where_tls.line);
+		CHECK(STREQ(b->name, "b") && b->addr.ss_family == AF_INET6 &&
+		          b->tls == SG_TLS_NONE && b->proxy_protocol == SG_PP_ANY,
+		      "listener b");
+		/* defaults of the keys b does not set */
+		CHECK(b->require_auth && b->require_tls_for_auth, "listener b defaults");
+	}
+
+	CHECK(STREQ(c->tls_certificate, "/nonexistent/cert.pem"), "certificate");
+	CHECK(STREQ(c->tls_key, "/nonexistent/key.pem"), "key");
+	CHECK(STREQ(c->tls_ecdsa_certificate, "/nonexistent/ec.pem"), "ecdsa cert");
+	CHECK(STREQ(c->tls_ecdsa_key, "/nonexistent/ec.key"), "ecdsa key");
+	CHECK(c->tls_min_version == TLS1_3_VERSION, "min_version");
+	CHECK(STREQ(c->tls_ciphers, "HIGH:!aNULL"), "ciphers");
+	CHECK(!c->tls_session_tickets, "session_tickets");
+
+	CHECK(STREQ(c->sasl_service, "smtps"), "service");
+	CHECK(STREQ(c->sasl_realm, "example.org"), "realm");
+	CHECK(c->failure_delay_ms == 2000, "failure_delay");
+	CHECK(c->max_failures == 5, "max_failures");
+	CHECK(c->ip_failure_limit == 0, "ip_failure_limit");
+	CHECK(c->ip_failure_window_ms == 3600000, "ip_failure_window");
+	CHECK(STREQ(c->sender_login_map, map), "sender_login_map");
+	CHECK(c->sasl_threads == 8, "threads");
+	CHECK(c->nsasl_opts == 1 && STREQ(c->sasl_opts[0].key, "pwcheck_method") &&
+	          STREQ(c->sasl_opts[0].value, "saslauthd"),
+	      "sasl opts: only the key saslgate does not own");
+
+	CHECK(c->nservers == 3, "nservers %zu", c->nservers);
+	if (c->nservers == 3) {
+		CHECK(STREQ(c->servers[0].host, "mx1.example.org") &&
+		          STREQ(c->servers[0].port, "2525"),
+		      "server 0");
+		CHECK(STREQ(c->servers[1].host, "2001:db8::1") &&
+		          STREQ(c->servers[1].port, "26"),
+		      "server 1 (brackets removed)");
+		CHECK(STREQ(c->servers[2].host, "10.0.0.5") &&
+		          STREQ(c->servers[2].port, "25"),
+		      "server 2 (default port 25)");
+		CHECK(c->servers[2].where.line == 44, "server 2 line %d",
+		      c->servers[2].where.line);
+	}
+	CHECK(c->identity == SG_ID_AUTH, "identity");
+	CHECK(STREQ(c->upstream_helo, "relay.example.org"), "helo");
+	CHECK(STREQ(c->auth_user, "relay@example.org"), "auth_user");
+	CHECK(STREQ(c->auth_password_file, pwfile), "auth_password_file");
+	CHECK(c->upstream_tls == SG_UTLS_REQUIRED, "upstream tls");
+	CHECK(STREQ(c->upstream_ca_file, "/nonexistent/ca.pem"), "ca_file");
+	CHECK(STREQ(c->upstream_tls_name, "mx.example.org"), "tls_name");
+	CHECK(c->connect_timeout_ms == 3000, "connect_timeout");
+	CHECK(c->upstream_timeout_ms == 120000, "timeout");
+
+	CHECK(c->max_message_size == 10ULL << 20, "max_message_size");
+	CHECK(c->max_recipients == 7, "max_recipients");
+	CHECK(c->idle_timeout_ms == 90000, "idle_timeout (bare number = seconds)");
+	CHECK(c->bare_newline == SG_BARE_NORMALIZE, "bare_newline");
+
+	sg_where w = sg_config_where(c, "server", "workers");
+	CHECK(STREQ(w.file, path) && w.line == 5, "where workers: line %d", w.line);
+	w = sg_config_where(c, "listener a", "proxy_protocol");
+	CHECK(w.line == 15, "where listener a proxy_protocol: line %d", w.line);
+	w = sg_config_where(c, "limits", "bare_newline");
+	CHECK(w.line == 59, "where bare_newline: line %d", w.line);
+
+	/* reference counting: the config lives while a reference is held */
+	CHECK(sg_config_ref(c) == c, "ref");
+	sg_config_unref(c);
+	CHECK(STREQ(c->hostname, "mail.example.org"), "alive after one unref");
+	sg_config_unref(c);
+}
+
+static void test_defaults(void)
+{
+	fresh();
+	const char *path = put("saslgate.conf", MINIMAL);
+	sg_config *c = load_ok(path);
+	if (!c)
+		return;
+	char host[256] = "";
+	gethostname(host, sizeof host);
+	CHECK(STREQ(c->hostname, host), "default hostname \"%s\" vs \"%s\"",
+	      c->hostname, host);
+	CHECK(STREQ(c->upstream_helo, c->hostname), "helo defaults to hostname");
+	CHECK(STREQ(c->user, ""), "user");
+	CHECK(c->workers == 1, "workers");
+	CHECK(c->max_connections == 10000, "max_connections");
+	CHECK(c->shutdown_timeout_ms == 30000, "shutdown_timeout");
+	CHECK(c->log_level == SG_LOG_INFO, "log_level");
+	CHECK(c->nlisteners == 1 && c->listeners[0].require_auth &&
+	          c->listeners[0].require_tls_for_auth &&
+	          c->listeners[0].proxy_protocol == SG_PP_NO,
+	      "listener defaults");
+	CHECK(STREQ(c->tls_certificate, "") && STREQ(c->tls_key, ""), "tls files");
+	CHECK(c->tls_min_version == TLS1_2_VERSION, "min_version");
+	CHECK(c->tls_session_tickets, "session_tickets");
+	CHECK(STREQ(c->sasl_service, "smtp") && STREQ(c->sasl_realm, ""), "sasl");
+	CHECK(c->failure_delay_ms == 3000 && c->max_failures == 3, "failures");
+	CHECK(c->ip_failure_limit == 10 && c->ip_failure_window_ms == 600000,
+	      "ip failures");
+	CHECK(c->sasl_threads == 4 && c->nsasl_opts == 0, "sasl threads/opts");
+	CHECK(c->identity == SG_ID_XCLIENT && c->upstream_tls == SG_UTLS_NONE,
+	      "upstream modes");
+	CHECK(c->connect_timeout_ms == 10000 && c->upstream_timeout_ms == 300000,
+	      "upstream timeouts");
+	CHECK(c->max_message_size == 50ULL << 20 && c->max_recipients == 100 &&
+	          c->idle_timeout_ms == 300000 && c->bare_newline == SG_BARE_REJECT,
+	      "limits");
+	sg_where w = sg_config_where(c, "limits", "idle_timeout");
+	CHECK(w.line == 0, "an unset key has line 0, got %d", w.line);
+	sg_config_unref(c);
+
+	/* the listener's tls default is starttls (so it needs a certificate) */
+	fresh();
+	path = put("saslgate.conf", "[listener sub]\naddress = 127.0.0.1:587\n"
+	                            "[upstream]\nserver = mx\n");
+	EXPECT_ERROR(path, path, 2, "certificate");
+}
+
+static void test_syntax_details(void)
+{
+	fresh();
+	const char *path = put("saslgate.conf",
+	                       "; a comment\r\n"
+	                       "   # an indented comment\r\n"
+	                       "[server]\r\n"
+	                       "   hostname = a#b.example   ; trailing comment\r\n"
+	                       "\tworkers=auto\r\n"
+	                       "log_level = WARNING\r\n"
+	                       "[listener  spaced]\r\n"
+	                       "address = [::]:2525\r\n"
+	                       "tls = none\r\n"
+	                       "[upstream]\r\n"
+	                       "server = mx\r\n"
+	                       "identity = XForward\r\n");
+	sg_config *c = load_ok(path);
+	if (!c)
+		return;
+	CHECK(STREQ(c->hostname, "a#b.example"), "hostname \"%s\"", c->hostname);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	CHECK(c->workers == (n > 64 ? 64 : (n < 1 ? 1 : n)), "workers auto = %d",
+	      c->workers);
+	CHECK(c->log_level == SG_LOG_WARN, "log_level warning");
+	CHECK(c->nlisteners == 1 && STREQ(c->listeners[0].name, "spaced"),
+	      "listener name \"%s\"", c->nlisteners ? c->listeners[0].name : "-");
+	CHECK(c->identity == SG_ID_XFORWARD, "enums are case-insensitive");
+	sg_where w = sg_config_where(c, "server", "workers");
+	CHECK(w.line == 5, "line counting with CRLF: %d", w.line);
+	sg_config_unref(c);
+}
+
+static void test_errors(void)
+{
+	const char *path;
+	static const struct {
+		const char *text; /* appended to MINIMAL */
+		int line;         /* of the error, counted in the appended text */
+		const char *words;
+	} cases[] = {
+	    {"[server]\nno_such_key = 1\n", 2, "unknown key \"no_such_key\" in [server]"},
+	    {"[listener plain]\nport = 1\n", 2, "unknown key \"port\""},
+	    {"[bogus]\nkey = 1\n", 2, "unknown section [bogus]"},
+	    {"[Server]\nworkers = 1\n", 2, "unknown section [Server]"},
+	    {"[listenerx]\naddress = 127.0.0.1:1\n", 2, "unknown section"},
+	    {"[listener]\naddress = 127.0.0.1:1\n", 2, "needs a name"},
+	    {"[server]\nworkers = 0\n", 2, "workers"},
+	    {"[server]\nworkers = 65\n", 2, "workers"},
+	    {"[server]\nworkers = 2k\n", 2, "workers"},
+	    {"[server]\nmax_connections = -1\n", 2, "whole number"},
+	    {"[server]\nmax_connections = 4294967296\n", 2, "whole number"},
+	    {"[server]\nshutdown_timeout = 30 s\n", 2, "duration"},
+	    {"[server]\nlog_level = verbose\n", 2, "log_level"},
+	    {"[listener plain]\ntls = ssl\n", 2, "starttls | implicit"},
+	    {"[listener plain]\nrequire_auth = maybe\n", 2, "yes or no"},
+	    {"[listener plain]\nproxy_protocol = v3\n", 2, "proxy_protocol"},
+	    {"[listener p2]\naddress = 127.0.0.1:65536\n", 2, "out of range"},
+	    {"[listener p2]\naddress = 127.0.0.1:2525\ntls = none\n", 2,
+	     "uses the address of [listener plain]"},
+	    {"[listener p2]\ntls = none\n", 2, "has no address"},
+	    {"[tls]\nmin_version = SSLv3\n", 2, "min_version"},
+	    {"[tls]\nsession_tickets = sometimes\n", 2, "session_tickets"},
+	    {"[tls]\n\nkey = /k.pem\n", 3, "needs both certificate and key"},
+	    {"[tls]\ncertificate = /c.pem\n", 2, "needs both certificate and key"},
+	    {"[tls]\ncertificate = /c.pem\nkey = /k.pem\necdsa_certificate = /e\n", 4,
+	     "ecdsa_key"},
+	    {"[sasl]\nfailure_delay = 3 seconds\n", 2, "failure_delay"},
+	    {"[sasl]\nmax_failures = 0\n", 2, "max_failures must be at least 1"},
+	    {"[sasl]\nthreads = 0\n", 2, "threads must be 1 to 128"},
+	    {"[sasl]\nthreads = 129\n", 2, "threads must be 1 to 128"},
+	    {"[sasl]\nip_failure_window = 10 min\n", 2, "ip_failure_window"},
+	    {"[sasl]\nsender_login_map = /nonexistent/map\n", 2, "/nonexistent/map"},
+	    {"[upstream]\nserver = mx:0\n", 2, "out of range"},
+	    {"[upstream]\nserver = ::1\n", 2, "brackets"},
+	    {"[upstream]\nidentity = smtp-auth\n", 2, "xclient | xforward"},
+	    {"[upstream]\nidentity = auth\n", 2, "auth_user and auth_password_file"},
+	    {"[upstream]\nidentity = auth\nauth_user = u\n"
+	     "auth_password_file = /nonexistent/pw\n",
+	     4, "cannot read /nonexistent/pw"},
+	    {"[upstream]\ntls = yes\n", 2, "none | starttls | required"},
+	    {"[upstream]\nconnect_timeout = 0\n", 2, "connect_timeout must be above 0"},
+	    {"[upstream]\ntimeout = forever\n", 2, "timeout"},
+	    {"[limits]\nmax_message_size = 1000\n", 2, "below 1k"},
+	    {"[limits]\nmax_message_size = 5T\n", 2, "a size such as"},
+	    {"[limits]\nmax_recipients = 0\n", 2, "at least 1"},
+	    {"[limits]\nidle_timeout = 999ms\n", 2, "below 1s"},
+	    {"[limits]\nbare_newline = keep\n", 2, "reject | normalize"},
+	    {"[server\nhostname = x\n", 1, "syntax error"},
+	    {"[server]\njust some words\n", 2, "syntax error"},
+	    {"include = nothere.conf\n", 1, "no such file"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int before = failures;
+		fresh();
+		path = put("saslgate.conf", MINIMAL "%s", cases[i].text);
+		expect_error(path, path, MINIMAL_LINES + cases[i].line, cases[i].words,
+		             __LINE__);
+		if (failures > before)
+			fprintf(stderr, "  (case %zu: %s)\n", i, cases[i].text);
+	}
+
+	/* A key before any section (include is the only one allowed there). */
+	fresh();
+	path = put("saslgate.conf", "hostname = x\n" MINIMAL);
+	EXPECT_ERROR(path, path, 1, "outside a [section]");
+
+	/* Nothing to listen on / relay to: "FILE: message", no line. */
+	fresh();
+	path = put("saslgate.conf", "[upstream]\nserver = mx\n");
+	EXPECT_ERROR(path, path, 0, "no [listener NAME] section");
+	fresh();
+	path = put("saslgate.conf", "[listener p]\naddress = 127.0.0.1:1\ntls = none\n");
+	EXPECT_ERROR(path, path, 0, "[upstream] has no server");
+
+	/* A file that does not exist. */
+	fresh();
+	char missing[TEST_PATH_MAX];
+	snprintf(missing, sizeof missing, "%s/nope.conf", tmpdir);
+	EXPECT_ERROR(missing, missing, 0, "cannot read configuration");
+
+	/* A line longer than libinih's buffer is refused, not cut. */
+	fresh();
+	char longname[1024];
+	memset(longname, 'h', sizeof longname - 1);
+	longname[sizeof longname - 1] = '\0';
+	path = put("saslgate.conf", MINIMAL "[server]\nhostname = %s\n", longname);
+	EXPECT_ERROR(path, path, MINIMAL_LINES + 2, "line too long");
+
+	/* Every problem is reported, not only the first. */
+	fresh();
+	path = put("saslgate.conf",
+	           MINIMAL "[server]\nbad1 = 1\n[limits]\nidle_timeout = x\n");
+	sg_errors e = {0};
+	sg_config *c = sg_config_load(path, &e);
+	CHECK(c == NULL && e.n == 2, "two problems, got %zu", e.n);
+	sg_errors_free(&e);
+
+	/* The error a listener with tls but no certificate gets points at its
+	 * tls line. */
+	fresh();
+	path = put("saslgate.conf",
+	           MINIMAL "[listener sub]\naddress = 127.0.0.1:587\n\ntls = starttls\n");
+	EXPECT_ERROR(path, path, MINIMAL_LINES + 4, "tls = starttls but [tls] has no");
+
+	/* errors print as lines */
+	e.n = 0;
+	e.msg = NULL;
+	sg_where w = {"/x.conf", 7};
+	sg_errors_add(&e, &w, "bad %s", "thing");
+	sg_where w0 = {"/x.conf", 0};
+	sg_errors_add(&e, &w0, "whole file");
+	sg_errors_add(&e, NULL, "no place");
+	CHECK(e.n == 3 && STREQ(e.msg[0], "/x.conf:7: bad thing") &&
+	          STREQ(e.msg[1], "/x.conf: whole file") && STREQ(e.msg[2], "no place"),
+	      "error formats");
+	FILE *f = tmpfile();
+	sg_errors_print(&e, f);
+	rewind(f);
+	char out[256] = "";
+	size_t got = fread(out, 1, sizeof out - 1, f);
+	out[got] = '\0';
+	fclose(f);
+	CHECK(STREQ(out, "/x.conf:7: bad thing\n/x.conf: whole file\nno place\n"),
+	      "printed: %s", out);
+	sg_errors_free(&e);
+	CHECK(e.n == 0 && e.msg == NULL, "errors freed");
+}
+
+static void test_includes(void)
+{
+	/* Drop-ins in lexical order, relative to the including file; the last
+	 * value wins, also over the main file; "10" sorts before "9". */
+	fresh();
+	const char *main = put("etc/saslgate.conf",
+	                       "[server]\n"
+	                       "hostname = main.test\n"
+	                       "max_connections = 1\n"
+	                       "include = conf.d/*.conf\n" MINIMAL);
+	const char *d10 = put("etc/conf.d/10-a.conf",
+	                      "[server]\nhostname = ten.test\nmax_connections = 10\n");
+	put("etc/conf.d/20-b.conf", "[server]\nhostname = twenty.test\n");
+	const char *d9 = put("etc/conf.d/9-c.conf", "[server]\n\nhostname = nine.test\n");
+	put("etc/conf.d/30-ignored.conf.dpkg-old", "[server]\nhostname = old.test\n");
+	sg_config *c = load_ok(main);
+	if (c) {
+		CHECK(STREQ(c->hostname, "nine.test"), "hostname %s", c->hostname);
+		CHECK(c->max_connections == 10, "max_connections %u", c->max_connections);
+		sg_where w = sg_config_where(c, "server", "hostname");
+		CHECK(STREQ(w.file, d9) && w.line == 3, "where hostname: %s:%d",
+		      w.file ? w.file : "-", w.line);
+		w = sg_config_where(c, "server", "max_connections");
+		CHECK(STREQ(w.file, d10) && w.line == 3, "where max_connections: %s:%d",
+		      w.file ? w.file : "-", w.line);
+		CHECK(STREQ(c->upstream_helo, "nine.test"), "helo follows the final hostname");
+		sg_config_unref(c);
+	}
+
+	/* A key after the include line in the main file is later: it wins. */
+	fresh();
+	main = put("saslgate.conf", "include = d/*.conf\n[server]\nhostname = main.test\n" MINIMAL);
+	put("d/1.conf", "[server]\nhostname = dropin.test\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(STREQ(c->hostname, "main.test"), "hostname %s", c->hostname);
+		sg_config_unref(c);
+	}
+
+	/* Nested includes are relative to the file that names them; an
+	 * absolute include works too. */
+	fresh();
+	char abs[TEST_PATH_MAX];
+	snprintf(abs, sizeof abs, "%s/elsewhere/x.conf", tmpdir);
+	main = put("saslgate.conf", MINIMAL "include = a/one.conf\ninclude = %s\n", abs);
+	put("a/one.conf", "include = b/two.conf\n");
+	put("a/b/two.conf", "[limits]\nmax_recipients = 22\n");
+	put("elsewhere/x.conf", "[limits]\nidle_timeout = 42s\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->max_recipients == 22, "nested include: %u", c->max_recipients);
+		CHECK(c->idle_timeout_ms == 42000, "absolute include");
+		sg_config_unref(c);
+	}
+
+	/* A drop-in changes a listener by using its name. */
+	fresh();
+	main = put("saslgate.conf", MINIMAL "include = conf.d/*.conf\n");
+	put("conf.d/50.conf", "[listener plain]\nproxy_protocol = v1\n"
+	                      "[listener more]\naddress = 127.0.0.1:2600\ntls = none\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->nlisteners == 2 && c->listeners[0].proxy_protocol == SG_PP_V1 &&
+		          STREQ(c->listeners[0].address, "127.0.0.1:2525") &&
+		          c->listeners[0].tls == SG_TLS_NONE,
+		      "listener changed by name");
+		sg_config_unref(c);
+	}
+
+	/* Errors inside drop-ins name the drop-in and its line. */
+	fresh();
+	main = put("saslgate.conf", MINIMAL "include = conf.d/*.conf\n");
+	put("conf.d/10.conf", "[server]\nworkers = 2\n");
+	const char *bad = put("conf.d/20.conf", "# x\n\n[limits]\nidle_timeout = 1 day\n");
+	EXPECT_ERROR(main, bad, 4, "idle_timeout");
+	/* ... and a missing include inside a drop-in names that drop-in. */
+	put("conf.d/20.conf", "[limits]\ninclude = missing.conf\n");
+	EXPECT_ERROR(main, bad, 2, "missing.conf");
+	/* ... and the final value is what validation sees, where it was set. */
+	put("conf.d/10.conf", "[limits]\nmax_recipients = 3\n");
+	put("conf.d/20.conf", "[limits]\n\nmax_recipients = 0\n");
+	EXPECT_ERROR(main, bad, 3, "max_recipients must be at least 1");
+	put("conf.d/10.conf", "[limits]\nmax_recipients = 0\n");
+	put("conf.d/20.conf", "[limits]\nmax_recipients = 4\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->max_recipients == 4, "fixed by the later drop-in");
+		sg_config_unref(c);
+	}
+
+	/* An empty conf.d/ is fine; an include loop is an error. */
+	fresh();
+	main = put("saslgate.conf", MINIMAL "include = conf.d/*.conf\n");
+	put("conf.d/README", "not a .conf file\n");
+	c = load_ok(main);
+	if (c)
+		sg_config_unref(c);
+	const char *loop = put("conf.d/loop.conf", "include = loop.conf\n");
+	EXPECT_ERROR(main, loop, 1, "nested deeper");
+}
+
+static void test_server_list(void)
+{
+	/* The first `server` of a later file replaces the list; further
+	 * `server` lines of that file append to it. */
+	fresh();
+	const char *main = put("saslgate.conf",
+	                       "[listener plain]\naddress = 127.0.0.1:2525\ntls = none\n"
+	                       "[upstream]\nserver = a.test\nserver = b.test:2525\n"
+	                       "include = conf.d/*.conf\n");
+	put("conf.d/10-noserver.conf", "[upstream]\nidentity = xforward\n");
+	sg_config *c = load_ok(main);
+	if (c) {
+		CHECK(c->nservers == 2 && STREQ(c->servers[0].host, "a.test") &&
+		          STREQ(c->servers[1].host, "b.test") &&
+		          STREQ(c->servers[1].port, "2525"),
+		      "a drop-in without server keeps the list (%zu)", c->nservers);
+		sg_config_unref(c);
+	}
+	const char *d20 = put("conf.d/20-servers.conf",
+	                      "[upstream]\nserver = c.test\nserver = d.test\nserver = e.test\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->nservers == 3 && STREQ(c->servers[0].host, "c.test") &&
+		          STREQ(c->servers[1].host, "d.test") &&
+		          STREQ(c->servers[2].host, "e.test"),
+		      "replaced, then appended (%zu)", c->nservers);
+		CHECK(c->nservers == 3 && STREQ(c->servers[1].where.file, d20) &&
+		          c->servers[1].where.line == 3,
+		      "server where");
+		sg_config_unref(c);
+	}
+	put("conf.d/30-one.conf", "[upstream]\nserver = f.test\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->nservers == 1 && STREQ(c->servers[0].host, "f.test"),
+		      "the last file's list wins (%zu)", c->nservers);
+		sg_config_unref(c);
+	}
+}
+
+static void test_sasl_opts(void)
+{
+	/* Unknown [sasl] keys go to Cyrus in order; a later one with the same
+	 * name replaces the value in place. */
+	fresh();
+	const char *main = put("saslgate.conf",
+	                       MINIMAL "[sasl]\n"
+	                               "pwcheck_method = saslauthd\n"
+	                               "service = smtp\n"
+	                               "mech_list = PLAIN LOGIN\n"
+	                               "saslauthd_path = /run/saslauthd/mux\n"
+	                               "include = conf.d/*.conf\n"
+	                               "log_level = 7\n");
+	const char *d = put("conf.d/1.conf",
+	                    "[sasl]\nmech_list = PLAIN\nauxprop_plugin = sasldb\n");
+	sg_config *c = load_ok(main);
+	if (!c)
+		return;
+	static const char *const want[][2] = {{"pwcheck_method", "saslauthd"},
+	                                      {"mech_list", "PLAIN"},
+	                                      {"saslauthd_path", "/run/saslauthd/mux"},
+	                                      {"auxprop_plugin", "sasldb"},
+	                                      {"log_level", "7"}};
+	CHECK(c->nsasl_opts == 5, "nsasl_opts %zu", c->nsasl_opts);
+	for (size_t i = 0; i < 5 && i < c->nsasl_opts; i++)
+		CHECK(STREQ(c->sasl_opts[i].key, want[i][0]) &&
+		          STREQ(c->sasl_opts[i].value, want[i][1]),
+		      "opt %zu: %s = %s", i, c->sasl_opts[i].key, c->sasl_opts[i].value);
+	if (c->nsasl_opts >= 2)
+		CHECK(STREQ(c->sasl_opts[1].where.file, d) &&
+		          c->sasl_opts[1].where.line == 2,
+		      "mech_list where %d", c->sasl_opts[1].where.line);
+	if (c->nsasl_opts >= 1)
+		CHECK(c->sasl_opts[0].where.line == MINIMAL_LINES + 2, "first opt line %d",
+		      c->sasl_opts[0].where.line);
+	sg_config_unref(c);
+}
+
+int main(void)
+{
+	sg_log_level = SG_LOG_ERROR;
+	test_durations();
+	test_sizes();
+	test_bools();
+	test_addresses();
+	test_every_key();
+	test_defaults();
+	test_syntax_details();
+	test_errors();
+	test_includes();
+	test_server_list();
+	test_sasl_opts();
+	if (tmpdir[0])
+		rm_rf(tmpdir);
+	printf("test_config: %d checks, %d failures\n", checks, failures);
+	return failures ? 1 : 0;
+}
