@@ -520,6 +520,35 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	sg_session_resume(s);
 }
 
+/* The login a client tries, for the log line of a failure (sasl/ only
+ * knows it on success).  PLAIN (RFC 4616): authzid NUL authcid NUL passwd;
+ * LOGIN: the first response is the user name.  The password is never
+ * looked at beyond finding the separators. */
+static void note_login(sg_session *s, const char *dec, unsigned n)
+{
+	unsigned step = s->auth_steps++;
+	if (strcmp(s->mech, "PLAIN") == 0) {
+		const char *a = memchr(dec, '\0', n);
+		if (!a)
+			return;
+		a++;
+		const char *b = memchr(a, '\0', n - (unsigned)(a - dec));
+		if (!b || b == a)
+			return;
+		char tmp[SG_USER_MAX + 1];
+		size_t len = (size_t)(b - a) < SG_USER_MAX ? (size_t)(b - a) : SG_USER_MAX;
+		memcpy(tmp, a, len);
+		tmp[len] = '\0';
+		log_safe(s->tried, sizeof s->tried, tmp);
+	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
+		char tmp[SG_USER_MAX + 1];
+		size_t len = n < SG_USER_MAX ? n : SG_USER_MAX;
+		memcpy(tmp, dec, len);
+		tmp[len] = '\0';
+		log_safe(s->tried, sizeof s->tried, tmp);
+	}
+}
+
 /* Decode a client response; "=" is an empty one (RFC 4954 4). */
 static int decode_response(const char *in, size_t len, char *out,
                            unsigned *outlen)
@@ -547,6 +576,7 @@ static void auth_response(sg_session *s, char *line, size_t len)
 		sg_reply_send(s, SG_R_BAD_B64);
 		return;
 	}
+	note_login(s, dec, n);
 	s->pending = SG_PEND_SASL;
 	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
 	explicit_bzero(dec, sizeof dec);
@@ -614,6 +644,9 @@ static void cmd_auth(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_BAD_B64);
 		return;
 	}
+	s->auth_steps = 0;
+	if (has_ir)
+		note_login(s, dec, n);
 	sg_session_state(s, SG_ST_AUTH_PENDING);
 	s->pending = SG_PEND_SASL;
 	int r = sg_auth_start(a, s->loop, s->mech, dec, n, has_ir, on_auth_result,

@@ -16,8 +16,10 @@
 #include "smtp_parse.h"
 
 #define SG_SID_LEN 12          /* hex characters of a session id */
-#define SG_INBUF_MAX 16384     /* client input buffer (>= SG_AUTH_LINE_MAX) */
 #define SG_READ_CHUNK 16384    /* one socket read */
+/* Client input buffer: a whole SASL response line plus one read, so reading
+ * goes on until the framer can decide (line, or too long). */
+#define SG_INBUF_MAX (SG_AUTH_LINE_MAX + SG_READ_CHUNK)
 #define SG_OUTQ_MAX (64 * 1024) /* unsent replies: stop reading the client */
 #define SG_MAX_ERRORS 10       /* the 11th error reply becomes 421 4.7.0 */
 #define SG_CLOSE_LINGER_MS 2000 /* wait this long for our last reply to go */
@@ -97,6 +99,7 @@ typedef struct sg_session {
 	char user[SG_USER_MAX + 1];  /* authenticated identity */
 	char tried[SG_USER_MAX + 1]; /* login of the last attempt, for logs */
 	char mech[24];
+	unsigned auth_steps; /* client responses in this exchange */
 
 	sg_link *link;
 	int up_verb;  /* enum in commands.c: which command awaits upstream */

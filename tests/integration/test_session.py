@@ -1,0 +1,450 @@
+"""Process tests of the client-side SMTP session (proxy/session.c,
+commands.c, reply.c, smtp_parse.c): what a client sees, in transcripts.
+
+Upstream is the harness' scripted FakeUpstream unless a test needs the real
+Postfix.  The sasldb realm is the greeting host name (sg.test): Cyrus looks
+users up as user@<server FQDN> when [sasl] realm is empty."""
+
+import re
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from sgtest import (HOST, CLOSE, Raw, Stall, T, b64, default_config, make_cert,
+                    make_sasldb, plain_b64, smtp, smtps, wait_for)
+
+USER, PW = "alice", "Al1ce-sess.pw9"
+SECRETS = {USER: PW}
+
+
+@pytest.fixture
+def env(workdir, start_fake_upstream):
+    """(cert, key, sasldb, fake upstream)"""
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = start_fake_upstream()
+    return cert, key, db, up
+
+
+def gate(start_saslgate, workdir, env, **sections):
+    cert, key, db, up = env
+    cfg = default_config(workdir, upstream_port=up.port, cert=cert, key=key, sasldb=db,
+                         **sections)
+    return start_saslgate(cfg, secrets=SECRETS)
+
+
+def ehlo_keywords(reply):
+    return [l[4:] for l in reply.lines[1:]]
+
+
+def auth_plain(r, user=USER, pw=PW):
+    return r.cmd("AUTH PLAIN " + plain_b64(user, pw))
+
+
+# ---------------------------------------------------------------- greeting, EHLO
+
+def test_greeting_and_ehlo_before_and_after_starttls(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("submission")) as r:
+        g = r.reply()
+        assert g.code == 220 and g.text == "220 sg.test ESMTP"
+        e = r.expect(250, "EHLO client.test")
+        kw = ehlo_keywords(e)
+        assert e.lines[0] == "250-sg.test"
+        for k in ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "STARTTLS"):
+            assert k in kw, e.text
+        assert "SIZE 52428800" in kw  # default max_message_size 50M
+        assert not any(k.startswith("AUTH") for k in kw), "AUTH offered before TLS"
+        # AUTH before TLS where TLS is required: 538 (RFC 4954 6)
+        r.expect(538, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.starttls()
+        kw = ehlo_keywords(r.expect(250, "EHLO client.test"))
+        assert "STARTTLS" not in kw
+        assert "AUTH PLAIN LOGIN" in kw
+        assert r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW)).text.startswith("235 2.7.0")
+        r.expect(221, "QUIT")
+    # the plain listener (require_tls_for_auth = no) offers AUTH in the clear
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        kw = ehlo_keywords(r.expect(250, "EHLO client.test"))
+        assert "AUTH PLAIN LOGIN" in kw and "STARTTLS" not in kw
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(503, "AUTH PLAIN " + plain_b64(USER, PW))  # already authenticated
+
+
+def test_simple_commands(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(503, "MAIL FROM:<a@example.org>")      # no EHLO yet
+        assert r.expect(250, "HELO client.test").text == "250 sg.test"
+        r.expect(250, "NOOP")
+        r.expect(250, "RSET")
+        assert r.expect(252, "VRFY alice").text.startswith("252 2.0.0")
+        assert r.expect(214, "HELP").text.startswith("214")
+        assert r.expect(502, "EXPN staff").text.startswith("502 5.5.1")
+        r.expect(501, "EHLO")                           # no domain
+        r.expect(530, "MAIL FROM:<a@example.org>")      # require_auth
+        r.expect(503, "RCPT TO:<b@example.org>")
+        r.expect(503, "DATA")
+        assert r.expect(221, "QUIT").text.startswith("221 2.0.0")
+        assert r.closed()
+
+
+def test_openssl_s_client_starttls_and_implicit(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    for args in (["-starttls", "smtp", "-connect", "%s:%d" % (HOST, sg.port("submission"))],
+                 ["-connect", "%s:%d" % (HOST, sg.port("submissions"))]):
+        p = subprocess.run(["openssl", "s_client", "-quiet", "-crlf", *args],
+                           input="EHLO client.test\nQUIT\n", capture_output=True,
+                           text=True, timeout=T(30))
+        assert "250-AUTH PLAIN LOGIN" in p.stdout, p.stdout + p.stderr
+        assert "221 2.0.0" in p.stdout
+        if "-starttls" not in args:
+            assert "220 sg.test ESMTP" in p.stdout  # greeting after the handshake
+    assert re.search(r"event=tls result=ok client=127\.0\.0\.1 version=TLSv1\.[23]",
+                     sg.log_text())
+
+
+def test_implicit_tls_send(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    up = env[3]
+    c = smtps(sg.port("submissions"))
+    assert "starttls" not in c.esmtp_features
+    c.login(USER, PW)
+    c.sendmail("alice@example.org", ["bob@example.net"], b"Subject: t\r\n\r\nhello\r\n")
+    c.quit()
+    assert len(up.delivered()) == 1
+    log = sg.wait_log(r"event=disconnect .*reason=quit").group(0)
+    assert "tls=TLSv1." in log and "user=alice" in log and "msgs=1" in log
+    assert "queue_ids=FAKE" in log
+    assert re.search(r'event=message user=alice from=<alice@example.org> rcpts=1 size=\d+ '
+                     r'upstream=\S+ reply="250 2\.0\.0 Ok: queued as FAKE', sg.log_text())
+
+
+# ---------------------------------------------------------------- STARTTLS
+
+def test_starttls_discards_pipelined_plaintext(workdir, env, start_saslgate):
+    """CVE-2011-0411: commands sent with STARTTLS in one packet are dropped."""
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("submission")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.send(b"STARTTLS\r\nRSET\r\nNOOP\r\n")
+        assert r.reply().code == 220
+        time.sleep(0.2)
+        r.tls_wrap()
+        # if the injected RSET/NOOP had run, their 250s would come first
+        e = r.expect(250, "EHLO client.test")
+        assert e.lines[0] == "250-sg.test", e.text
+        r.expect(250, "NOOP")
+    sg.wait_log(r"STARTTLS: discarded 12 plaintext octets")
+
+
+def test_starttls_resets_session(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("submission")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.starttls()
+        r.expect(503, "MAIL FROM:<alice@example.org>")   # EHLO forgotten
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("STARTTLS").code == 503              # TLS already active
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("STARTTLS").text.startswith("454 4.7.0")
+
+
+def test_tls_handshake_failure_closes_and_logs(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("submissions")) as r:
+        r.send(b"EHLO not-tls\r\n" * 4)
+        assert r.closed()
+    sg.wait_log(r"event=tls result=fail client=127\.0\.0\.1 reason=")
+    sg.wait_log(r"event=disconnect .*reason=tls error")
+
+
+# ---------------------------------------------------------------- limits, errors
+
+def test_line_length_limit(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        # exactly 4096 octets with CRLF: parsed (NOOP takes any argument)
+        r.send(b"NOOP " + b"x" * (4096 - 7) + b"\r\n")
+        r.expect(250)
+        # 4097 octets: 500 5.5.2, and the session goes on with the next line
+        r.send(b"NOOP " + b"x" * (4097 - 7) + b"\r\n")
+        assert r.reply().text.startswith("500 5.5.2")
+        # a 100 kB line in pieces: one 500, memory stays bounded
+        for _ in range(10):
+            r.send(b"y" * 10000)
+        r.send(b"\r\nNOOP\r\n")
+        assert r.reply().text.startswith("500 5.5.2")
+        r.expect(250)
+        r.send(b"NO\x00OP\r\n")
+        assert r.reply().text.startswith("500 5.5.2")
+        r.expect(221, "QUIT")
+
+
+def test_eleventh_error_is_421(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        for i in range(10):
+            assert r.cmd("BOGUS%d" % i).text.startswith("502 5.5.1")
+        assert r.cmd("BOGUS").text.startswith("421 4.7.0")
+        assert r.closed()
+    sg.wait_log(r"event=disconnect .*reason=too many errors")
+
+
+def test_proxy_line_without_proxy_protocol_is_unknown(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        assert r.cmd("PROXY TCP4 192.0.2.7 192.0.2.1 40000 587").code == 502
+
+
+def test_idle_timeout_and_slowloris(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env, limits={"idle_timeout": "1s"})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        t0 = time.monotonic()
+        assert r.reply(timeout=5).text.startswith("421 4.4.2")
+        assert time.monotonic() - t0 < T(3)
+        assert r.closed()
+    # a byte every 0.2 s without a line end does not keep the session alive
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        t0 = time.monotonic()
+        closed = False
+        for _ in range(25):
+            try:
+                r.send(b"N")
+            except OSError:
+                closed = True
+                break
+            if r.closed(timeout=0.2):
+                closed = True
+                break
+        assert closed, "slow sender kept the session open"
+        assert time.monotonic() - t0 < T(4)
+    sg.wait_log(r"reason=idle timeout")
+
+
+def test_max_connections(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env, server={"max_connections": 2})
+    a, b = Raw(sg.port("plain")), Raw(sg.port("plain"))
+    try:
+        a.expect(220)
+        b.expect(220)
+        with Raw(sg.port("plain")) as c:
+            assert c.reply().text.startswith("421 4.7.0")
+            assert c.closed()
+        a.expect(221, "QUIT")
+        assert a.closed()
+        # a slot is free again (the count follows closes)
+        wait_for(lambda: "reason=quit" in sg.log_text(), T(5), "first session closed")
+        with Raw(sg.port("plain")) as d:
+            d.expect(220)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_max_recipients_and_pipelined_group_in_one_write(workdir, start_saslgate,
+                                                         start_fake_upstream):
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    # the upstream takes a second over the first RCPT: if the proxy wrote the
+    # group's replies one by one, MAIL's 250 would arrive before that
+    up = start_fake_upstream(replies={"RCPT": [Stall(1.0, "250 2.1.5 Ok"), "250 2.1.5 Ok"]})
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db, limits={"max_recipients": 2}),
+                        secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        t0 = time.monotonic()
+        r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b1@example.net>\r\n"
+               b"RCPT TO:<b2@example.net>\r\nRCPT TO:<b3@example.net>\r\nDATA\r\n")
+        # the first bytes arrive only when the whole group is answered
+        r.sock.settimeout(T(10))
+        first = r.sock.recv(65536)
+        assert time.monotonic() - t0 >= 0.9
+        r.buf = first
+        replies = [r.reply() for _ in range(5)]
+        assert [x.code for x in replies] == [250, 250, 250, 452, 354], replies
+        assert replies[3].text.startswith("452 4.5.3")
+        assert first.count(b"\r\n") == 5, first  # all five in the first read
+        r.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert r.reply().text.startswith("250 2.0.0 Ok: queued as FAKE")
+        r.expect(221, "QUIT")
+    assert up.verbs().count("RCPT") == 2  # the third never went upstream
+
+
+# ---------------------------------------------------------------- AUTH
+
+def test_auth_replies_and_failures(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env,
+              sasl={"failure_delay": "1s", "max_failures": 3})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(503, "AUTH PLAIN")                  # before EHLO
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("AUTH NOSUCH").text.startswith("504 5.5.4")
+        assert r.cmd("AUTH PL@IN").text.startswith("504 5.5.4")
+        assert r.cmd("AUTH PLAIN !!notbase64").text.startswith("501 5.5.2")
+        assert r.cmd("AUTH PLAIN").text == "334 "       # empty challenge
+        assert r.cmd("*").text.startswith("501 5.7.0")  # cancelled
+        assert r.cmd("AUTH LOGIN").code == 334
+        r.expect(334, b64(USER))
+        t0 = time.monotonic()
+        assert r.cmd(b64("wrong-pass"), timeout=10).text.startswith("535 5.7.8")
+        assert time.monotonic() - t0 >= 0.9           # failure_delay
+        t0 = time.monotonic()
+        # unknown user: same reply, same delay (no user enumeration)
+        assert r.cmd("AUTH PLAIN " + plain_b64("nosuchuser", "x"),
+                     timeout=10).text.startswith("535 5.7.8")
+        assert time.monotonic() - t0 >= 0.9
+        # the third failure: its 535, then 421 and close
+        assert r.cmd("AUTH PLAIN " + plain_b64(USER, "bad"), timeout=10).text.startswith("535 5.7.8")
+        assert r.reply().text.startswith("421 4.7.0")
+        assert r.closed()
+    log = sg.log_text()
+    assert re.search(r"event=auth result=fail user=alice client=127\.0\.0\.1 mech=LOGIN", log)
+    assert re.search(r"event=auth result=fail user=nosuchuser client=127\.0\.0\.1 mech=PLAIN", log)
+    assert "reason=too many auth failures" in log
+
+
+def test_auth_success_then_rules(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    up = env[3]
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(530, "MAIL FROM:<alice@example.org>")
+        # initial response "=" is an empty one: PLAIN then fails
+        assert r.cmd("AUTH PLAIN =").code in (535, 501)
+        assert r.cmd("AUTH LOGIN " + b64(USER)).code == 334
+        assert r.cmd(b64(PW)).text.startswith("235 2.7.0")
+        r.expect(503, "AUTH PLAIN " + plain_b64(USER, PW))   # already authenticated
+        r.expect(250, "MAIL FROM:<alice@example.org> SIZE=100")
+        r.expect(503, "MAIL FROM:<alice@example.org>")      # nested
+        assert r.cmd("RCPT TO:<bob@example.net> FOO=BAR").text.startswith("555 5.5.4")
+        assert r.cmd("RCPT TO:bob@example.net").text.startswith("501 5.5.4")
+        assert r.cmd("RCPT TO:<bob@@>").code == 553
+        r.expect(503, "DATA")                               # no recipient yet
+        r.expect(250, "RCPT TO:<bob@example.net>")
+        r.expect(250, "RSET")
+        assert r.cmd("MAIL FROM:<alice@example.org> SIZE=999999999999").text.startswith("552 5.3.4")
+        assert r.cmd("MAIL FROM:<alice@example.org> BODY=BINARYMIME").text.startswith("555 5.5.4")
+        r.expect(221, "QUIT")
+    assert re.search(r"event=auth result=ok user=alice client=127\.0\.0\.1 mech=LOGIN",
+                     sg.log_text())
+    lines = up.command_lines()
+    assert any(l.startswith("XCLIENT") and "LOGIN=alice" in l for l in lines), lines
+
+
+def test_upstream_refusing_identity_gives_454(workdir, start_saslgate, start_fake_upstream):
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = start_fake_upstream(replies={"XCLIENT": "550 5.7.0 Error: insufficient authorization"})
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db), secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20).text.startswith("454 4.7.0")
+        r.expect(530, "MAIL FROM:<alice@example.org>")   # still unauthenticated
+    assert re.search(r"event=auth result=tempfail user=alice client=127\.0\.0\.1 mech=PLAIN",
+                     sg.log_text())
+
+
+# ---------------------------------------------------------------- PROXY protocol
+
+def proxy_v2(src, dst, sport, dport):
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    addr = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return sig + bytes([0x21, 0x11]) + struct.pack("!H", len(addr)) + addr
+
+
+def test_proxy_protocol_v1_v2(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env,
+              listener_plain={"proxy_protocol": "any"})
+    up = env[3]
+    with Raw(sg.port("plain")) as r:
+        r.send(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 587\r\n")
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(221, "QUIT")
+    log = sg.log_text()
+    assert re.search(r"event=auth result=ok user=alice client=192\.0\.2\.7 ", log)
+    assert re.search(r"event=disconnect client=192\.0\.2\.7:40000 ", log)
+    assert any("ADDR=192.0.2.7" in l for l in up.command_lines() if l.startswith("XCLIENT"))
+    with Raw(sg.port("plain")) as r:
+        r.send(proxy_v2("198.51.100.9", "192.0.2.1", 41000, 587))
+        r.expect(220)
+        r.expect(221, "QUIT")
+    sg.wait_log(r"event=disconnect client=198\.51\.100\.9:41000 ")
+    # no header (or a broken one): closed without a greeting, logged
+    with Raw(sg.port("plain")) as r:
+        r.send(b"EHLO client.test\r\n")
+        assert r.closed()
+        assert r.buf == b""
+    sg.wait_log(r"event=proxy result=fail")
+
+
+# ---------------------------------------------------------------- shutdown
+
+def test_sigterm_lets_transactions_finish(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env, server={"shutdown_timeout": "10s"})
+    up = env[3]
+    idle, busy = Raw(sg.port("plain")), Raw(sg.port("plain"))
+    try:
+        idle.expect(220)
+        idle.expect(250, "EHLO idle.test")
+        busy.expect(220)
+        busy.expect(250, "EHLO busy.test")
+        busy.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        busy.expect(250, "MAIL FROM:<alice@example.org>")
+        busy.expect(250, "RCPT TO:<bob@example.net>")
+        sg.proc.send_signal(15)
+        # the idle session is told at once
+        assert idle.reply().text.startswith("421 4.3.2")
+        assert idle.closed()
+        # the one in a transaction may finish its message
+        busy.expect(354, "DATA")
+        busy.send(b"Subject: last\r\n\r\nbye\r\n.\r\n")
+        assert busy.reply().text.startswith("250 2.0.0")
+        assert busy.reply().text.startswith("421 4.3.2")
+        assert busy.closed()
+        assert sg.wait_exit(15) == 0
+        assert len(up.delivered()) == 1
+    finally:
+        idle.close()
+        busy.close()
+
+
+# ---------------------------------------------------------------- real Postfix
+
+def test_end_to_end_through_postfix(workdir, start_saslgate, start_postfix):
+    pf = start_postfix()
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    sg = start_saslgate(default_config(workdir, upstream_port=pf.port, cert=cert, key=key,
+                                       sasldb=db), secrets=SECRETS)
+    c = smtp(sg.port("submission"))
+    c.login(USER, PW)
+    c.sendmail("alice@example.org", ["bob@example.net"], b"Subject: e2e\r\n\r\nthrough postfix\r\n")
+    c.quit()
+    msgs = pf.wait_delivered(1)
+    assert b"through postfix" in msgs[0]
+    qid = pf.queue_ids()[0]
+    sg.wait_log(r"event=disconnect .*queue_ids=%s" % re.escape(qid))
