@@ -376,8 +376,9 @@ run_idle() { # target rep scenario count
 }
 
 # S5: one S5_SIZE message through saslgate; the sink dumps it (smtp-sink -d
-# stores lines with LF ends), the dump must end with exactly the message
-# sent (CRLF -> LF); saslgate's RSS is sampled every 20 ms while it passes.
+# stores lines with LF ends and adds one newline after the message): the dump
+# must end with exactly the message sent (CRLF -> LF), after saslgate's
+# Received: header; saslgate's RSS is sampled every 20 ms while it passes.
 run_s5() {
 	local t=saslgate cg=saslgate
 	rm -rf $WORK/s5/dump $WORK/s5/sent.eml
@@ -408,7 +409,8 @@ run_s5() {
 	if [ -n "$dump" ]; then
 		local want=$(tr -d '\r' <$WORK/s5/sent.eml | wc -c)
 		sent_sha=$(tr -d '\r' <$WORK/s5/sent.eml | sha256sum | cut -c1-16)
-		got_sha=$(tail -c $want "$dump" | sha256sum | cut -c1-16)
+		# smtp-sink ends each dumped message with one more newline
+		got_sha=$(tail -c $((want + 1)) "$dump" | head -c $want | sha256sum | cut -c1-16)
 		[ "$sent_sha" = "$got_sha" ] && exact=yes
 	fi
 	local o="target=$t scen=S5 rep=1 $line rss_base_kib=$base rss_peak_kib=$peak vmhwm_kib=${hwm:-0} msg_bytes=$S5_SIZE rss_growth_kib=$((peak - base)) byte_exact=$exact sent_sha256=$sent_sha upstream_sha256=$got_sha"
