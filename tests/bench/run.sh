@@ -454,8 +454,13 @@ if [ "${PROFILE:-0}" = 1 ] && in_list saslgate "$TARGETS" && command -v perf >/d
 		sleep 1
 		$LOAD --port ${PORT[saslgate]} $(tls_args saslgate) $(scen_args $s) --timeout 30 >/dev/null 2>&1
 		kill -INT $pp 2>/dev/null; wait $pp 2>/dev/null
-		perf report -i $OUT/perf-$s.data --stdio --no-children --sort dso,symbol 2>/dev/null |
-			grep -v '^#' | grep -v '^$' | head -40 >$OUT/profile-$s.txt
+		{
+			perf report -i $OUT/perf-$s.data --stdio --no-children --sort dso 2>/dev/null |
+				grep -v '^#' | grep -v '^$' | head -8
+			echo
+			perf report -i $OUT/perf-$s.data --stdio --no-children --sort dso,symbol 2>/dev/null |
+				grep -v '^#' | grep -v '^$' | head -40
+		} >$OUT/profile-$s.txt
 		log "profile $s: $OUT/profile-$s.txt (top: $(head -3 $OUT/profile-$s.txt | awk '{print $1, $NF}' | tr '\n' ' '))"
 	done
 fi
