@@ -210,3 +210,41 @@ def test_secret_forms_cover_plain_and_login():
     assert "Al1ce-pw" in forms
     assert sgtest.b64("Al1ce-pw") in forms                    # LOGIN
     assert sgtest.b64("\0alice\0Al1ce-pw") in forms           # PLAIN
+
+
+FAKE_DAEMON = """#!/usr/bin/python3
+import signal, sys, time
+sys.stderr.write(%r)
+sys.stderr.write("info: ready: fake\\n")
+sys.stderr.flush()
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(%d))
+for _ in range(600):
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("text,status,problem", [
+    ("info: event=auth result=ok user=alice\n", 0, None),
+    ("debug: got Al1ce-pw.77\n", 0, "credential"),
+    ("debug: got %s\n" % sgtest.plain_b64("alice", "Al1ce-pw.77"), 0, "credential"),
+    ("debug: got %s\n" % sgtest.b64("Al1ce-pw.77"), 0, "credential"),
+    ("==1==ERROR: AddressSanitizer: heap-use-after-free\n", 0, "sanitizer"),
+    ("x.c:1:2: runtime error: signed integer overflow\n", 0, "sanitizer"),
+    ("", 3, "status 3"),
+])
+def test_saslgate_teardown_checks_catch_problems(workdir, monkeypatch, text, status, problem):
+    """The checks the harness runs on every saslgate at teardown do fail."""
+    fake = workdir / "fake-saslgate"
+    fake.write_text(FAKE_DAEMON % (text, status))
+    fake.chmod(0o755)
+    monkeypatch.setattr(sgtest, "SASLGATE_BIN", str(fake))
+    sg = sgtest.Saslgate(workdir, {"server": {"workers": 1}},
+                         secrets={"alice": "Al1ce-pw.77"})
+    try:
+        problems = sg.finish()
+    finally:
+        sg.kill()
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
