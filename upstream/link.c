@@ -567,6 +567,10 @@ static void start_server(sg_link *l)
 	                         .ai_socktype = SOCK_STREAM,
 	                         .ai_flags = AI_ADDRCONFIG};
 	set_peer(l);
+	if (l->ais) { /* a reopen: the previous connection's list */
+		uv_freeaddrinfo(l->ais);
+		l->ais = l->ai = NULL;
+	}
 	l->phase = P_RESOLVE;
 	l->gai.data = l;
 	/* on the thread pool: a slow DNS server must not stall the loop */

@@ -400,6 +400,7 @@ static void test_xclient(void)
 	wait_for(&f.nclosed, 1);
 	CHECK(f.nquit == 1);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 
@@ -430,6 +431,7 @@ static void test_refused(void)
 	sg_link_close(l2);
 	settle(50);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 
@@ -449,6 +451,7 @@ static void test_failover(void)
 	CHECK(!strcmp(sg_link_peer(l), servers[1].host) ||
 	      strstr(sg_link_peer(l), ports[1]));
 	sg_link_close(l);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 
 	/* a 4xx greeting, then the good one */
@@ -456,6 +459,7 @@ static void test_failover(void)
 	l = open_ok(cfg, &g);
 	CHECK(bad.nconn == 1 && f.nconn == 2);
 	sg_link_close(l);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 
 	/* nothing answers: 454, never a hang, never a 2xx */
@@ -464,6 +468,7 @@ static void test_failover(void)
 	sg_link_open(loop, cfg, &ID, on_reply, &g);
 	wait_for(&g.n, 1);
 	CHECK(g.n == 1 && g.code[0] == 454);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 	settle(50);
 	fake_stop(&bad);
@@ -514,6 +519,7 @@ static void test_aborts(void)
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 
@@ -553,6 +559,7 @@ static void test_loss(void)
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 
@@ -572,6 +579,7 @@ static void test_xforward(void)
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 
@@ -611,6 +619,7 @@ static void test_backpressure(void)
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 }
 

@@ -62,7 +62,7 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 		result r;
 		run(o, in, len, &cut, 1, &r);
 		CHECK(r.out.len == whole->out.len &&
-		      !memcmp(r.out.data, whole->out.data, r.out.len));
+		      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
 		CHECK(r.consumed == whole->consumed && r.done == whole->done &&
 		      r.bad == whole->bad && r.too_big == whole->too_big);
 		sg_buf_free(&r.out);
@@ -73,7 +73,7 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 	result r;
 	run(o, in, len, cuts, len ? len - 1 : 0, &r);
 	CHECK(r.out.len == whole->out.len &&
-	      !memcmp(r.out.data, whole->out.data, r.out.len));
+	      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
 	CHECK(r.consumed == whole->consumed && r.done == whole->done &&
 	      r.bad == whole->bad);
 	sg_buf_free(&r.out);
@@ -82,8 +82,8 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 
 static bool out_is(const result *r, const char *want)
 {
-	bool ok = r->out.len == strlen(want) && !memcmp(r->out.data, want,
-	                                                r->out.len);
+	bool ok = r->out.len == strlen(want) &&
+	          (!r->out.len || !memcmp(r->out.data, want, r->out.len));
 	if (!ok) {
 		fprintf(stderr, "  got [");
 		for (size_t i = 0; i < r->out.len; i++)
