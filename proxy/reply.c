@@ -122,6 +122,9 @@ void sg_reply_raw(sg_session *s, int code, const char *text, size_t len)
 	if (!count_error(s, code))
 		return;
 	sg_buf_append(&s->out, text, len);
-	log_debug(s->id, "reply (upstream): %.*s", (int)(len > 200 ? 200 : len),
-	          text);
+	size_t first = 0;
+	while (first < len && first < 200 && text[first] != '\r' &&
+	       text[first] != '\n')
+		first++;
+	log_debug(s->id, "reply (upstream): %.*s", (int)first, text);
 }

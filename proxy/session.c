@@ -753,8 +753,9 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	if (s->cfg->max_connections && count > s->cfg->max_connections) {
 		log_warn(s->id, "event=reject client=%s reason=max_connections (%u)",
 		         s->client_ip, s->cfg->max_connections);
-		/* on an implicit-TLS port a plaintext reply would be noise */
-		if (s->lc->tls != SG_TLS_IMPLICIT && !s->lc->proxy_protocol)
+		/* on an implicit-TLS port a plaintext reply would be noise; behind
+		 * a PROXY-protocol balancer the 421 reaches the client all the same */
+		if (s->lc->tls != SG_TLS_IMPLICIT)
 			sg_reply_send(s, SG_R_TOO_MANY_CONN);
 		sg_session_close(s, "too many connections");
 		return;

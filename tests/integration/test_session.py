@@ -448,3 +448,60 @@ def test_end_to_end_through_postfix(workdir, start_saslgate, start_postfix):
     assert b"through postfix" in msgs[0]
     qid = pf.queue_ids()[0]
     sg.wait_log(r"event=disconnect .*queue_ids=%s" % re.escape(qid))
+
+
+def test_require_auth_no_relays_unauthenticated(workdir, env, start_saslgate):
+    """An inbound-MX style listener: no AUTH, the link opens at the first
+    MAIL without a login, and the upstream's replies come back in step."""
+    sg = gate(start_saslgate, workdir, env, listener_plain={"require_auth": "no"})
+    up = env[3]
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO mx.client.test")
+        r.expect(250, "MAIL FROM:<>")
+        r.expect(250, "RCPT TO:<postmaster>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: bounce\r\n\r\nx\r\n.\r\n")
+        assert r.reply().text.startswith("250 2.0.0 Ok: queued as FAKE")
+        r.expect(221, "QUIT")
+    xc = [l for l in up.command_lines() if l.startswith("XCLIENT")]
+    assert xc and not any("LOGIN=" in l and "LOGIN=[UNAVAILABLE]" not in l for l in xc), xc
+    assert re.search(r"event=message user=- from=<> rcpts=1 ", sg.log_text())
+
+
+def test_upstream_lost_in_data_gives_4xx(workdir, start_saslgate, start_fake_upstream):
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = start_fake_upstream(close_in_data=10)
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db), secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(250, "MAIL FROM:<alice@example.org>")
+        r.expect(250, "RCPT TO:<bob@example.net>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: lost\r\n\r\n" + b"z" * 2000 + b"\r\n.\r\n")
+        rep = r.reply(timeout=20)
+        assert 400 <= rep.code < 500, rep
+        # the session survives: a new transaction opens a new link
+        rep = r.cmd("MAIL FROM:<alice@example.org>", timeout=20)
+        assert rep.code == 250 or 400 <= rep.code < 500, rep
+    assert up.delivered() == []
+
+
+def test_shutdown_timeout_closes_stuck_transactions(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env, server={"shutdown_timeout": "1s"})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(250, "MAIL FROM:<alice@example.org>")
+        t0 = time.monotonic()
+        sg.proc.send_signal(15)
+        assert r.reply(timeout=10).text.startswith("421 4.3.2")
+        assert time.monotonic() - t0 >= 0.8
+        assert r.closed()
+    assert sg.wait_exit(15) == 0
+    assert "reason=shutdown" in sg.log_text()
