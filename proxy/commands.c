@@ -284,7 +284,7 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 		if (r->code >= 400 && r->code < 500 && r->len)
 			sg_reply_raw(s, r->code, r->text, r->len);
 		else
-			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+			sg_reply_send(s, SG_R_UPSTREAM_DOWN);
 		sg_session_resume(s);
 		return;
 	}
@@ -292,7 +292,7 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 	s->pend_line = NULL;
 	if (!s->link || !line) { /* cannot happen: open_link set the link */
 		free(line);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
 		sg_session_resume(s);
 		return;
 	}
@@ -443,9 +443,7 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 	if (s->closing || hold_sync(s, r))
 		return;
 	if (r->code >= 200 && r->code < 300) {
-		const char *u = s->auth ? sg_auth_user(s->auth) : NULL;
-		snprintf(s->user, sizeof s->user, "%s", u ? u : s->tried);
-		s->authenticated = true;
+		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
 		sg_session_state(s, SG_ST_READY);
 		log_auth(s, "ok", NULL);
 		sg_reply_send(s, SG_R_AUTH_OK);
@@ -491,8 +489,12 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	}
 	case SG_AUTH_OK:
 		/* 235 only once an upstream has taken the identity (CONTRACT) */
-		snprintf(s->user, sizeof s->user, "%s",
-		         sg_auth_user(s->auth) ? sg_auth_user(s->auth) : "");
+		if (sg_auth_user(s->auth))
+			snprintf(s->user, sizeof s->user, "%s", sg_auth_user(s->auth));
+		else if (sg_auth_authcid(s->auth))
+			snprintf(s->user, sizeof s->user, "%s", sg_auth_authcid(s->auth));
+		else
+			snprintf(s->user, sizeof s->user, "%s", s->tried);
 		open_link(s, true, on_auth_link_ready);
 		return;
 	case SG_AUTH_FAIL:
@@ -777,7 +779,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	free(s->pend_line);
 	s->pend_line = malloc((size_t)n);
 	if (!s->pend_line) {
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
 		return;
 	}
 	memcpy(s->pend_line, line, (size_t)n);

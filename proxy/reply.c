@@ -31,6 +31,9 @@ const sg_rep_def sg_rep_table[SG_R_COUNT] = {
 	                        "Too many authentication failures from your "
 	                        "address, try later", false},
 	[SG_R_TOO_MANY_RCPT] = {452, "4.5.3", "Too many recipients", false},
+	[SG_R_UPSTREAM_DOWN] = {451, "4.4.1",
+	                        "Upstream server not available, try again later",
+	                        false},
 	[SG_R_LINE_TOO_LONG] = {500, "5.5.2", "Line too long", false},
 	[SG_R_NUL] = {500, "5.5.2", "NUL character in command", false},
 	[SG_R_UNKNOWN] = {502, "5.5.1", "Command not recognized", false},

@@ -31,6 +31,7 @@ enum sg_rep {
 	SG_R_AUTH_TEMPFAIL,  /* 454 4.7.0 */
 	SG_R_AUTH_IP_LIMIT,  /* 454 4.7.0 */
 	SG_R_TOO_MANY_RCPT,  /* 452 4.5.3 */
+	SG_R_UPSTREAM_DOWN,  /* 451 4.4.1 */
 	SG_R_LINE_TOO_LONG,  /* 500 5.5.2 */
 	SG_R_NUL,            /* 500 5.5.2 */
 	SG_R_UNKNOWN,        /* 502 5.5.1 */
