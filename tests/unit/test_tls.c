@@ -64,6 +64,7 @@ static void subst(char *out, size_t len, const char *tmpl)
 	out[o] = '\0';
 }
 
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
 	char cmd[4096];
