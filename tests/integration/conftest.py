@@ -33,7 +33,7 @@ def workdir(request):
     os.chmod(d, 0o755)
     yield d
     rep = getattr(request.node, "rep_call", None)
-    failed = rep is None or rep.failed
+    failed = rep is None or rep.failed or getattr(request.node, "_sg_keep", False)
     if failed or os.environ.get("SG_KEEP_TMP") == "1":
         sys.stderr.write("\nsgtest: work directory kept: %s\n" % d)
     else:
@@ -67,6 +67,7 @@ def _sgstack(request):
     yield st
     problems = st.close()
     if problems:
+        request.node._sg_keep = True  # keep the logs for a look
         pytest.fail("teardown checks failed:\n  " + "\n  ".join(problems), pytrace=False)
 
 
