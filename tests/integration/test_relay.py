@@ -342,3 +342,71 @@ def test_header_identity_strips_client_header(workdir, keys, start_saslgate, sta
     assert d.count(b"X-Authenticated-User: ") == 2     # ours and the body line
     assert b"X-Authenticated-User: alice" in d and b"ceo@" not in d and b"folded" not in d
     assert not any(l.startswith(("XCLIENT", "XFORWARD")) for l in up.command_lines())
+
+
+# ---------------------------------------------------------------- upstream STARTTLS
+
+def tls_postfix(workdir, start_postfix):
+    from sgtest import make_ca, make_leaf
+    ca = make_ca(workdir)
+    chain, key = make_leaf(workdir, ca, cn="mta.test")
+    pf = start_postfix(extra={"smtpd_tls_security_level": "may",
+                              "smtpd_tls_cert_file": str(chain),
+                              "smtpd_tls_key_file": str(key),
+                              "smtpd_tls_loglevel": "1"})
+    return pf, ca[0]
+
+
+def send_one(sg, text):
+    with Raw(sg.port("plain")) as r:
+        login(r)
+        rep = transaction(r, b"Subject: tls\r\n\r\n" + text + b"\r\n.\r\n")
+        assert rep.code == 250, rep
+        r.expect(221, "QUIT")
+
+
+def test_upstream_starttls_required_verified(workdir, keys, start_saslgate, start_postfix):
+    pf, ca = tls_postfix(workdir, start_postfix)
+    sg = gate(start_saslgate, workdir, keys, pf.port,
+              upstream={"tls": "required", "ca_file": str(ca), "tls_name": "mta.test"})
+    send_one(sg, b"over verified tls")
+    msg = pf.wait_delivered(1)[0]
+    assert b"over verified tls" in msg
+    assert re.search(r"TLS connection established from \S+\[127\.0\.0\.1\]", pf.log_text())
+    assert re.search(r"event=upstream_ready .*tls=yes", sg.log_text())
+    # Postfix's Received says it got TLS and an authenticated identity
+    assert re.search(rb"with ESMTPSA id", msg), msg[:1500]
+
+
+def test_upstream_starttls_wrong_name_fails_closed(workdir, keys, start_saslgate, start_postfix):
+    pf, ca = tls_postfix(workdir, start_postfix)
+    sg = gate(start_saslgate, workdir, keys, pf.port,
+              upstream={"tls": "required", "ca_file": str(ca), "tls_name": "other.test"})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        rep = r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20)
+        assert rep.text.startswith("454 4.7.0"), rep
+    assert re.search(r"event=upstream_fail .*TLS handshake", sg.log_text()), sg.log_text()
+    assert pf.delivered() == []
+
+
+def test_upstream_starttls_required_but_not_offered(workdir, keys, start_saslgate,
+                                                    start_fake_upstream):
+    up = start_fake_upstream()          # no STARTTLS in its EHLO
+    sg = gate(start_saslgate, workdir, keys, up.port, upstream={"tls": "required"})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        rep = r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20)
+        assert rep.text.startswith("454 4.7.0"), rep
+    assert "STARTTLS not offered" in sg.log_text()
+    assert "MAIL" not in up.verbs() and "XCLIENT" not in up.verbs()
+
+
+def test_upstream_starttls_opportunistic_plaintext(workdir, keys, start_saslgate,
+                                                   start_fake_upstream):
+    up = start_fake_upstream()
+    sg = gate(start_saslgate, workdir, keys, up.port, upstream={"tls": "starttls"})
+    send_one(sg, b"plain is fine when not offered")
+    assert len(up.delivered()) == 1
