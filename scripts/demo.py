@@ -37,7 +37,11 @@ def main():
         started.append(pf)
         (DEMO / "mail").symlink_to(pf.sink.dir)
         cert, key = sgtest.make_cert(DEMO, cn="localhost", days=30)
-        db = sgtest.make_sasldb(DEMO / "sasldb2", {"demo": "demo"})
+        # Cyrus looks sasldb users up as user@realm; the realm defaults to
+        # [server] hostname (like Postfix's myhostname), so create the user
+        # in that realm: saslpasswd2 -u saslgate.demo.test -c demo
+        db = sgtest.make_sasldb(DEMO / "sasldb2", {"demo": "demo"},
+                                realm="saslgate.demo.test")
         cfg = sgtest.default_config(
             DEMO, pf.port, cert=cert, key=key, sasldb=db,
             server={"hostname": "saslgate.demo.test", "log_level": "info"},
