@@ -712,7 +712,7 @@ static int apply(const sg_config *cfg, sg_errors *errs, bool initial)
 
 	loaded_lists(all, aux);
 	sg_sasl_check(cfg, all, aux, &fatal, &env);
-	sg_sender_map_load(cfg, &fatal);
+	sg_sender_map_load(cfg, &fatal, false); /* checked; installed below */
 
 	/* What a client sees after TLS: the settings in one line. */
 	sg_auth_peer peer = {.sid = NULL};
@@ -776,6 +776,8 @@ static int apply(const sg_config *cfg, sg_errors *errs, bool initial)
 	}
 	if (bad)
 		return -1;
+	if (sg_sender_map_load(cfg, errs, true) < 0)
+		return -1; /* changed since the check a moment ago */
 	set_global_cfg(cfg);
 	const char *pw = sg_sasl_opt(cfg, "pwcheck_method");
 	const char *ap = sg_sasl_opt(cfg, "auxprop_plugin");

@@ -57,9 +57,10 @@ bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz);
 void sg_sasl_check(const sg_config *cfg, const char *all_mechs,
                    const char *all_auxprop, sg_errors *fatal, sg_errors *env);
 
-/* Sender map (sendermap.c): (re)load cfg->sender_login_map.  Problems go to
- * errs as MAPFILE:LINE.  Returns 0 or -1. */
-int sg_sender_map_load(const sg_config *cfg, sg_errors *errs);
+/* Sender map (sendermap.c): read cfg->sender_login_map and, with install,
+ * put it in force (a reload checks everything first, then installs).
+ * Problems go to errs as MAPFILE:LINE.  Returns 0 or -1. */
+int sg_sender_map_load(const sg_config *cfg, sg_errors *errs, bool install);
 void sg_sender_map_done(void);
 
 /* ipfail.c */

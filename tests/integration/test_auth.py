@@ -248,6 +248,16 @@ def test_sender_login_map_and_reload(workdir, sasldb_env, start_saslgate):
     assert "reload failed" in sg.reload().group(0)
     assert re.search(r"%s:1: login alice has no addresses" % re.escape(str(smap)),
                      sg.log_text())
+    # a reload that fails for another reason does not half-apply the map
+    smap.write_text("alice  alice@example.org, info@example.org\n")
+    text = sg.conf_path.read_text()
+    sg.conf_path.write_text(text.replace("mech_list = PLAIN LOGIN", "mech_list = PLAIN NOPE"))
+    assert "reload failed" in sg.reload().group(0)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        assert r.cmd("MAIL FROM:<info@example.org>").text.startswith("553 5.7.1")
 
 
 def test_reload_changes_mech_list(workdir, sasldb_env, start_saslgate):

@@ -168,7 +168,7 @@ static void test_sender_map(void)
 		sg_errors_print(&errs, stderr);
 		return;
 	}
-	CHECK_EQ_INT(sg_sender_map_load(c, &errs), 0);
+	CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), 0);
 
 	CHECK(sg_sender_allowed(c, "alice", "<alice@example.org>"));
 	CHECK(sg_sender_allowed(c, "alice", "alice@example.org"));
@@ -198,7 +198,7 @@ static void test_sender_map(void)
 
 	/* reload: the same file name read again */
 	t_write(map, "alice alice@example.org\n");
-	CHECK_EQ_INT(sg_sender_map_load(c, &errs), 0);
+	CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), 0);
 	CHECK(!sg_sender_allowed(c, "alice", "<info@example.org>"));
 	CHECK(!sg_sender_allowed(c, "carol", "<carol@example.org>")); /* no '*' */
 	CHECK_EQ_INT((long long)errs.n, 0);
@@ -209,7 +209,7 @@ static void test_sender_map(void)
 	c = t_config(body, &errs);
 	CHECK(c != NULL);
 	if (c) {
-		CHECK_EQ_INT(sg_sender_map_load(c, &errs), -1);
+		CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), -1);
 		CHECK_EQ_INT((long long)errs.n, 2);
 		char want[600];
 		snprintf(want, sizeof want, "%s:3: ", map);
