@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sgtest import (HOST, CLOSE, Raw, Stall, T, b64, default_config, make_cert,
+from sgtest import (HOST, SANITIZE, Raw, Stall, T, b64, default_config, make_cert,
                     make_sasldb, plain_b64, smtp, smtps, wait_for)
 
 USER, PW = "alice", "Al1ce-sess.pw9"
@@ -505,3 +505,71 @@ def test_shutdown_timeout_closes_stuck_transactions(workdir, env, start_saslgate
         assert r.closed()
     assert sg.wait_exit(15) == 0
     assert "reason=shutdown" in sg.log_text()
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_client_not_reading_replies_is_backpressured(workdir, env, start_saslgate):
+    """A client that pipelines without reading: saslgate stops reading it
+    (bounded memory) instead of queueing replies, and loses nothing."""
+    import threading
+    sg = gate(start_saslgate, workdir, env)
+    n = 1000000  # 6 MB of commands, 14 MB of replies
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # small client buffers so that kernel buffering cannot hide the effect
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    sock.settimeout(T(30))
+    sock.connect((HOST, sg.port("plain")))
+    try:
+        sent = [0]
+        done = threading.Event()
+
+        def writer():
+            chunk = b"NOOP\r\n" * 1000
+            try:
+                for _ in range(n // 1000):
+                    sock.sendall(chunk)
+                    sent[0] += 1000
+                sock.sendall(b"QUIT\r\n")
+            except OSError:
+                pass
+            done.set()
+        rss0 = rss_kib(sg.pid)
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        # wait until the writer stalls (saslgate stopped reading) or is done
+        last, still = -1, 0
+        for _ in range(int(T(60) / 0.25)):
+            time.sleep(0.25)
+            if done.is_set():
+                break
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+            if still >= 4:
+                break
+        grown = rss_kib(sg.pid) - rss0
+        # without back-pressure the unread replies (~14 MB, minus what the
+        # kernel buffers) would sit in saslgate's memory
+        assert not done.is_set(), "saslgate read everything while its replies piled up"
+        if not SANITIZE:  # ASan's quarantine keeps freed memory resident
+            assert grown < 4096, "saslgate grew by %d KiB" % grown
+        got = bytearray()
+        deadline = time.monotonic() + T(60)
+        while not got.endswith(b"221 2.0.0 Bye\r\n") and time.monotonic() < deadline:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        t.join(T(10))
+        assert got.startswith(b"220 sg.test ESMTP\r\n")
+        assert got.count(b"250 2.0.0 Ok\r\n") == n
+        assert got.endswith(b"221 2.0.0 Bye\r\n")
+    finally:
+        sock.close()
