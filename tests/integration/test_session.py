@@ -573,3 +573,52 @@ def test_client_not_reading_replies_is_backpressured(workdir, env, start_saslgat
         assert got.endswith(b"221 2.0.0 Bye\r\n")
     finally:
         sock.close()
+
+
+def test_client_vanishing_mid_auth_and_mid_data(workdir, env, start_saslgate):
+    """Closing with SASL work in flight, during the failure delay, or in the
+    middle of a message must not crash or leak (the teardown checks the
+    sanitizer report under SG_SANITIZE=ON)."""
+    sg = gate(start_saslgate, workdir, env, sasl={"failure_delay": "2s"})
+    up = env[3]
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.send("AUTH PLAIN %s\r\n" % plain_b64(USER, PW))
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.send("AUTH PLAIN %s\r\n" % plain_b64(USER, "wrong"))
+        time.sleep(0.3)  # inside the failure delay
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(250, "MAIL FROM:<alice@example.org>")
+        r.expect(250, "RCPT TO:<bob@example.net>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: half\r\n\r\n" + b"x" * 50000)
+        time.sleep(0.3)
+    wait_for(lambda: sg.log_text().count("reason=client closed") >= 3, T(10),
+             "three 'client closed' disconnect lines")
+    assert up.delivered() == []
+    with Raw(sg.port("plain")) as r:  # still serving
+        r.expect(220)
+        r.expect(221, "QUIT")
+
+
+def test_reload_keeps_live_sessions(workdir, env, start_saslgate):
+    sg = gate(start_saslgate, workdir, env)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        cfg = dict(sg.config)
+        cfg["server"] = dict(cfg["server"], hostname="new.test")
+        sg.write_config(cfg)
+        assert "reload: done" in sg.reload().group(0)
+        # the live session keeps its configuration and goes on
+        r.expect(250, "NOOP")
+        assert r.expect(250, "HELO again.test").text == "250 sg.test"
+        r.expect(221, "QUIT")
+    with Raw(sg.port("plain")) as r:
+        assert r.reply().text == "220 new.test ESMTP"
