@@ -8,6 +8,10 @@
  * and LDAP too).  It complements fail2ban, which acts on the event=auth log
  * lines, and works where nobody set fail2ban up.
  *
+ * IPv6 clients are counted per /64: one end site gets a /64 at least, and
+ * counting single IPv6 addresses would let a bot rotate through 2^64 of
+ * them.  IPv4-mapped addresses (::ffff:a.b.c.d) count as the IPv4 address.
+ *
  * The window is fixed, starting at an address's first counted failure: after
  * ip_failure_window without a new start the count begins again.  Memory is
  * bounded: at most SG_IPFAIL_MAX addresses; when full, the least recently
@@ -16,7 +20,9 @@
 #include "auth.h"
 #include "sasl_int.h"
 
+#include <arpa/inet.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,6 +49,27 @@ static size_t nent;
 static void init_once(void)
 {
 	uv_mutex_init(&lock);
+}
+
+/* The table key of a client address: IPv4 as is, IPv6 as its /64. */
+static const char *ip_key(const char *ip, char key[SG_IPFAIL_IP_MAX])
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+
+	if (inet_pton(AF_INET6, ip, &a6) != 1) {
+		snprintf(key, SG_IPFAIL_IP_MAX, "%s", ip);
+		return key;
+	}
+	if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+		memcpy(&a4, &a6.s6_addr[12], 4);
+		inet_ntop(AF_INET, &a4, key, SG_IPFAIL_IP_MAX);
+		return key;
+	}
+	memset(&a6.s6_addr[8], 0, 8);
+	inet_ntop(AF_INET6, &a6, key, SG_IPFAIL_IP_MAX - 4);
+	strcat(key, "/64");
+	return key;
 }
 
 static uint64_t now_ms(void)
@@ -109,12 +136,15 @@ static bool expired(const struct ipent *e, uint64_t now, uint64_t window)
 	return now - e->first_ms >= window;
 }
 
-bool sg_ipfail_over(const sg_config *cfg, const char *ip)
+bool sg_ipfail_over(const sg_config *cfg, const char *client)
 {
+	char key[SG_IPFAIL_IP_MAX];
 	bool over = false;
 
-	if (!cfg->ip_failure_limit || !ip || !*ip)
+	if (!cfg->ip_failure_limit || !client || !*client ||
+	    strlen(client) >= SG_IPFAIL_IP_MAX)
 		return false;
+	const char *ip = ip_key(client, key);
 	uv_once(&once, init_once);
 	uv_mutex_lock(&lock);
 	struct ipent *e = find(ip);
@@ -128,11 +158,14 @@ bool sg_ipfail_over(const sg_config *cfg, const char *ip)
 	return over;
 }
 
-void sg_ipfail_record(const sg_config *cfg, const char *ip)
+void sg_ipfail_record(const sg_config *cfg, const char *client)
 {
-	if (!cfg->ip_failure_limit || !ip || !*ip ||
-	    strlen(ip) >= SG_IPFAIL_IP_MAX)
+	char key[SG_IPFAIL_IP_MAX];
+
+	if (!cfg->ip_failure_limit || !client || !*client ||
+	    strlen(client) >= SG_IPFAIL_IP_MAX)
 		return;
+	const char *ip = ip_key(client, key);
 	uv_once(&once, init_once);
 	uint64_t now = now_ms();
 	uv_mutex_lock(&lock);
@@ -153,7 +186,7 @@ void sg_ipfail_record(const sg_config *cfg, const char *ip)
 			uv_mutex_unlock(&lock);
 			return;
 		}
-		strcpy(e->ip, ip); /* length checked above */
+		snprintf(e->ip, sizeof e->ip, "%s", ip);
 		e->first_ms = now;
 		unsigned h = hash(ip);
 		e->hnext = buckets[h];

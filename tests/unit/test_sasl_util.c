@@ -118,6 +118,16 @@ static void test_ipfail(void)
 	CHECK(!sg_ipfail_over(c, other)); /* per address */
 	sg_ipfail_record(c, other);
 	CHECK(!sg_ipfail_over(c, other));
+	/* IPv6 counts per /64; IPv4-mapped as IPv4 */
+	sg_ipfail_record(c, "2001:db8::8");
+	sg_ipfail_record(c, "2001:db8:0:0:ffff::1");
+	CHECK(sg_ipfail_over(c, "2001:db8::abcd")); /* 3 in 2001:db8::/64 */
+	CHECK(!sg_ipfail_over(c, "2001:db8:0:1::7")); /* the next /64 */
+	sg_ipfail_record(c, "::ffff:198.51.100.1");
+	sg_ipfail_record(c, "198.51.100.1");
+	sg_ipfail_record(c, "::ffff:198.51.100.1");
+	CHECK(sg_ipfail_over(c, "198.51.100.1"));
+	CHECK(!sg_ipfail_over(c, "198.51.100.2"));
 	sleep_ms(350); /* the window passes */
 	CHECK(!sg_ipfail_over(c, ip));
 	sg_ipfail_record(c, ip); /* counts from one again */
