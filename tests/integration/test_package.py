@@ -19,9 +19,11 @@ systemd runs as PID 1 it is skipped too: postinst would start the unit on the
 public ports 587 and 465.
 
 The other tests are quick and use the binary under test: every key of the
-configuration table is described in saslgate.conf(5), and the shipped
-default configuration with each example drop-in passes `saslgate -t` once
-the files they name exist.
+configuration table is described in saslgate.conf(5); the shipped default
+configuration with each example drop-in passes `saslgate -t` once the files
+they name exist; and each drop-in of docs/deployments.md (postfix, exchange,
+recipes 1-5), installed next to the shipped default, does what its header
+promises (identity hand-over, listeners, mechanisms, tarpit, sender map).
 """
 
 import os
@@ -350,3 +352,247 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
     # Not asserted (the machine may be loaded); build-deb.sh is bounded by
     # DEB_TIMEOUT and every other step by its own timeout.
     print("package lifecycle took %.0fs" % (time.monotonic() - t0))
+
+
+# ------------------------------------------------------------ deployment recipes
+#
+# docs/deployments.md: each example drop-in, copied next to the shipped
+# saslgate.conf as an admin would, does what its header promises.  Only what
+# a test machine forces is changed: listener addresses (127.0.0.1, free high
+# ports), the upstream (a scripted FakeUpstream that records the identity
+# hand-over), file paths (certificate, sasldb, sender map, saslauthd socket)
+# and the [server] user.
+
+def _install_recipe(workdir, example, upstream_port, saslauthd=None, sasldb=None,
+                    sender_map=None):
+    """Write workdir/conf.d/50-<example>; return (main text, {listener: port})."""
+    cert, key = sgtest.make_cert(workdir)
+    paths = {
+        "/etc/ssl/certs/ssl-cert-snakeoil.pem": str(cert),
+        "/etc/ssl/private/ssl-cert-snakeoil.key": str(key),
+    }
+    if saslauthd is not None:
+        paths["/run/saslauthd/mux"] = saslauthd.socket_path
+    if sasldb is not None:
+        paths["/etc/saslgate/sasldb2"] = str(sasldb)
+    if sender_map is not None:
+        paths["/etc/saslgate/sender_login_map"] = str(sender_map)
+    ports = {}
+
+    def adapt(text):
+        for a, b in paths.items():
+            text = text.replace(a, b)
+        out, section = [], ""
+        for line in text.splitlines():
+            m = re.match(r"^\[(.+)\]\s*$", line)
+            if m:
+                section = m.group(1)
+            if re.match(r"^user\s*=", line) and section == "server":
+                line = "# " + line
+            elif re.match(r"^address\s*=", line) and section.startswith("listener "):
+                name = section.split(None, 1)[1]
+                ports.setdefault(name, free_port())
+                line = "address = %s:%d" % (HOST, ports[name])
+            elif re.match(r"^server\s*=", line) and section == "upstream":
+                line = "server = %s:%d" % (HOST, upstream_port)
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    main = adapt((SRC / "conf.d" / "saslgate.conf").read_text())
+    (workdir / "conf.d").mkdir(exist_ok=True)
+    if example:
+        (workdir / "conf.d" / ("50-" + example)).write_text(
+            adapt((SRC / "conf.d" / "examples" / example).read_text()))
+    return main, ports
+
+
+def _xclient_login(fake):
+    lines = [l for l in fake.command_lines() if l.upper().startswith("XCLIENT")]
+    logins = re.findall(r"\bLOGIN=(\S+)", " ".join(lines))
+    return logins
+
+
+def _send(c, user, n=1):
+    c.sendmail("%s@example.org" % user.split("@")[0], ["rcpt%d@example.net" % n],
+               b"Subject: recipe %d\r\nX-Authenticated-User: forged@evil.test\r\n\r\nhi\r\n" % n)
+
+
+def test_recipe_postfix_xclient(workdir, start_saslgate, start_fake_upstream, start_saslauthd):
+    """postfix.conf over the default (saslauthd): the login reaches the MTA
+    as XCLIENT LOGIN=, on both shipped listeners."""
+    user, pw = "sgrcpfx", "Pfx7-recipe.pw"
+    sa = start_saslauthd(users={user: pw})
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "postfix.conf", fake.port, saslauthd=sa)
+    start_saslgate(main, secrets={user: pw})
+    c = sgtest.smtp(ports["submission"])
+    c.login(user, pw)
+    _send(c, user, 1)
+    c.quit()
+    c = sgtest.smtps(ports["submissions"])
+    c.login(user, pw)
+    _send(c, user, 2)
+    c.quit()
+    fake.wait_for(lambda: len(fake.delivered()) == 2, what="2 messages upstream")
+    assert _xclient_login(fake) == [user, user], fake.command_lines()
+
+
+def test_recipe_exchange_header(workdir, start_saslgate, start_fake_upstream, start_saslauthd):
+    """exchange.conf: no XCLIENT, the user is in X-Authenticated-User: (a
+    client-supplied one is gone) and the Received: header."""
+    user, pw = "sgrcpex", "Exc8-recipe.pw"
+    sa = start_saslauthd(users={user: pw})
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "exchange.conf", fake.port, saslauthd=sa)
+    start_saslgate(main, secrets={user: pw})
+    c = sgtest.smtp(ports["submission"])
+    c.login(user, pw)
+    _send(c, user)
+    c.quit()
+    msgs = fake.wait_for(lambda: fake.delivered(), what="a message upstream")
+    assert "XCLIENT" not in fake.verbs() and "XFORWARD" not in fake.verbs()
+    hdrs = msgs[0].split(b"\r\n\r\n", 1)[0]
+    assert re.findall(rb"(?im)^X-Authenticated-User:\s*(\S+)", hdrs) == [user.encode()], hdrs
+    assert user.encode() in re.search(rb"(?s)^Received:.*?\r\n(?=\S)", hdrs).group(0), hdrs
+
+
+def test_recipe_iis_separate_users(workdir, start_saslgate, start_fake_upstream):
+    """Recipe 1: users in saslgate's own sasldb (realm example.org, so the
+    bare login works), identity header, 10 s tarpit before 535."""
+    user, pw = "scanner1", "Scn1-recipe.pw"
+    db = sgtest.make_sasldb(workdir / "sasldb2", {user: pw}, realm="example.org")
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "iis-separate-users.conf", fake.port, sasldb=db)
+    start_saslgate(main, secrets={user: pw})
+    with sgtest.Raw(ports["submission"]) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.starttls()
+        r.expect(250, "EHLO client.test")
+        t = time.monotonic()
+        r.expect(535, "AUTH PLAIN " + sgtest.plain_b64(user, "wrong-Pw.1"), timeout=30)
+        took = time.monotonic() - t
+        assert took >= 9.5, "535 after %.1fs, recipe says failure_delay = 10s" % took
+    c = sgtest.smtp(ports["submission"])
+    c.login(user, pw)
+    _send(c, user)
+    c.quit()
+    msgs = fake.wait_for(lambda: fake.delivered(), what="a message upstream")
+    assert re.search(rb"(?im)^X-Authenticated-User:\s*scanner1", msgs[0])
+
+
+def test_recipe_submission_only_policy(workdir, start_saslgate, start_fake_upstream,
+                                       start_saslauthd):
+    """Recipe 2: port 25 takes mail without AUTH and never offers AUTH;
+    587 offers AUTH only after STARTTLS and wants it before MAIL."""
+    user, pw = "sgrcppol", "Pol2-recipe.pw"
+    sa = start_saslauthd(users={user: pw})
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "submission-only-policy.conf", fake.port,
+                                  saslauthd=sa)
+    start_saslgate(main, secrets={user: pw})
+    with sgtest.Raw(ports["smtp"]) as r:
+        r.expect(220)
+        ehlo = r.expect(250, "EHLO mx.sender.test").text
+        assert "AUTH" not in ehlo and "STARTTLS" not in ehlo, ehlo
+        r.expect(538, "AUTH PLAIN " + sgtest.plain_b64(user, pw))
+        r.expect(250, "MAIL FROM:<someone@sender.test>")
+        r.expect(250, "RCPT TO:<postmaster@example.org>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: inbound\r\n\r\nhello\r\n.\r\n")
+        r.expect(250)
+        r.expect(221, "QUIT")
+    fake.wait_for(lambda: len(fake.delivered()) == 1, what="the inbound message upstream")
+    assert user not in _xclient_login(fake)
+    with sgtest.Raw(ports["submission"]) as r:
+        r.expect(220)
+        ehlo = r.expect(250, "EHLO client.test").text
+        assert "STARTTLS" in ehlo and "AUTH" not in ehlo, ehlo
+        r.starttls()
+        ehlo = r.expect(250, "EHLO client.test").text
+        assert re.search(r"AUTH .*PLAIN", ehlo), ehlo
+        r.expect(530, "MAIL FROM:<%s@example.org>" % user)
+        r.expect(235, "AUTH PLAIN " + sgtest.plain_b64(user, pw), timeout=30)
+        r.expect(250, "MAIL FROM:<%s@example.org>" % user)
+        r.expect(221, "QUIT")
+    assert _xclient_login(fake)[-1:] == [user], fake.command_lines()
+
+
+def test_recipe_exchange_smarthost_client(workdir, start_saslgate, start_fake_upstream):
+    """Recipe 3: AUTH LOGIN with the user name as initial response (what
+    Exchange's send connector sends), and the sender map."""
+    user, pw = "exchange-out", "Exo3-recipe.pw"
+    db = sgtest.make_sasldb(workdir / "sasldb2", {user: pw})
+    smap = workdir / "sender_login_map"
+    smap.write_text("exchange-out  @example.org\n")  # as the recipe's header says
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "exchange-smarthost-client.conf", fake.port,
+                                  sasldb=db, sender_map=smap)
+    start_saslgate(main, secrets={user: pw})
+    with sgtest.Raw(ports["submission"]) as r:
+        r.expect(220)
+        r.expect(250, "EHLO exchange.example.org")
+        r.starttls()
+        r.expect(250, "EHLO exchange.example.org")
+        r.expect(334, "AUTH LOGIN " + sgtest.b64(user))
+        r.expect(235, sgtest.b64(pw), timeout=30)
+        r.expect(553, "MAIL FROM:<ceo@elsewhere.test>")
+        r.expect(250, "MAIL FROM:<ceo@example.org>")
+        r.expect(250, "RCPT TO:<partner@example.net>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: outbound\r\n\r\nhello\r\n.\r\n")
+        r.expect(250)
+        r.expect(221, "QUIT")
+    fake.wait_for(lambda: len(fake.delivered()) == 1, what="the message upstream")
+    assert _xclient_login(fake) == [user], fake.command_lines()
+
+
+def test_recipe_windows_relay(workdir, start_saslgate, start_fake_upstream):
+    """Recipe 4: a LAN device logs in with AUTH LOGIN without TLS on the
+    internal listener; the MTA gets its login via XCLIENT."""
+    user, pw = "printer-2nd-floor", "Prn4-recipe.pw"
+    db = sgtest.make_sasldb(workdir / "sasldb2", {user: pw})
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "windows-relay.conf", fake.port, sasldb=db)
+    start_saslgate(main, secrets={user: pw})
+    with sgtest.Raw(ports["lan"]) as r:
+        r.expect(220)
+        ehlo = r.expect(250, "EHLO printer").text
+        assert re.search(r"AUTH .*LOGIN", ehlo), ehlo
+        r.expect(334, "AUTH LOGIN")
+        r.expect(334, sgtest.b64(user))
+        r.expect(235, sgtest.b64(pw), timeout=30)
+        r.expect(250, "MAIL FROM:<scans@example.org>")
+        r.expect(250, "RCPT TO:<office@example.org>")
+        r.expect(354, "DATA")
+        r.send(b"Subject: scan\r\n\r\n(pdf)\r\n.\r\n")
+        r.expect(250)
+        r.expect(221, "QUIT")
+    fake.wait_for(lambda: len(fake.delivered()) == 1, what="the scan upstream")
+    assert _xclient_login(fake) == [user], fake.command_lines()
+
+
+def test_recipe_mailfront_replacement(workdir, start_saslgate, start_fake_upstream):
+    """Recipe 5: sasldb with CRAM-MD5 and SCRAM-SHA-256 offered on 587 (after
+    STARTTLS) and 465; a CRAM-MD5 login on 465 relays with the header
+    identity (qmail has no XCLIENT)."""
+    user, pw = "alice", "Alc5-recipe.pw"
+    db = sgtest.make_sasldb(workdir / "sasldb2", {user: pw}, realm="example.org")
+    fake = start_fake_upstream()
+    main, ports = _install_recipe(workdir, "mailfront-replacement.conf", fake.port, sasldb=db)
+    start_saslgate(main, secrets={user: pw})
+    c = sgtest.smtp(ports["submission"])
+    mechs = c.esmtp_features.get("auth", "").upper().split()
+    c.quit()
+    for m in ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"):
+        assert m in mechs, mechs
+    c = sgtest.smtps(ports["submissions"])
+    assert "CRAM-MD5" in c.esmtp_features.get("auth", "").upper().split()
+    c.user, c.password = user, pw
+    code, text = c.auth("CRAM-MD5", c.auth_cram_md5)
+    assert code == 235, (code, text)
+    _send(c, user)
+    c.quit()
+    msgs = fake.wait_for(lambda: fake.delivered(), what="a message upstream")
+    assert "XCLIENT" not in fake.verbs()
+    assert re.search(rb"(?im)^X-Authenticated-User:\s*alice", msgs[0]), msgs[0][:2000]
