@@ -262,12 +262,13 @@ bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz)
 		const char *sock = sg_sasl_saslauthd_path(cfg);
 		r = sg_sasl_probe_socket(sock);
 		if (r < 0) {
-			snprintf(why, whysz, "saslauthd socket %s: %s", sock, strerror(-r));
+			snprintf(why, whysz, "saslauthd socket %s: %s", sock,
+			         strerrordesc_np(-r)); /* MT-safe, unlike strerror */
 			return true;
 		}
 	}
 	if (db && (r = probe_read(db)) < 0) {
-		snprintf(why, whysz, "sasldb %s: %s", db, strerror(-r));
+		snprintf(why, whysz, "sasldb %s: %s", db, strerrordesc_np(-r));
 		return true;
 	}
 	return false;
