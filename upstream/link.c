@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -871,6 +872,43 @@ static void tls_step(sg_link *l)
 	send_ehlo(l); /* RFC 3207 4.2: forget everything, EHLO again */
 }
 
+/* One client SSL_CTX per (verify, ca_file), shared by every link and
+ * worker: loading the CA file per connection would be slow, and the
+ * context's session cache lets reconnects resume (tls.c). */
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	sg_tls_ctx *ctx;
+	bool verify;
+	char *ca_file;
+} ctx_cache;
+
+static sg_tls_ctx *client_ctx(bool verify, const char *ca_file)
+{
+	sg_tls_ctx *c = NULL;
+	pthread_mutex_lock(&ctx_lock);
+	if (ctx_cache.ctx && ctx_cache.verify == verify &&
+	    !strcmp(ctx_cache.ca_file, ca_file))
+		c = sg_tls_ctx_ref(ctx_cache.ctx);
+	pthread_mutex_unlock(&ctx_lock);
+	if (c)
+		return c;
+	sg_errors errs = {0};
+	c = sg_tls_client_ctx(verify, ca_file, &errs);
+	sg_errors_log(&errs);
+	sg_errors_free(&errs);
+	if (!c)
+		return NULL;
+	pthread_mutex_lock(&ctx_lock);
+	if (ctx_cache.ctx)
+		sg_tls_ctx_unref(ctx_cache.ctx);
+	free(ctx_cache.ca_file);
+	ctx_cache.ctx = sg_tls_ctx_ref(c);
+	ctx_cache.verify = verify;
+	ctx_cache.ca_file = sg_xstrdup(ca_file);
+	pthread_mutex_unlock(&ctx_lock);
+	return c;
+}
+
 static void start_tls(sg_link *l)
 {
 	const sg_config *cfg = l->cfg;
@@ -878,9 +916,7 @@ static void start_tls(sg_link *l)
 	const char *host = cfg->servers[l->srv].host;
 	const char *name = *cfg->upstream_tls_name ? cfg->upstream_tls_name : host;
 	if (!l->tls_ctx) {
-		sg_errors errs = {0};
-		l->tls_ctx = sg_tls_client_ctx(verify, cfg->upstream_ca_file, &errs);
-		sg_errors_free(&errs);
+		l->tls_ctx = client_ctx(verify, cfg->upstream_ca_file);
 		if (!l->tls_ctx) {
 			fail_server(l, "cannot build the TLS client context");
 			return;
@@ -1067,7 +1103,7 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 		send_ehlo(l);
 		return;
 	case P_READY:
-		if (l->probe)
+		if (l->probe || l->quit_sent)
 			return; /* 221 to our QUIT */
 		ready_reply(l, rr);
 		return;
@@ -1110,6 +1146,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	sg_link *l = c->l;
 	if (c != l->c || nread == 0)
 		return;
+	if (nread < 0 && l->quit_sent) {
+		link_finish(l); /* the 221 and close after our QUIT */
+		return;
+	}
 	if (nread < 0) {
 		const char *why = nread == UV_EOF ? "connection closed by upstream"
 		                                  : uv_strerror((int)nread);
