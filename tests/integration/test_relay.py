@@ -410,3 +410,65 @@ def test_upstream_starttls_opportunistic_plaintext(workdir, keys, start_saslgate
     sg = gate(start_saslgate, workdir, keys, up.port, upstream={"tls": "starttls"})
     send_one(sg, b"plain is fine when not offered")
     assert len(up.delivered()) == 1
+
+
+# ---------------------------------------------------------------- service account, EHLO honesty
+
+def test_identity_auth_login_when_plain_not_offered(workdir, keys, start_saslgate,
+                                                    start_fake_upstream):
+    svc_pw = "Svc-L0gin.pw5"
+    exts = [e for e in __import__("sgtest").DEFAULT_EXTENSIONS
+            if not e.startswith(("XCLIENT", "XFORWARD"))] + ["AUTH LOGIN"]
+    up = start_fake_upstream(extensions=exts, auth={"svc": svc_pw})
+    secret = workdir / "svc.secret"
+    secret.write_text(svc_pw)           # no newline: both forms are accepted
+    secret.chmod(0o600)
+    sg = gate(start_saslgate, workdir, keys, up.port,
+              upstream={"identity": "auth", "auth_user": "svc",
+                        "auth_password_file": str(secret)})
+    sg.secrets = {USER: PW, "svc": svc_pw}   # teardown: never in the log
+    with Raw(sg.port("plain")) as r:
+        login(r)
+        assert transaction(r, b"Subject: svc\r\n\r\nlogin\r\n.\r\n").code == 250
+    assert up.auth_users == ["svc"]
+    lines = up.command_lines()
+    assert any(l.upper().startswith("AUTH LOGIN") for l in lines), lines
+    d = up.delivered()[0]
+    assert b"X-Authenticated-User: alice" in d
+    assert b"(authenticated sender: alice" in d
+
+
+def test_wrong_service_password_fails_closed(workdir, keys, start_saslgate,
+                                             start_fake_upstream):
+    up = start_fake_upstream(auth={"svc": "the-right-one.9"},
+                             extensions=["PIPELINING", "AUTH PLAIN LOGIN"])
+    secret = workdir / "svc.secret"
+    secret.write_text("Wr0ng-svc.pw\n")
+    sg = gate(start_saslgate, workdir, keys, up.port,
+              upstream={"identity": "auth", "auth_user": "svc",
+                        "auth_password_file": str(secret)})
+    sg.secrets = {USER: PW, "svc": "Wr0ng-svc.pw"}
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        rep = r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20)
+        assert rep.text.startswith("454 4.7.0"), rep
+    assert "MAIL" not in up.verbs()
+    assert re.search(r"event=upstream_fail .*AUTH as svc", sg.log_text())
+
+
+@pytest.mark.parametrize("offer", [True, False], ids=["offered", "not-offered"])
+def test_ehlo_honesty_follows_the_probe(workdir, keys, start_saslgate, start_fake_upstream,
+                                        offer):
+    exts = ["PIPELINING", "SIZE 1000000", "8BITMIME", "XCLIENT NAME ADDR PORT PROTO HELO LOGIN"]
+    if offer:
+        exts += ["SMTPUTF8", "DSN"]
+    up = start_fake_upstream(extensions=exts)
+    sg = gate(start_saslgate, workdir, keys, up.port)
+    sg.wait_log(r"event=upstream_probe upstream=127\.0\.0\.1:%d " % up.port, timeout=10)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        kw = [l[4:] for l in r.expect(250, "EHLO client.test").lines[1:]]
+        assert ("SMTPUTF8" in kw) == offer and ("DSN" in kw) == offer, kw
+    # the probe said EHLO and QUIT, nothing else
+    assert up.verbs()[:2] == ["EHLO", "QUIT"]
