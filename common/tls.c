@@ -310,10 +310,23 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 		          cfg->tls_key, false, errs);
 	}
 	if (cfg->tls_ecdsa_certificate && *cfg->tls_ecdsa_certificate &&
-	    cfg->tls_ecdsa_key && *cfg->tls_ecdsa_key)
-		load_pair(ssl, cfg, "ecdsa_certificate", "ecdsa_key",
-		          cfg->tls_ecdsa_certificate, cfg->tls_ecdsa_key, true,
-		          errs);
+	    cfg->tls_ecdsa_key && *cfg->tls_ecdsa_key) {
+		/* Both pairs ECDSA: the second would silently replace the first
+		 * (OpenSSL keeps one certificate per key type). */
+		X509 *main = errs->n == nerr ? SSL_CTX_get0_certificate(ssl) : NULL;
+		EVP_PKEY *pk = main ? X509_get0_pubkey(main) : NULL;
+		if (pk && EVP_PKEY_is_a(pk, "EC")) {
+			sg_where w = sg_config_where(cfg, "tls", "ecdsa_certificate");
+			sg_errors_add(errs, &w,
+			              "certificate %s is ECDSA already; ecdsa_certificate "
+			              "is for an ECDSA pair next to an RSA one",
+			              cfg->tls_certificate);
+		} else {
+			load_pair(ssl, cfg, "ecdsa_certificate", "ecdsa_key",
+			          cfg->tls_ecdsa_certificate, cfg->tls_ecdsa_key, true,
+			          errs);
+		}
+	}
 
 	ERR_clear_error();
 	sg_tls_ctx *c = errs->n == nerr ? ctx_new(ssl, true) : NULL;

@@ -510,6 +510,10 @@ static void test_config_errors(void)
 	     "certificate = @D/rsa.crt\nkey = @D/rsa.key\n"
 	     "ecdsa_certificate = @D/rsa.crt\necdsa_key = @D/rsa.key\n",
 	     11, "not an ECDSA certificate"},
+	    {"two ECDSA pairs",
+	     "certificate = @D/ec.crt\nkey = @D/ec.key\n"
+	     "ecdsa_certificate = @D/ec.crt\necdsa_key = @D/ec.key\n",
+	     11, "is ECDSA already"},
 	    {"ECDSA key mismatch",
 	     "certificate = @D/rsa.crt\nkey = @D/rsa.key\n"
 	     "ecdsa_certificate = @D/ec.crt\necdsa_key = @D/other.key\n",
