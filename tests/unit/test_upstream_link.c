@@ -583,6 +583,56 @@ static void test_xforward(void)
 	free(cfg);
 }
 
+/* Long NAME and HELO (255 each) plus a long LOGIN do not fit in one
+ * 512-octet command: several XCLIENT lines, each within the limit, all
+ * attributes sent (XCLIENT_README note 1). */
+static void test_xclient_split(void)
+{
+	fake f;
+	fake_start(&f);
+	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
+	char name[256], helo[256], login[200];
+	memset(name, 'n', 255);
+	name[255] = '\0';
+	memcpy(name + 250, ".test", 5);
+	memset(helo, 'h', 255);
+	helo[255] = '\0';
+	memset(login, 'u', 199);
+	login[199] = '\0';
+	login[5] = '=';
+	sg_identity id = ID;
+	id.client_name = name;
+	id.helo = helo;
+	id.login = login;
+	id.client_ip = "192.0.2.9";
+	got g = {0};
+	sg_link *l = sg_link_open(loop, cfg, &id, on_reply, &g);
+	wait_for(&g.n, 1);
+	CHECK(g.n == 1 && g.code[0] == 250);
+	sg_buf_append(&f.log, "", 1);
+	int nx = 0;
+	bool has[6] = {0};
+	static const char *const attrs[] = {"NAME=", "ADDR=192.0.2.9", "PORT=40000",
+	                                    "PROTO=ESMTP", "HELO=", "LOGIN=uuuuu+3D"};
+	for (char *p = f.log.data; (p = strstr(p, "XCLIENT ")); p++) {
+		char *e = strstr(p, "\r\n");
+		CHECK(e && e - p + 2 <= 512);
+		nx++;
+		for (int i = 0; i < 6; i++) {
+			char *a = strstr(p, attrs[i]);
+			if (a && a < e)
+				has[i] = true;
+		}
+	}
+	CHECK(nx >= 2);
+	for (int i = 0; i < 6; i++)
+		CHECK(has[i]);
+	sg_link_close(l);
+	settle(50);
+	fake_stop(&f);
+	free(cfg);
+}
+
 static void test_backpressure(void)
 {
 	fake f;
@@ -634,6 +684,7 @@ int main(void)
 	test_aborts();
 	test_loss();
 	test_xforward();
+	test_xclient_split();
 	test_backpressure();
 	uv_close((uv_handle_t *)&tick, NULL);
 	settle(0);
