@@ -243,6 +243,7 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
         assert not os.path.exists("/nonexistent")
         conffiles = _run(["dpkg-query", "-W", "-f=${Conffiles}", "saslgate"]).stdout
         assert "/etc/saslgate/saslgate.conf" in conffiles, conffiles
+        assert "/etc/fail2ban/filter.d/saslgate.conf" in conffiles, conffiles
         assert os.path.isdir("/etc/saslgate/conf.d")
         assert os.access("/usr/sbin/saslgate", os.X_OK)
         unit = pathlib.Path("/lib/systemd/system/saslgate.service").read_text()
@@ -251,7 +252,9 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
                      "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict"):
             assert line in unit, line
         for f in ("/usr/share/man/man8/saslgate.8.gz", "/usr/share/man/man5/saslgate.conf.5.gz",
-                  "/usr/share/doc/saslgate/deployments.md.gz"):
+                  "/usr/share/doc/saslgate/deployments.md.gz",
+                  "/etc/fail2ban/filter.d/saslgate.conf",
+                  "/usr/share/doc/saslgate/fail2ban/jail.d/saslgate.conf"):
             assert os.path.exists(f), f
         for ex in EXAMPLES:
             assert os.path.exists("/usr/share/doc/saslgate/examples/" + ex), ex
@@ -330,6 +333,7 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
         assert not os.path.exists("/etc/saslgate"), "/etc/saslgate left after purge"
         assert not os.path.exists("/usr/sbin/saslgate")
         assert not os.path.exists("/lib/systemd/system/saslgate.service")
+        assert not os.path.exists("/etc/fail2ban/filter.d/saslgate.conf")
     finally:
         if daemon is not None and daemon.proc.poll() is None:
             try:
