@@ -408,7 +408,28 @@ struct loader {
 	 * earlier file built ("a later value overrides an earlier one"); later
 	 * ones in the same file append to it */
 	const char *servers_file;
+	/* libinih's line buffer is INI_MAX_LINE (200) octets in Debian's
+	 * build; a longer "key = value" line is handed to it with the value
+	 * replaced by "\001<n>", and the handler swaps the real value back */
+	char **long_values;
+	size_t nlong;
 };
+
+static bool known_section(const char *name)
+{
+	static const char *const plain[] = {"server", "tls", "sasl", "upstream",
+	                                    "limits"};
+	for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
+		if (strcmp(name, plain[i]) == 0)
+			return true;
+	if (strncmp(name, "listener", 8) != 0 ||
+	    (name[8] != ' ' && name[8] != '\t'))
+		return false;
+	const char *n = name + 8;
+	while (*n == ' ' || *n == '\t')
+		n++;
+	return *n != '\0';
+}
 
 static const char *intern_file(sg_config *c, const char *path)
 {
@@ -637,6 +658,8 @@ static void do_include(struct loader *ld, const char *pattern)
 	}
 	glob_t g;
 	int r = glob(full, GLOB_ERR, NULL, &g); /* sorted: lexical order */
+	if (r == GLOB_ABORTED && errno == ENOENT)
+		r = GLOB_NOMATCH; /* conf.d/ not there: same as an empty one */
 	if (r == GLOB_NOMATCH) {
 		/* an empty conf.d/ is fine; a named file that is missing is not */
 		if (!strpbrk(pattern, "*?["))
@@ -659,7 +682,9 @@ static void do_include(struct loader *ld, const char *pattern)
 		ld->depth--;
 		ld->where = saved;
 	}
-	(void)saved_sf;
+	/* server lines after the include add to what the drop-ins built */
+	if (ld->servers_file != saved_sf)
+		ld->servers_file = ld->where.file;
 	globfree(&g);
 }
 
@@ -669,6 +694,11 @@ static int handler(void *user, const char *section, const char *name,
 	struct loader *ld = user;
 	sg_config *c = ld->c;
 
+	if (value[0] == '\001') {
+		size_t k = strtoul(value + 1, NULL, 10);
+		if (k < ld->nlong)
+			value = ld->long_values[k];
+	}
 	if (strcmp(name, "include") == 0) {
 		do_include(ld, value);
 		return 1;
@@ -683,23 +713,14 @@ static int handler(void *user, const char *section, const char *name,
 
 	const char *sec = section;
 	sg_listener_cfg *l = NULL;
-	if (strncmp(section, "listener", 8) == 0 &&
-	    (section[8] == ' ' || section[8] == '\t' || section[8] == '\0')) {
+	if (!known_section(section))
+		return 1; /* the reader reported the [section] line itself */
+	if (strncmp(section, "listener", 8) == 0) {
 		const char *n = section + 8;
 		while (*n == ' ' || *n == '\t')
 			n++;
-		if (!*n) {
-			sg_errors_add(ld->errs, &ld->where,
-			              "[listener] needs a name: [listener submission]");
-			return 1;
-		}
 		l = listener_get(ld, n);
 		sec = "listener";
-	} else if (strcmp(sec, "server") && strcmp(sec, "tls") &&
-	           strcmp(sec, "sasl") && strcmp(sec, "upstream") &&
-	           strcmp(sec, "limits")) {
-		sg_errors_add(ld->errs, &ld->where, "unknown section [%s]", section);
-		return 1;
 	}
 
 	for (size_t i = 0; i < NKEYS; i++) {
@@ -762,11 +783,53 @@ static char *reader(char *str, int num, void *user)
 	while (len && (s[len - 1] == '\n' || s[len - 1] == '\r' ||
 	               s[len - 1] == ' ' || s[len - 1] == '\t'))
 		s[--len] = '\0';
-	if ((int)len >= num - 1) {
+	if (*s == '[') {
+		/* Sections are checked here: libinih only reports key lines, and
+		 * an unknown section must be an error even when it is empty. */
+		char *end = strchr(s, ']');
+		if (end) {
+			char name[256];
+			snprintf(name, sizeof name, "%.*s", (int)(end - s - 1), s + 1);
+			char *t = name + strlen(name);
+			while (t > name && (t[-1] == ' ' || t[-1] == '\t'))
+				*--t = '\0';
+			char *h = name;
+			while (*h == ' ' || *h == '\t')
+				h++;
+			if (strcmp(h, "listener") == 0)
+				sg_errors_add(ld->errs, &ld->where,
+				              "[listener] needs a name: [listener submission]");
+			else if (!known_section(h))
+				sg_errors_add(ld->errs, &ld->where, "unknown section [%s]", h);
+		}
+	}
+	if (len > SG_MAX_CONF_LINE) {
 		sg_errors_add(ld->errs, &ld->where, "line too long (max %d)",
-		              num - 2);
+		              SG_MAX_CONF_LINE);
 		s[0] = '\0';
 		len = 0;
+	} else if ((int)len >= num - 1) {
+		char *eq = strchr(s, '=');
+		if (!eq || eq - s > num - 32) {
+			sg_errors_add(ld->errs, &ld->where, "line too long (max %d)",
+			              num - 2);
+			s[0] = '\0';
+			len = 0;
+		} else {
+			char *v = eq + 1;
+			while (*v == ' ' || *v == '\t')
+				v++;
+			char **p = realloc(ld->long_values, (ld->nlong + 1) * sizeof *p);
+			if (!p)
+				abort();
+			ld->long_values = p;
+			p[ld->nlong] = sg_xstrdup(v);
+			len = (size_t)snprintf(str, (size_t)num, "%.*s= \001%zu",
+			                       (int)(eq - s), s, ld->nlong++);
+			str[len] = '\n';
+			str[len + 1] = '\0';
+			return str;
+		}
 	}
 	memcpy(str, s, len);
 	str[len] = '\n';
@@ -917,6 +980,9 @@ sg_config *sg_config_load(const char *path, sg_errors *errs)
 		c->upstream_helo = sg_xstrdup(c->hostname);
 	}
 	free(ld.linebuf);
+	for (size_t i = 0; i < ld.nlong; i++)
+		free(ld.long_values[i]);
+	free(ld.long_values);
 	if (errs->n > nerr0) {
 		sg_config_unref(c);
 		return NULL;

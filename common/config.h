@@ -43,7 +43,7 @@ typedef struct sg_listener_cfg {
 	bool require_auth;
 	bool require_tls_for_auth;
 	int proxy_protocol; /* enum sg_proxy_proto */
-	sg_where where;     /* the [listener NAME] line */
+	sg_where where;     /* its first key line (libinih reports no section lines) */
 	sg_where where_tls; /* its tls = line */
 } sg_listener_cfg;
 
@@ -140,7 +140,7 @@ sg_config *sg_config_load(const char *path, sg_errors *errs);
 sg_config *sg_config_ref(sg_config *c);
 void sg_config_unref(sg_config *c);
 
-/* Where [section] key was set (default: file NULL, line 0). */
+/* Where [section] key was set; unset keys: the main file, line 0. */
 sg_where sg_config_where(const sg_config *c, const char *section,
                          const char *key);
 

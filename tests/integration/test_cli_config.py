@@ -153,7 +153,7 @@ def test_check_nonexistent_config(workdir):
 ERRORS = {
     "unknown_key": ("[server]\nno_such_key = 1\n", BASE_LINES + 2, "unknown key"),
     "unknown_key_in_listener": ("[listener plain]\nport = 25\n", BASE_LINES + 2, "unknown key"),
-    "unknown_section": ("[bogus]\nkey = 1\n", BASE_LINES + 2, r"unknown section"),
+    "unknown_section": ("[bogus]\nkey = 1\n", BASE_LINES + 1, r"unknown section"),
     "bad_duration": ("[limits]\nidle_timeout = 5 minutes\n", BASE_LINES + 2, "idle_timeout"),
     "bad_duration_unit": ("[upstream]\nconnect_timeout = 10d\n", BASE_LINES + 2,
                           "connect_timeout"),
@@ -378,9 +378,6 @@ def test_greeting_uses_hostname_from_the_last_drop_in(workdir, start_saslgate):
         assert e.lines[0].startswith("250-late.test"), e.text
 
 
-@pytest.mark.xfail(strict=True, reason="common/config.c: libinih calls the handler only "
-                   "for key lines, so a [section] without keys is never seen; CONTRACT says "
-                   "an unknown section is an error, never ignored")
 def test_unknown_empty_section_is_an_error(workdir):
     conf = write(workdir / "saslgate.conf", base_conf(workdir, extra="[bogus]\n"))
     rc, out, err = check(conf)

@@ -539,10 +539,10 @@ static void test_errors(void)
 	} cases[] = {
 	    {"[server]\nno_such_key = 1\n", 2, "unknown key \"no_such_key\" in [server]"},
 	    {"[listener plain]\nport = 1\n", 2, "unknown key \"port\""},
-	    {"[bogus]\nkey = 1\n", 2, "unknown section [bogus]"},
-	    {"[Server]\nworkers = 1\n", 2, "unknown section [Server]"},
-	    {"[listenerx]\naddress = 127.0.0.1:1\n", 2, "unknown section"},
-	    {"[listener]\naddress = 127.0.0.1:1\n", 2, "needs a name"},
+	    {"[bogus]\nkey = 1\n", 1, "unknown section [bogus]"},
+	    {"[Server]\nworkers = 1\n", 1, "unknown section [Server]"},
+	    {"[listenerx]\naddress = 127.0.0.1:1\n", 1, "unknown section"},
+	    {"[listener]\naddress = 127.0.0.1:1\n", 1, "needs a name"},
 	    {"[server]\nworkers = 0\n", 2, "workers"},
 	    {"[server]\nworkers = 65\n", 2, "workers"},
 	    {"[server]\nworkers = 2k\n", 2, "workers"},
@@ -617,9 +617,24 @@ static void test_errors(void)
 	snprintf(missing, sizeof missing, "%s/nope.conf", tmpdir);
 	EXPECT_ERROR(missing, missing, 0, "cannot read configuration");
 
-	/* A line longer than libinih's buffer is refused, not cut. */
+	/* A value longer than libinih's 200-octet buffer is kept whole... */
 	fresh();
-	char longname[1024];
+	char longpath[1024];
+	memset(longpath, 'p', sizeof longpath - 1);
+	longpath[sizeof longpath - 1] = '\0';
+	path = put("saslgate.conf", MINIMAL "[server]\nhostname = %s\n", longpath);
+	{
+		sg_errors le = {0};
+		sg_config *lc = sg_config_load(path, &le);
+		CHECK(lc && strcmp(lc->hostname, longpath) == 0,
+		      "a 1023-octet value is kept whole");
+		sg_errors_free(&le);
+		if (lc)
+			sg_config_unref(lc);
+	}
+	/* ...and a line longer than SG_MAX_CONF_LINE is refused, not cut. */
+	fresh();
+	char longname[5000];
 	memset(longname, 'h', sizeof longname - 1);
 	longname[sizeof longname - 1] = '\0';
 	path = put("saslgate.conf", MINIMAL "[server]\nhostname = %s\n", longname);
@@ -804,6 +819,31 @@ static void test_server_list(void)
 		      "the last file's list wins (%zu)", c->nservers);
 		sg_config_unref(c);
 	}
+
+	/* server lines after the include add to what the drop-ins built */
+	fresh();
+	main = put("saslgate.conf",
+	           "[listener plain]\naddress = 127.0.0.1:2525\ntls = none\n"
+	           "[upstream]\nserver = a.test\ninclude = conf.d/*.conf\n"
+	           "server = c.test\n");
+	put("conf.d/10.conf", "[upstream]\nserver = b.test\n");
+	c = load_ok(main);
+	if (c) {
+		CHECK(c->nservers == 2 && STREQ(c->servers[0].host, "b.test") &&
+		          STREQ(c->servers[1].host, "c.test"),
+		      "drop-in replaced, the includer's later line appended (%zu)",
+		      c->nservers);
+		sg_config_unref(c);
+	}
+
+	/* include of a glob in a directory that does not exist: no drop-ins */
+	fresh();
+	main = put("saslgate.conf",
+	           "[listener plain]\naddress = 127.0.0.1:2525\ntls = none\n"
+	           "[upstream]\nserver = a.test\ninclude = nodir/*.conf\n");
+	c = load_ok(main);
+	if (c)
+		sg_config_unref(c);
 }
 
 static void test_sasl_opts(void)
