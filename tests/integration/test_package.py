@@ -252,7 +252,7 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
                      "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict"):
             assert line in unit, line
         for f in ("/usr/share/man/man8/saslgate.8.gz", "/usr/share/man/man5/saslgate.conf.5.gz",
-                  "/usr/share/doc/saslgate/deployments.md.gz",
+                  "/usr/share/doc/saslgate/deployments.md",
                   "/etc/fail2ban/filter.d/saslgate.conf",
                   "/usr/share/doc/saslgate/fail2ban/jail.d/saslgate.conf"):
             assert os.path.exists(f), f
