@@ -35,9 +35,9 @@
 #include "../common/tls.h"
 #include "caps.h"
 #include "data_scan.h"
+#include "identity.h"
 #include "received.h"
 #include "reply_parse.h"
-#include "xtext.h"
 
 /* Bounds (STYLE.md: every buffer has a named bound). */
 #define UP_READ_BUF 65536            /* one read from the socket */
@@ -45,7 +45,6 @@
 #define UP_WQ_HIGH (256 * 1024)      /* pause the client above this */
 #define UP_WQ_LOW (64 * 1024)        /* and resume below this */
 #define UP_CMD_MAX 512               /* RFC 5321 4.5.3.1.4 command line */
-#define UP_XCLIENT_LINES 8           /* XCLIENT commands per hand-over */
 #define UP_PEER_MAX 300
 #define UP_QID_MAX 64
 #define UP_PASSWORD_MAX 1024
@@ -147,7 +146,7 @@ struct sg_link {
 
 	sg_ehlo ehlo;
 	bool identity_done; /* XCLIENT taken / AUTH 235: next EHLO is final */
-	char xlines[UP_XCLIENT_LINES][UP_CMD_MAX + 1];
+	char xlines[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
 	int nx, xi;
 	char *password;
 
@@ -616,66 +615,6 @@ static void our_address(const sg_link *l, char *out, size_t cap)
 		uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
 }
 
-/* Postfix XCLIENT_README: attributes the server advertised, xtext values,
- * several commands if one would pass 512 octets. */
-static int build_xclient(sg_link *l)
-{
-	const sg_identity *id = &l->id;
-	unsigned adv = l->ehlo.xclient_attrs;
-	char port[16], dport[16], addr[80];
-	snprintf(port, sizeof port, "%u", id->client_port);
-	snprintf(dport, sizeof dport, "%u", id->dest_port);
-	if (!id->client_ip || !*id->client_ip)
-		snprintf(addr, sizeof addr, "[UNAVAILABLE]");
-	else
-		snprintf(addr, sizeof addr, "%s%s",
-		         strchr(id->client_ip, ':') ? "IPV6:" : "", id->client_ip);
-	/* Postfix accepts only SMTP or ESMTP as PROTO (XCLIENT_README); it
-	 * derives ESMTPA/ESMTPSA itself from LOGIN. */
-	struct {
-		unsigned bit;
-		const char *name, *value;
-	} a[] = {
-	    {SG_XA_NAME, "NAME",
-	     id->client_name && *id->client_name ? id->client_name
-	                                         : "[UNAVAILABLE]"},
-	    {SG_XA_ADDR, "ADDR", addr},
-	    {SG_XA_PORT, "PORT", id->client_port ? port : "[UNAVAILABLE]"},
-	    {SG_XA_PROTO, "PROTO", id->esmtp ? "ESMTP" : "SMTP"},
-	    {SG_XA_HELO, "HELO",
-	     id->helo && *id->helo ? id->helo : "[UNAVAILABLE]"},
-	    {SG_XA_LOGIN, "LOGIN", id->login},
-	    {SG_XA_DESTADDR, "DESTADDR", id->dest_ip},
-	    {SG_XA_DESTPORT, "DESTPORT", id->dest_port ? dport : NULL},
-	};
-	l->nx = 0;
-	l->xi = 0;
-	char *line = NULL;
-	for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
-		char enc[UP_CMD_MAX];
-		if (!(adv & a[i].bit) || !a[i].value || !*a[i].value)
-			continue;
-		if (sg_xtext_encode(enc, sizeof enc - 40, a[i].value) < 0)
-			continue; /* longer than any valid value: leave it out */
-		size_t need = 1 + strlen(a[i].name) + 1 + strlen(enc);
-		if (line && strlen(line) + need + 2 > UP_CMD_MAX) {
-			strcat(line, "\r\n");
-			line = NULL;
-		}
-		if (!line) {
-			if (l->nx >= UP_XCLIENT_LINES)
-				return -1;
-			line = l->xlines[l->nx++];
-			strcpy(line, "XCLIENT");
-		}
-		size_t o = strlen(line);
-		snprintf(line + o, UP_CMD_MAX + 1 - o, " %s=%s", a[i].name, enc);
-	}
-	if (line)
-		strcat(line, "\r\n");
-	return l->nx > 0 ? 0 : -1;
-}
-
 static int read_password(sg_link *l)
 {
 	FILE *f = fopen(l->cfg->auth_password_file, "re");
@@ -815,7 +754,10 @@ static void after_ehlo(sg_link *l)
 			            ours, l->peer);
 			return;
 		}
-		if (build_xclient(l) < 0) {
+		l->xi = 0;
+		l->nx = sg_xclient_lines(&l->id, l->ehlo.xclient_attrs, l->xlines,
+		                         SG_XCLIENT_LINES);
+		if (l->nx <= 0) {
 			fail_server(l, "no XCLIENT attribute to send");
 			return;
 		}
@@ -1264,37 +1206,6 @@ static pending *enqueue(sg_link *l, int kind, const char *line, size_t len,
 	return p;
 }
 
-static void xforward_line(sg_link *l, char *out, size_t cap)
-{
-	const sg_identity *id = &l->id;
-	unsigned adv = l->ehlo.xforward_attrs;
-	char enc[UP_CMD_MAX], v[80];
-	size_t o = (size_t)snprintf(out, cap, "XFORWARD");
-#define ADD(bit, name, val)                                                  \
-	do {                                                                     \
-		const char *val_ = (val);                                            \
-		if ((adv & (bit)) && val_ &&                                         \
-		    sg_xtext_encode(enc, sizeof enc, val_) >= 0 &&                   \
-		    o + strlen(name) + strlen(enc) + 4 < cap)                        \
-			o += (size_t)snprintf(out + o, cap - o, " %s=%s", name, enc);    \
-	} while (0)
-	ADD(SG_XA_NAME, "NAME",
-	    id->client_name && *id->client_name ? id->client_name
-	                                        : "[UNAVAILABLE]");
-	if (id->client_ip && *id->client_ip) {
-		snprintf(v, sizeof v, "%s%s",
-		         strchr(id->client_ip, ':') ? "IPV6:" : "", id->client_ip);
-		ADD(SG_XA_ADDR, "ADDR", v);
-	}
-	snprintf(v, sizeof v, "%u", id->client_port);
-	ADD(SG_XA_PORT, "PORT", id->client_port ? v : NULL);
-	ADD(SG_XA_PROTO, "PROTO", id->esmtp ? "ESMTP" : "SMTP");
-	ADD(SG_XA_HELO, "HELO", id->helo && *id->helo ? id->helo : NULL);
-	ADD(SG_XA_SOURCE, "SOURCE", "REMOTE");
-#undef ADD
-	snprintf(out + o, cap - o, "\r\n");
-}
-
 static void reopen(sg_link *l);
 
 void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
@@ -1307,7 +1218,7 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
 	if (l->cfg->identity == SG_ID_XFORWARD && len >= 4 &&
 	    !strncasecmp(line, "MAIL", 4)) {
 		char x[UP_CMD_MAX + 1];
-		xforward_line(l, x, sizeof x);
+		sg_xforward_line(&l->id, l->ehlo.xforward_attrs, x, sizeof x);
 		enqueue(l, K_XFORWARD, x, strlen(x), NULL, NULL);
 	}
 	if (!enqueue(l, K_USER, line, len, cb, arg)) {

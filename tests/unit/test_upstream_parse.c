@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../upstream/identity.h"
 #include "../../upstream/received.h"
 #include "../../upstream/reply_parse.h"
 #include "../../upstream/xtext.h"
@@ -266,8 +267,47 @@ static void test_received(void)
 	sg_buf_free(&b);
 }
 
+static void test_identity_commands(void)
+{
+	char lines[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+	sg_identity id = {.sid = "s", .login = "bob name", .client_ip = "::1",
+	                  .client_port = 1234, .helo = "h=x", .esmtp = false};
+	/* only what was advertised, in order, xtext values */
+	int n = sg_xclient_lines(&id, SG_XA_ADDR | SG_XA_LOGIN | SG_XA_PROTO |
+	                                  SG_XA_NAME | SG_XA_HELO,
+	                         lines, SG_XCLIENT_LINES);
+	CHECK(n == 1);
+	CHECK(!strcmp(lines[0], "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:::1 "
+	                        "PROTO=SMTP HELO=h+3Dx LOGIN=bob+20name\r\n"));
+	/* nothing advertised that we could send: -1 (fail closed upstream) */
+	CHECK(sg_xclient_lines(&id, SG_XA_IDENT, lines, SG_XCLIENT_LINES) == -1);
+	/* no login: no LOGIN attribute (require_auth = no listeners) */
+	id.login = NULL;
+	id.esmtp = true;
+	n = sg_xclient_lines(&id, SG_XA_LOGIN | SG_XA_PORT, lines, SG_XCLIENT_LINES);
+	CHECK(n == 1 && !strcmp(lines[0], "XCLIENT PORT=1234\r\n"));
+	/* out of room: -1, never an overflow */
+	char name[256];
+	memset(name, 'n', 255);
+	name[255] = '\0';
+	id.client_name = name;
+	id.helo = name;
+	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 1) == -1);
+	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 2) == 2);
+
+	char x[SG_XCLIENT_LINE_MAX + 1];
+	sg_identity f = {.client_ip = "192.0.2.1", .client_port = 25,
+	                 .helo = "mx", .esmtp = true};
+	sg_xforward_line(&f, SG_XA_NAME | SG_XA_ADDR | SG_XA_PORT | SG_XA_PROTO |
+	                         SG_XA_HELO | SG_XA_SOURCE,
+	                 x, sizeof x);
+	CHECK(!strcmp(x, "XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.1 PORT=25 "
+	                 "PROTO=ESMTP HELO=mx SOURCE=REMOTE\r\n"));
+}
+
 int main(void)
 {
+	test_identity_commands();
 	test_xtext();
 	test_reader();
 	test_ehlo();
