@@ -10,7 +10,7 @@
 # to nginx.  It prints figures; it asserts no timings (not part of ctest).
 #
 #   S1  new TLS session + AUTH PLAIN + one 4 KiB message, 32 clients
-#   S1R S1 with TLS session resumption (sgload --resume)          [optional]
+#   S1R S1 with TLS session resumption (sgload --resume: tickets)
 #   S2  20 sessions x 200 messages of 4 KiB
 #   S3  4 sessions x 5 messages of 10 MiB
 #   S4  IDLE_N idle authenticated TLS sessions: PSS (and RSS) per session
@@ -29,7 +29,7 @@
 #   REPS [3]   medians of REPS runs (targets rotated every rep)
 #   TARGETS ["saslgate saslgate-auto saslgate-ecdsa nginx"]  (nginx is
 #       dropped, with a note, when it cannot be installed)
-#   SCENARIOS ["S1 S2 S3 S4 S4X S5"]
+#   SCENARIOS ["S1 S1R S2 S3 S4 S4X S5"]
 #   AUTO_SCENARIOS ["S1 S2 S3"]  ECDSA_SCENARIOS ["S1"]  (the variants run only these)
 #   S1_TOTAL [3000] S1_CONNS [32] S1_DUR [20]  S2_CONNS [20] S2_MPC [200] S2_DUR [60]
 #   S3_CONNS [4] S3_MPC [5] S3_DUR [120]  IDLE_N [2000] IDLE_HOLD [10]
@@ -60,7 +60,7 @@ OUT=${OUT:-$WORK/results-$(date +%Y%m%d-%H%M%S)}
 BUILD=${BUILD:-$ROOT/build-bench}
 REPS=${REPS:-3}
 TARGETS=${TARGETS:-"saslgate saslgate-auto saslgate-ecdsa nginx"}
-SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S4X S5"}
+SCENARIOS=${SCENARIOS:-"S1 S1R S2 S3 S4 S4X S5"}
 AUTO_SCENARIOS=${AUTO_SCENARIOS:-"S1 S2 S3"}
 ECDSA_SCENARIOS=${ECDSA_SCENARIOS:-"S1"}
 S1_TOTAL=${S1_TOTAL:-3000}; S1_CONNS=${S1_CONNS:-32}; S1_DUR=${S1_DUR:-20}
