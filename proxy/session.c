@@ -301,7 +301,8 @@ static void update_reading(sg_session *s)
 {
 	if (uv_is_closing((uv_handle_t *)&s->tcp))
 		return;
-	bool want = !s->closing && s->in.len + SG_READ_CHUNK <= s->in.max &&
+	bool want = !s->closing && !s->eof &&
+	            s->in.len + SG_READ_CHUNK <= s->in.max &&
 	            s->wq_bytes < SG_OUTQ_MAX && !s->data_paused;
 	if (want && !s->reading) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
@@ -320,7 +321,7 @@ static void pull_tls(sg_session *s)
 	int r = sg_tls_read(s->tls, &s->in);
 	send_tls_out(s); /* e.g. a KeyUpdate answer */
 	if (r == 1)
-		sg_session_close(s, "client closed");
+		s->eof = true; /* close_notify: answer what came before it */
 	else if (r < 0) {
 		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
 		         s->client_ip, sg_tls_error(s->tls));
@@ -429,6 +430,13 @@ void sg_session_process(sg_session *s)
 	                            s->auth_await ? SG_AUTH_LINE_MAX : SG_LINE_MAX);
 	if (s->state == SG_ST_DATA || (s->pending == SG_PEND_NONE && !more))
 		sg_session_flush(s);
+	/* Half-closed client: once its last complete command is answered (a
+	 * message it did not finish is dropped with the link). */
+	if (s->eof && s->pending == SG_PEND_NONE &&
+	    (s->state == SG_ST_DATA ? s->in.len == 0 : !more)) {
+		sg_session_close(s, "client closed");
+		return;
+	}
 	if (s->pending == SG_PEND_NONE && s->in.len == 0 && s->out.len == 0) {
 		/* idle: give back what a quiet session does not need */
 		sg_buf_shrink(&s->in);
@@ -669,6 +677,15 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	sg_session *s = st->data;
 	if (nread <= 0 || s->closing) {
 		free(buf->base);
+		if (nread == UV_EOF && !s->closing && !s->tls &&
+		    s->state != SG_ST_GREETING) {
+			/* shutdown(SHUT_WR) after a pipelined batch ("... | nc"):
+			 * answer the commands already here, then close */
+			s->eof = true;
+			update_reading(s);
+			sg_session_process(s);
+			return;
+		}
 		if (nread < 0 && !s->closing) {
 			if (nread != UV_EOF && nread != UV_ECONNRESET)
 				log_info(s->id, "read error: %s", uv_strerror((int)nread));

@@ -81,6 +81,7 @@ typedef struct sg_session {
 	bool closing;
 	bool draining;   /* shutdown: close when the transaction is over */
 	bool data_active, data_paused;
+	bool eof;        /* the client half-closed: finish what it sent, close */
 	const char *close_reason;
 	unsigned errors;
 	uint64_t start_ms;

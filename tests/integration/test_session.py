@@ -622,3 +622,22 @@ def test_reload_keeps_live_sessions(workdir, env, start_saslgate):
         r.expect(221, "QUIT")
     with Raw(sg.port("plain")) as r:
         assert r.reply().text == "220 new.test ESMTP"
+
+
+def test_half_close_after_pipelined_batch(workdir, env, start_saslgate):
+    """printf '...' | nc: the client sends its commands and shuts down its
+    side; every command already sent is answered, async ones included."""
+    sg = gate(start_saslgate, workdir, env)
+    up = env[3]
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.send("EHLO client.test\r\nAUTH PLAIN %s\r\nMAIL FROM:<alice@example.org>\r\n"
+               "RCPT TO:<bob@example.net>\r\nDATA\r\n" % plain_b64(USER, PW))
+        codes = [r.reply().code for _ in range(5)]
+        assert codes == [250, 235, 250, 250, 354]
+        r.send(b"Subject: hc\r\n\r\nhalf close\r\n.\r\nQUIT\r\n")
+        r.sock.shutdown(socket.SHUT_WR)
+        assert r.reply().text.startswith("250 2.0.0 Ok: queued as FAKE")
+        assert r.reply().text.startswith("221 2.0.0")
+        assert r.closed()
+    assert len(up.delivered()) == 1
