@@ -14,9 +14,12 @@ What a user of this deployment relies on, and what is asserted:
   * the client's address, not HAProxy's, reaches the MTA in XCLIENT ADDR=,
     through each of the two instances;
   * when one instance stops, HAProxy's health check marks it DOWN and mail
-    keeps flowing through the other, still with the client's address.
+    keeps flowing through the other, still with the client's address;
+  * the per-address AUTH failure limit counts the client's address (not
+    HAProxy's), on each instance separately.
 """
 import os
+import re
 import shutil
 import smtplib
 import socket
@@ -28,6 +31,7 @@ import sgtest
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CLIENT_ADDR = "127.0.0.2"   # the client; HAProxy connects to saslgate from 127.0.0.1
+OTHER_CLIENT = "127.0.0.3"
 USER, PASSWORD = "hauser", "Hq7-scaleout.pw"
 REALM = "sg.test"
 INSTANCES = ("sg1", "sg2")
@@ -116,7 +120,7 @@ class Deployment:
     """FakeUpstream + two saslgate instances (the harness's fixtures stop
     and check them) + HAProxy (stopped by close())."""
 
-    def __init__(self, workdir, start_saslgate, start_fake_upstream):
+    def __init__(self, workdir, start_saslgate, start_fake_upstream, sasl=None):
         self.hap, self.hap_log = None, None
         self.upstream = start_fake_upstream()
         cert, key = sgtest.make_cert(workdir)
@@ -129,7 +133,8 @@ class Deployment:
                 workdir, self.upstream.port, cert=cert, key=key, sasldb=sasldb,
                 listener_submission={"proxy_protocol": "v2"},
                 listener_submissions=None, listener_plain=None,
-                sasl={"realm": REALM}, upstream={"helo": "%s.test" % name})
+                sasl=dict({"realm": REALM}, **(sasl or {})),
+                upstream={"helo": "%s.test" % name})
             self.instances[name] = start_saslgate(cfg, secrets={USER: PASSWORD}, name=name)
         self.front = sgtest.free_port()
         self.stats = str(workdir / "haproxy.sock")
@@ -169,6 +174,23 @@ class Deployment:
             except (smtplib.SMTPException, OSError):
                 c.close()
 
+    def auth_once(self, source, password):
+        """One session through HAProxy from `source`: STARTTLS, one AUTH
+        PLAIN, QUIT; returns the AUTH reply code."""
+        c = smtplib.SMTP("127.0.0.1", self.front, local_hostname="client.test",
+                         timeout=sgtest.T(30), source_address=(source, 0))
+        try:
+            c.ehlo()
+            c.starttls(context=sgtest.unverified_context())
+            c.ehlo()
+            code, _ = c.docmd("AUTH", "PLAIN " + sgtest.plain_b64(USER, password))
+            return code
+        finally:
+            try:
+                c.quit()
+            except (smtplib.SMTPException, OSError):
+                c.close()
+
     def relayed(self, since_conn=0):
         """[(instance EHLO name, XCLIENT ADDR)] for each upstream connection
         (numbered from 1) after since_conn that carried a DATA."""
@@ -196,10 +218,11 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(workdir, start_saslgate, start_fake_upstream):
+def deployment(request, workdir, start_saslgate, start_fake_upstream):
     dep = None
     try:
-        dep = Deployment(workdir, start_saslgate, start_fake_upstream)
+        dep = Deployment(workdir, start_saslgate, start_fake_upstream,
+                         sasl=getattr(request, "param", None))
         yield dep
     finally:
         if dep is not None:
@@ -240,3 +263,35 @@ def test_stopped_instance_is_taken_out_and_mail_keeps_flowing(deployment):
     seen = dep.relayed(since_conn=before)
     assert len(seen) == 4, seen
     assert all(h == "sg1.test" and a == CLIENT_ADDR for h, a in seen), seen
+
+
+@pytest.mark.parametrize("deployment", [{"ip_failure_limit": 2, "ip_failure_window": "10m"}],
+                         indirect=True)
+def test_auth_failure_limit_counts_the_client_per_instance(deployment):
+    """Behind HAProxy every connection comes from HAProxy's address; the
+    per-address AUTH failure counter must count the PROXY header's client
+    (else one password guesser would lock everybody out), and it is per
+    instance (the README's deployment notes say so)."""
+    dep = deployment
+    wait_status(dep.stats, {"sg1": "UP", "sg2": "UP"}, 15)
+    fail_re = r"event=auth result=fail .*client=127\.0\.0\.2\b"
+
+    def failures():
+        return {n: len(re.findall(fail_re, i.log_text())) for n, i in dep.instances.items()}
+
+    # wrong passwords from 127.0.0.2 until both instances counted the limit
+    # (round robin alternates; bounded at 8 sessions)
+    for _ in range(8):
+        if all(v >= 2 for v in failures().values()):
+            break
+        assert dep.auth_once(CLIENT_ADDR, "wrong-" + PASSWORD) == 535
+    counts = failures()
+    assert all(v >= 2 for v in counts.values()), counts
+
+    # 127.0.0.2 is over the limit on both instances, even with the right password
+    assert [dep.auth_once(CLIENT_ADDR, PASSWORD) for _ in range(2)] == [454, 454]
+    # another client through the same HAProxy is not: the counter is the
+    # client's address, not HAProxy's 127.0.0.1
+    assert [dep.auth_once(OTHER_CLIENT, PASSWORD) for _ in range(2)] == [235, 235]
+    for name, inst in dep.instances.items():
+        assert re.search(r"event=auth result=ok .*client=127\.0\.0\.3\b", inst.log_text()), name
