@@ -31,6 +31,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -173,6 +174,15 @@ def _skip_reason():
     return None
 
 
+def _saslauthd_up(path):
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 class _Daemon:
     """The installed binary started as the unit starts it."""
 
@@ -267,6 +277,20 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
             bad = [l for l in (p.stdout + p.stderr).splitlines()
                    if "saslgate.service" in l]
             assert not bad, "systemd-analyze verify:\n" + "\n".join(bad)
+
+        # --- the configuration exactly as installed, checked as the unit's
+        # ExecStartPre does.  Everything must pass; the one thing outside the
+        # package is Debian's saslauthd: when it is not running here, its
+        # socket must be the only complaint.
+        p = _run(["setpriv", "--reuid=saslgate", "--regid=saslgate", "--groups=sasl,ssl-cert",
+                  "--", "/usr/sbin/saslgate", "-t", "-c", "/etc/saslgate/saslgate.conf"],
+                 timeout=T(30))
+        problems = [l for l in p.stderr.splitlines() if re.match(r"/etc/saslgate/\S+:\d+: ", l)]
+        if _saslauthd_up("/run/saslauthd/mux"):
+            assert p.returncode == 0 and not problems, p.stderr
+        else:
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert len(problems) == 1 and "/run/saslauthd/mux" in problems[0], p.stderr
 
         # --- a site drop-in: test ports and the test's saslauthd and Postfix
         sa = start_saslauthd(users={PKG_USER: PKG_PW})
