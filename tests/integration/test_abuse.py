@@ -941,6 +941,9 @@ def test_disconnect_at_every_state(workdir, start_saslgate, start_fake_upstream,
     if upstream == "postfix":
         pf.wait_delivered(len(good.ok) + 1)
         time.sleep(1)
+        # the cut bodies did reach Postfix, which dropped them unaccepted
+        assert re.search(r"lost connection after DATA \(\d+ bytes\)", pf.log_text()), \
+            "no cut DATA reached Postfix"
     good_markers_only(delivered)
     if upstream == "fake":
         # the cut bodies did reach the upstream, and none was completed
