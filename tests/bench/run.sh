@@ -342,7 +342,7 @@ run_load() { # target scenario rep
 	line=$($LOAD --port ${PORT[$t]} $(tls_args $t) $(scen_args $s) --timeout 30 2>>$OUT/sgload-$t-$s.err | tail -1)
 	local c1=$(cg_cpu_ns $cg)
 	local ok=$(kv ok "$line")
-	local o="target=$t scen=$s rep=$r $line $(awk -v c0=$c0 -v c1=$c1 -v ok=${ok:-0} -v lg=$(kv loadgen_cpu_s "$line") \
+	local o="target=$t scen=$s rep=$r load1=$(cut -d' ' -f1 /proc/loadavg) $line $(awk -v c0=$c0 -v c1=$c1 -v ok=${ok:-0} -v lg=$(kv loadgen_cpu_s "$line") \
 		'BEGIN{srv=(c1-c0)/1e9; printf "srv_cpu_s=%.3f srv_ms_per_msg=%.4f lg_ms_per_msg=%.4f", srv, ok?srv*1000/ok:0, ok?lg*1000/ok:0}')"
 	echo "$o" >>$RES
 	log "$t $s rep$r: $(echo " $o" | grep -o -E ' (ok|fail|msgs_per_s|p50_ms|p99_ms|MBps|srv_ms_per_msg)=[^ ]+' | tr -d '\n')"
@@ -470,6 +470,7 @@ fi
 	echo "# saslgate benchmark: medians of $REPS runs [min..max]"
 	echo "# $(sed -n 1p $OUT/meta.txt); $(sed -n 2p $OUT/meta.txt)"
 	echo "# $(sed -n 3p $OUT/meta.txt)"
+	echo "# box load average (1 min) during the load runs: $(grep -o 'load1=[0-9.]*' $RES | cut -d= -f2 | sort -n | sed -n '1p;$p' | tr '\n' ' ' | sed 's/ $//; s/ /../') (2 cores; above ~2 other work competed with the runs)"
 	echo
 	awk -f "$BENCH/summarize.awk" $RES
 } | tee $OUT/table.md
