@@ -16,7 +16,14 @@
  * from [sasl].  mech_list is answered per connection, which is also what lets
  * a reload change it (Cyrus 2.1.27+ builds each connection's list from it).
  *
- * Threads.  A session has at most one Cyrus call in flight.  While it runs,
+ * Threads.  libuv's pool, shared with the rest of saslgate (upstream name
+ * lookups), has SG_POOL_FACTOR x [sasl] threads + SG_POOL_RESERVE threads.
+ * Cyrus' saslauthd client has no timeout, so a backend that hangs would take
+ * every pool thread, and the proxy with it.  Hence: more than [sasl] threads
+ * Cyrus calls at once only while the backend makes progress (a burst), and
+ * never more than SG_POOL_FACTOR times that; past those limits AUTH answers
+ * 454 at once and the log says why.  SG_POOL_RESERVE threads stay free.
+ * A session has at most one Cyrus call in flight.  While it runs,
  * the pool thread owns the sasl_conn_t; the loop thread touches it again only
  * in the after-callback.  sg_auth_free during a call only marks the object;
  * the after-callback frees it (libuv runs that callback even then). */
@@ -26,6 +33,7 @@
 #include "../common/log.h"
 
 #include <ctype.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +51,12 @@
 #define SG_AUTH_SID_MAX 40     /* session id copied for log lines */
 #define SG_AUTH_NAME_MAX 256   /* user names in our log lines */
 #define SG_AUTH_WHY_MAX 256    /* reason a backend is down, for the log */
-#define SG_AUTH_THREADS_MAX 1024 /* libuv's own cap on UV_THREADPOOL_SIZE */
+#define SG_POOL_FACTOR 4 /* Cyrus calls in flight at most: 4 x [sasl] threads */
+#define SG_AUTH_THREADS_MAX 250 /* 4 x 250 + reserve: libuv's cap is 1024 */
+#define SG_POOL_RESERVE 2 /* pool threads Cyrus may never take: getaddrinfo
+                             of the upstream link and libuv's fs calls */
+#define SG_SASL_STALL_MS 2000 /* no Cyrus call ended for this long while
+                                 [sasl] threads are busy: backend stalled */
 
 struct sg_auth {
 	sasl_conn_t *conn; /* created lazily */
@@ -68,6 +81,7 @@ struct sg_auth {
 	bool pending_ok; /* Cyrus said OK with data: sent as 334, await "" */
 	int preset;      /* -1: ask Cyrus; else the answer, decided up front */
 	bool is_start;
+	bool counted; /* holds one of the g_threads slots */
 	char mech[SG_AUTH_MECH_MAX + 1];
 	char *in;
 	unsigned inlen;
@@ -98,6 +112,9 @@ static uv_mutex_t g_lock;         /* g_cfg, g_interned */
 static sg_config *g_cfg;          /* the newest configuration (reference) */
 static struct interned *g_interned; /* answers of the global getopt */
 static bool g_active;             /* sasl_server_init done */
+static unsigned g_threads;        /* [sasl] threads at start (0: no limit) */
+static unsigned g_inflight;       /* Cyrus calls queued or running; atomic */
+static uint64_t g_progress_ms;    /* a Cyrus call ended / work began; atomic */
 
 static void g_init(void)
 {
@@ -504,6 +521,11 @@ static void work(uv_work_t *w)
 	a->rc = rc;
 	a->out = out;
 	a->outlen = out ? outlen : 0;
+	if (a->counted) {
+		__atomic_store_n(&g_progress_ms, uv_hrtime() / 1000000, __ATOMIC_RELAXED);
+		__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
+		a->counted = false;
+	}
 	/* Cyrus reports an unreachable saslauthd as SASL_FAIL, but a plugin
 	 * may turn it into SASL_BADAUTH, and a missing sasldb looks like an
 	 * unknown user: when unsure, knock on the backend. */
@@ -587,12 +609,37 @@ static void after_work(uv_work_t *w, int status)
 
 static int queue(sg_auth *a, uv_loop_t *loop, sg_auth_cb cb, void *arg)
 {
+	if (a->preset < 0 && g_threads) {
+		uint64_t now = uv_hrtime() / 1000000;
+		unsigned n = __atomic_add_fetch(&g_inflight, 1, __ATOMIC_ACQUIRE);
+		uint64_t last = __atomic_load_n(&g_progress_ms, __ATOMIC_RELAXED);
+		const char *why = NULL;
+		if (n == 1)
+			__atomic_store_n(&g_progress_ms, now, __ATOMIC_RELAXED);
+		else if (n > SG_POOL_FACTOR * g_threads)
+			why = "every SASL thread is busy";
+		else if (n > g_threads && now - last > SG_SASL_STALL_MS)
+			why = "the password backend has not answered for a while";
+		if (why) {
+			__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
+			log_warn(a->sid[0] ? a->sid : NULL,
+			         "sasl: %s (%u calls in flight, [sasl] threads = %u): "
+			         "AUTH answered as a temporary failure",
+			         why, n - 1, g_threads);
+			a->preset = SG_AUTH_TEMPFAIL;
+		} else {
+			a->counted = true;
+		}
+	}
 	a->cb = cb;
 	a->arg = arg;
 	a->work.data = a;
 	a->busy = true;
 	int r = uv_queue_work(loop, &a->work, work, after_work);
 	if (r < 0) {
+		if (a->counted)
+			__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
+		a->counted = false;
 		a->busy = false;
 		free(a->in);
 		a->in = NULL;
@@ -794,10 +841,16 @@ int sg_sasl_init(const sg_config *cfg, sg_errors *errs)
 	char n[16];
 
 	uv_once(&g_once, g_init);
-	/* Before the first uv_queue_work anywhere: libuv reads it once. */
+	/* Before the first uv_queue_work anywhere: libuv reads it once, so
+	 * only the first call counts (a reload cannot resize the pool). */
 	unsigned t = cfg->sasl_threads ? cfg->sasl_threads : 4;
-	snprintf(n, sizeof n, "%u", t > SG_AUTH_THREADS_MAX ? SG_AUTH_THREADS_MAX : t);
-	setenv("UV_THREADPOOL_SIZE", n, 1);
+	if (t > SG_AUTH_THREADS_MAX)
+		t = SG_AUTH_THREADS_MAX;
+	if (!g_threads) {
+		g_threads = t;
+		snprintf(n, sizeof n, "%u", SG_POOL_FACTOR * t + SG_POOL_RESERVE);
+		setenv("UV_THREADPOOL_SIZE", n, 1);
+	}
 
 	if (g_active)
 		sg_sasl_done();
@@ -819,6 +872,10 @@ int sg_sasl_reconfig(const sg_config *cfg, sg_errors *errs)
 	uv_once(&g_once, g_init);
 	if (!g_active)
 		return sg_sasl_init(cfg, errs);
+	if (cfg->sasl_threads != g_threads)
+		log_warn(NULL, "sasl: threads = %u takes effect at the next start "
+		               "(running with %u)",
+		         cfg->sasl_threads, g_threads);
 	return apply(cfg, errs, false);
 }
 

@@ -379,6 +379,30 @@ static void test_free_in_flight(sg_config *c)
 	CHECK_EQ_INT(r.calls, 0);
 }
 
+/* A burst of sessions authenticating at once, more than [sasl] threads:
+ * queued on the pool and all served (the backend makes progress). */
+static void test_burst(sg_config *c)
+{
+	enum { N = 16 }; /* SG_POOL_FACTOR x threads */
+	static const char ok[] = "\0" USER "\0" PASS;
+	struct t_res r[N];
+	sg_auth *a[N];
+	memset(r, 0, sizeof r);
+	for (int i = 0; i < N; i++) {
+		a[i] = new_auth(c, true);
+		CHECK_EQ_INT(sg_auth_start(a[i], &loop, "PLAIN", ok, sizeof ok - 1,
+		                           true, t_on_res, &r[i]),
+		             0);
+	}
+	uv_run(&loop, UV_RUN_DEFAULT);
+	int good = 0;
+	for (int i = 0; i < N; i++) {
+		good += r[i].calls == 1 && r[i].result == SG_AUTH_OK;
+		sg_auth_free(a[i]);
+	}
+	CHECK_EQ_INT(good, N);
+}
+
 static void test_reconfig(sg_config *c)
 {
 	/* a reload with another mech_list: new sessions see it, a session made
@@ -515,7 +539,8 @@ int main(void)
 	CHECK_EQ_INT(sg_sasl_init(c, &errs), 0);
 	sg_errors_print(&errs, stderr);
 	CHECK_EQ_INT((long long)errs.n, 0);
-	CHECK_STR(getenv("UV_THREADPOOL_SIZE"), "4");
+	/* 4 x [sasl] threads (4) for Cyrus, 2 more for the rest of saslgate */
+	CHECK_STR(getenv("UV_THREADPOOL_SIZE"), "18");
 	uv_loop_init(&loop);
 
 	test_plain(c);
@@ -526,6 +551,7 @@ int main(void)
 	test_mechs(c);
 	test_plaintext_listener(c);
 	test_free_in_flight(c);
+	test_burst(c);
 	test_reconfig(c);
 	sg_sasl_done();
 	sg_config_unref(c);

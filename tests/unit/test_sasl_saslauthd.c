@@ -209,12 +209,62 @@ static void test_hanging_backend(sg_config *good)
 	CHECK_EQ_INT(r2.calls, 1);
 	CHECK_EQ_INT(r2.result, SG_AUTH_OK);
 	CHECK_EQ_INT(r1.calls, 0); /* still hanging */
-	close(lfd); /* the backend dies: the hung read ends */
+
+	/* Three more hang: [sasl] threads (4) Cyrus calls are stuck.  A burst
+	 * beyond that is still served while the backend makes progress ... */
+	struct t_res rh[3], r5;
+	sg_auth *ah[3];
+	memset(rh, 0, sizeof rh);
+	for (int i = 0; i < 3; i++) {
+		ah[i] = new_auth(slow, "HANG");
+		CHECK_EQ_INT(sg_auth_start(ah[i], &loop, "PLAIN", cred,
+		                           sizeof cred - 1, true, t_on_res, &rh[i]),
+		             0);
+	}
+	sg_auth *a5 = new_auth(good, "FIFTH");
+	memset(&r5, 0, sizeof r5);
 	t0 = now_s();
-	while (r1.calls == 0 && now_s() - t0 < 10)
+	CHECK_EQ_INT(sg_auth_start(a5, &loop, "PLAIN", okcred, (unsigned)n, true,
+	                           t_on_res, &r5),
+	             0);
+	while (r5.calls == 0 && now_s() - t0 < 10)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_EQ_INT(r5.result, SG_AUTH_OK);
+	/* ... but once nothing has ended for SG_SASL_STALL_MS (2 s), AUTH is
+	 * answered at once, 454, instead of piling up behind the stuck ones
+	 * (and the pool threads the rest of saslgate needs stay free). */
+	struct timespec ts = {2, 300 * 1000000L};
+	nanosleep(&ts, NULL);
+	sg_auth_reset(a5);
+	memset(&r5, 0, sizeof r5);
+	t0 = now_s();
+	CHECK_EQ_INT(sg_auth_start(a5, &loop, "PLAIN", okcred, (unsigned)n, true,
+	                           t_on_res, &r5),
+	             0);
+	while (r5.calls == 0 && now_s() - t0 < 10)
+		uv_run(&loop, UV_RUN_ONCE);
+	CHECK_EQ_INT(r5.calls, 1);
+	CHECK_EQ_INT(r5.result, SG_AUTH_TEMPFAIL);
+	CHECK(now_s() - t0 < 1);
+	CHECK_EQ_INT(r1.calls + rh[0].calls + rh[1].calls + rh[2].calls, 0);
+
+	close(lfd); /* the backend dies: the hung reads end */
+	t0 = now_s();
+	while ((r1.calls + rh[0].calls + rh[1].calls + rh[2].calls) < 4 &&
+	       now_s() - t0 < 10)
 		uv_run(&loop, UV_RUN_ONCE);
 	CHECK_EQ_INT(r1.calls, 1);
 	CHECK_EQ_INT(r1.result, SG_AUTH_TEMPFAIL);
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ_INT(rh[i].calls, 1);
+		CHECK_EQ_INT(rh[i].result, SG_AUTH_TEMPFAIL);
+		sg_auth_free(ah[i]);
+	}
+	/* the slots are free again */
+	sg_auth_free(a5);
+	a5 = new_auth(good, "SIXTH");
+	CHECK_EQ_INT(t_start(&loop, a5, "PLAIN", okcred, n, &r5), SG_AUTH_OK);
+	sg_auth_free(a5);
 	sg_auth_free(a1);
 	sg_auth_free(a2);
 	sg_config_unref(slow);
