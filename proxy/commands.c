@@ -446,6 +446,11 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
 		sg_session_state(s, SG_ST_READY);
 		log_auth(s, "ok", NULL);
+		/* The SASL context is not needed any more (RFC 4954 4: no second
+		 * AUTH; STARTTLS starts over): an idle authenticated session keeps
+		 * only what it uses. */
+		sg_auth_free(s->auth);
+		s->auth = NULL;
 		sg_reply_send(s, SG_R_AUTH_OK);
 		sg_session_resume(s);
 		return;
