@@ -641,3 +641,35 @@ def test_half_close_after_pipelined_batch(workdir, env, start_saslgate):
         assert r.reply().text.startswith("221 2.0.0")
         assert r.closed()
     assert len(up.delivered()) == 1
+
+
+def test_ip_failure_limit_and_sender_login_map(workdir, env, start_saslgate):
+    smap = workdir / "sender_login_map"
+    smap.write_text("alice  alice@example.org, @alice.example\n")
+    sg = gate(start_saslgate, workdir, env,
+              sasl={"ip_failure_limit": 2, "ip_failure_window": "10m",
+                    "max_failures": 5, "sender_login_map": str(smap)})
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(535, "AUTH PLAIN " + plain_b64(USER, "nope-1"))
+        r.expect(535, "AUTH PLAIN " + plain_b64(USER, "nope-2"))
+    # the address is over its limit: 454 at once, whatever the password
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("AUTH PLAIN " + plain_b64(USER, PW)).text.startswith("454 4.7.0")
+    assert re.search(r"event=auth result=tempfail .*client=127\.0\.0\.1 mech=PLAIN",
+                     sg.log_text())
+    # a fresh daemon (the limiter is per process) for the sender map
+    sg.stop()
+    sg2 = gate(start_saslgate, workdir, env, sasl={"sender_login_map": str(smap)})
+    with Raw(sg2.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        assert r.cmd("MAIL FROM:<bob@example.org>").text.startswith("553 5.7.1")
+        r.expect(250, "MAIL FROM:<alice@example.org>")
+        r.expect(250, "RSET")
+        r.expect(250, "MAIL FROM:<anything@alice.example>")
+        r.expect(221, "QUIT")
