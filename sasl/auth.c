@@ -66,6 +66,7 @@ struct sg_auth {
 	char local[SG_AUTH_IPPORT_MAX];
 	char remote[SG_AUTH_IPPORT_MAX];
 	bool conn_failed;
+	bool conn_done;    /* conn saw a success: Cyrus refuses a second one */
 	bool plaintext_ok; /* listener: require_tls_for_auth = no */
 	bool tls;
 	unsigned ssf;
@@ -584,6 +585,7 @@ static void after_work(uv_work_t *w, int status)
 	}
 	switch (res) {
 	case SG_AUTH_OK:
+		a->conn_done = true;
 		free(a->user);
 		free(a->authcid);
 		a->user = a->pend_user;
@@ -669,6 +671,17 @@ int sg_auth_start(sg_auth *a, uv_loop_t *loop, const char *mech,
 	if (!a || !loop || !cb || !mech || a->busy || a->dead)
 		return -1;
 	clear_exchange(a);
+	if (a->conn_done) {
+		/* A success the session could not use (no upstream took the
+		 * identity, CONTRACT: 454, still unauthenticated): the client may
+		 * try again, on a fresh Cyrus connection ("step after doneflag"). */
+		sasl_dispose(&a->conn);
+		a->conn = NULL;
+		a->conn_done = false;
+		free(a->user);
+		free(a->authcid);
+		a->user = a->authcid = NULL;
+	}
 	a->preset = -1;
 	snprintf(a->mech, sizeof a->mech, "%s", mech);
 	if (strlen(mech) > SG_AUTH_MECH_MAX || !sg_auth_mech_valid(a->mech))

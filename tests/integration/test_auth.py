@@ -316,3 +316,23 @@ def test_log_has_no_secret_and_fail2ban_matches_it(workdir, sasldb_env, start_sa
     assert p.returncode == 0, p.stdout + p.stderr
     ips = p.stdout.split()
     assert ips == ["127.0.0.1"] * 5, p.stdout
+
+
+def test_auth_again_after_upstream_refused_identity(workdir, start_saslgate,
+                                                    start_fake_upstream):
+    """The first XCLIENT is refused (454, still unauthenticated); the client
+    authenticates again on the same session and this time gets its 235:
+    Cyrus is given a fresh connection for the second exchange."""
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = start_fake_upstream(replies={"XCLIENT": ["550 5.7.0 Error: insufficient authorization",
+                                                  "220 fake.test ESMTP"]})
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db), secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        assert r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20).text.startswith("454 4.7.0")
+        r.expect(530, "MAIL FROM:<alice@example.org>")
+        assert r.cmd("AUTH PLAIN " + plain_b64(USER, PW), timeout=20).text.startswith("235 2.7.0")
+        r.expect(250, "MAIL FROM:<alice@example.org>")

@@ -82,6 +82,17 @@ static void test_plain(sg_config *c)
 	sg_auth_reset(a);
 	CHECK_EQ_INT(t_start(&loop, a, "PLAIN", ok, sizeof ok - 1, &r), SG_AUTH_OK);
 	CHECK_STR(sg_auth_user(a), LOGIN);
+	/* a success the session could not use (the upstream refused the
+	 * identity: 454): the client may try again on the same session */
+	sg_auth_reset(a);
+	CHECK_EQ_INT(t_start(&loop, a, "PLAIN", bad, sizeof bad - 1, &r),
+	             SG_AUTH_FAIL);
+	CHECK(sg_auth_user(a) == NULL);
+	sg_auth_reset(a);
+	CHECK_EQ_INT(t_start(&loop, a, "LOGIN", USER, strlen(USER), &r),
+	             SG_AUTH_CONTINUE);
+	CHECK_EQ_INT(t_step(&loop, a, PASS, strlen(PASS), &r), SG_AUTH_OK);
+	CHECK_STR(sg_auth_user(a), LOGIN);
 	sg_auth_free(a);
 
 	/* "=" (an empty initial response) is not "none": PLAIN cannot parse it */
