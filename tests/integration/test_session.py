@@ -673,3 +673,19 @@ def test_ip_failure_limit_and_sender_login_map(workdir, env, start_saslgate):
         r.expect(250, "RSET")
         r.expect(250, "MAIL FROM:<anything@alice.example>")
         r.expect(221, "QUIT")
+
+
+def test_ipv6_listener(workdir, env, start_saslgate):
+    from sgtest import free_port
+    port = free_port("::1")
+    sg = gate(start_saslgate, workdir, env,
+              listener_v6={"address": "[::1]:%d" % port, "tls": "none",
+                           "require_auth": "yes", "require_tls_for_auth": "no"})
+    with Raw(port, host="::1") as r:
+        assert r.reply().text == "220 sg.test ESMTP"
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        r.expect(221, "QUIT")
+    log = sg.log_text()
+    assert re.search(r"event=auth result=ok user=alice client=::1 mech=PLAIN", log)
+    assert re.search(r"event=disconnect client=::1:\d+ ", log)
