@@ -68,6 +68,43 @@ static void test_b64(void)
 	CHECK_EQ_INT(sg_b64_encode("foobar", 6, out, 9, &n), 0);
 }
 
+/* Properties over many random inputs (fixed seed, bounded): any byte string
+ * survives encode+decode, and whatever decode accepts is canonical, i.e.
+ * encodes back to exactly the input (one spelling per credential). */
+static void test_b64_properties(void)
+{
+	static const char alpha[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=== \r\n-_*";
+	char raw[64], enc[128], dec[128], back[128];
+	unsigned n, m, k;
+	int bad_roundtrip = 0, not_canonical = 0, accepted = 0;
+
+	srand(4954);
+	for (int i = 0; i < 20000; i++) {
+		size_t len = (size_t)(rand() % 48);
+		for (size_t j = 0; j < len; j++)
+			raw[j] = (char)(rand() & 0xff);
+		if (sg_b64_encode(raw, len, enc, sizeof enc, &n) != 0 ||
+		    sg_b64_decode(enc, n, dec, sizeof dec, &m) != 0 || m != len ||
+		    memcmp(dec, raw, len) != 0)
+			bad_roundtrip++;
+
+		/* random text from the alphabet and its near misses */
+		size_t tl = (size_t)(rand() % 13);
+		for (size_t j = 0; j < tl; j++)
+			enc[j] = alpha[rand() % (int)(sizeof alpha - 1)];
+		if (sg_b64_decode(enc, tl, dec, sizeof dec, &m) == 0) {
+			accepted += tl > 0;
+			if (sg_b64_encode(dec, m, back, sizeof back, &k) != 0 || k != tl ||
+			    memcmp(back, enc, tl) != 0)
+				not_canonical++;
+		}
+	}
+	CHECK_EQ_INT(bad_roundtrip, 0);
+	CHECK_EQ_INT(not_canonical, 0);
+	CHECK(accepted > 100); /* the generator reaches valid, non-empty input */
+}
+
 static void test_mech_valid(void)
 {
 	char m[64];
@@ -248,6 +285,7 @@ int main(void)
 	sg_log_level = SG_LOG_WARN;
 	t_mkdir();
 	test_b64();
+	test_b64_properties();
 	test_mech_valid();
 	test_ipfail();
 	test_sender_map();
