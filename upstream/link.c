@@ -109,7 +109,7 @@ typedef struct wreq {
 	uv_write_t req;
 	sg_link *l;
 	size_t n;
-	char data[];
+	char *data; /* owned; uv_write needs it until the callback */
 } wreq;
 
 struct sg_link {
@@ -316,6 +316,7 @@ static void on_write(uv_write_t *req, int status)
 	wreq *w = (wreq *)req;
 	sg_link *l = w->l;
 	l->wq -= w->n;
+	free(w->data);
 	free(w);
 	if (status < 0 && status != UV_ECANCELED)
 		log_debug(sid(l), "event=upstream_write_error upstream=%s error=%s",
@@ -329,24 +330,41 @@ static void on_write(uv_write_t *req, int status)
 	}
 }
 
-static int raw_write(sg_link *l, const char *p, size_t n)
+/* Queue p (malloc'd, n octets) on the socket; takes ownership of p. */
+static int write_owned(sg_link *l, char *p, size_t n)
 {
-	if (!l->c || n == 0)
+	if (!l->c || n == 0) {
+		free(p);
 		return l->c ? 0 : -1;
-	wreq *w = malloc(sizeof *w + n);
-	if (!w)
+	}
+	wreq *w = malloc(sizeof *w);
+	if (!w) {
+		free(p);
 		return -1;
+	}
 	w->l = l;
 	w->n = n;
-	memcpy(w->data, p, n);
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+	w->data = p;
+	uv_buf_t b = uv_buf_init(p, (unsigned)n);
 	int rc = uv_write(&w->req, (uv_stream_t *)&l->c->tcp, &b, 1, on_write);
 	if (rc < 0) {
+		free(p);
 		free(w);
 		return -1;
 	}
 	l->wq += n;
 	return 0;
+}
+
+static int raw_write(sg_link *l, const char *p, size_t n)
+{
+	if (!l->c || n == 0)
+		return l->c ? 0 : -1;
+	char *copy = malloc(n);
+	if (!copy)
+		return -1;
+	memcpy(copy, p, n);
+	return write_owned(l, copy, n);
 }
 
 static int flush_tls(sg_link *l)
@@ -564,8 +582,7 @@ static void start_server(sg_link *l)
 {
 	const sg_upstream_server *s = &l->cfg->servers[l->srv];
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-	                         .ai_socktype = SOCK_STREAM,
-	                         .ai_flags = AI_ADDRCONFIG};
+	                         .ai_socktype = SOCK_STREAM};
 	set_peer(l);
 	if (l->ais) { /* a reopen: the previous connection's list */
 		uv_freeaddrinfo(l->ais);
@@ -1057,7 +1074,10 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 /* Parse every complete reply in p. */
 static void parse_plain(sg_link *l, const char *p, size_t n)
 {
-	while (n > 0 && l->c) {
+	/* stop when this connection is gone: after a failover l->c is the
+	 * next server's, and these bytes are not its */
+	const conn *c = l->c;
+	while (n > 0 && c && l->c == c) {
 		size_t used = 0;
 		int rc = sg_reply_read(&l->rr, p, n, &used);
 		p += used;
@@ -1075,7 +1095,7 @@ static void parse_plain(sg_link *l, const char *p, size_t n)
 		got_reply(l, &l->rr);
 		/* RFC 3207 / CVE-2011-0411: nothing may follow the STARTTLS 220
 		 * in plaintext (a man in the middle's injected replies). */
-		if (before == P_STARTTLS && l->phase == P_TLS && n > 0 && l->c) {
+		if (before == P_STARTTLS && l->phase == P_TLS && n > 0 && l->c == c) {
 			fail_server(l, "data after the STARTTLS reply");
 			return;
 		}
@@ -1113,7 +1133,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	}
 	if (l->phase == P_TLS) {
 		tls_step(l);
-		if (l->phase == P_TLS || !l->tls)
+		if (l->phase == P_TLS || !l->tls || l->c != c)
 			return;
 	}
 	for (;;) {
@@ -1121,7 +1141,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		int rc = sg_tls_read(l->tls, &l->plain);
 		if (l->plain.len)
 			parse_plain(l, l->plain.data, l->plain.len);
-		if (!l->tls || !l->c)
+		if (!l->tls || l->c != c)
 			return;
 		if (rc != 0) {
 			if (l->phase < P_READY)
@@ -1314,14 +1334,30 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 	*pause = false;
 	if (!l->in_data || l->scan.done)
 		return 0;
+	/* The scanner writes straight into a buffer that then goes to
+	 * uv_write as is: the client's bytes are copied once (twice with TLS,
+	 * the second being the encryption).  Room for all of them up front so
+	 * it does not grow (and copy) while scanning. */
 	sg_buf_reset(&l->out);
+	if (sg_buf_reserve(&l->out, len + 64) < 0) {
+		became_dead(l, "out of memory");
+		return 0;
+	}
 	size_t n = sg_scan_feed(&l->scan, buf, len, &l->out);
 	if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
 		abort_upstream(l, l->scan.bad ? "bare CR or LF in DATA"
 		                              : "message too big");
-	if (!l->aborted && !l->lost && l->out.len &&
-	    up_send(l, l->out.data, l->out.len) < 0)
-		became_dead(l, "write failed");
+	if (!l->aborted && !l->lost && l->out.len) {
+		int rc;
+		if (l->tls_on) {
+			rc = up_send(l, l->out.data, l->out.len);
+		} else {
+			rc = write_owned(l, l->out.data, l->out.len);
+			sg_buf_init(&l->out, 0); /* the write request owns it now */
+		}
+		if (rc < 0)
+			became_dead(l, "write failed");
+	}
 	if (l->scan.done) {
 		data_end(l);
 		sg_buf_shrink(&l->out);
