@@ -5,8 +5,9 @@ also runs lintian), installs it with dpkg -i, checks what postinst made (user
 saslgate in groups sasl and ssl-cert, conffile, unit, man pages, examples),
 runs the installed /usr/sbin/saslgate the way saslgate.service does (as user
 saslgate with CAP_NET_BIND_SERVICE only, -t first) against a real saslauthd
-and a real Postfix, sends mail through it with swaks on both listeners, and
-purges the package again (user and /etc/saslgate gone).  The installed
+and a real Postfix, sends mail through it with swaks on both listeners,
+reinstalls (admin edits kept), removes (configuration kept) and purges the
+package (user and /etc/saslgate gone).  The installed
 default configuration is used as shipped; one drop-in in
 /etc/saslgate/conf.d/ moves the listeners to 127.0.0.1 high ports and points
 saslauthd_path and the upstream at the test's own instances, exactly as an
@@ -349,7 +350,22 @@ def test_package_lifecycle(workdir, start_saslauthd, start_postfix):
         assert rc == 0, "exit status %s on SIGTERM:\n%s" % (rc, daemon.log())
         daemon = None
 
-        # --- purge
+        # --- reinstall over itself (postinst is idempotent, the admin's
+        # edits and drop-ins stay), then remove (configuration and user
+        # stay), then purge (both go)
+        conf = pathlib.Path("/etc/saslgate/saslgate.conf")
+        conf.write_text(conf.read_text() + "# edited by the admin\n")
+        p = _dpkg("-i", deb)
+        assert p.returncode == 0, "dpkg -i again:\n%s%s" % (p.stdout, p.stderr)
+        assert conf.read_text().endswith("# edited by the admin\n")
+        assert os.path.exists("/etc/saslgate/conf.d/50-test.conf")
+        assert _run(["id", "-nG", "saslgate"]).stdout.split() == groups
+        p = _dpkg("--remove", "saslgate")
+        assert p.returncode == 0, "dpkg --remove:\n%s%s" % (p.stdout, p.stderr)
+        assert not os.path.exists("/usr/sbin/saslgate")
+        assert conf.exists(), "remove (not purge) deleted the configuration"
+        assert _run(["getent", "passwd", "saslgate"]).returncode == 0
+
         p = _purge()
         assert p.returncode == 0, "dpkg --purge:\n%s%s" % (p.stdout, p.stderr)
         assert _run(["getent", "passwd", "saslgate"]).returncode != 0, "user saslgate left"
