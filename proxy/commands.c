@@ -92,7 +92,7 @@ static bool auth_allowed(const sg_session *s)
 /* Copy a client-supplied name for a log line: no spaces, '=', quotes or
  * control characters, so a login like "x client=1.2.3.4" cannot forge a
  * key that fail2ban would match. */
-static void log_safe(char *dst, size_t max, const char *src)
+void sg_log_safe(char *dst, size_t max, const char *src)
 {
 	size_t i = 0;
 	for (; src && src[i] && i + 1 < max; i++) {
@@ -444,6 +444,7 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 		return;
 	if (r->code >= 200 && r->code < 300) {
 		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
+		sg_log_safe(s->tried, sizeof s->tried, s->user); /* for log_auth */
 		sg_session_state(s, SG_ST_READY);
 		log_auth(s, "ok", NULL);
 		/* The SASL context is not needed any more (RFC 4954 4: no second
@@ -475,7 +476,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		return;
 	const char *who = s->auth ? sg_auth_authcid(s->auth) : NULL;
 	if (who && *who)
-		log_safe(s->tried, sizeof s->tried, who);
+		sg_log_safe(s->tried, sizeof s->tried, who);
 	switch (result) {
 	case SG_AUTH_CONTINUE: {
 		char b64[SG_AUTH_CHAL_MAX / 3 * 4 + 8];
@@ -546,13 +547,13 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		size_t len = (size_t)(b - a) < SG_USER_MAX ? (size_t)(b - a) : SG_USER_MAX;
 		memcpy(tmp, a, len);
 		tmp[len] = '\0';
-		log_safe(s->tried, sizeof s->tried, tmp);
+		sg_log_safe(s->tried, sizeof s->tried, tmp);
 	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
 		char tmp[SG_USER_MAX + 1];
 		size_t len = n < SG_USER_MAX ? n : SG_USER_MAX;
 		memcpy(tmp, dec, len);
 		tmp[len] = '\0';
-		log_safe(s->tried, sizeof s->tried, tmp);
+		sg_log_safe(s->tried, sizeof s->tried, tmp);
 	}
 }
 
@@ -888,7 +889,7 @@ void sg_cmd_line(sg_session *s, char *line, size_t len)
 		}
 	if (!c) {
 		char v[32];
-		log_safe(v, sizeof v, verb);
+		sg_log_safe(v, sizeof v, verb);
 		log_debug(s->id, "unknown command %s", v);
 		sg_reply_send(s, SG_R_UNKNOWN);
 		return;

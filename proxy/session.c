@@ -214,11 +214,12 @@ static void log_disconnect(sg_session *s)
 	if (s->tls && s->encrypted)
 		snprintf(tls, sizeof tls, "%s/%s", sg_tls_version(s->tls),
 		         sg_tls_cipher(s->tls));
+	char user[SG_USER_MAX + 1];
+	sg_log_safe(user, sizeof user, s->authenticated ? s->user : "-");
 	log_info(s->id,
 	         "event=disconnect client=%s:%u tls=%s user=%s msgs=%u bytes=%llu "
 	         "queue_ids=%s time=%.3f reason=%s",
-	         s->client_ip, s->client_port, tls,
-	         s->authenticated ? s->user : "-", s->msgs,
+	         s->client_ip, s->client_port, tls, user, s->msgs,
 	         (unsigned long long)s->bytes, s->qids[0] ? s->qids : "-", secs,
 	         s->close_reason ? s->close_reason : "-");
 }
@@ -586,12 +587,21 @@ static void on_data_done(void *arg, const sg_reply *r)
 		s->bytes += s->msg_size;
 		add_qid(s, sg_link_last_queue_id(s->link));
 	}
+	char from[SG_PATH_MAX + 1], user[SG_USER_MAX + 1];
+	sg_log_safe(from, sizeof from, s->mail_from);
+	sg_log_safe(user, sizeof user, s->authenticated ? s->user : "-");
+	/* the reply text is the upstream's; quotes in it would end ours */
+	char rtext[SG_LOG_REPLY_MAX];
+	size_t rl = first < sizeof rtext - 1 ? first : sizeof rtext - 1;
+	for (size_t i = 0; i < rl; i++)
+		rtext[i] = r->text[i] == '"' ? '\'' : r->text[i];
+	rtext[rl] = '\0';
 	log_info(s->id,
 	         "event=message user=%s from=<%s> rcpts=%u size=%llu upstream=%s "
-	         "reply=\"%.*s\"",
-	         s->authenticated ? s->user : "-", s->mail_from, s->rcpts,
+	         "reply=\"%s\"",
+	         user, from, s->rcpts,
 	         (unsigned long long)s->msg_size,
-	         s->link ? sg_link_peer(s->link) : "-", (int)first, r->text);
+	         s->link ? sg_link_peer(s->link) : "-", rtext);
 	sg_reply_raw(s, r->code, r->text, r->len);
 	sg_cmd_txn_reset(s);
 	if (s->link && !sg_link_alive(s->link)) {

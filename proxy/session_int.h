@@ -28,6 +28,7 @@
 #define SG_USER_MAX 255        /* login name kept for logs */
 #define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
 #define SG_IP_MAX 64           /* textual IPv4/IPv6 address */
+#define SG_LOG_REPLY_MAX 512   /* upstream reply quoted in a log line */
 
 /* Protocol states (ARCHITECTURE.md); sg_session_state() logs each change. */
 enum sg_state {
@@ -141,6 +142,9 @@ void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
 
 /* commands.c */
 void sg_cmd_line(sg_session *s, char *line, size_t len);
+/* Copy client-supplied text for a log line: spaces, '=', quotes and
+ * control characters become '?', so it cannot forge key=value pairs. */
+void sg_log_safe(char *dst, size_t max, const char *src);
 /* Drop transaction state (after RSET, end of DATA, EHLO). */
 void sg_cmd_txn_reset(sg_session *s);
 
