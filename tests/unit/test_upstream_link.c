@@ -4,6 +4,7 @@
  * the Received header, bare LF / size aborts (no final dot reaches the MTA),
  * upstream loss mid-DATA, reply timeout, XFORWARD.  Every wait is bounded;
  * the test ends by proving the loop is empty. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ typedef struct fake {
 	const char *ehlo;
 	const char *xclient_reply;
 	const char *final_reply;
+	const char *starttls_reply;
 	bool close_in_data; /* drop the connection once DATA bytes arrive */
 	bool silent_mail;   /* never answer MAIL */
 	sg_buf log;         /* every command line received */
@@ -101,6 +103,8 @@ static void fc_line(fconn *c, const char *line, size_t n)
 		fc_send(c, f->ehlo);
 	else if (!strncasecmp(line, "XCLIENT", 7))
 		fc_send(c, f->xclient_reply);
+	else if (!strncasecmp(line, "STARTTLS", 8))
+		fc_send(c, f->starttls_reply);
 	else if (!strncasecmp(line, "XFORWARD", 8))
 		fc_send(c, "250 2.0.0 Ok\r\n");
 	else if (!strncasecmp(line, "MAIL", 4)) {
@@ -228,11 +232,21 @@ static void fake_stop(fake *f)
 	sg_buf_free(&f->data);
 }
 
+/* memmem: the log may hold binary (a TLS ClientHello sent as "lines") */
 static bool log_has(fake *f, const char *s)
 {
-	sg_buf_append(&f->log, "", 1);
-	f->log.len--;
-	return strstr(f->log.data, s) != NULL;
+	return f->log.len && memmem(f->log.data, f->log.len, s, strlen(s));
+}
+
+static int log_count(fake *f, const char *s)
+{
+	int n = 0;
+	const char *p = f->log.data, *end = p + f->log.len;
+	while (p && p < end && (p = memmem(p, (size_t)(end - p), s, strlen(s)))) {
+		n++;
+		p++;
+	}
+	return n;
 }
 
 /* A port nobody listens on: bind, read the port, close. */
@@ -633,6 +647,47 @@ static void test_xclient_split(void)
 	free(cfg);
 }
 
+/* RFC 3207 5 / CVE-2011-0411: replies injected after the STARTTLS 220 in
+ * plaintext make us drop that server; an opportunistic STARTTLS the
+ * upstream refuses goes on in plaintext (and is not retried). */
+static void test_starttls_guards(void)
+{
+	static const char ehlo_tls[] =
+	    "250-fake.example\r\n250-STARTTLS\r\n250 XCLIENT NAME ADDR LOGIN\r\n";
+	fake f;
+	fake_start(&f);
+	f.ehlo = ehlo_tls;
+	f.starttls_reply = "220 2.0.0 Ready\r\n250 injected\r\n";
+	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
+	cfg->upstream_tls = SG_UTLS_REQUIRED;
+	got g = {0};
+	sg_link_open(loop, cfg, &ID, on_reply, &g);
+	wait_for(&g.n, 1);
+	CHECK(g.n == 1 && g.code[0] == 454);
+	CHECK(!log_has(&f, "XCLIENT"));
+	wait_for(&f.nclosed, 1);
+	settle(50);
+
+	sg_buf_reset(&f.log);
+	f.starttls_reply = "454 4.7.0 TLS not available due to local problem\r\n";
+	cfg->upstream_tls = SG_UTLS_STARTTLS;
+	sg_link *l = open_ok(cfg, &g);
+	CHECK(log_has(&f, "STARTTLS\r\nXCLIENT "));
+	/* after XCLIENT's EHLO (STARTTLS offered again) no second STARTTLS */
+	CHECK(log_count(&f, "STARTTLS") == 1);
+	sg_link_close(l);
+
+	/* required and refused: fail closed */
+	cfg->upstream_tls = SG_UTLS_REQUIRED;
+	memset(&g, 0, sizeof g);
+	sg_link_open(loop, cfg, &ID, on_reply, &g);
+	wait_for(&g.n, 1);
+	CHECK(g.n == 1 && g.code[0] == 454);
+	settle(50);
+	fake_stop(&f);
+	free(cfg);
+}
+
 static void test_backpressure(void)
 {
 	fake f;
@@ -675,6 +730,7 @@ static void test_backpressure(void)
 
 int main(void)
 {
+	signal(SIGPIPE, SIG_IGN); /* as the daemon does: EPIPE, not a signal */
 	loop = uv_default_loop();
 	uv_timer_init(loop, &tick);
 	uv_timer_start(&tick, on_tick, 10, 10);
@@ -685,6 +741,7 @@ int main(void)
 	test_loss();
 	test_xforward();
 	test_xclient_split();
+	test_starttls_guards();
 	test_backpressure();
 	uv_close((uv_handle_t *)&tick, NULL);
 	settle(0);
