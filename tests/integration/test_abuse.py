@@ -454,7 +454,7 @@ def test_brute_force_from_one_address_is_limited(workdir, start_saslgate, start_
     # ... while the same user from 127.0.0.1 logs in at once (no tarpit).
     t0 = time.monotonic()
     send_good(sg.port("submission"), "good-victim", user=VICTIM_USER, pw=VICTIM_PW)
-    assert time.monotonic() - t0 < T(3), "login from 127.0.0.1 took %.1fs" % (
+    assert time.monotonic() - t0 < T(5), "login from 127.0.0.1 took %.1fs" % (
         time.monotonic() - t0)
     good.check(up.delivered)
     assert re.search(r"event=auth result=fail .*client=127\.0\.0\.2", sg.log_text()), \
