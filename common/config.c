@@ -343,7 +343,8 @@ static const struct key keys[] = {
      "file: login -> allowed senders (addresses, @domains); \"=login\" "
      "rule; a foreign MAIL FROM gets 553 5.7.1 (empty: off)"},
     {"sasl", "threads", K_UINT, C(sasl_threads), "4", NULL,
-     "threads for blocking SASL calls (libuv thread pool)"},
+     "SASL calls that may wait on a slow backend at once; the libuv pool "
+     "is 4 x threads + 2, and past that AUTH gets 454 at once"},
 
     {"upstream", "server", K_SERVER, 0, NULL, NULL,
      "host:port of the MTA; repeatable, tried in order"},
