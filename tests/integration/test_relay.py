@@ -38,6 +38,13 @@ def login(r):
     r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW), timeout=20)
 
 
+def delivered(up, n):
+    """The fake upstream's delivered messages once there are n (it records
+    the reply to the final dot just after sending it)."""
+    up.wait_for(lambda: len(up.delivered()) >= n, 10, "%d delivered message(s)" % n)
+    return up.delivered()
+
+
 def transaction(r, body, rcpt="bob@example.net"):
     """MAIL, RCPT, DATA, body (must end with the client's end-of-data);
     -> the reply to the end of data."""
@@ -151,8 +158,8 @@ def test_smuggling_rejected(workdir, keys, start_saslgate, start_fake_upstream, 
         rep = transaction(r, b"Subject: next\r\n\r\nfine\r\n.\r\n")
         assert rep.code == 250, rep
         r.expect(221, "QUIT")
-    delivered = up.delivered()
-    assert len(delivered) == 1 and b"fine" in delivered[0], delivered
+    got = delivered(up, 1)
+    assert len(got) == 1 and b"fine" in got[0], got
     assert not any("evil@" in l for l in up.command_lines())
     # the upstream never got a final dot for the rejected message
     assert not any(b"smuggled" in m.data for m in up.messages if m.complete)
@@ -168,9 +175,9 @@ def test_smuggling_normalized_is_one_message(workdir, keys, start_saslgate,
         rep = transaction(r, smuggle_body(sep))
         assert rep.code == 250, rep
         r.expect(250, "NOOP")
-    delivered = up.delivered()
-    assert len(delivered) == 1, delivered
-    d = delivered[0]
+    got = delivered(up, 1)
+    assert len(got) == 1, got
+    d = got[0]
     # one message holding the payload as text; no bare CR or LF upstream
     assert b"MAIL FROM:<evil@example.org>" in d and b"evil\r\n" in d
     assert re.search(rb"(?<!\r)\n", d) is None and re.search(rb"\r(?!\n)", d) is None
@@ -223,7 +230,7 @@ def test_byte_exact(workdir, keys, start_saslgate, start_fake_upstream, size):
         rep = transaction(r, stuff(body) + b".\r\n")
         assert rep.code == 250, rep
         r.expect(221, "QUIT")
-    d = up.delivered()
+    d = delivered(up, 1)
     assert len(d) == 1
     # our Received header, then exactly the client's (stuffed) bytes
     assert d[0].startswith(b"Received: from client.test ")
@@ -257,7 +264,7 @@ def test_size_limit_552_then_next_message(workdir, keys, start_saslgate, start_f
         assert rep.code == 552 and rep.text.startswith("552 5.3.4"), rep
         rep = transaction(r, b"Subject: small\r\n\r\nsmall\r\n.\r\n")
         assert rep.code == 250, rep
-    d = up.delivered()
+    d = delivered(up, 1)
     assert len(d) == 1 and b"small" in d[0]
     # the big one never got its final dot upstream
     assert all(b"yyyy" not in m.data for m in up.messages if m.complete)
@@ -274,7 +281,7 @@ def test_failover_to_second_server(workdir, keys, start_saslgate, start_fake_ups
     with Raw(sg.port("plain")) as r:
         login(r)
         assert transaction(r, b"Subject: f\r\n\r\nfailover\r\n.\r\n").code == 250
-    assert len(up.delivered()) == 1
+    assert len(delivered(up, 1)) == 1
     log = sg.log_text()
     assert re.search(r"upstream=127\.0\.0\.1:%d .*connection refused" % dead, log), log
     assert re.search(r"upstream=127\.0\.0\.1:%d .*421 4\.3\.2 busy" % busy.port, log), log
@@ -338,7 +345,7 @@ def test_header_identity_strips_client_header(workdir, keys, start_saslgate, sta
         rep = transaction(r, b"X-Authenticated-User: ceo@example.org\r\n\tfolded\r\n"
                              b"Subject: h\r\n\r\nX-Authenticated-User: in body\r\n.\r\n")
         assert rep.code == 250, rep
-    d = up.delivered()[0]
+    d = delivered(up, 1)[0]
     assert d.count(b"X-Authenticated-User: ") == 2     # ours and the body line
     assert b"X-Authenticated-User: alice" in d and b"ceo@" not in d and b"folded" not in d
     assert not any(l.startswith(("XCLIENT", "XFORWARD")) for l in up.command_lines())
@@ -409,7 +416,7 @@ def test_upstream_starttls_opportunistic_plaintext(workdir, keys, start_saslgate
     up = start_fake_upstream()
     sg = gate(start_saslgate, workdir, keys, up.port, upstream={"tls": "starttls"})
     send_one(sg, b"plain is fine when not offered")
-    assert len(up.delivered()) == 1
+    assert len(delivered(up, 1)) == 1
 
 
 # ---------------------------------------------------------------- service account, EHLO honesty
@@ -433,7 +440,7 @@ def test_identity_auth_login_when_plain_not_offered(workdir, keys, start_saslgat
     assert up.auth_users == ["svc"]
     lines = up.command_lines()
     assert any(l.upper().startswith("AUTH LOGIN") for l in lines), lines
-    d = up.delivered()[0]
+    d = delivered(up, 1)[0]
     assert b"X-Authenticated-User: alice" in d
     assert b"(authenticated sender: alice" in d
 
