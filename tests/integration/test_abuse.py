@@ -23,6 +23,7 @@ tested.  Upstream faults are in test_upstream_faults.py."""
 import os
 import random
 import re
+import resource
 import selectors
 import smtplib
 import socket
@@ -258,7 +259,11 @@ def sender(sock, data):
 
 # ---------------------------------------------------------------- slowloris
 
-SLOW_PLAIN, SLOW_TLS, SLOW_AUTH = 240, 50, 10
+# 300 slow connections; fewer if this process (or saslgate, which inherits
+# the limit) may not open that many descriptors.
+_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+_SLOW = max(30, min(300, (_NOFILE - 200) // 2)) if _NOFILE > 0 else 300
+SLOW_PLAIN, SLOW_TLS, SLOW_AUTH = _SLOW * 4 // 5, _SLOW // 6, _SLOW - _SLOW * 4 // 5 - _SLOW // 6
 
 
 def test_slowloris_connections_are_cut_at_idle_timeout(workdir, start_saslgate,
@@ -409,7 +414,7 @@ def _attack_session(port, attempt, tries, mech_login):
 def test_brute_force_from_one_address_is_limited(workdir, start_saslgate, start_fake_upstream):
     """200 wrong passwords for one user from 127.0.0.2 over many connections
     (AUTH PLAIN and LOGIN): never a 235; at most max_failures 535 per session
-    (then 421 4.7.0); the per-address limit engages (454 4.7.0 from then on,
+    (then 421 4.7.0); the per-address limit engages, across both workers (454 4.7.0 from then on,
     even for the right password from 127.0.0.2); the right password for the
     same user from 127.0.0.1 works at once, and the good client never fails."""
     limit = 10
@@ -417,6 +422,7 @@ def test_brute_force_from_one_address_is_limited(workdir, start_saslgate, start_
     secrets = Pairs(list(USERS.items()) + [(VICTIM_USER, w) for w in wrong])
     up = start_fake_upstream()
     sg = start(workdir, start_saslgate, up.port, secrets=secrets,
+               server={"workers": 2},
                sasl={"max_failures": 3, "failure_delay": "50ms", "ip_failure_limit": limit,
                      "ip_failure_window": "10m"})
     send_good(sg.port("submission"), "good-warmup")
@@ -459,6 +465,77 @@ def test_brute_force_from_one_address_is_limited(workdir, start_saslgate, start_
     good.check(up.delivered)
     assert re.search(r"event=auth result=fail .*client=127\.0\.0\.2", sg.log_text()), \
         "no fail2ban-matchable line for the attacker"
+
+
+def test_brute_force_tarpit_does_not_block_others(workdir, start_saslgate, start_fake_upstream):
+    """40 concurrent wrong logins (half for a user that does not exist) from
+    127.0.0.2 with failure_delay = 4s: never a 235, each 535 comes after the
+    delay, the same for unknown and known users (no user enumeration), and
+    while they sit in the tarpit the good client from 127.0.0.1 is served at
+    once (the tarpit holds no SASL thread)."""
+    delay = 4.0
+    wrong = ["Tarpit-%02d.pw!z" % i for i in range(40)]
+    pairs = list(USERS.items()) + [(VICTIM_USER if i % 2 else "nobody%02d" % i, w)
+                                   for i, w in enumerate(wrong)]
+    up = start_fake_upstream()
+    sg = start(workdir, start_saslgate, up.port, secrets=Pairs(pairs),
+               server={"workers": 2},
+               sasl={"failure_delay": "%ds" % delay, "max_failures": 3,
+                     "ip_failure_limit": 1000})
+    send_good(sg.port("submission"), "good-warmup")
+    results, errors = {}, []
+    ready = threading.Barrier(len(wrong) + 1, timeout=T(30))
+
+    def attack(i):
+        try:
+            r = raw_from(sg.port("plain"), ATTACKER)
+            try:
+                r.expect(220)
+                r.expect(250, "EHLO bot.example")
+                ready.wait()
+                # 20 ms apart: a tarpit full of sessions, without the burst
+                # that makes saslgate shed load (454 when every SASL thread
+                # is busy, sasl/auth.c)
+                time.sleep(0.02 * i)
+                user = VICTIM_USER if i % 2 else "nobody%02d" % i
+                t0 = time.monotonic()
+                r.line("AUTH PLAIN " + plain_b64(user, wrong[i]))
+                rep = r.reply(timeout=delay + 15)
+                dt = time.monotonic() - t0
+                results[i] = (rep.code, rep.text, dt)
+            finally:
+                r.close()
+        except Exception as e:
+            errors.append(repr(e))
+    threads = [threading.Thread(target=attack, args=(i,), daemon=True) for i in range(len(wrong))]
+    for t in threads:
+        t.start()
+    ready.wait()
+    time.sleep(0.02 * len(wrong) + 0.3)  # every attacker is in the tarpit now
+    t0 = time.monotonic()
+    send_good(sg.port("submission"), "good-during-tarpit")
+    dt_good = time.monotonic() - t0
+    for t in threads:
+        t.join(T(30) + delay)
+    assert not errors, errors[:5]
+    # Not scaled by T(): what matters is that it is shorter than the tarpit.
+    assert dt_good < delay - 1, "the good client waited %.1fs behind the tarpit" % dt_good
+    assert len(results) == len(wrong)
+    codes = {(c, t.split(" ", 1)[1][:5]) for c, t, _ in results.values()}
+    # 454 4.7.0: saslgate sheds load when every SASL thread is busy (a
+    # temporary failure, counted as none: CONTRACT); rare when staggered
+    assert codes <= {(535, "5.7.8"), (454, "4.7.0")}, codes
+    failed = {i: dt for i, (c, _, dt) in results.items() if c == 535}
+    assert len(failed) >= len(wrong) // 2, "only %d of %d got 535" % (len(failed), len(wrong))
+    early = {i: round(dt, 2) for i, dt in failed.items() if dt < delay * 0.95}
+    assert not early, "535 before failure_delay: %s" % early
+    late = {i: round(dt, 2) for i, dt in failed.items() if dt > delay + T(5)}
+    assert not late, "535 long after failure_delay: %s" % late
+    known = [dt for i, dt in failed.items() if i % 2]
+    unknown = [dt for i, dt in failed.items() if not i % 2]
+    assert abs(sum(known) / len(known) - sum(unknown) / len(unknown)) < 0.5, (known, unknown)
+    sgtest.wait_for(lambda: b"X-Marker: good-during-tarpit" in b"".join(up.delivered()),
+                    T(10), "the good message upstream")
 
 
 # ---------------------------------------------------------------- floods
