@@ -330,6 +330,8 @@ def test_xforward_before_each_mail(workdir, keys, start_saslgate, start_fake_ups
             assert transaction(r, b"Subject: %d\r\n\r\nx\r\n.\r\n" % i).code == 250
     lines = up.command_lines()
     assert not any(l.startswith("XCLIENT") for l in lines)
+    # both messages on one upstream connection (the other one is the probe)
+    assert up.connections == 2, up.connections
     mails = [i for i, l in enumerate(lines) if l.startswith("MAIL")]
     assert len(mails) == 2
     for i in mails:
