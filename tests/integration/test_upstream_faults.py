@@ -11,6 +11,7 @@ test's waits are (T()).  Passwords are passed as secrets: the harness checks
 at teardown that none is in the log.  See test_abuse.py for client abuse."""
 
 import select
+import threading
 import time
 
 import pytest
@@ -204,3 +205,86 @@ def _drive(r, at):
     except ConnectionError:
         rep = None
     return rep, time.monotonic() - t0
+
+
+# ------------------------------------------------------ hostile upstream
+
+GARBAGE = {
+    # a reply that is no SMTP reply at all
+    "mail-garbage": ("MAIL", ["hello there, I am not SMTP", "250 2.1.0 Ok"]),
+    # a reply line far over any sane length (RFC 5321: 512)
+    "rcpt-long-line": ("RCPT", ["250 2.1.5 " + "x" * 200000, "250 2.1.5 Ok"]),
+    # an endless multi-line reply (10,000 lines)
+    "data-many-lines": ("DATA", ["\n".join(["354 go"] * 10000), "354 go ahead"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(GARBAGE))
+def test_upstream_garbage_reply(workdir, start_saslgate, start_fake_upstream, fault):
+    """An upstream answering garbage, an overlong line or an endless reply:
+    the client gets a 4xx for the command in flight (never a 2xx nor the
+    garbage), nothing is delivered, and the next session works."""
+    verb, reply = GARBAGE[fault]
+    up = start_fake_upstream(replies={verb: reply})
+    sg = start(workdir, start_saslgate, [up.port])
+    r = tls_session(sg)
+    try:
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        try:
+            rep, dt = _drive(r, verb)
+        except ConnectionError:
+            rep, dt = None, 0
+        assert_4xx(rep, dt, fault)
+        assert "not SMTP" not in rep.text and len(rep.text) < 4096, rep.text[:200]
+    finally:
+        r.close()
+    time.sleep(0.3)
+    assert_no_half_delivered(up)
+    send_ok(sg, "after-" + fault)
+    up.wait_for(lambda: len(up.delivered()) >= 1, 10, "the next message upstream")
+
+
+def test_upstream_stall_does_not_block_other_sessions(workdir, start_saslgate,
+                                                      start_fake_upstream):
+    """An upstream that never greets while 10 clients authenticate at once:
+    each gets 454 4.7.0 within the timeouts, and meanwhile saslgate keeps
+    answering other clients at once (nothing blocks its event loop)."""
+    up = start_fake_upstream(greeting_delay=STALL)
+    sg = start(workdir, start_saslgate, [up.port])
+    results, errors = [], []
+
+    def client():
+        try:
+            r = tls_session(sg)
+            try:
+                results.append(timed(r.cmd, "AUTH PLAIN " + plain_b64(USER, PW)))
+            finally:
+                r.close()
+        except Exception as e:
+            errors.append(repr(e))
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # while the ten wait for the upstream: a new session is served at once
+    lat = []
+    for _ in range(5):
+        r = Raw(sg.port("plain"))
+        try:
+            t0 = time.monotonic()
+            r.expect(220)
+            r.expect(250, "EHLO other.example")
+            r.expect(250, "NOOP")
+            lat.append(time.monotonic() - t0)
+            r.expect(221, "QUIT")
+        finally:
+            r.close()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(T(30))
+    assert not errors, errors
+    assert len(results) == 10
+    for rep, dt in results:
+        assert_4xx(rep, dt, "AUTH while the upstream never greets")
+        assert rep.code == 454, rep
+    assert max(lat) < T(0.5), "other sessions waited %.2fs" % max(lat)
