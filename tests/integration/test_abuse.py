@@ -192,13 +192,17 @@ def connect(port, src=None):
     return s
 
 
+def raw_on(sock, timeout=15):
+    """sgtest.Raw over a socket of ours (source address, raw TLS bytes)."""
+    r = Raw.__new__(Raw)
+    r.sock, r.buf, r.timeout = sock, b"", T(timeout)
+    sock.settimeout(r.timeout)
+    return r
+
+
 def raw_from(port, src):
     """sgtest.Raw over a socket bound to source address src."""
-    r = Raw.__new__(Raw)
-    r.timeout = T(15)
-    r.sock = connect(port, src)
-    r.buf = b""
-    return r
+    return raw_on(connect(port, src))
 
 
 def reset_close(sock):
@@ -296,9 +300,7 @@ def test_slowloris_connections_are_cut_at_idle_timeout(workdir, start_saslgate,
                  "closed_at": None, "feed": feed, "pos": 0}
             if kind == "auth":
                 s.setblocking(True)
-                s.settimeout(T(10))
-                r = Raw.__new__(Raw)
-                r.sock, r.buf, r.timeout = s, b"", T(10)
+                r = raw_on(s, 10)
                 r.expect(220)
                 r.expect(250, "EHLO slow.example")
                 r.expect(334, "AUTH PLAIN")
@@ -675,8 +677,7 @@ def _random_session(port, data, starttls=False):
     try:
         s.settimeout(T(10))
         if starttls:
-            r = Raw.__new__(Raw)
-            r.sock, r.buf, r.timeout = s, b"", T(10)
+            r = raw_on(s, 10)
             r.expect(220)
             r.expect(250, "EHLO rnd.example")
             r.expect(220, "STARTTLS")
@@ -820,8 +821,7 @@ def test_truncated_tls_handshakes(workdir, start_saslgate, start_fake_upstream):
         s = connect(sg.port("submissions" if kind == "implicit" else "submission"))
         s.settimeout(T(10))
         if kind == "starttls":
-            r = Raw.__new__(Raw)
-            r.sock, r.buf, r.timeout = s, b"", T(10)
+            r = raw_on(s, 10)
             r.expect(220)
             r.expect(250, "EHLO trunc.example")
             r.line("STARTTLS")
@@ -888,8 +888,7 @@ def _in_data(port, n):
 def _mid_handshake(port):
     s = connect(port)
     s.settimeout(T(10))
-    r = Raw.__new__(Raw)
-    r.sock, r.buf, r.timeout = s, b"", T(10)
+    r = raw_on(s, 10)
     r.expect(220)
     r.expect(250, "EHLO gone.example")
     r.line("STARTTLS")
