@@ -1061,3 +1061,48 @@ def test_disconnect_while_upstream_connects(workdir, start_saslgate, start_fake_
     good.check(up.delivered, min_ok=1)
     good_markers_only(up.delivered)
     assert_fds_back(sg, base)
+
+
+def test_sigterm_with_hostile_clients_attached(workdir, start_saslgate, start_fake_upstream):
+    """Slow clients cannot hold a shutdown hostage: with 50 slowloris
+    connections, 10 stuck TLS handshakes and a session in the middle of
+    DATA, SIGTERM makes saslgate exit 0 within shutdown_timeout (2s) and a
+    margin, every connection is closed (421 where SMTP was spoken), and the
+    unfinished message is not delivered."""
+    up = start_fake_upstream()
+    sg = start(workdir, start_saslgate, up.port, server={"shutdown_timeout": "2s"},
+               limits={"idle_timeout": "60s"})
+    hello = client_hello()
+    slow = [raw_on(connect(sg.port("plain")), 10) for _ in range(50)]
+    for r in slow:
+        r.expect(220)
+        r.send(b"EHLO never-finished")
+    tls = [connect(sg.port("submissions")) for _ in range(10)]
+    for s in tls:
+        s.sendall(hello[:20])
+    mid = _in_data(sg.port("submission"), 7)
+    mid.send(b"part of a body\r\n" * 100)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    rc = sg.stop(timeout=2 + 10)
+    took = time.monotonic() - t0
+    assert rc == 0, "exit status %s on SIGTERM" % rc
+    assert took < 2 + T(3), "shutdown took %.1fs with shutdown_timeout = 2s" % took
+    problems = []
+    for i, r in enumerate(slow + [mid]):
+        got, closed, _ = read_until_closed(r.sock, T(2))
+        if not closed:
+            problems.append((i, "open after exit"))
+        if b"421 " not in r.buf + got:
+            problems.append((i, "no 421", (r.buf + got)[-60:]))
+        r.close()
+    for s in tls:
+        got, closed, _ = read_until_closed(s, T(2))
+        if not closed or b"220 " in got:
+            problems.append(("tls", closed, got[:20]))
+        s.close()
+    assert not problems, problems[:10]
+    time.sleep(0.3)
+    assert up.delivered() == [], "a message without its final dot was delivered"
+    half = [m for m in up.messages if b"half-message-7" in m.data]
+    assert half and not half[0].complete, up.messages
