@@ -471,11 +471,11 @@ def test_brute_force_from_one_address_is_limited(workdir, start_saslgate, start_
 
 def test_brute_force_tarpit_does_not_block_others(workdir, start_saslgate, start_fake_upstream):
     """40 concurrent wrong logins (half for a user that does not exist) from
-    127.0.0.2 with failure_delay = 4s: never a 235, each 535 comes after the
+    127.0.0.2 with failure_delay = 6s: never a 235, each 535 comes after the
     delay, the same for unknown and known users (no user enumeration), and
     while they sit in the tarpit the good client from 127.0.0.1 is served at
     once (the tarpit holds no SASL thread)."""
-    delay = 4.0
+    delay = 6.0
     wrong = ["Tarpit-%02d.pw!z" % i for i in range(40)]
     pairs = list(USERS.items()) + [(VICTIM_USER if i % 2 else "nobody%02d" % i, w)
                                    for i, w in enumerate(wrong)]
