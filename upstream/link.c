@@ -1014,7 +1014,10 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 		after_ehlo(l);
 		return;
 	case P_XCLIENT:
-		if (code != 220) {
+		/* Postfix >= 2.3 answers 220 (a new greeting); smtp-sink and older
+		 * servers answer 250.  Any 2xx took the attributes; anything else
+		 * did not, and we fail closed. */
+		if (code < 200 || code > 299) {
 			char ours[INET6_ADDRSTRLEN + 16];
 			our_address(l, ours, sizeof ours);
 			log_error(sid(l),
