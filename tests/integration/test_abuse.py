@@ -1106,3 +1106,56 @@ def test_sigterm_with_hostile_clients_attached(workdir, start_saslgate, start_fa
     assert up.delivered() == [], "a message without its final dot was delivered"
     half = [m for m in up.messages if b"half-message-7" in m.data]
     assert half and not half[0].complete, up.messages
+
+
+# Last in the file on purpose: it fails against the daemon as of this
+# writing (see its docstring), and ctest runs pytest with -x.
+
+def test_brute_force_parallel_connections_respect_ip_limit(workdir, start_saslgate,
+                                                           start_fake_upstream):
+    """30 connections from 127.0.0.2 open at once, each tries one wrong
+    password, 50 ms apart (each backend answer is in before the next try),
+    failure_delay 2s, ip_failure_limit 5: per [sasl] ip_failure_limit
+    ("failed AUTHs per client address within ip_failure_window before AUTH
+    answers 454 4.7.0") at most 5 (+2 for timing) get a 535, the others
+    454 4.7.0; never a 235; the good client keeps working.  A bot that
+    runs its guesses in parallel must not get more of them than one that
+    runs them in sequence."""
+    limit, delay, n = 5, 2.0, 30
+    wrong = ["Parallel-%02d.pw!y" % i for i in range(n)]
+    up = start_fake_upstream()
+    sg = start(workdir, start_saslgate, up.port,
+               secrets=Pairs(list(USERS.items()) + [(VICTIM_USER, w) for w in wrong]),
+               sasl={"failure_delay": "%ds" % delay, "max_failures": 3,
+                     "ip_failure_limit": limit, "ip_failure_window": "10m"})
+    good = GoodClient(sg, "parallel")
+    results, errors = {}, []
+    ready = threading.Barrier(n, timeout=T(30))
+
+    def attack(i):
+        try:
+            r = raw_from(sg.port("plain"), ATTACKER)
+            try:
+                r.expect(220)
+                r.expect(250, "EHLO bot.example")
+                ready.wait()
+                time.sleep(0.05 * i)
+                results[i] = r.cmd("AUTH PLAIN " + plain_b64(VICTIM_USER, wrong[i]),
+                                   timeout=delay + 15).code
+            finally:
+                r.close()
+        except Exception as e:
+            errors.append(repr(e))
+    threads = [threading.Thread(target=attack, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T(30) + delay)
+    assert not errors, errors[:5]
+    good.check(up.delivered)
+    codes = [results[i] for i in sorted(results)]
+    assert 235 not in codes
+    assert set(codes) <= {535, 454}, codes
+    assert codes.count(535) <= limit + 2, (
+        "%d of %d parallel wrong passwords from one address reached the backend "
+        "(535) with ip_failure_limit = %d: %s" % (codes.count(535), n, limit, codes))
