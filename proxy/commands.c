@@ -425,7 +425,6 @@ static void on_auth_delay(uv_timer_t *t)
 	if (s->closing)
 		return;
 	s->auth_failures++;
-	sg_ipfail_record(s->cfg, s->client_ip);
 	log_auth(s, "fail", NULL);
 	auth_done_fail(s);
 	sg_reply_send(s, SG_R_AUTH_FAILED);
@@ -505,6 +504,10 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		return;
 	case SG_AUTH_FAIL:
 	case SG_AUTH_AUTHZ:
+		/* Count the failure against the address now, not after the
+		 * tarpit: guesses sent in parallel over many connections must
+		 * see it (ip_failure_limit). */
+		sg_ipfail_record(s->cfg, s->client_ip);
 		/* tarpit before the 535: uv_timer, never a sleep */
 		s->pending = SG_PEND_AUTH_DELAY;
 		s->delay.data = s;
@@ -585,6 +588,14 @@ static void auth_response(sg_session *s, char *line, size_t len)
 		return;
 	}
 	note_login(s, dec, n);
+	/* The password often comes in this step (LOGIN): an address that went
+	 * over its limit while this exchange was open gets no further guess. */
+	if (sg_ipfail_over(s->cfg, s->client_ip)) {
+		log_auth(s, "tempfail", "address over ip_failure_limit");
+		auth_done_fail(s);
+		sg_reply_send(s, SG_R_AUTH_IP_LIMIT);
+		return;
+	}
 	s->pending = SG_PEND_SASL;
 	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
 	explicit_bzero(dec, sizeof dec);
