@@ -1108,8 +1108,8 @@ def test_sigterm_with_hostile_clients_attached(workdir, start_saslgate, start_fa
     assert half and not half[0].complete, up.messages
 
 
-# Last in the file on purpose: it fails against the daemon as of this
-# writing (see its docstring), and ctest runs pytest with -x.
+# Regression test: until 178b259 a failure counted against the address only
+# after failure_delay, so parallel guesses all reached the backend.
 
 def test_brute_force_parallel_connections_respect_ip_limit(workdir, start_saslgate,
                                                            start_fake_upstream):
