@@ -288,10 +288,17 @@ void sg_session_idle_rearm(sg_session *s)
 
 /* ------------------------------------------------------------------ input */
 
+/* One read buffer per worker thread: on_read hands every byte to the TLS
+ * engine or to s->in before it returns, so no session holds one and no
+ * read pays a malloc/free. */
+static __thread char read_chunk[SG_READ_CHUNK];
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-	buf->base = malloc(SG_READ_CHUNK);
-	buf->len = buf->base ? SG_READ_CHUNK : 0;
+	(void)h;
+	(void)hint;
+	buf->base = read_chunk;
+	buf->len = sizeof read_chunk;
 }
 
 /* Read while there is room for a whole chunk, the client takes its replies
@@ -438,8 +445,11 @@ void sg_session_process(sg_session *s)
 		sg_session_close(s, "client closed");
 		return;
 	}
-	if (s->pending == SG_PEND_NONE && s->in.len == 0 && s->out.len == 0) {
-		/* idle: give back what a quiet session does not need */
+	if (s->pending == SG_PEND_NONE && s->in.len == 0 && s->out.len == 0 &&
+	    !in_transaction(s)) {
+		/* idle between messages: give back what a quiet session does not
+		 * need (not inside a transaction, where the next command comes at
+		 * once and would only allocate it all again) */
 		sg_buf_shrink(&s->in);
 		if (s->tls)
 			sg_tls_trim(s->tls);
@@ -686,7 +696,6 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	sg_session *s = st->data;
 	if (nread <= 0 || s->closing) {
-		free(buf->base);
 		if (nread == UV_EOF && !s->closing && !s->tls &&
 		    s->state != SG_ST_GREETING) {
 			/* shutdown(SHUT_WR) after a pipelined batch ("... | nc"):
@@ -705,7 +714,6 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (s->tls) {
 		int r = sg_tls_feed(s->tls, buf->base, (size_t)nread);
-		free(buf->base);
 		if (r < 0) {
 			sg_session_close(s, "out of memory");
 			return;
@@ -719,7 +727,6 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	int r = sg_buf_append(&s->in, buf->base, (size_t)nread);
-	free(buf->base);
 	if (r < 0) { /* cannot happen while update_reading keeps a chunk free */
 		sg_session_close(s, "input overflow");
 		return;
