@@ -343,8 +343,9 @@ static const struct key keys[] = {
      "file: login -> allowed senders (addresses, @domains); \"=login\" "
      "rule; a foreign MAIL FROM gets 553 5.7.1 (empty: off)"},
     {"sasl", "threads", K_UINT, C(sasl_threads), "4", NULL,
-     "SASL calls that may wait on a slow backend at once; the libuv pool "
-     "is 4 x threads + 2, and past that AUTH gets 454 at once"},
+     "SASL calls that may wait on a slow backend at once (1-60); the "
+     "libuv pool is 16 x threads + 2; past threads calls in flight with "
+     "no answer for 2s, AUTH gets 454 at once"},
 
     {"upstream", "server", K_SERVER, 0, NULL, NULL,
      "host:port of the MTA; repeatable, tried in order"},
@@ -923,9 +924,9 @@ static void validate(struct loader *ld)
 		sg_where w = sg_config_where(c, "sasl", "max_failures");
 		sg_errors_add(ld->errs, &w, "max_failures must be at least 1");
 	}
-	if (c->sasl_threads == 0 || c->sasl_threads > 128) {
+	if (c->sasl_threads == 0 || c->sasl_threads > 60) {
 		sg_where w = sg_config_where(c, "sasl", "threads");
-		sg_errors_add(ld->errs, &w, "threads must be 1 to 128");
+		sg_errors_add(ld->errs, &w, "threads must be 1 to 60");
 	}
 	if (c->max_message_size < 1024) {
 		sg_where w = sg_config_where(c, "limits", "max_message_size");

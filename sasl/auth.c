@@ -51,8 +51,12 @@
 #define SG_AUTH_SID_MAX 40     /* session id copied for log lines */
 #define SG_AUTH_NAME_MAX 256   /* user names in our log lines */
 #define SG_AUTH_WHY_MAX 256    /* reason a backend is down, for the log */
-#define SG_POOL_FACTOR 4 /* Cyrus calls in flight at most: 4 x [sasl] threads */
-#define SG_AUTH_THREADS_MAX 250 /* 4 x 250 + reserve: libuv's cap is 1024 */
+/* Cyrus calls in flight at most: 16 x [sasl] threads.  Generous on purpose:
+ * a burst of logins against a backend that answers (32 clients at once in
+ * the benchmark) must queue, not get 454; the stall rule below is what
+ * protects the pool from a backend that hangs. */
+#define SG_POOL_FACTOR 16
+#define SG_AUTH_THREADS_MAX 60 /* 16 x 60 + reserve: libuv's cap is 1024 */
 #define SG_POOL_RESERVE 2 /* pool threads Cyrus may never take: getaddrinfo
                              of the upstream link and libuv's fs calls */
 #define SG_SASL_STALL_MS 2000 /* no Cyrus call ended for this long while
