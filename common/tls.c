@@ -4,10 +4,13 @@
  * BIO (rbio), OpenSSL writes ciphertext into another (wbio), and the session
  * ships that with libuv.  So nothing here can block the event loop.
  *
- * Memory: a busy TLS connection needs ~2 x 17 KiB of record buffers.  With
- * SSL_MODE_RELEASE_BUFFERS OpenSSL frees its own once they are empty, and we
- * replace a drained memory BIO whose buffer grew large by a fresh empty one,
- * so an idle session holds little more than the SSL object itself.
+ * Memory: a busy TLS connection needs ~2 x 17 KiB of record buffers.  While
+ * it is busy it keeps them (freeing and cleansing them per record, as
+ * SSL_MODE_RELEASE_BUFFERS does, dominated the profile of a big message);
+ * when the session is idle between messages it calls sg_tls_trim, which
+ * frees OpenSSL's record buffers (SSL_free_buffers) and replaces the
+ * drained memory BIOs by fresh empty ones, so an idle session holds little
+ * more than the SSL object itself.
  *
  * Several sessions share one thread, and OpenSSL's error queue is per thread:
  * every entry point clears it first, or one session could report another's
@@ -33,7 +36,11 @@
 #define SG_TLS_READ_CHUNK 4096
 /* A drained memory BIO whose buffer grew past this is replaced by a fresh
  * one: a burst (DATA) should not pin its peak size for the session's life. */
-#define SG_TLS_BIO_KEEP 4096
+/* A memory BIO keeps its peak allocation; while a session is busy we keep
+ * up to this much (swapping BIOs per read cost a zeroed grow and a cleansed
+ * free per chunk: the S3 profile), and sg_tls_trim drops it all when the
+ * session is idle between messages. */
+#define SG_TLS_BIO_KEEP (256 * 1024)
 /* Largest single BIO_write (BIO_write takes an int). */
 #define SG_TLS_FEED_CHUNK (1 << 20)
 /* Server-side session cache entries (TLS 1.2 session ids). */
@@ -276,7 +283,9 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 	 * renegotiation is a DoS vector (CVE-2011-1473) and not needed. */
 	SSL_CTX_set_options(ssl, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
 	                             SSL_OP_CIPHER_SERVER_PREFERENCE);
-	SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+	/* no SSL_MODE_RELEASE_BUFFERS: freeing and cleansing the record
+	 * buffers after every record is the hot path of a big message; an
+	 * idle session gives them back in sg_tls_trim (SSL_free_buffers) */
 
 	sg_where wv = sg_config_where(cfg, "tls", "min_version");
 	if (SSL_CTX_set_min_proto_version(ssl, cfg->tls_min_version) != 1)
@@ -373,7 +382,9 @@ sg_tls_ctx *sg_tls_client_ctx(bool verify, const char *ca_file,
 		return NULL;
 	}
 	SSL_CTX_set_options(ssl, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-	SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+	/* no SSL_MODE_RELEASE_BUFFERS: freeing and cleansing the record
+	 * buffers after every record is the hot path of a big message; an
+	 * idle session gives them back in sg_tls_trim (SSL_free_buffers) */
 	SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION);
 	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_CLIENT |
 	                                        SSL_SESS_CACHE_NO_INTERNAL_STORE);
@@ -694,5 +705,8 @@ void sg_tls_trim(sg_tls *t)
 	ERR_clear_error();
 	maybe_drop_rbio(t, 0);
 	maybe_drop_wbio(t, 0);
+	/* OpenSSL's own record buffers; a no-op while data is pending in them */
+	if (SSL_is_init_finished(t->ssl))
+		SSL_free_buffers(t->ssl);
 	ERR_clear_error();
 }

@@ -7,7 +7,7 @@
  * proxy/) and the upstream STARTTLS (client role, upstream/).
  *
  * An sg_tls_ctx bundles the SSL_CTX built from [tls] (RSA and optional ECDSA
- * chain, min_version, ciphers, session tickets, SSL_MODE_RELEASE_BUFFERS).  It
+ * chain, min_version, ciphers, session tickets).  It
  * is reference counted: a reload builds a new one, live sessions keep theirs. */
 #ifndef SG_TLS_H
 #define SG_TLS_H
@@ -59,7 +59,7 @@ const char *sg_tls_version(sg_tls *t); /* "TLSv1.3" */
 const char *sg_tls_cipher(sg_tls *t);  /* "TLS_AES_256_GCM_SHA384" */
 unsigned sg_tls_bits(sg_tls *t);       /* symmetric key bits, for SASL SSF */
 bool sg_tls_resumed(sg_tls *t);
-/* Free idle read/write buffers now (SSL_MODE_RELEASE_BUFFERS does the rest). */
+/* The session is idle: free OpenSSL's record buffers and our BIO buffers. */
 void sg_tls_trim(sg_tls *t);
 
 #endif
