@@ -15,7 +15,8 @@ Fixtures (conftest.py); each `start_*` is a factory returning a started object:
                start_fake_upstream, start_smtp_sink):
         pf = start_postfix()                      # Postfix + its smtp-sink
         cert, key = make_cert(workdir)
-        db = make_sasldb(workdir / "sasldb2", {"alice": "Al1ce-pw.1"})
+        # Cyrus looks users up as user@realm; realm = [server] hostname
+        db = make_sasldb(workdir / "sasldb2", {"alice": "Al1ce-pw.1"}, realm="sg.test")
         sg = start_saslgate(default_config(workdir, upstream_port=pf.port,
                                            cert=cert, key=key, sasldb=db),
                             secrets={"alice": "Al1ce-pw.1"})
