@@ -387,8 +387,8 @@ def test_recipe4_windows_relay_queue_id(workdir, start_saslgate, start_postfix):
 # ------------------------------------------------------------ recipe 5
 
 def scram_sha256(r, user, pw):
-    """RFC 5802/7677 client exchange on an authenticated-capable Raw
-    connection; returns the final reply."""
+    """RFC 5802/7677 client exchange (no channel binding) on a Raw connection
+    after EHLO; checks the server signature v= and returns the final reply."""
     nonce = base64.b64encode(os.urandom(18)).decode()
     bare = "n=%s,r=%s" % (user, nonce)
     rep = r.cmd("AUTH SCRAM-SHA-256 " + sgtest.b64("n,," + bare))
@@ -412,7 +412,8 @@ def scram_sha256(r, user, pw):
         final = base64.b64decode(rep.text.split()[-1]).decode()
         assert final == "v=" + want, final
         return r.cmd("", timeout=30)
-    assert rep.code == 235, rep.text
+    if rep.code != 235:
+        return rep  # e.g. 535 for a wrong password
     # server-final in the 235 text (RFC 4954 additional data)
     extra = rep.text.split()[-1]
     try:
@@ -467,8 +468,7 @@ def test_recipe5_mailfront_cram_and_scram(workdir, start_saslgate, start_postfix
     with sgtest.Raw(ports["submissions"], tls=True) as r:
         r.expect(220)
         r.expect(250, "EHLO mua.test")
-        try:
-            rep = scram_sha256(r, user, "Wrong-Mfr8.pw")
-            assert rep.code == 535, rep.text
-        except AssertionError as e:
-            assert "535" in str(e), e
+        rep = scram_sha256(r, user, "Wrong-Mfr8.pw")
+        assert rep.code == 535, rep.text
+    # (user= is missing from this line today: reported with issue 10)
+    sg.wait_log(r"event=auth result=fail .*client=127\.0\.0\.1 mech=SCRAM-SHA-256", 5)
