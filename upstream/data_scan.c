@@ -104,7 +104,11 @@ static int hdr_match(const sg_scan *s)
 		if (c != ' ' && c != '\t') /* obs-optional: WSP before ':' */
 			return -1;
 	}
-	return s->nhold >= SG_SCAN_HOLD ? -1 : 0;
+	/* The name and then only blanks, as many as we hold: an MTA that reads
+	 * obs-optional would take this for the header (fuzz_data_scan found
+	 * it), and a field name not followed by ':' is no valid field anyway,
+	 * so the line goes (fail closed). */
+	return s->nhold >= SG_SCAN_HOLD ? 1 : 0;
 }
 
 /* One octet at a line start. */
