@@ -15,7 +15,8 @@ extern int sg_log_level; /* lines above this level are dropped */
 
 void sg_log(int level, const char *sid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void sg_vlog(int level, const char *sid, const char *fmt, va_list ap);
+void sg_vlog(int level, const char *sid, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 int sg_log_level_parse(const char *s); /* -1 when not a level name */
 
 #define log_error(sid, ...) sg_log(SG_LOG_ERROR, (sid), __VA_ARGS__)

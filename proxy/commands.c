@@ -557,6 +557,28 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		memcpy(tmp, dec, len);
 		tmp[len] = '\0';
 		sg_log_safe(s->tried, sizeof s->tried, tmp);
+	} else if (step == 0 && n > 0 &&
+	           (strcmp(s->mech, "CRAM-MD5") == 0 ||
+	            strncmp(s->mech, "SCRAM-", 6) == 0)) {
+		/* CRAM-MD5: "user hexdigest" (RFC 2195); SCRAM: "gs2-header
+		 * n=user,r=nonce" (RFC 5802 7): the login, never a secret */
+		const char *u = dec, *end = dec + n;
+		if (s->mech[0] == 'S') {
+			const char *c1 = memchr(dec, ',', n);
+			const char *c2 = c1 ? memchr(c1 + 1, ',', (size_t)(end - c1 - 1)) : NULL;
+			if (!c2 || end - c2 < 3 || c2[1] != 'n' || c2[2] != '=')
+				return;
+			u = c2 + 3;
+		}
+		const char *stop = u;
+		while (stop < end && *stop != (s->mech[0] == 'S' ? ',' : ' '))
+			stop++;
+		char tmp[SG_USER_MAX + 1];
+		size_t len = (size_t)(stop - u) < SG_USER_MAX ? (size_t)(stop - u) : SG_USER_MAX;
+		memcpy(tmp, u, len);
+		tmp[len] = '\0';
+		if (len)
+			sg_log_safe(s->tried, sizeof s->tried, tmp);
 	}
 }
 

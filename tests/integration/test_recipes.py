@@ -470,5 +470,7 @@ def test_recipe5_mailfront_cram_and_scram(workdir, start_saslgate, start_postfix
         r.expect(250, "EHLO mua.test")
         rep = scram_sha256(r, user, "Wrong-Mfr8.pw")
         assert rep.code == 535, rep.text
-    # (user= is missing from this line today: reported with issue 10)
-    sg.wait_log(r"event=auth result=fail .*client=127\.0\.0\.1 mech=SCRAM-SHA-256", 5)
+    # the login tried is named (from SCRAM's client-first message), as for
+    # PLAIN and LOGIN: fail2ban and the admin see who was attacked
+    sg.wait_log(r"event=auth result=fail user=%s client=127\.0\.0\.1 mech=SCRAM-SHA-256"
+                % re.escape(user), 5)
