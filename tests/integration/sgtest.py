@@ -150,12 +150,23 @@ def wait_for(pred, timeout, what="condition", interval=0.05):
         time.sleep(interval)
 
 
+_issued_ports = set()
+
+
 def free_port(host=HOST):
-    """A port nobody listens on right now (bind port 0, close)."""
+    """A port nobody listens on right now (bind port 0, close), and never
+    one this process handed out before: the kernel may offer a port again
+    as soon as it is closed, and two listeners of one config (or a daemon
+    not started yet) would then get the same one."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _issued_ports:
+            _issued_ports.add(port)
+            return port
+    raise RuntimeError("no fresh free port")
 
 
 def refused_port():
