@@ -243,6 +243,20 @@ static void log_disconnect(sg_session *s)
 	         s->close_reason ? s->close_reason : "-");
 }
 
+/* Forget the SASL exchange and the upstream link; both drop their pending
+ * callbacks (auth.h, link.h). */
+static void drop_auth_and_link(sg_session *s)
+{
+	if (s->auth) {
+		sg_auth_free(s->auth);
+		s->auth = NULL;
+	}
+	if (s->link) {
+		sg_link_close(s->link);
+		s->link = NULL;
+	}
+}
+
 void sg_session_close(sg_session *s, const char *reason)
 {
 	if (s->closing)
@@ -252,15 +266,7 @@ void sg_session_close(sg_session *s, const char *reason)
 	sg_session_state(s, SG_ST_CLOSING);
 	uv_timer_stop(&s->idle);
 	uv_timer_stop(&s->delay);
-	/* Both drop their pending callbacks (auth.h, link.h). */
-	if (s->auth) {
-		sg_auth_free(s->auth);
-		s->auth = NULL;
-	}
-	if (s->link) {
-		sg_link_close(s->link);
-		s->link = NULL;
-	}
+	drop_auth_and_link(s);
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
 		uv_read_stop((uv_stream_t *)&s->tcp);
@@ -540,14 +546,7 @@ void sg_session_starttls(sg_session *s)
 	s->auth_await = false;
 	s->authenticated = false;
 	s->user[0] = '\0';
-	if (s->auth) {
-		sg_auth_free(s->auth);
-		s->auth = NULL;
-	}
-	if (s->link) {
-		sg_link_close(s->link);
-		s->link = NULL;
-	}
+	drop_auth_and_link(s);
 	sg_cmd_txn_reset(s);
 	tls_begin(s);
 }
