@@ -37,7 +37,8 @@
 #   PROFILE [0] (1: extra perf runs of PROFILE_SCENARIOS ["S1 S2 S3"], not counted)
 #   IDENTITY [xclient] ([upstream] identity; smtp-sink announces XCLIENT and XFORWARD)
 #   LOG_LEVEL [info]  SKIP_BUILD [0]  SKIP_INSTALL [0]  BUILD [<repo>/build-bench]
-#   WORK [/tmp/saslgate-ownbench]  OUT [$WORK/results-<timestamp>]
+#   WORK [/tmp/saslgate-ownbench] (its base name also names the cgroups, so two
+#       runs with different WORK and PORT_BASE do not meet)  OUT [$WORK/results-<timestamp>]
 #   PORT_BASE [14500]: sink +25, saslgate +87, saslgate-auto +88,
 #       saslgate-ecdsa +89, nginx +90, nginx auth stub +80
 # Quick pass:  REPS=1 S1_TOTAL=500 IDLE_N=300 SCENARIOS="S1 S2 S3 S4" tests/bench/run.sh
@@ -196,9 +197,9 @@ fi
 
 # ------------------------------------------------------------ 3. cgroups
 if [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then
-	CG_MODE=v1; CG_ROOT=/sys/fs/cgroup/cpuacct/saslgate-ownbench
+	CG_MODE=v1; CG_ROOT=/sys/fs/cgroup/cpuacct/$(basename "$WORK")
 elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-	CG_MODE=v2; CG_ROOT=/sys/fs/cgroup/saslgate-ownbench
+	CG_MODE=v2; CG_ROOT=/sys/fs/cgroup/$(basename "$WORK")
 else
 	die "no cgroup v1 cpuacct nor cgroup v2: needed to measure server CPU"
 fi
