@@ -11,11 +11,23 @@
  *
  * The scanner holds back at most a few octets across calls (a CR whose LF
  * has not arrived, a dot at a line start, a header-name prefix), so the
- * result is the same however the input is split. */
+ * result is the same however the input is split.
+ *
+ * Speed: every DATA octet passes here, so ordinary text does not go through
+ * the state machine one octet at a time.  copy_text() finds the next CR or
+ * LF 16 octets at a time and copies whole runs of clean lines with one
+ * append; only line ends and line starts that matter (a dot, CR, LF, a
+ * possible X-Authenticated-User name) take the octet-wise path.  ~1.4
+ * instructions per octet instead of ~12 (callgrind, tests/fuzz/scan_cost.c).
+ * tests/fuzz/fuzz_scan_diff.c proves the output unchanged against the old
+ * scanner (tests/fuzz/scan_ref.c). */
 #include "data_scan.h"
 
 #include <ctype.h>
 #include <string.h>
+#if defined(__SSE2__) && !defined(SG_SCAN_NO_SSE2)
+#include <emmintrin.h>
+#endif
 
 enum {
 	S_BOL,    /* at a line start */
@@ -143,6 +155,99 @@ static void at_bol(sg_scan *s, sg_buf *out, char c)
 	put(s, out, &c, 1);
 }
 
+/* Offset of the first CR or LF in p[0..n), or n.  The hot loop of the
+ * whole DATA path: 16 octets per step with SSE2 (x86-64 baseline), else
+ * 8 with the word-at-a-time zero-byte test (Mycroft's haszero). */
+static size_t find_eol(const char *p, size_t n)
+{
+	size_t i = 0;
+#if defined(__SSE2__) && !defined(SG_SCAN_NO_SSE2)
+	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	for (; i + 16 <= n; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		unsigned m = (unsigned)_mm_movemask_epi8(
+		    _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)));
+		if (m)
+			return i + (size_t)__builtin_ctz(m);
+	}
+#else
+	const uint64_t ones = 0x0101010101010101ull, highs = ones << 7;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w, a, b;
+		memcpy(&w, p + i, 8);
+		a = w ^ (ones * '\r');
+		b = w ^ (ones * '\n');
+		if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs))
+			break; /* the exact octet is found below */
+	}
+#endif
+	for (; i < n; i++)
+		if (p[i] == '\r' || p[i] == '\n')
+			break;
+	return i;
+}
+
+/* Whether a line that starts with c after a clean CRLF is ordinary text for
+ * at_bol: not a dot (end of data / stuffing), not a line end, not a
+ * possible X-Authenticated-User name to hold, and it ends any stripping. */
+static bool plain_bol(const sg_scan *s, char c)
+{
+	if (c == '.' || c == '\r' || c == '\n')
+		return false;
+	if (s->in_header && s->strip_xauth && (c | 0x20) == 'x')
+		return false;
+	return true;
+}
+
+/* S_TEXT, not stripping: the common case.  Copy the longest run from in[i]
+ * that the state machine would pass through unchanged -- the rest of this
+ * line and every following line that ends in a clean CRLF and starts with
+ * an ordinary octet -- with one put.  Stops at the first octet that needs
+ * the state machine (bare CR/LF, a CR whose LF is not here yet, a line
+ * starting with '.', CR, LF or a held header name), leaving state S_TEXT
+ * (or S_BOL after a CRLF that ends the input) exactly as the octet-wise
+ * path would.  Returns the new i. */
+static size_t copy_text(sg_scan *s, const char *in, size_t i, size_t len,
+                        sg_buf *out)
+{
+	size_t start = i, counted = i;
+	for (;;) {
+		size_t k = i + find_eol(in + i, len - i);
+		if (k == len || in[k] != '\r' || k + 1 == len || in[k + 1] != '\n') {
+			s->line_len += k - counted;
+			i = k;
+			break;
+		}
+		/* "...\r\n": a clean line end (eol() with clean = true) */
+		if (k + 2 == len) {
+			i = len;
+			s->line_len = 0;
+			s->bol_clean = true;
+			s->state = S_BOL;
+			break;
+		}
+		if (!plain_bol(s, in[k + 2])) {
+			s->line_len += k - counted;
+			i = k;
+			break;
+		}
+		/* at_bol(in[k + 2]): an ordinary line of one octet so far */
+		s->bol_clean = true;
+		s->line_len = 1;
+		i = counted = k + 3;
+	}
+	put(s, out, in + start, i - start);
+	return i;
+}
+
+/* S_TEXT while dropping a header field: skip to the line end. */
+static size_t skip_text(sg_scan *s, const char *in, size_t i, size_t len)
+{
+	size_t k = i + find_eol(in + i, len - i);
+	s->line_len += k - i;
+	return k;
+}
+
 size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 {
 	size_t i = 0;
@@ -154,27 +259,21 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 			at_bol(s, out, c);
 			i++;
 			break;
-		case S_TEXT: {
-			/* the hot path: copy the run up to the next CR or LF at once */
-			size_t j = i;
-			while (j < len && in[j] != '\r' && in[j] != '\n')
-				j++;
-			if (j > i) {
-				s->line_len += j - i;
-				if (!s->stripping)
-					put(s, out, in + i, j - i);
-				i = j;
-				break;
-			}
+		case S_TEXT:
 			if (c == '\r') {
 				s->state = S_CR;
-			} else {
+				i++;
+				break;
+			}
+			if (c == '\n') {
 				bare(s);
 				eol(s, out, false);
+				i++;
+				break;
 			}
-			i++;
+			i = s->stripping ? skip_text(s, in, i, len)
+			                 : copy_text(s, in, i, len, out);
 			break;
-		}
 		case S_CR:
 			if (c == '\n') {
 				eol(s, out, true);

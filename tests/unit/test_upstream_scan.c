@@ -2,12 +2,15 @@
  *
  * Every input is checked whole, split at every byte position, and fed one
  * octet at a time: the output, the octets consumed and the verdict must not
- * depend on how the client's bytes arrive. */
+ * depend on how the client's bytes arrive.  test_reference also compares the
+ * fast scanner with the octet-at-a-time one it replaced (tests/fuzz/
+ * scan_ref.c; fuzz_scan_diff.c does the same with libFuzzer's inputs). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../upstream/data_scan.h"
+#include "../fuzz/scan_ref.c" /* the scanner before the fast path */
 
 static int failures;
 #define CHECK(c)                                                               \
@@ -288,6 +291,61 @@ static void test_soup(void)
 	}
 }
 
+/* The fast path (memchr-style runs) must write exactly what the old
+ * octet-wise scanner wrote, with the same verdicts, for messages of long
+ * lines (several 16-octet blocks per line) salted with every special case,
+ * in random pieces. */
+static void test_reference(void)
+{
+	static const char *const salt[] = {
+	    "\r\n", "\r\n", "\r\n", "\r\n.", "\r\n..", "\n", "\r", "\r\n\r\n",
+	    "\r\nX-Authenticated-User: e\r\n", "\r\nx-auth", "\r\n\tfold",
+	    "\r\n.\r\n", "\n.\n", "\r\nX", "\r\r\n"};
+	unsigned seed = 777;
+#define RND() (seed = seed * 1103515245u + 12345u, (seed >> 16))
+	for (int round = 0; round < 3000; round++) {
+		char in[4096];
+		size_t n = 0;
+		while (n + 200 < sizeof in && RND() % 24) {
+			size_t run = RND() % 90;
+			for (size_t i = 0; i < run; i++)
+				in[n++] = (char)('a' + RND() % 26);
+			const char *t = salt[RND() % (sizeof salt / sizeof salt[0])];
+			size_t tl = strlen(t);
+			memcpy(in + n, t, tl);
+			n += tl;
+		}
+		bool norm = RND() & 1, strip = RND() & 1;
+		uint64_t max = (RND() % 4 == 0) ? RND() % 2000 : 0;
+		sg_scan s;
+		ref_scan r;
+		sg_buf a, b;
+		sg_scan_init(&s, norm, strip, max);
+		ref_scan_init(&r, norm, strip, max);
+		sg_buf_init(&a, 0);
+		sg_buf_init(&b, 0);
+		size_t off = 0, ua = 0, ub = 0;
+		while (off < n && !s.done) {
+			size_t take = 1 + RND() % (round % 3 ? 300 : 5);
+			if (take > n - off)
+				take = n - off;
+			ua = sg_scan_feed(&s, in + off, take, &a);
+			ub = ref_scan_feed(&r, in + off, take, &b);
+			CHECK(ua == ub && s.done == r.done);
+			if (ua != ub)
+				break;
+			off += ua;
+		}
+		CHECK(s.bad == r.bad && s.too_big == r.too_big && s.size == r.size);
+		/* past max_size neither output is sent (the link aborts) */
+		if (!s.too_big)
+			CHECK(a.len == b.len && (!a.len || !memcmp(a.data, b.data, a.len)));
+		sg_buf_free(&a);
+		sg_buf_free(&b);
+	}
+#undef RND
+}
+
 int main(void)
 {
 	test_plain();
@@ -296,6 +354,7 @@ int main(void)
 	test_strip();
 	test_size();
 	test_soup();
+	test_reference();
 	if (failures) {
 		fprintf(stderr, "%d failure(s)\n", failures);
 		return 1;
