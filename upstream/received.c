@@ -42,33 +42,66 @@ const char *sg_received_proto(const sg_identity *id)
 	return tls ? "ESMTPS" : "ESMTP";
 }
 
-/* RFC 5322 3.3 date-time in the C locale, whatever setlocale says. */
-static void rfc5322_date(char *out, size_t cap, time_t now)
+/* RFC 5322 3.3 date-time in the C locale, whatever setlocale says.
+ * localtime_r and the formatting cost more than the rest of the header,
+ * and every message of a second gets the same string: one per thread per
+ * second (keyed on the time; the zone is fixed for the process). */
+static size_t rfc5322_date(char *out, size_t cap, time_t now)
 {
 	static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed",
 	                                 "Thu", "Fri", "Sat"};
 	static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr",
 	                                 "May", "Jun", "Jul", "Aug",
 	                                 "Sep", "Oct", "Nov", "Dec"};
-	struct tm tm;
-	localtime_r(&now, &tm);
-	long off = tm.tm_gmtoff / 60;
-	char sign = off < 0 ? '-' : '+';
-	if (off < 0)
-		off = -off;
-	snprintf(out, cap, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
-	         wd[tm.tm_wday % 7], tm.tm_mday, mo[tm.tm_mon % 12],
-	         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign,
-	         off / 60, off % 60);
+	static __thread time_t last = (time_t)-1;
+	static __thread char text[SG_RECEIVED_DATE_MAX];
+	static __thread size_t tlen;
+	if (now != last) {
+		struct tm tm;
+		localtime_r(&now, &tm);
+		long off = tm.tm_gmtoff / 60;
+		char sign = off < 0 ? '-' : '+';
+		if (off < 0)
+			off = -off;
+		int n = snprintf(text, sizeof text,
+		                 "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
+		                 wd[tm.tm_wday % 7], tm.tm_mday, mo[tm.tm_mon % 12],
+		                 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		                 sign, off / 60, off % 60);
+		tlen = n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n
+		                                           : sizeof text - 1;
+		last = now;
+	}
+	size_t n = tlen < cap ? tlen : cap - 1;
+	memcpy(out, text, n);
+	out[n] = '\0';
+	return n;
 }
 
-int sg_received_build(sg_buf *out, const sg_identity *id, const char *hostname,
-                      bool with_user, bool xauth_header, time_t now)
+/* Append the NUL-terminated strings of a NULL-terminated list. */
+static int cat(sg_buf *out, const char *const *parts)
+{
+	size_t n = 0;
+	for (const char *const *p = parts; *p; p++)
+		n += strlen(*p);
+	if (sg_buf_reserve(out, n) < 0)
+		return -1;
+	for (const char *const *p = parts; *p; p++) {
+		size_t k = strlen(*p);
+		memcpy(out->data + out->len, *p, k);
+		out->len += k;
+	}
+	return 0;
+}
+
+int sg_received_parts(sg_buf *pre, sg_buf *post, const sg_identity *id,
+                      const char *hostname, bool with_user, bool xauth_header)
 {
 	char helo[SG_TRACE_VALUE_MAX + 1], name[SG_TRACE_VALUE_MAX + 1];
 	char ip[SG_TRACE_VALUE_MAX + 1], host[SG_TRACE_VALUE_MAX + 1];
 	char sid[SG_TRACE_VALUE_MAX + 1], user[SG_TRACE_VALUE_MAX + 1];
-	char date[64];
+	char ver[SG_TRACE_VALUE_MAX + 1], ciph[SG_TRACE_VALUE_MAX + 1];
+	char bits[32];
 	int rc = 0;
 
 	clean(helo, id->helo && *id->helo ? id->helo : "unknown", true);
@@ -78,25 +111,58 @@ int sg_received_build(sg_buf *out, const sg_identity *id, const char *hostname,
 	clean(host, hostname, true);
 	clean(sid, id->sid, true);
 	clean(user, id->login, true);
-	rfc5322_date(date, sizeof date, now);
 
 	/* RFC 5321 4.1.3: an IPv6 address literal carries the "IPv6:" tag */
-	rc |= sg_buf_appendf(out, "Received: from %s (%s [%s%s])\r\n", helo, name,
-	                     strchr(ip, ':') ? "IPv6:" : "", ip);
-	rc |= sg_buf_appendf(out, "\tby %s (saslgate) with %s id %s\r\n", host,
-	                     sg_received_proto(id), sid);
+	rc |= cat(pre, (const char *const[]){
+	                   "Received: from ", helo, " (", name, " [",
+	                   strchr(ip, ':') ? "IPv6:" : "", ip, "])\r\n\tby ", host,
+	                   " (saslgate) with ", sg_received_proto(id), " id ", sid,
+	                   "\r\n", NULL});
 	if (id->tls_version && *id->tls_version) {
-		char ver[SG_TRACE_VALUE_MAX + 1], ciph[SG_TRACE_VALUE_MAX + 1];
 		clean(ver, id->tls_version, true);
 		clean(ciph, id->tls_cipher, true);
-		rc |= sg_buf_appendf(out,
-		                     "\t(using %s with cipher %s (%u/%u bits))\r\n",
-		                     ver, ciph, id->tls_bits, id->tls_bits);
+		snprintf(bits, sizeof bits, "%u/%u", id->tls_bits, id->tls_bits);
+		rc |= cat(pre, (const char *const[]){"\t(using ", ver,
+		                                     " with cipher ", ciph, " (",
+		                                     bits, " bits))\r\n", NULL});
 	}
 	if (with_user && *user)
-		rc |= sg_buf_appendf(out, "\t(authenticated sender: %s)\r\n", user);
-	rc |= sg_buf_appendf(out, "\t; %s\r\n", date);
+		rc |= cat(pre, (const char *const[]){"\t(authenticated sender: ",
+		                                     user, ")\r\n", NULL});
+	rc |= cat(pre, (const char *const[]){"\t; ", NULL});
+	rc |= cat(post, (const char *const[]){"\r\n", NULL});
 	if (xauth_header && *user)
-		rc |= sg_buf_appendf(out, "X-Authenticated-User: %s\r\n", user);
+		rc |= cat(post, (const char *const[]){"X-Authenticated-User: ", user,
+		                                      "\r\n", NULL});
 	return rc ? -1 : 0;
+}
+
+int sg_received_stamp(sg_buf *out, const char *pre, size_t npre,
+                      const char *post, size_t npost, time_t now)
+{
+	char date[SG_RECEIVED_DATE_MAX];
+	size_t nd = rfc5322_date(date, sizeof date, now);
+	if (sg_buf_reserve(out, npre + nd + npost) < 0)
+		return -1;
+	memcpy(out->data + out->len, pre, npre);
+	memcpy(out->data + out->len + npre, date, nd);
+	memcpy(out->data + out->len + npre + nd, post, npost);
+	out->len += npre + nd + npost;
+	return 0;
+}
+
+int sg_received_build(sg_buf *out, const sg_identity *id, const char *hostname,
+                      bool with_user, bool xauth_header, time_t now)
+{
+	sg_buf pre, post;
+	sg_buf_init(&pre, 0);
+	sg_buf_init(&post, 0);
+	int rc = sg_received_parts(&pre, &post, id, hostname, with_user,
+	                           xauth_header);
+	if (rc == 0)
+		rc = sg_received_stamp(out, pre.data, pre.len, post.data, post.len,
+		                       now);
+	sg_buf_free(&pre);
+	sg_buf_free(&post);
+	return rc;
 }

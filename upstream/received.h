@@ -26,4 +26,16 @@ const char *sg_received_proto(const sg_identity *id);
 int sg_received_build(sg_buf *out, const sg_identity *id, const char *hostname,
                       bool with_user, bool xauth_header, time_t now);
 
+/* The same header in two steps, for a link that sends many messages:
+ * everything but the date depends only on the link, so sg_received_parts
+ * appends the text before the date to pre and the text after it to post
+ * once, and sg_received_stamp appends pre + date + post for each message
+ * (memcpy, the date made once a second).  parts + stamp == build, byte for
+ * byte.  0 / -1. */
+#define SG_RECEIVED_DATE_MAX 64
+int sg_received_parts(sg_buf *pre, sg_buf *post, const sg_identity *id,
+                      const char *hostname, bool with_user, bool xauth_header);
+int sg_received_stamp(sg_buf *out, const char *pre, size_t npre,
+                      const char *post, size_t npost, time_t now);
+
 #endif

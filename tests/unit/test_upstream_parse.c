@@ -305,6 +305,140 @@ static void test_identity_commands(void)
 	                 "PROTO=ESMTP HELO=mx SOURCE=REMOTE\r\n"));
 }
 
+/* sg_received_build as it was before the header was built from parts
+ * (received.c at c73f207, five sg_buf_appendf): the fast one must write the
+ * same octets for every identity. */
+static void old_clean(char *out, const char *v, bool comment)
+{
+	size_t o = 0;
+	if (!v)
+		v = "";
+	for (; *v && o < SG_TRACE_VALUE_MAX; v++) {
+		unsigned char c = (unsigned char)*v;
+		bool ok = c > 32 && c < 127;
+		if (comment && (c == '(' || c == ')' || c == '\\'))
+			ok = false;
+		out[o++] = ok ? (char)c : '?';
+	}
+	out[o] = '\0';
+}
+
+static void old_date(char *out, size_t cap, time_t now)
+{
+	static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed",
+	                                 "Thu", "Fri", "Sat"};
+	static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr",
+	                                 "May", "Jun", "Jul", "Aug",
+	                                 "Sep", "Oct", "Nov", "Dec"};
+	struct tm tm;
+	localtime_r(&now, &tm);
+	long off = tm.tm_gmtoff / 60;
+	char sign = off < 0 ? '-' : '+';
+	if (off < 0)
+		off = -off;
+	snprintf(out, cap, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
+	         wd[tm.tm_wday % 7], tm.tm_mday, mo[tm.tm_mon % 12],
+	         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign,
+	         off / 60, off % 60);
+}
+
+static int old_received_build(sg_buf *out, const sg_identity *id,
+                              const char *hostname, bool with_user,
+                              bool xauth_header, time_t now)
+{
+	char helo[SG_TRACE_VALUE_MAX + 1], name[SG_TRACE_VALUE_MAX + 1];
+	char ip[SG_TRACE_VALUE_MAX + 1], host[SG_TRACE_VALUE_MAX + 1];
+	char sid[SG_TRACE_VALUE_MAX + 1], user[SG_TRACE_VALUE_MAX + 1];
+	char date[64];
+	int rc = 0;
+
+	old_clean(helo, id->helo && *id->helo ? id->helo : "unknown", true);
+	old_clean(name, id->client_name && *id->client_name ? id->client_name
+	                                                     : "unknown", true);
+	old_clean(ip, id->client_ip, true);
+	old_clean(host, hostname, true);
+	old_clean(sid, id->sid, true);
+	old_clean(user, id->login, true);
+	old_date(date, sizeof date, now);
+	rc |= sg_buf_appendf(out, "Received: from %s (%s [%s%s])\r\n", helo, name,
+	                     strchr(ip, ':') ? "IPv6:" : "", ip);
+	rc |= sg_buf_appendf(out, "\tby %s (saslgate) with %s id %s\r\n", host,
+	                     sg_received_proto(id), sid);
+	if (id->tls_version && *id->tls_version) {
+		char ver[SG_TRACE_VALUE_MAX + 1], ciph[SG_TRACE_VALUE_MAX + 1];
+		old_clean(ver, id->tls_version, true);
+		old_clean(ciph, id->tls_cipher, true);
+		rc |= sg_buf_appendf(out,
+		                     "\t(using %s with cipher %s (%u/%u bits))\r\n",
+		                     ver, ciph, id->tls_bits, id->tls_bits);
+	}
+	if (with_user && *user)
+		rc |= sg_buf_appendf(out, "\t(authenticated sender: %s)\r\n", user);
+	rc |= sg_buf_appendf(out, "\t; %s\r\n", date);
+	if (xauth_header && *user)
+		rc |= sg_buf_appendf(out, "X-Authenticated-User: %s\r\n", user);
+	return rc ? -1 : 0;
+}
+
+static void test_received_same_as_before(void)
+{
+	char longv[400];
+	memset(longv, 'v', sizeof longv - 1);
+	longv[sizeof longv - 1] = '\0';
+	const char *helos[] = {NULL, "", "laptop", "a(b)c\\d \x01\xff", longv};
+	const char *logins[] = {NULL, "", "alice@example.org", "b(o)b", longv};
+	const char *ips[] = {"192.0.2.7", "2001:db8::1", NULL};
+	const char *names[] = {NULL, "", "host.example.net"};
+	const char *tlsv[] = {NULL, "", "TLSv1.3"};
+	const char *zones[] = {"UTC", "Europe/Berlin", "America/St_Johns"};
+	time_t times[] = {1795428000, 1795428001, 1795428001, 1751328000};
+	int cases = 0;
+	for (size_t z = 0; z < sizeof zones / sizeof zones[0]; z++) {
+		setenv("TZ", zones[z], 1);
+		tzset();
+		for (size_t h = 0; h < 5; h++)
+			for (size_t u = 0; u < 5; u++)
+				for (size_t i = 0; i < 3; i++)
+					for (size_t n = 0; n < 3; n++)
+						for (size_t t = 0; t < 3; t++)
+							for (int flags = 0; flags < 4; flags++) {
+								sg_identity id = {
+								    .sid = (h + u) % 2 ? "s1" : "x(y)",
+								    .login = logins[u],
+								    .client_ip = ips[i],
+								    .client_name = names[n],
+								    .helo = helos[h],
+								    .esmtp = (u + t) % 2,
+								    .tls_version = tlsv[t],
+								    .tls_cipher = t ? "TLS_AES_128_GCM_SHA256"
+								                    : NULL,
+								    .tls_bits = 128};
+								/* a date cached for one zone must not
+								 * be reused: one zone per process, but
+								 * here each zone gets new times */
+								time_t now = times[(h + n + t) % 4] +
+								             (time_t)z * 100000;
+								sg_buf a, b;
+								sg_buf_init(&a, 0);
+								sg_buf_init(&b, 0);
+								CHECK(sg_received_build(&a, &id, "mx.example",
+								                        flags & 1, flags & 2,
+								                        now) == 0);
+								CHECK(old_received_build(&b, &id, "mx.example",
+								                         flags & 1, flags & 2,
+								                         now) == 0);
+								CHECK(a.len == b.len &&
+								      !memcmp(a.data, b.data, a.len));
+								sg_buf_free(&a);
+								sg_buf_free(&b);
+								cases++;
+							}
+	}
+	CHECK(cases == 3 * 5 * 5 * 3 * 3 * 3 * 4);
+	setenv("TZ", "UTC", 1);
+	tzset();
+}
+
 int main(void)
 {
 	test_identity_commands();
@@ -313,6 +447,7 @@ int main(void)
 	test_ehlo();
 	test_queue_id();
 	test_received();
+	test_received_same_as_before();
 	if (failures) {
 		fprintf(stderr, "%d failure(s)\n", failures);
 		return 1;
