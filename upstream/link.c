@@ -49,6 +49,10 @@
 #define UP_QID_MAX 64
 #define UP_PASSWORD_MAX 1024
 #define UP_LOGTEXT_MAX 200           /* upstream reply quoted in a log line */
+#define UP_SCAN_IN (32 * 1024)       /* DATA octets scanned per step */
+/* The scanner's output for UP_SCAN_IN octets: at most twice as long (bare
+ * LF -> CRLF with normalize) plus a held header name and a held dot. */
+#define UP_SCAN_OUT (2 * UP_SCAN_IN + SG_SCAN_HOLD + 16)
 
 /* Replies of ours (code, text); all 4xx/5xx: never a 2xx we did not get. */
 #define R_NO_UPSTREAM "454 4.7.0 Temporary authentication failure: relay unavailable\r\n"
@@ -105,11 +109,11 @@ typedef struct conn {
 	sg_link *l;
 } conn;
 
-typedef struct wreq {
+typedef struct wreq { /* what the socket did not take at once */
 	uv_write_t req;
 	sg_link *l;
 	size_t n;
-	char *data; /* owned; uv_write needs it until the callback */
+	char data[]; /* uv_write needs it until the callback */
 } wreq;
 
 struct sg_link {
@@ -162,7 +166,8 @@ struct sg_link {
 	bool lost;    /* upstream connection lost during DATA */
 	bool paused;
 	sg_scan scan;
-	sg_buf out;
+	char *rcv;    /* Received header without its date: pre, then post */
+	size_t rcv_pre, rcv_post;
 	sg_link_cb done;
 	void *done_arg;
 	void (*drain)(void *arg);
@@ -217,7 +222,7 @@ static void maybe_free(sg_link *l)
 		free(l->password);
 	}
 	sg_buf_free(&l->plain);
-	sg_buf_free(&l->out);
+	free(l->rcv);
 	free((char *)l->id.sid);
 	free((char *)l->id.login);
 	free((char *)l->id.client_ip);
@@ -315,7 +320,6 @@ static void on_write(uv_write_t *req, int status)
 	wreq *w = (wreq *)req;
 	sg_link *l = w->l;
 	l->wq -= w->n;
-	free(w->data);
 	free(w);
 	if (status < 0 && status != UV_ECANCELED)
 		log_debug(sid(l), "event=upstream_write_error upstream=%s error=%s",
@@ -329,41 +333,44 @@ static void on_write(uv_write_t *req, int status)
 	}
 }
 
-/* Queue p (malloc'd, n octets) on the socket; takes ownership of p. */
-static int write_owned(sg_link *l, char *p, size_t n)
+/* p..n to the socket.  While nothing is queued it goes straight to the
+ * kernel (uv_try_write): usually all of it, and then there is no copy, no
+ * request to allocate and no completion callback (whose POLLOUT stop costs
+ * an epoll_ctl; the S2/S3 profiles, issue 9).  Whatever the kernel did not
+ * take is copied into one queued uv_write, and so is everything while the
+ * queue is not empty, so the order holds.  A hard error from the try is
+ * left to uv_write to report in on_write, as before (the read side then
+ * sees the connection go).  Nothing completes synchronously that on_write
+ * would have to act on: the pause/drain state only changes with wq > 0,
+ * and the two QUIT sites check wq themselves. */
+static int raw_write(sg_link *l, const char *p, size_t n)
 {
-	if (!l->c || n == 0) {
-		free(p);
+	if (!l->c || n == 0)
 		return l->c ? 0 : -1;
+	if (l->wq == 0) {
+		uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+		int k = uv_try_write((uv_stream_t *)&l->c->tcp, &b, 1);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+			if (n == 0)
+				return 0;
+		}
 	}
-	wreq *w = malloc(sizeof *w);
-	if (!w) {
-		free(p);
+	wreq *w = malloc(sizeof *w + n);
+	if (!w)
 		return -1;
-	}
 	w->l = l;
 	w->n = n;
-	w->data = p;
-	uv_buf_t b = uv_buf_init(p, (unsigned)n);
+	memcpy(w->data, p, n);
+	uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
 	int rc = uv_write(&w->req, (uv_stream_t *)&l->c->tcp, &b, 1, on_write);
 	if (rc < 0) {
-		free(p);
 		free(w);
 		return -1;
 	}
 	l->wq += n;
 	return 0;
-}
-
-static int raw_write(sg_link *l, const char *p, size_t n)
-{
-	if (!l->c || n == 0)
-		return l->c ? 0 : -1;
-	char *copy = malloc(n);
-	if (!copy)
-		return -1;
-	memcpy(copy, p, n);
-	return write_owned(l, copy, n);
 }
 
 static int flush_tls(sg_link *l)
@@ -758,7 +765,9 @@ static void after_ehlo(sg_link *l)
 		uv_timer_stop(&l->timer);
 		l->quit_sent = true;
 		l->phase = P_READY;
-		if (up_cmd(l, "QUIT\r\n") < 0)
+		/* done once QUIT is out: now if the kernel took it at once,
+		 * else in on_write */
+		if (up_cmd(l, "QUIT\r\n") < 0 || l->wq == 0)
 			link_finish(l);
 		return;
 	}
@@ -1274,6 +1283,44 @@ static void reopen(sg_link *l)
 
 /* ---- DATA ------------------------------------------------------------------ */
 
+/* The worker's DATA output buffer: what the scanner writes for one step and
+ * the Received header, written upstream before the next use (raw_write
+ * copies what it must keep).  Per thread like up_rbuf, so an idle link
+ * holds no output buffer at all (issue 9, S4). */
+static __thread char up_sbuf[UP_SCAN_OUT];
+
+static sg_buf scratch(void)
+{
+	/* max = cap: a fixed array, never realloc'd */
+	return (sg_buf){.data = up_sbuf, .len = 0, .cap = sizeof up_sbuf,
+	                .max = sizeof up_sbuf};
+}
+
+/* The Received header but its date depends only on the link (identity,
+ * hostname, identity mode): made at its first message, then only stamped
+ * (sg_received_build with five printf-style appends was ~19k instructions
+ * a message, issue 9). */
+static int received_parts(sg_link *l, bool hdr)
+{
+	const sg_config *cfg = l->cfg;
+	sg_buf pre, post;
+	sg_buf_init(&pre, 0);
+	sg_buf_init(&post, 0);
+	int rc = sg_received_parts(&pre, &post, &l->id, cfg->hostname,
+	                           cfg->identity != SG_ID_NONE, hdr);
+	if (rc == 0 && (l->rcv = malloc(pre.len + post.len)) == NULL)
+		rc = -1;
+	if (rc == 0) {
+		memcpy(l->rcv, pre.data, pre.len);
+		memcpy(l->rcv + pre.len, post.data, post.len);
+		l->rcv_pre = pre.len;
+		l->rcv_post = post.len;
+	}
+	sg_buf_free(&pre);
+	sg_buf_free(&post);
+	return rc;
+}
+
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg))
 {
@@ -1291,10 +1338,14 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 		l->lost = true;
 		return;
 	}
-	sg_buf_reset(&l->out);
-	sg_received_build(&l->out, &l->id, cfg->hostname,
-	                  cfg->identity != SG_ID_NONE, hdr, time(NULL));
-	if (up_send(l, l->out.data, l->out.len) < 0)
+	if (!l->rcv && received_parts(l, hdr) < 0) {
+		became_dead(l, "out of memory");
+		return;
+	}
+	sg_buf out = scratch();
+	if (sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
+	                      l->rcv_post, time(NULL)) < 0 ||
+	    up_send(l, out.data, out.len) < 0)
 		became_dead(l, "write failed");
 }
 
@@ -1342,40 +1393,32 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 	*pause = false;
 	if (!l->in_data || l->scan.done)
 		return 0;
-	/* The scanner writes straight into a buffer that then goes to
-	 * uv_write as is: the client's bytes are copied once (twice with TLS,
-	 * the second being the encryption).  Room for all of them up front so
-	 * it does not grow (and copy) while scanning. */
-	sg_buf_reset(&l->out);
-	if (sg_buf_reserve(&l->out, len + 64) < 0) {
-		became_dead(l, "out of memory");
-		return 0;
-	}
-	size_t n = sg_scan_feed(&l->scan, buf, len, &l->out);
-	if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
-		abort_upstream(l, l->scan.bad ? "bare CR or LF in DATA"
-		                              : "message too big");
-	if (!l->aborted && !l->lost && l->out.len) {
-		int rc;
-		if (l->tls_on) {
-			rc = up_send(l, l->out.data, l->out.len);
-		} else {
-			rc = write_owned(l, l->out.data, l->out.len);
-			sg_buf_init(&l->out, 0); /* the write request owns it now */
-		}
-		if (rc < 0)
+	/* Scanned in steps into the worker's scratch buffer and written from
+	 * there (raw_write: straight into the socket, only the rest copied
+	 * into a queued write).  The client's bytes are copied once more than
+	 * read (twice with TLS, the second being the encryption) and no
+	 * memory is allocated per chunk, nor kept by the link. */
+	size_t used = 0;
+	while (used < len && !l->scan.done) {
+		size_t take = len - used < UP_SCAN_IN ? len - used : UP_SCAN_IN;
+		sg_buf out = scratch();
+		used += sg_scan_feed(&l->scan, buf + used, take, &out);
+		if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
+			abort_upstream(l, l->scan.bad ? "bare CR or LF in DATA"
+			                              : "message too big");
+		if (!l->aborted && !l->lost && out.len &&
+		    up_send(l, out.data, out.len) < 0)
 			became_dead(l, "write failed");
 	}
 	if (l->scan.done) {
 		data_end(l);
-		sg_buf_shrink(&l->out);
-		return n;
+		return used;
 	}
 	if (l->c && l->wq > UP_WQ_HIGH) {
 		l->paused = true;
 		*pause = true;
 	}
-	return n;
+	return used;
 }
 
 /* ---- open / close / accessors ----------------------------------------------- */
@@ -1398,7 +1441,6 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
 	l->id.tls_cipher = dupnull(id->tls_cipher);
 	l->id.dest_ip = dupnull(id->dest_ip);
 	sg_buf_init(&l->plain, UP_PLAIN_MAX);
-	sg_buf_init(&l->out, 0);
 	uv_timer_init(loop, &l->timer);
 	uv_timer_init(loop, &l->defer);
 	l->timer.data = l->defer.data = l;
