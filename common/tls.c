@@ -12,9 +12,15 @@
  * drained memory BIOs by fresh empty ones, so an idle session holds little
  * more than the SSL object itself.
  *
- * Several sessions share one thread, and OpenSSL's error queue is per thread:
- * every entry point clears it first, or one session could report another's
- * stale error. */
+ * Error queue: OpenSSL's is per thread and shared by every session on it,
+ * and in OpenSSL 3 ERR_clear_error is not cheap (~800 instructions: sixteen
+ * slots wiped; it was 30k instructions a message in the S2 profile, issue 9).
+ * So the hot paths (feed, read, write, out) neither clear it nor consult it:
+ * "needs more input" is recognised by SSL_want_read, which looks at the
+ * connection, not at the queue, so a stale entry left by anything else on
+ * the thread cannot turn a retry into a failure.  The queue is read only
+ * after a real failure (set_error), which clears it; the rare entry points
+ * (contexts, new engines, handshake, shutdown) clear it as before. */
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -31,9 +37,8 @@
 
 /* Longest failure reason kept per session (for one log line). */
 #define SG_TLS_ERR_MAX 192
-/* Read plaintext in chunks of at most this size when the caller's buffer
- * has no spare room yet. */
-#define SG_TLS_READ_CHUNK 4096
+/* Scratch size for draining sent ciphertext out of the write BIO. */
+#define SG_TLS_DRAIN_CHUNK 4096
 /* A drained memory BIO whose buffer grew past this is replaced by a fresh
  * one: a burst (DATA) should not pin its peak size for the session's life. */
 /* A memory BIO keeps its peak allocation; while a session is busy we keep
@@ -71,6 +76,10 @@ struct sg_tls {
 	sg_tls_ctx *ctx;
 	char *name; /* client role: key for the session cache */
 	bool failed; /* a fatal error: the session must not be resumed */
+	/* OpenSSL has taken and decrypted everything fed so far and the caller
+	 * has all of it: sg_tls_read need not call into OpenSSL before the
+	 * next sg_tls_feed (a call would only say "want read"). */
+	bool rd_dry;
 	char err[SG_TLS_ERR_MAX];
 };
 
@@ -519,7 +528,8 @@ void sg_tls_free(sg_tls *t)
 
 int sg_tls_feed(sg_tls *t, const char *in, size_t len)
 {
-	ERR_clear_error();
+	if (len > 0)
+		t->rd_dry = false;
 	while (len > 0) {
 		int n = len > SG_TLS_FEED_CHUNK ? SG_TLS_FEED_CHUNK : (int)len;
 		if (BIO_write(t->rb, in, n) != n) {
@@ -582,22 +592,36 @@ static void maybe_drop_wbio(sg_tls *t, size_t keep)
 	t->wb = nb;
 }
 
+/* Plaintext OpenSSL could hand out now without more input: bytes left of
+ * a decrypted record plus the ciphertext not yet taken from the memory BIO
+ * (plaintext is never longer than its ciphertext).  A record only partly
+ * fed is not counted: nothing of it can be read yet. */
+static size_t readable(sg_tls *t)
+{
+	return (size_t)SSL_pending(t->ssl) + BIO_ctrl_pending(t->rb);
+}
+
 int sg_tls_read(sg_tls *t, sg_buf *out)
 {
-	ERR_clear_error();
+	if (t->rd_dry)
+		return 0;
 	int ret = 0;
 	for (;;) {
 		/* Stop before out->max: what does not fit stays inside OpenSSL
 		 * (already decrypted or still in rbio) for the next call. */
-		size_t room = out->max ? out->max - out->len : SIZE_MAX;
 		if (out->max && out->len >= out->max)
 			break;
-		if (out->cap == out->len) {
-			size_t want = room < SG_TLS_READ_CHUNK ? room : SG_TLS_READ_CHUNK;
-			if (sg_buf_reserve(out, want) < 0) {
-				snprintf(t->err, sizeof t->err, "out of memory reading");
-				return -1;
-			}
+		size_t avail = readable(t);
+		if (avail == 0) {
+			/* all taken: no call whose only answer is "want read" */
+			t->rd_dry = true;
+			break;
+		}
+		size_t room = out->max ? out->max - out->len : SIZE_MAX;
+		size_t want = avail < room ? avail : room;
+		if (out->cap - out->len < want && sg_buf_reserve(out, want) < 0) {
+			snprintf(t->err, sizeof t->err, "out of memory reading");
+			return -1;
 		}
 		size_t chunk = out->cap - out->len;
 		if (chunk > room)
@@ -608,14 +632,16 @@ int sg_tls_read(sg_tls *t, sg_buf *out)
 			out->len += n;
 			continue;
 		}
-		int e = SSL_get_error(t->ssl, r);
-		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-			ERR_clear_error();
+		/* A retry, told by the connection's state rather than by
+		 * SSL_get_error, which would read the shared error queue. */
+		if (SSL_want_read(t->ssl)) {
+			t->rd_dry = true;
 			break;
 		}
-		if (e == SSL_ERROR_ZERO_RETURN) {
-			ERR_clear_error();
-			ret = 1;
+		if (SSL_want_write(t->ssl))
+			break;
+		if (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN) {
+			ret = 1; /* close_notify (RFC 8446 6.1) */
 			break;
 		}
 		set_error(t, "read", r);
@@ -627,7 +653,6 @@ int sg_tls_read(sg_tls *t, sg_buf *out)
 
 int sg_tls_write(sg_tls *t, const char *p, size_t len)
 {
-	ERR_clear_error();
 	if (len == 0)
 		return 0;
 	if (!SSL_is_init_finished(t->ssl)) {
@@ -657,7 +682,7 @@ void sg_tls_out_consume(sg_tls *t, size_t len)
 {
 	/* BIO_s_mem has no "skip": read into a scratch buffer.  The caller
 	 * has copied the bytes already, so this is the only extra copy. */
-	char scratch[SG_TLS_READ_CHUNK];
+	char scratch[SG_TLS_DRAIN_CHUNK];
 	while (len > 0) {
 		int n = len > sizeof scratch ? (int)sizeof scratch : (int)len;
 		int r = BIO_read(t->wb, scratch, n);
@@ -666,7 +691,6 @@ void sg_tls_out_consume(sg_tls *t, size_t len)
 		len -= (size_t)r;
 	}
 	maybe_drop_wbio(t, SG_TLS_BIO_KEEP);
-	ERR_clear_error();
 }
 
 void sg_tls_shutdown(sg_tls *t)
@@ -702,11 +726,9 @@ bool sg_tls_resumed(sg_tls *t) { return SSL_session_reused(t->ssl) == 1; }
 
 void sg_tls_trim(sg_tls *t)
 {
-	ERR_clear_error();
 	maybe_drop_rbio(t, 0);
 	maybe_drop_wbio(t, 0);
 	/* OpenSSL's own record buffers; a no-op while data is pending in them */
 	if (SSL_is_init_finished(t->ssl))
 		SSL_free_buffers(t->ssl);
-	ERR_clear_error();
 }

@@ -181,8 +181,8 @@ void sg_session_flush(sg_session *s)
 	} else {
 		write_raw(s, s->out.data, s->out.len);
 	}
+	/* kept for the next reply; freed when the session goes quiet */
 	sg_buf_reset(&s->out);
-	sg_buf_shrink(&s->out);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -218,6 +218,7 @@ static void finish_close(sg_session *s)
 	uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
 	uv_close((uv_handle_t *)&s->idle, on_handle_closed);
 	uv_close((uv_handle_t *)&s->delay, on_handle_closed);
+	uv_close((uv_handle_t *)&s->trim, on_handle_closed);
 }
 
 static void on_linger(uv_timer_t *t)
@@ -266,6 +267,7 @@ void sg_session_close(sg_session *s, const char *reason)
 	sg_session_state(s, SG_ST_CLOSING);
 	uv_timer_stop(&s->idle);
 	uv_timer_stop(&s->delay);
+	uv_timer_stop(&s->trim);
 	drop_auth_and_link(s);
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
@@ -302,6 +304,32 @@ static void on_idle(uv_timer_t *t)
 	if (s->state != SG_ST_GREETING && s->state != SG_ST_TLS_HANDSHAKE)
 		sg_reply_send(s, SG_R_IDLE);
 	sg_session_close(s, "idle timeout");
+}
+
+/* Quiet between messages: nothing buffered either way, nothing awaited,
+ * no transaction. */
+static bool quiet(const sg_session *s)
+{
+	return !s->closing && s->pending == SG_PEND_NONE && s->in.len == 0 &&
+	       s->out.len == 0 && !in_transaction(s);
+}
+
+/* Give back what a quiet session does not need: the input and reply
+ * buffers and OpenSSL's record and BIO buffers (S4: idle sessions). */
+static void trim_now(sg_session *s)
+{
+	sg_buf_shrink(&s->in);
+	sg_buf_shrink(&s->out);
+	if (s->tls)
+		sg_tls_trim(s->tls);
+}
+
+static void on_trim(uv_timer_t *t)
+{
+	sg_session *s = t->data;
+	/* busy again since: the next quiet moment re-arms the timer */
+	if (quiet(s))
+		trim_now(s);
 }
 
 void sg_session_idle_rearm(sg_session *s)
@@ -470,15 +498,10 @@ void sg_session_process(sg_session *s)
 		sg_session_close(s, "client closed");
 		return;
 	}
-	if (s->pending == SG_PEND_NONE && s->in.len == 0 && s->out.len == 0 &&
-	    !in_transaction(s)) {
-		/* idle between messages: give back what a quiet session does not
-		 * need (not inside a transaction, where the next command comes at
-		 * once and would only allocate it all again) */
-		sg_buf_shrink(&s->in);
-		if (s->tls)
-			sg_tls_trim(s->tls);
-	}
+	/* Quiet between messages: trim SG_TRIM_DELAY_MS later if it stays so
+	 * (not now: a client with another message sends it at once). */
+	if (quiet(s))
+		uv_timer_start(&s->trim, on_trim, SG_TRIM_DELAY_MS, 0);
 	update_reading(s);
 }
 
@@ -775,8 +798,9 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	uv_tcp_init(s->loop, &s->tcp);
 	uv_timer_init(s->loop, &s->idle);
 	uv_timer_init(s->loop, &s->delay);
-	s->tcp.data = s->idle.data = s->delay.data = s;
-	s->handles = 3;
+	uv_timer_init(s->loop, &s->trim);
+	s->tcp.data = s->idle.data = s->delay.data = s->trim.data = s;
+	s->handles = 4;
 	s->next = w->sessions;
 	if (w->sessions)
 		w->sessions->prev = s;

@@ -8,7 +8,9 @@
  * certificate for ECDSA-only clients, resumption (tickets and the server
  * cache), host name verification, FILE:LINE errors for bad key pairs and
  * cipher lists, a clear error for plaintext on a TLS port, reads that stop
- * at the buffer's bound, close_notify, and idle memory per session. */
+ * at the buffer's bound, close_notify, the read path (every record in one
+ * call, retries untouched by stale error-queue entries, forged records), and
+ * idle memory per session. */
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -291,6 +293,80 @@ static void test_bounded_read(sg_tls_ctx *sc, sg_tls_ctx *cc)
 	      "got %zu of %d in order", all.len, TOTAL);
 	sg_buf_free(&got);
 	sg_buf_free(&all);
+	peer_free(&s);
+	peer_free(&c);
+}
+
+/* The read path as the session uses it (issue 9): one call takes every
+ * record fed so far; a call with nothing new fed returns at once; a record
+ * fed in two halves is read once complete; a stale entry another library
+ * left on the thread's error queue turns no retry into a failure (the hot
+ * paths no longer clear the queue); a forged record still fails, with a
+ * reason, and leaves the queue empty. */
+static void test_read_path(sg_tls_ctx *sc, sg_tls_ctx *cc)
+{
+	struct peer s = {.t = sg_tls_new_server(sc)};
+	struct peer c = {.t = sg_tls_new_client(cc, NULL, NULL)};
+	CHECK(handshake(&c, &s) == 1, "handshake");
+	static const char *const cmds[] = {"MAIL FROM:<a@example.test>\r\n",
+	                                   "RCPT TO:<b@example.test>\r\n",
+	                                   "DATA\r\n"};
+	char all[128] = "";
+	for (size_t i = 0; i < 3; i++) { /* three records, as a client pipelines */
+		CHECK(sg_tls_write(c.t, cmds[i], strlen(cmds[i])) == 0, "write");
+		strcat(all, cmds[i]);
+	}
+	transfer(&c, &s);
+	sg_buf got;
+	sg_buf_init(&got, 4096);
+	CHECK(sg_tls_read(s.t, &got) == 0, "read");
+	CHECK(got.len == strlen(all) && memcmp(got.data, all, got.len) == 0,
+	      "three records in one read: got %zu of %zu", got.len, strlen(all));
+	CHECK(sg_tls_read(s.t, &got) == 0 && got.len == strlen(all),
+	      "nothing new fed: nothing read");
+
+	/* a stale error of someone else's on this thread's queue */
+	ERR_raise(ERR_LIB_SSL, SSL_R_BAD_LENGTH);
+	sg_buf_reset(&got);
+	CHECK(sg_tls_read(s.t, &got) == 0 && got.len == 0,
+	      "stale error: still no data and no failure");
+	const char *msg = "250 2.0.0 Ok\r\n";
+	CHECK(sg_tls_write(c.t, msg, strlen(msg)) == 0, "write");
+	size_t n = 0;
+	const char *p = sg_tls_out(c.t, &n);
+	CHECK(p && n > 10, "ciphertext");
+	if (p && n > 10) {
+		CHECK(sg_tls_feed(s.t, p, n / 2) == 0, "feed half");
+		CHECK(sg_tls_read(s.t, &got) == 0 && got.len == 0,
+		      "half a record: retry, not an error (%s)", sg_tls_error(s.t));
+		CHECK(sg_tls_feed(s.t, p + n / 2, n - n / 2) == 0, "feed rest");
+		sg_tls_out_consume(c.t, n);
+		CHECK(sg_tls_read(s.t, &got) == 0, "read: %s", sg_tls_error(s.t));
+		CHECK(got.len == strlen(msg) && memcmp(got.data, msg, got.len) == 0,
+		      "whole record read once complete (%zu octets)", got.len);
+	}
+	CHECK(exchange(s.t, c.t, "354 go ahead\r\n") == 0,
+	      "write with a stale error queued");
+	ERR_clear_error();
+
+	/* a forged record: authentication fails, the session is told why */
+	CHECK(sg_tls_write(c.t, msg, strlen(msg)) == 0, "write");
+	p = sg_tls_out(c.t, &n);
+	if (p && n > 0) {
+		char bad[256];
+		size_t k = n < sizeof bad ? n : sizeof bad;
+		memcpy(bad, p, k);
+		bad[k - 1] ^= 0x55; /* last octet of the AEAD tag */
+		sg_tls_out_consume(c.t, n);
+		CHECK(sg_tls_feed(s.t, bad, k) == 0, "feed forged");
+		sg_buf_reset(&got);
+		CHECK(sg_tls_read(s.t, &got) == -1 && got.len == 0,
+		      "forged record refused");
+		CHECK(strstr(sg_tls_error(s.t), "read failed") != NULL, "error: %s",
+		      sg_tls_error(s.t));
+		CHECK(ERR_peek_error() == 0, "error queue left empty");
+	}
+	sg_buf_free(&got);
 	peer_free(&s);
 	peer_free(&c);
 }
@@ -618,6 +694,7 @@ int main(void)
 	if (sc && cc) {
 		test_handshake_tls13(sc, cc);
 		test_bounded_read(sc, cc);
+		test_read_path(sc, cc);
 		test_tls12_and_min_version(sc);
 		test_ecdsa_selection(sc);
 		test_resumption(sc);
