@@ -138,8 +138,7 @@ struct sg_link {
 	conn *c;
 	uv_timer_t timer; /* connect / reply timeout */
 	uv_timer_t defer; /* delivers deferred replies */
-	sg_reply_reader rr;
-	sg_buf plain; /* decrypted, not yet parsed */
+	sg_reply_reader *rr; /* only while a reply is cut between reads */
 	sg_tls_ctx *tls_ctx;
 	sg_tls *tls;
 	bool tls_on;
@@ -149,7 +148,7 @@ struct sg_link {
 
 	sg_ehlo ehlo;
 	bool identity_done; /* XCLIENT taken / AUTH 235: next EHLO is final */
-	char xlines[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+	char (*xlines)[SG_XCLIENT_LINE_MAX + 1]; /* during the hand-over only */
 	int nx, xi;
 	char *password;
 
@@ -221,7 +220,8 @@ static void maybe_free(sg_link *l)
 		explicit_bzero(l->password, strlen(l->password));
 		free(l->password);
 	}
-	sg_buf_free(&l->plain);
+	free(l->rr);
+	free(l->xlines);
 	free(l->rcv);
 	free((char *)l->id.sid);
 	free((char *)l->id.login);
@@ -522,6 +522,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
  * they need), and an idle authenticated session must not hold 64 KiB
  * (issue 9: <= 19 KiB per idle TLS session). */
 static __thread char up_rbuf[UP_READ_BUF];
+/* Decrypted upstream bytes, parsed before the next TLS read: per worker
+ * too (parse_plain keeps what a cut reply needs). */
+static __thread char up_plain[UP_PLAIN_MAX];
 
 static void on_alloc(uv_handle_t *h, size_t sugg, uv_buf_t *b)
 {
@@ -541,8 +544,9 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	l->phase = P_GREETING;
-	sg_reply_reader_init(&l->rr);
-	sg_buf_reset(&l->plain);
+	/* a new connection: no reply begun on it */
+	free(l->rr);
+	l->rr = NULL;
 	int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 	if (rc < 0)
 		fail_server(l, "read: %s", uv_strerror(rc));
@@ -719,6 +723,8 @@ static void start_auth(sg_link *l)
 static void become_ready(sg_link *l)
 {
 	l->phase = P_READY;
+	free(l->xlines);
+	l->xlines = NULL;
 	uv_timer_stop(&l->timer);
 	log_info(sid(l), "event=upstream_ready upstream=%s identity=%s tls=%s",
 	         l->peer,
@@ -783,6 +789,13 @@ static void after_ehlo(sg_link *l)
 			fail_server(l, "XCLIENT not offered; add %s to "
 			               "smtpd_authorized_xclient_hosts on %s",
 			            ours, l->peer);
+			return;
+		}
+		/* ~4 KiB needed only until the identity is taken (become_ready
+		 * frees it): an idle link must stay small (issue 9, S4) */
+		if (!l->xlines &&
+		    !(l->xlines = malloc(SG_XCLIENT_LINES * sizeof *l->xlines))) {
+			fail_server(l, "out of memory");
 			return;
 		}
 		l->xi = 0;
@@ -1088,34 +1101,61 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 	}
 }
 
+/* The reply reader (16 KiB) of every link on this worker that is not in the
+ * middle of a reply: replies nearly always arrive whole, so a link keeps
+ * its own reader (l->rr) only while one is cut between two reads (issue 9:
+ * an idle link must not hold buffers).  parse_plain never runs for two
+ * links at once (only on_read calls it, from the loop). */
+static __thread sg_reply_reader up_rr;
+
 /* Parse every complete reply in p. */
 static void parse_plain(sg_link *l, const char *p, size_t n)
 {
 	/* stop when this connection is gone: after a failover l->c is the
 	 * next server's, and these bytes are not its */
 	const conn *c = l->c;
+	sg_reply_reader *rr = l->rr;
+	if (!rr) {
+		rr = &up_rr;
+		sg_reply_reader_init(rr);
+	}
 	while (n > 0 && c && l->c == c) {
 		size_t used = 0;
-		int rc = sg_reply_read(&l->rr, p, n, &used);
+		int rc = sg_reply_read(rr, p, n, &used);
 		p += used;
 		n -= used;
 		if (rc < 0) {
 			if (l->phase < P_READY)
-				fail_server(l, "bad reply: %s", l->rr.error);
+				fail_server(l, "bad reply: %s", rr->error);
 			else
-				became_dead(l, l->rr.error);
+				became_dead(l, rr->error);
 			return;
 		}
 		if (rc == 0)
-			return;
+			break;
 		int before = l->phase;
-		got_reply(l, &l->rr);
+		got_reply(l, rr);
 		/* RFC 3207 / CVE-2011-0411: nothing may follow the STARTTLS 220
 		 * in plaintext (a man in the middle's injected replies). */
 		if (before == P_STARTTLS && l->phase == P_TLS && n > 0 && l->c == c) {
 			fail_server(l, "data after the STARTTLS reply");
 			return;
 		}
+	}
+	if (!c || l->c != c)
+		return; /* on_connect starts the next connection's reader */
+	bool partial = rr->len > 0 && !rr->complete;
+	if (partial && rr == &up_rr) {
+		/* a reply cut between reads: keep what we have of it */
+		l->rr = malloc(sizeof *l->rr);
+		if (!l->rr) {
+			became_dead(l, "out of memory");
+			return;
+		}
+		*l->rr = up_rr;
+	} else if (!partial && rr == l->rr) {
+		free(l->rr);
+		l->rr = NULL;
 	}
 }
 
@@ -1154,10 +1194,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 			return;
 	}
 	for (;;) {
-		sg_buf_reset(&l->plain);
-		int rc = sg_tls_read(l->tls, &l->plain);
-		if (l->plain.len)
-			parse_plain(l, l->plain.data, l->plain.len);
+		sg_buf plain = {.data = up_plain, .cap = sizeof up_plain,
+		                .max = sizeof up_plain}; /* fixed: never realloc'd */
+		int rc = sg_tls_read(l->tls, &plain);
+		if (plain.len)
+			parse_plain(l, plain.data, plain.len);
 		if (!l->tls || l->c != c)
 			return;
 		if (rc != 0) {
@@ -1167,7 +1208,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 				became_dead(l, rc > 0 ? "TLS closed" : "TLS error");
 			return;
 		}
-		if (l->plain.len < l->plain.max)
+		if (plain.len < plain.max)
 			return; /* drained */
 	}
 }
@@ -1440,7 +1481,6 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
 	l->id.tls_version = dupnull(id->tls_version);
 	l->id.tls_cipher = dupnull(id->tls_cipher);
 	l->id.dest_ip = dupnull(id->dest_ip);
-	sg_buf_init(&l->plain, UP_PLAIN_MAX);
 	uv_timer_init(loop, &l->timer);
 	uv_timer_init(loop, &l->defer);
 	l->timer.data = l->defer.data = l;

@@ -38,6 +38,7 @@ typedef struct fake {
 	const char *starttls_reply;
 	bool close_in_data; /* drop the connection once DATA bytes arrive */
 	bool silent_mail;   /* never answer MAIL */
+	int split_ms;       /* send each reply in two halves, split_ms apart */
 	sg_buf log;         /* every command line received */
 	sg_buf data;        /* the last message, as received (stuffed) */
 	int nconn, ndots, nquit, nclosed;
@@ -45,6 +46,9 @@ typedef struct fake {
 
 typedef struct fconn {
 	uv_tcp_t tcp;
+	uv_timer_t later_t; /* split_ms: sends the second halves */
+	int handles;
+	sg_buf later;
 	fake *f;
 	sg_buf in;
 	bool in_data;
@@ -61,15 +65,21 @@ static const char EHLO_PLAIN[] = "250-fake.example\r\n250 PIPELINING\r\n";
 static void fc_closed(uv_handle_t *h)
 {
 	fconn *c = h->data;
+	if (--c->handles > 0)
+		return;
 	c->f->nclosed++;
 	sg_buf_free(&c->in);
+	sg_buf_free(&c->later);
 	free(c);
 }
 
 static void fc_close(fconn *c)
 {
-	if (!uv_is_closing((uv_handle_t *)&c->tcp))
-		uv_close((uv_handle_t *)&c->tcp, fc_closed);
+	if (uv_is_closing((uv_handle_t *)&c->tcp))
+		return;
+	uv_close((uv_handle_t *)&c->tcp, fc_closed);
+	if (c->handles > 1)
+		uv_close((uv_handle_t *)&c->later_t, fc_closed);
 }
 
 static void fw_done(uv_write_t *w, int st)
@@ -78,15 +88,40 @@ static void fw_done(uv_write_t *w, int st)
 	free(w);
 }
 
-static void fc_send(fconn *c, const char *s)
+static void fc_write(fconn *c, const char *s, size_t n)
 {
-	if (uv_is_closing((uv_handle_t *)&c->tcp))
+	if (uv_is_closing((uv_handle_t *)&c->tcp) || n == 0)
 		return;
 	uv_write_t *w = malloc(sizeof *w);
-	char *copy = strdup(s);
+	char *copy = malloc(n);
+	memcpy(copy, s, n);
 	w->data = copy;
-	uv_buf_t b = uv_buf_init(copy, (unsigned)strlen(copy));
+	uv_buf_t b = uv_buf_init(copy, (unsigned)n);
 	uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, fw_done);
+}
+
+static void fc_later(uv_timer_t *t)
+{
+	fconn *c = t->data;
+	fc_write(c, c->later.data, c->later.len);
+	sg_buf_reset(&c->later);
+}
+
+static void fc_send(fconn *c, const char *s)
+{
+	size_t n = strlen(s);
+	if (!c->f->split_ms) {
+		fc_write(c, s, n);
+		return;
+	}
+	/* the first half now, the rest later: the link reads a cut reply */
+	if (c->later.len == 0) {
+		fc_write(c, s, n / 2);
+		s += n / 2;
+		n -= n / 2;
+		uv_timer_start(&c->later_t, fc_later, (uint64_t)c->f->split_ms, 0);
+	}
+	sg_buf_append(&c->later, s, n);
 }
 
 static void fc_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
@@ -181,8 +216,15 @@ static void fake_accept(uv_stream_t *srv, int st)
 	fconn *c = calloc(1, sizeof *c);
 	c->f = f;
 	sg_buf_init(&c->in, 0);
+	sg_buf_init(&c->later, 0);
 	uv_tcp_init(loop, &c->tcp);
 	c->tcp.data = c;
+	c->handles = 1;
+	if (f->split_ms) {
+		uv_timer_init(loop, &c->later_t);
+		c->later_t.data = c;
+		c->handles = 2;
+	}
 	if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
 		fc_close(c);
 		return;
@@ -736,6 +778,59 @@ static void test_backpressure(void)
 	free(cfg);
 }
 
+/* Replies cut in two between reads (first half, then the rest 30 ms later),
+ * on two links at once: each link keeps its own part of a cut reply (the
+ * reader of a link not inside a reply is shared by the worker), and every
+ * reply arrives whole and in order. */
+static void test_cut_replies(void)
+{
+	fake f;
+	fake_start(&f);
+	f.split_ms = 30;
+	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
+	got ga, gb;
+	memset(&ga, 0, sizeof ga);
+	memset(&gb, 0, sizeof gb);
+	sg_link *a = sg_link_open(loop, cfg, &ID, on_reply, &ga);
+	sg_link *b = sg_link_open(loop, cfg, &ID, on_reply, &gb);
+	wait_for(&ga.n, 1);
+	wait_for(&gb.n, 1);
+	CHECK(ga.n == 1 && ga.code[0] == 250 && gb.n == 1 && gb.code[0] == 250);
+	/* the EHLO reply after XCLIENT was cut too: still parsed whole */
+	CHECK(log_count(&f, "XCLIENT ") == 2 && log_count(&f, "EHLO ") == 4);
+	memset(&ga, 0, sizeof ga);
+	memset(&gb, 0, sizeof gb);
+	static const char *cmds[] = {"MAIL FROM:<a@example.org>\r\n",
+	                             "RCPT TO:<b@example.org>\r\n", "DATA\r\n"};
+	for (int i = 0; i < 3; i++) {
+		sg_link_command(a, cmds[i], strlen(cmds[i]), on_reply, &ga);
+		sg_link_command(b, cmds[i], strlen(cmds[i]), on_reply, &gb);
+	}
+	wait_for(&ga.n, 3);
+	wait_for(&gb.n, 3);
+	CHECK(ga.n == 3 && !strcmp(ga.text[0], "250 2.1.0 Ok\r\n") &&
+	      !strcmp(ga.text[1], "250 2.1.5 Ok\r\n") && ga.code[2] == 354);
+	CHECK(gb.n == 3 && !strcmp(gb.text[0], "250 2.1.0 Ok\r\n") &&
+	      !strcmp(gb.text[1], "250 2.1.5 Ok\r\n") && gb.code[2] == 354);
+	bool pause;
+	sg_link_data_begin(a, on_reply, &ga, on_drain);
+	sg_link_data_begin(b, on_reply, &gb, on_drain);
+	sg_link_data_feed(a, "x\r\n.\r\n", 6, &pause);
+	sg_link_data_feed(b, "y\r\n.\r\n", 6, &pause);
+	wait_for(&ga.n, 4);
+	wait_for(&gb.n, 4);
+	CHECK(ga.n == 4 && !strcmp(ga.text[3], "250 2.0.0 Ok: queued as ABC123\r\n"));
+	CHECK(gb.n == 4 && !strcmp(gb.text[3], "250 2.0.0 Ok: queued as ABC123\r\n"));
+	CHECK(!strcmp(sg_link_last_queue_id(a), "ABC123"));
+	sg_link_close(a);
+	sg_link_close(b);
+	wait_for(&f.nclosed, 2);
+	CHECK(f.nquit == 2);
+	fake_stop(&f);
+	settle(50);
+	free(cfg);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN); /* as the daemon does: EPIPE, not a signal */
@@ -751,6 +846,7 @@ int main(void)
 	test_xclient_split();
 	test_starttls_guards();
 	test_backpressure();
+	test_cut_replies();
 	uv_close((uv_handle_t *)&tick, NULL);
 	settle(0);
 	uv_run(loop, UV_RUN_DEFAULT);
