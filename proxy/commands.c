@@ -7,7 +7,21 @@
  *
  * Everything that concerns a message (MAIL, RCPT, DATA, RSET once linked) is
  * answered with the upstream's reply (upstream/link.h): saslgate never gives
- * a 2xx for something the MTA has not accepted. */
+ * a 2xx for something the MTA has not accepted.
+ *
+ * Pipelining upstream (RFC 2920): commands are still decided one at a time,
+ * each once the reply to the one before it is in, so every guard (state,
+ * max_recipients, sender checks, the error count) sees exactly what it saw
+ * without pipelining.  Only the sending is early: while MAIL or RCPT awaits
+ * its reply, the RCPT and DATA lines buffered behind it are handed to the
+ * link at once (sg_cmd_ahead).  At its turn a line is decided as always; if
+ * it is relayed, the copy sent ahead is taken instead of a new one; if it
+ * is refused here, the upstream's reply to the copy is thrown away.  That
+ * reply cannot be a 2xx/354 the client does not learn of: the copy is sent
+ * only when the command would be relayed if those before it succeed, and
+ * when one of those fails the upstream refuses it too (no transaction, no
+ * recipient).  Should it happen anyway, the upstream transaction is dropped
+ * (fail closed). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,10 +226,184 @@ static void open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	s->sync_text = NULL;
 }
 
+/* ------------------------------------------- commands sent ahead of turn */
+
+/* A line handed to the link before its turn. */
+typedef struct sg_ahead {
+	struct sg_ahead *next;
+	unsigned seq;     /* its number among the lines given to sg_cmd_line */
+	enum verb verb;
+	enum { AH_WAIT,   /* its turn has not come */
+	       AH_TAKEN,  /* relayed at its turn: the session awaits the reply */
+	       AH_ORPHAN, /* refused here at its turn: the reply is dropped */
+	} st;
+	bool replied;     /* AH_WAIT only: the reply came before the turn */
+	int code;
+	size_t len;
+	char text[];      /* that reply, when replied */
+} sg_ahead;
+
+static void ahead_unlink(sg_session *s, sg_ahead *a)
+{
+	sg_ahead **pp = &s->ahead_head, *prev = NULL;
+	while (*pp && *pp != a) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	if (!*pp)
+		return;
+	*pp = a->next;
+	if (s->ahead_tail == a)
+		s->ahead_tail = prev;
+	s->ahead_n--;
+	if (a->st == AH_WAIT)
+		s->ahead_wait--;
+	if (s->ahead_wait == 0)
+		s->ahead_off = 0;
+}
+
+void sg_cmd_ahead_drop(sg_session *s)
+{
+	sg_ahead *a = s->ahead_head;
+	while (a) {
+		sg_ahead *n = a->next;
+		free(a);
+		a = n;
+	}
+	s->ahead_head = s->ahead_tail = NULL;
+	s->ahead_n = s->ahead_wait = 0;
+	s->ahead_off = 0;
+}
+
+static sg_ahead *first_waiting(const sg_session *s)
+{
+	sg_ahead *a = s->ahead_head;
+	while (a && a->st != AH_WAIT)
+		a = a->next;
+	return a;
+}
+
+static void close_link(sg_session *s)
+{
+	sg_cmd_ahead_drop(s);
+	if (s->link)
+		sg_link_close(s->link);
+	s->link = NULL;
+}
+
+/* The upstream's reply to a copy refused here.  A 2xx or 354 would be a
+ * transaction the client was not told of: cannot happen (see the head of
+ * the file), but if it does, drop the upstream transaction with the link,
+ * and the command in flight gets a 4xx (CONTRACT: upstream lost). */
+static void orphan_reply(sg_session *s, int code)
+{
+	if (code < 200 || code >= 400)
+		return;
+	log_warn(s->id, "event=upstream_mismatch reply=%d reason=\"accepted a "
+	         "command refused to the client\" action=\"transaction dropped\"",
+	         code);
+	close_link(s);
+	sg_cmd_txn_reset(s);
+	if (s->pending == SG_PEND_UPSTREAM) {
+		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
+		sg_session_resume(s);
+	}
+}
+
+/* After a line's handler: a copy sent ahead of it that the handler did not
+ * take is an orphan now. */
+static void ahead_after_line(sg_session *s)
+{
+	sg_ahead *a = first_waiting(s);
+	if (!a || a->seq != s->cmd_seq)
+		return;
+	if (!a->replied) {
+		s->ahead_wait--;
+		a->st = AH_ORPHAN;
+		if (s->ahead_wait == 0)
+			s->ahead_off = 0;
+		return;
+	}
+	int code = a->code;
+	ahead_unlink(s, a);
+	free(a);
+	orphan_reply(s, code);
+}
+
+static void on_ahead_reply(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	sg_ahead *a = s->ahead_head;
+	while (a && a->st == AH_WAIT && a->replied)
+		a = a->next;
+	if (!a)
+		return; /* cannot happen: one reply per command, in order */
+	if (a->st == AH_WAIT) {
+		/* before its turn: kept until then */
+		sg_ahead **pp = &s->ahead_head;
+		while (*pp != a)
+			pp = &(*pp)->next;
+		bool tail = s->ahead_tail == a;
+		sg_ahead *c = realloc(a, sizeof *a + r->len);
+		if (!c) {
+			sg_session_close(s, "out of memory");
+			return;
+		}
+		*pp = c;
+		if (tail)
+			s->ahead_tail = c;
+		c->replied = true;
+		c->code = r->code;
+		c->len = r->len;
+		memcpy(c->text, r->text, r->len);
+		return;
+	}
+	enum verb v = a->verb;
+	bool taken = a->st == AH_TAKEN;
+	ahead_unlink(s, a);
+	free(a);
+	if (!taken) {
+		orphan_reply(s, r->code);
+		return;
+	}
+	s->up_verb = v;
+	on_upstream_reply(s, r);
+}
+
 static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 {
 	s->up_verb = v;
 	s->pending = SG_PEND_UPSTREAM;
+	sg_ahead *a = first_waiting(s);
+	if (a && a->seq == s->cmd_seq && a->verb == v) {
+		/* sent ahead: take that copy (and its reply, if in already) */
+		if (!a->replied) {
+			a->st = AH_TAKEN;
+			s->ahead_wait--;
+			if (s->ahead_wait == 0)
+				s->ahead_off = 0;
+			return;
+		}
+		ahead_unlink(s, a);
+		sg_reply r = {a->code, a->text, a->len};
+		on_upstream_reply(s, &r);
+		free(a);
+		return;
+	}
+	if (a) {
+		/* cannot happen (copies are sent in line order, this line's
+		 * would be first): the copies go out before this command, so
+		 * none may stand for a later line */
+		log_warn(s->id, "pipelining: line %u relayed, copy of line %u "
+		         "pending; copies dropped", s->cmd_seq, a->seq);
+		for (sg_ahead *o = a; o; o = o->next)
+			if (o->st == AH_WAIT)
+				o->st = AH_ORPHAN;
+		s->ahead_wait = 0;
+		s->ahead_off = 0;
+	}
 	sg_link_command(s->link, line, len, on_upstream_reply, s);
 }
 
@@ -224,8 +412,7 @@ static void link_lost(sg_session *s)
 	if (!s->link || sg_link_alive(s->link))
 		return;
 	log_info(s->id, "upstream %s lost", sg_link_peer(s->link));
-	sg_link_close(s->link);
-	s->link = NULL;
+	close_link(s);
 	sg_cmd_txn_reset(s);
 }
 
@@ -811,10 +998,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	}
 	/* First MAIL of an unauthenticated session (require_auth = no), or the
 	 * upstream was lost since: (re)open with the same identity. */
-	if (s->link) {
-		sg_link_close(s->link);
-		s->link = NULL;
-	}
+	close_link(s);
 	free(s->pend_line);
 	s->pend_line = malloc((size_t)n);
 	if (!s->pend_line) {
@@ -826,12 +1010,14 @@ static void cmd_mail(sg_session *s, char *arg)
 	open_link(s, s->authenticated, on_mail_link_ready);
 }
 
-static void cmd_rcpt(sg_session *s, char *arg)
+/* "TO:<path> params" checked and made into the line relayed upstream
+ * (out, *n octets).  SG_R_COUNT when fine, else the reply.  No side
+ * effects: sg_cmd_ahead uses it on lines before their turn. */
+static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
+                             int *n)
 {
-	if (strncasecmp(arg, "TO:", 3) != 0) {
-		sg_reply_send(s, SG_R_SYNTAX);
-		return;
-	}
+	if (strncasecmp(arg, "TO:", 3) != 0)
+		return SG_R_SYNTAX;
 	char *p = arg + 3;
 	while (*p == ' ')
 		p++;
@@ -839,6 +1025,19 @@ static void cmd_rcpt(sg_session *s, char *arg)
 	enum sg_rep bad = parse_path(&p, addr, false);
 	if (bad == SG_R_COUNT)
 		bad = check_params(s, p, rcpt_param);
+	if (bad != SG_R_COUNT)
+		return bad;
+	*n = snprintf(out, cap, "RCPT TO:<%s>%s\r\n", addr, p);
+	if (*n < 0 || (size_t)*n >= cap)
+		return SG_R_SYNTAX; /* cannot happen: the argument is shorter */
+	return SG_R_COUNT;
+}
+
+static void cmd_rcpt(sg_session *s, char *arg)
+{
+	char line[SG_RELAY_LINE_MAX];
+	int n = 0;
+	enum sg_rep bad = rcpt_line(s, arg, line, sizeof line, &n);
 	if (bad != SG_R_COUNT) {
 		sg_reply_send(s, bad);
 		return;
@@ -850,12 +1049,6 @@ static void cmd_rcpt(sg_session *s, char *arg)
 	}
 	if (!s->link) { /* lost with the transaction: link_lost() reset it */
 		sg_reply_send(s, SG_R_NEED_MAIL);
-		return;
-	}
-	char line[SG_RELAY_LINE_MAX];
-	int n = snprintf(line, sizeof line, "RCPT TO:<%s>%s\r\n", addr, p);
-	if (n < 0 || (size_t)n >= sizeof line) {
-		sg_reply_send(s, SG_R_SYNTAX);
 		return;
 	}
 	relay(s, V_RCPT, line, (size_t)n);
@@ -906,7 +1099,7 @@ static void cmd_quit(sg_session *s, char *arg)
 
 /* ------------------------------------------------------------ dispatch */
 
-void sg_cmd_line(sg_session *s, char *line, size_t len)
+static void dispatch(sg_session *s, char *line, size_t len)
 {
 	if (s->auth_await) {
 		auth_response(s, line, len);
@@ -936,4 +1129,94 @@ void sg_cmd_line(sg_session *s, char *line, size_t len)
 	c->fn(s, arg);
 	if ((c->flags & F_GROUP_END) && s->pending == SG_PEND_NONE && !s->closing)
 		sg_session_flush(s);
+}
+
+void sg_cmd_line(sg_session *s, char *line, size_t len)
+{
+	s->cmd_seq++;
+	dispatch(s, line, len);
+	if (s->ahead_head && !s->closing)
+		ahead_after_line(s);
+}
+
+/* RCPT and DATA lines behind a MAIL or RCPT that awaits its reply go to
+ * the link now, each only if it would be relayed at its turn should every
+ * command before it succeed: its own checks pass (the same rcpt_line),
+ * max_recipients leaves room even if all RCPTs in flight are accepted, a
+ * DATA has at least one recipient accepted or in flight.  DATA ends the
+ * group (RFC 2920 3.1): what follows it may be message text. */
+void sg_cmd_ahead(sg_session *s)
+{
+	if (s->closing || s->pending != SG_PEND_UPSTREAM || s->auth_await ||
+	    s->lines.discarding || !s->link || !sg_link_alive(s->link))
+		return;
+	if (s->up_verb != V_MAIL && s->up_verb != V_RCPT)
+		return;
+	unsigned rcpts = 0; /* in flight: taken, waiting, or sent directly */
+	bool taken = false;
+	for (sg_ahead *a = s->ahead_head; a; a = a->next) {
+		if (a->verb == V_DATA && a->st != AH_ORPHAN)
+			return; /* the group is complete */
+		if (a->st == AH_TAKEN)
+			taken = true;
+		if (a->verb == V_RCPT && a->st != AH_ORPHAN)
+			rcpts++;
+	}
+	if (!taken && s->up_verb == V_RCPT)
+		rcpts++;
+	unsigned max = s->cfg->max_recipients;
+	sg_lines st = s->lines;
+	while (s->ahead_n < SG_AHEAD_MAX && s->ahead_off < s->in.len) {
+		const char *line;
+		size_t len, used;
+		if (sg_line_next(&st, s->in.data + s->ahead_off,
+		                 s->in.len - s->ahead_off, SG_LINE_MAX, &line, &len,
+		                 &used) != SG_LINE_OK)
+			return;
+		char cmd[SG_LINE_MAX + 1];
+		memcpy(cmd, line, len);
+		cmd[len] = '\0';
+		char *verb, *arg;
+		sg_cmd_split(cmd, &verb, &arg);
+		char out[SG_RELAY_LINE_MAX];
+		int n = 0;
+		enum verb v;
+		if (strcmp(verb, "RCPT") == 0) {
+			if (max && s->rcpts + rcpts >= max)
+				return;
+			if (rcpt_line(s, arg, out, sizeof out, &n) != SG_R_COUNT)
+				return;
+			rcpts++;
+			v = V_RCPT;
+		} else if (strcmp(verb, "DATA") == 0) {
+			if (*arg || (s->rcpts == 0 && rcpts == 0))
+				return;
+			n = snprintf(out, sizeof out, "DATA\r\n");
+			v = V_DATA;
+		} else {
+			return;
+		}
+		explicit_bzero(cmd, len);
+		sg_ahead *a = calloc(1, sizeof *a);
+		if (!a)
+			return; /* it goes at its turn instead */
+		a->seq = s->cmd_seq + s->ahead_wait + 1;
+		a->verb = v;
+		a->st = AH_WAIT;
+		if (s->ahead_tail)
+			s->ahead_tail->next = a;
+		else
+			s->ahead_head = a;
+		s->ahead_tail = a;
+		s->ahead_n++;
+		s->ahead_wait++;
+		s->ahead_off += used;
+		log_debug(s->id, "pipelining: line %u (%s) sent ahead", a->seq,
+		          v == V_RCPT ? "RCPT" : "DATA");
+		sg_link_command(s->link, out, (size_t)n, on_ahead_reply, s);
+		/* a reply delivered at once (link lost) changed the session: let
+		 * sg_session_process go round again before sending more */
+		if (s->again || s->closing || !s->link || v == V_DATA)
+			return;
+	}
 }

@@ -7,7 +7,9 @@
  * commands.c.  Replies collect in s->out and are written once per pipelined
  * group (RFC 2920 3.1).  One command at a time: while an async result (SASL
  * on the thread pool, an upstream reply, the failure delay) is pending no
- * further command is taken from the buffer, which keeps replies in order.
+ * further command is taken from the buffer, which keeps replies in order
+ * (RCPT/DATA lines behind a MAIL or RCPT may be sent upstream early, but
+ * each is still decided and answered at its turn: commands.c).
  *
  * Memory: every libuv handle of the session is freed only in its close
  * callback; the struct goes when the last one has closed. */
@@ -252,6 +254,7 @@ static void drop_auth_and_link(sg_session *s)
 		sg_auth_free(s->auth);
 		s->auth = NULL;
 	}
+	sg_cmd_ahead_drop(s);
 	if (s->link) {
 		sg_link_close(s->link);
 		s->link = NULL;
@@ -439,6 +442,8 @@ static void process_lines(sg_session *s)
 		size_t len, used;
 		int st = sg_line_next(&s->lines, s->in.data, s->in.len, limit, &line,
 		                      &len, &used);
+		/* the lines sent ahead (commands.c) are at the front */
+		s->ahead_off = s->ahead_off > used ? s->ahead_off - used : 0;
 		if (st == SG_LINE_NONE) {
 			sg_buf_consume(&s->in, used);
 			if (used == 0)
@@ -480,6 +485,10 @@ void sg_session_process(sg_session *s)
 	do {
 		s->again = false;
 		process_lines(s);
+		/* waiting on MAIL/RCPT: send the RCPT/DATA lines behind it now
+		 * (RFC 2920); replies it causes at once come round again */
+		if (!s->again && !s->closing)
+			sg_cmd_ahead(s);
 	} while (s->again && !s->closing);
 	s->in_process = false;
 	if (s->closing)
@@ -656,6 +665,7 @@ static void on_data_done(void *arg, const sg_reply *r)
 	sg_reply_raw(s, r->code, r->text, r->len);
 	sg_cmd_txn_reset(s);
 	if (s->link && !sg_link_alive(s->link)) {
+		sg_cmd_ahead_drop(s);
 		sg_link_close(s->link);
 		s->link = NULL;
 	}

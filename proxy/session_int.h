@@ -34,6 +34,9 @@
 #define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
 #define SG_IP_MAX 64           /* textual IPv4/IPv6 address */
 #define SG_LOG_REPLY_MAX 512   /* upstream reply quoted in a log line */
+/* RCPT/DATA lines of a pipelined group handed to the link before their turn
+ * (commands.c, RFC 2920); past this many the rest wait for their turn. */
+#define SG_AHEAD_MAX 128
 
 /* Protocol states (ARCHITECTURE.md); sg_session_state() logs each change. */
 enum sg_state {
@@ -111,6 +114,14 @@ typedef struct sg_session {
 
 	sg_link *link;
 	int up_verb;  /* enum in commands.c: which command awaits upstream */
+	/* Pipelining upstream (commands.c): lines sent to the link before
+	 * their turn, oldest first; ahead_off octets at the front of s->in are
+	 * those not yet taken (ahead_wait of them); cmd_seq numbers the lines
+	 * given to sg_cmd_line, so a line's turn is recognised. */
+	struct sg_ahead *ahead_head, *ahead_tail;
+	unsigned ahead_n, ahead_wait;
+	size_t ahead_off;
+	unsigned cmd_seq;
 	char *pend_line; /* MAIL line held while the link opens */
 	size_t pend_len;
 	/* sg_link_open may call ready before it returns (no server reachable
@@ -153,5 +164,12 @@ void sg_cmd_line(sg_session *s, char *line, size_t len);
 void sg_log_safe(char *dst, size_t max, const char *src);
 /* Drop transaction state (after RSET, end of DATA, EHLO). */
 void sg_cmd_txn_reset(sg_session *s);
+/* Waiting on the upstream's reply to MAIL or RCPT: hand the RCPT/DATA
+ * lines buffered behind it to the link now (RFC 2920); each is still
+ * answered at its turn, exactly as if it had been sent then. */
+void sg_cmd_ahead(sg_session *s);
+/* The link is being closed: forget the lines sent ahead (their replies
+ * will not come). */
+void sg_cmd_ahead_drop(sg_session *s);
 
 #endif

@@ -691,3 +691,219 @@ def test_ipv6_listener(workdir, env, start_saslgate):
     log = sg.log_text()
     assert re.search(r"event=auth result=ok user=alice client=::1 mech=PLAIN", log)
     assert re.search(r"event=disconnect client=::1:\d+ ", log)
+
+
+# ---------------------------------------------------------------- pipelining upstream
+
+class PipeUpstream:
+    """A minimal upstream that tells whether a client's pipelined group
+    reached it as a group: on MAIL it waits (up to `wait` seconds) for the
+    group's DATA line to arrive before it answers anything.  Answers MAIL,
+    RCPT (550 for addresses starting with "no"), DATA as smtp-sink would;
+    records the command lines and whether each MAIL saw its group whole."""
+
+    def __init__(self, wait):
+        import threading
+        self.wait = wait
+        self.lock = threading.Lock()
+        self.lines, self.group_whole, self.messages = [], [], []
+        self.stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(T(5))
+        self.sock.close()
+
+    def _accept(self):
+        import threading
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(T(10))
+        buf = bytearray()
+        try:
+            def fill(until):
+                while time.monotonic() < until and not self.stop.is_set():
+                    try:
+                        chunk = c.recv(65536)
+                    except socket.timeout:
+                        return
+                    if not chunk:
+                        raise EOFError
+                    buf.extend(chunk)
+                    return
+
+            def line():
+                for _ in range(10000):
+                    i = buf.find(b"\n")
+                    if i >= 0:
+                        l = bytes(buf[:i + 1])
+                        del buf[:i + 1]
+                        return l.rstrip(b"\r\n").decode()
+                    fill(time.monotonic() + T(10))
+                raise EOFError
+
+            c.sendall(b"220 pipe.test ESMTP\r\n")
+            while not self.stop.is_set():
+                l = line()
+                with self.lock:
+                    self.lines.append(l)
+                verb = l.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    c.sendall(b"250-pipe.test\r\n250-PIPELINING\r\n"
+                              b"250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN\r\n"
+                              b"250 8BITMIME\r\n")
+                elif verb == "XCLIENT":
+                    c.sendall(b"220 pipe.test ESMTP\r\n")
+                elif verb == "MAIL":
+                    # the group's DATA line, before we answered MAIL?
+                    c.settimeout(0.1)
+                    deadline = time.monotonic() + self.wait
+                    while b"DATA\r\n" not in buf and time.monotonic() < deadline:
+                        fill(deadline)
+                    c.settimeout(T(10))
+                    with self.lock:
+                        self.group_whole.append(b"DATA\r\n" in buf)
+                    c.sendall(b"250 2.1.0 Ok\r\n")
+                    rcpts = 0
+                elif verb == "RCPT":
+                    if l[9:11].lower() == "no":
+                        c.sendall(b"550 5.1.1 No such user\r\n")
+                    else:
+                        rcpts += 1
+                        c.sendall(b"250 2.1.5 Ok\r\n")
+                elif verb == "DATA":
+                    if not rcpts:
+                        c.sendall(b"554 5.5.1 Error: no valid recipients\r\n")
+                        continue
+                    c.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    while b"\r\n.\r\n" not in buf:
+                        fill(time.monotonic() + T(10))
+                    end = buf.find(b"\r\n.\r\n")
+                    with self.lock:
+                        self.messages.append(bytes(buf[:end + 2]))
+                    del buf[:end + 5]
+                    c.sendall(b"250 2.0.0 Ok: queued as PIPE%d\r\n" % len(self.messages))
+                elif verb == "RSET":
+                    c.sendall(b"250 2.0.0 Ok\r\n")
+                elif verb == "QUIT":
+                    c.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                else:
+                    c.sendall(b"502 5.5.2 Error: command not recognized\r\n")
+        except (OSError, EOFError):
+            pass
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def pipe_upstream():
+    ups = []
+
+    def start(wait):
+        u = PipeUpstream(wait)
+        ups.append(u)
+        return u
+    yield start
+    for u in ups:
+        u.close()
+
+
+def test_pipelined_group_goes_upstream_as_a_group(workdir, start_saslgate, pipe_upstream):
+    """RFC 2920: a client's MAIL/RCPT.../DATA group reaches an upstream that
+    offers PIPELINING without saslgate waiting for each reply; the client's
+    replies are still the upstream's, in order, in one write."""
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = pipe_upstream(wait=T(3))
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db), secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        for i in range(2):
+            t0 = time.monotonic()
+            r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b1@example.net>\r\n"
+                   b"RCPT TO:<b2@example.net>\r\nDATA\r\n")
+            r.sock.settimeout(T(10))
+            first = r.sock.recv(65536)
+            r.buf = first
+            replies = [r.reply() for _ in range(4)]
+            assert [x.code for x in replies] == [250, 250, 250, 354], replies
+            assert replies[0].text.startswith("250 2.1.0 Ok")   # the upstream's texts
+            assert replies[3].text.startswith("354 End data")
+            assert first.count(b"\r\n") == 4, first             # one write
+            # the upstream did not have to wait for the group
+            assert time.monotonic() - t0 < 2.5
+            r.send(b"Subject: m%d\r\n\r\nbody\r\n.\r\n" % i)
+            assert r.reply().text.startswith("250 2.0.0 Ok: queued as PIPE%d" % (i + 1))
+        r.expect(221, "QUIT")
+    assert up.group_whole == [True, True], up.group_whole
+    assert [m.endswith(b"body\r\n") for m in up.messages] == [True, True]
+
+
+def test_pipelined_group_with_refusals_answers_as_before(workdir, start_saslgate,
+                                                         pipe_upstream):
+    """Commands sent upstream ahead of their turn are still decided at their
+    turn: a refused RCPT gets the upstream's 550, a DATA after recipients that
+    all failed gets saslgate's 503 (as without pipelining; the upstream's own
+    refusal of the early DATA is not passed on), max_recipients and the
+    sender check answer as before, and nothing is delivered."""
+    cert, key = make_cert(workdir)
+    db = make_sasldb(workdir / "sasldb2", SECRETS, realm="sg.test")
+    up = pipe_upstream(wait=0.3)
+    smap = workdir / "sender_login_map"
+    smap.write_text("alice  alice@example.org\n")
+    sg = start_saslgate(default_config(workdir, upstream_port=up.port, cert=cert, key=key,
+                                       sasldb=db, limits={"max_recipients": 2},
+                                       sasl={"sender_login_map": str(smap)}),
+                        secrets=SECRETS)
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
+        # every recipient refused: DATA gets our 503, never a 354
+        r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<no1@example.net>\r\n"
+               b"RCPT TO:<no2@example.net>\r\nDATA\r\n")
+        replies = [r.reply() for _ in range(4)]
+        assert [x.code for x in replies] == [250, 550, 550, 503], replies
+        assert replies[1].text.startswith("550 5.1.1 No such user")
+        assert replies[3].text.startswith("503 5.5.1 Need RCPT")
+        r.expect(250, "RSET")
+        # bad syntax in the middle, then max_recipients (2): the upstream
+        # sees exactly the two recipients the client was told were accepted
+        r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b1@example.net>\r\n"
+               b"RCPT TO:b2@example.net\r\nRCPT TO:<b3@example.net>\r\n"
+               b"RCPT TO:<b4@example.net>\r\nDATA\r\n")
+        replies = [r.reply() for _ in range(6)]
+        assert [x.code for x in replies] == [250, 250, 501, 250, 452, 354], replies
+        r.send(b"Subject: two\r\n\r\nbody\r\n.\r\n")
+        assert r.reply().code == 250
+        # a sender the user does not own: 553 from saslgate, the RCPT and
+        # DATA behind it are refused in order (503), nothing is sent on
+        r.send(b"MAIL FROM:<mallory@example.org>\r\nRCPT TO:<b1@example.net>\r\nDATA\r\n")
+        replies = [r.reply() for _ in range(3)]
+        assert [x.code for x in replies] == [553, 503, 503], replies
+        assert replies[0].text.startswith("553 5.7.1")
+        r.expect(221, "QUIT")
+    rcpt_lines = [l for l in up.lines if l.upper().startswith("RCPT")]
+    assert rcpt_lines == ["RCPT TO:<no1@example.net>", "RCPT TO:<no2@example.net>",
+                          "RCPT TO:<b1@example.net>", "RCPT TO:<b3@example.net>"], up.lines
+    assert len(up.messages) == 1
