@@ -10,8 +10,11 @@
  *
  * In READY, commands are queued in order; each gets exactly one reply, the
  * upstream's, or a 451 of ours when the connection is lost.  DATA bytes go
- * through the scanner (data_scan.c) and out with uv_write; the write queue
- * size drives back-pressure.  A message we refuse mid-stream (bare CR/LF,
+ * through the scanner (data_scan.c) into a per-worker scratch buffer and
+ * straight into the socket (uv_try_write); what the kernel does not take is
+ * queued with uv_write, and the queue size drives back-pressure.  The
+ * Received header goes with the first octets of a message and the final
+ * dot with its last: one write per read from the client, usually.  A message we refuse mid-stream (bare CR/LF,
  * too big) is aborted by closing the upstream connection without the final
  * dot, so the upstream cannot deliver a part of it; the link reconnects
  * lazily for the next command.
@@ -53,6 +56,10 @@
 /* The scanner's output for UP_SCAN_IN octets: at most twice as long (bare
  * LF -> CRLF with normalize) plus a held header name and a held dot. */
 #define UP_SCAN_OUT (2 * UP_SCAN_IN + SG_SCAN_HOLD + 16)
+/* Room for the Received header (nine values of at most SG_TRACE_VALUE_MAX,
+ * the date and ~200 octets of fixed text) and the final ".\r\n", written
+ * with the message's first and last octets. */
+#define UP_RCV_ROOM 4096
 
 /* Replies of ours (code, text); all 4xx/5xx: never a 2xx we did not get. */
 #define R_NO_UPSTREAM "454 4.7.0 Temporary authentication failure: relay unavailable\r\n"
@@ -167,6 +174,8 @@ struct sg_link {
 	sg_scan scan;
 	char *rcv;    /* Received header without its date: pre, then post */
 	size_t rcv_pre, rcv_post;
+	bool rcv_due;    /* Received not written yet: goes with the first octets */
+	time_t rcv_time; /* its date: when the 354 came */
 	sg_link_cb done;
 	void *done_arg;
 	void (*drain)(void *arg);
@@ -1328,7 +1337,7 @@ static void reopen(sg_link *l)
  * the Received header, written upstream before the next use (raw_write
  * copies what it must keep).  Per thread like up_rbuf, so an idle link
  * holds no output buffer at all (issue 9, S4). */
-static __thread char up_sbuf[UP_SCAN_OUT];
+static __thread char up_sbuf[UP_SCAN_OUT + UP_RCV_ROOM];
 
 static sg_buf scratch(void)
 {
@@ -1368,7 +1377,7 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 	const sg_config *cfg = l->cfg;
 	bool hdr = cfg->identity == SG_ID_HEADER || cfg->identity == SG_ID_AUTH;
 	l->in_data = true;
-	l->aborted = l->lost = l->paused = false;
+	l->aborted = l->lost = l->paused = l->rcv_due = false;
 	l->done = done;
 	l->done_arg = arg;
 	l->drain = drain;
@@ -1383,9 +1392,17 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 		became_dead(l, "out of memory");
 		return;
 	}
+	/* The header goes out with the first DATA octets (one write, not
+	 * two: the S2 profile is mostly system calls).  One too long for
+	 * UP_RCV_ROOM (cannot happen with SG_TRACE_VALUE_MAX) goes now. */
+	l->rcv_time = time(NULL);
+	l->rcv_due = true;
+	if (l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM)
+		return;
+	l->rcv_due = false;
 	sg_buf out = scratch();
 	if (sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
-	                      l->rcv_post, time(NULL)) < 0 ||
+	                      l->rcv_post, l->rcv_time) < 0 ||
 	    up_send(l, out.data, out.len) < 0)
 		became_dead(l, "write failed");
 }
@@ -1405,28 +1422,25 @@ static void abort_upstream(sg_link *l, const char *why)
 	fail_pending(l, R_LOST);
 }
 
-static void data_end(sg_link *l)
+/* The message is over and refused, or its upstream gone: our reply. */
+static void data_refused(sg_link *l)
 {
-	if (l->scan.bad || l->scan.too_big || l->lost) {
-		l->in_data = false;
-		const char *t = l->scan.bad ? R_BARE
-		                : l->scan.too_big ? R_BIG : R_LOST;
-		defer_reply(l, l->done, l->done_arg, t);
-		return;
-	}
-	/* the scanner wrote the last line's CRLF; this is the <CRLF>.<CRLF> */
-	if (!enqueue(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg)) {
-		became_dead(l, "out of memory");
-		return;
-	}
+	l->in_data = false;
+	const char *t = l->scan.bad ? R_BARE : l->scan.too_big ? R_BIG : R_LOST;
+	defer_reply(l, l->done, l->done_arg, t);
+}
+
+/* The final ".\r\n" is about to be written (the scanner wrote the last
+ * line's CRLF; this is the <CRLF>.<CRLF>): its reply is the message's. */
+static int data_end_pending(sg_link *l)
+{
+	if (!enqueue(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg))
+		return -1;
 	l->tail->sent = true;
 	l->inflight++;
 	l->barrier_inflight = true;
-	if (up_send(l, ".\r\n", 3) < 0) {
-		became_dead(l, "write failed");
-		return;
-	}
 	arm(l, l->cfg->upstream_timeout_ms);
+	return 0;
 }
 
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
@@ -1440,19 +1454,35 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 	 * read (twice with TLS, the second being the encryption) and no
 	 * memory is allocated per chunk, nor kept by the link. */
 	size_t used = 0;
+	bool dot = false; /* the final dot's reply is pending (ours or upstream's) */
 	while (used < len && !l->scan.done) {
 		size_t take = len - used < UP_SCAN_IN ? len - used : UP_SCAN_IN;
 		sg_buf out = scratch();
+		if (l->rcv_due && !l->lost) /* the room is reserved for it */
+			sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
+			                  l->rcv_post, l->rcv_time);
+		l->rcv_due = false;
 		used += sg_scan_feed(&l->scan, buf + used, take, &out);
 		if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
 			abort_upstream(l, l->scan.bad ? "bare CR or LF in DATA"
 			                              : "message too big");
-		if (!l->aborted && !l->lost && out.len &&
-		    up_send(l, out.data, out.len) < 0)
+		if (l->aborted || l->lost)
+			continue;
+		/* the end of data goes in the same write as the last octets */
+		if (l->scan.done) {
+			sg_buf_append(&out, ".\r\n", 3);
+			if (data_end_pending(l) < 0) {
+				became_dead(l, "out of memory");
+				continue;
+			}
+			dot = true; /* a write failure now answers it (fail_pending) */
+		}
+		if (out.len && up_send(l, out.data, out.len) < 0)
 			became_dead(l, "write failed");
 	}
 	if (l->scan.done) {
-		data_end(l);
+		if (!dot)
+			data_refused(l);
 		return used;
 	}
 	if (l->c && l->wq > UP_WQ_HIGH) {

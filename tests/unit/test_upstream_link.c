@@ -444,6 +444,13 @@ static void test_xclient(void)
 	send_message(l, "Subject: 2\r\n\r\nx\r\n.\r\n", &g);
 	CHECK(g.n == 4 && g.code[3] == 250);
 	CHECK(f.nconn == 1 && f.ndots == 2);
+	/* an empty message: the Received header alone, then the end */
+	send_message(l, ".\r\n", &g);
+	CHECK(g.n == 4 && g.code[3] == 250 && f.ndots == 3);
+	CHECK(f.data.len > 40 && !strncmp(f.data.data, "Received: from ", 15) &&
+	      !memcmp(f.data.data + f.data.len - 2, "\r\n", 2));
+	CHECK(memmem(f.data.data, f.data.len, "\r\n\t; ", 5) &&
+	      !memmem(f.data.data, f.data.len, "\r\n\r\n", 4));
 	memset(&g, 0, sizeof g);
 	sg_link_command(l, "RSET\r\n", 6, on_reply, &g);
 	sg_link_command(l, "NOOP\r\n", 6, on_reply, &g);
