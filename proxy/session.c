@@ -508,9 +508,15 @@ void sg_session_process(sg_session *s)
 		return;
 	}
 	/* Quiet between messages: trim SG_TRIM_DELAY_MS later if it stays so
-	 * (not now: a client with another message sends it at once). */
-	if (quiet(s))
-		uv_timer_start(&s->trim, on_trim, SG_TRIM_DELAY_MS, 0);
+	 * (not now: a client with another message sends it at once).  Before
+	 * its first message (after AUTH, say) a session is trimmed at once:
+	 * many never send one soon (S4: idle authenticated sessions). */
+	if (quiet(s)) {
+		if (s->msgs > 0)
+			uv_timer_start(&s->trim, on_trim, SG_TRIM_DELAY_MS, 0);
+		else
+			trim_now(s);
+	}
 	update_reading(s);
 }
 
