@@ -526,20 +526,52 @@ static void set_peer(sg_link *l)
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
-/* One read buffer per worker thread, not per link: on_read consumes every
- * byte before it returns (the reply reader and the TLS engine keep what
- * they need), and an idle authenticated session must not hold 64 KiB
- * (issue 9: <= 19 KiB per idle TLS session). */
-static __thread char up_rbuf[UP_READ_BUF];
-/* Decrypted upstream bytes, parsed before the next TLS read: per worker
- * too (parse_plain keeps what a cut reply needs). */
-static __thread char up_plain[UP_PLAIN_MAX];
+/* Buffers per worker thread, not per link: an idle authenticated session
+ * must not hold them (issue 9: <= 19 KiB per idle TLS session), and each is
+ * used up before the loop runs on:
+ *  - rbuf: one read from the socket; on_read consumes every byte (the
+ *    reply reader and the TLS engine keep what they need);
+ *  - plain: decrypted upstream bytes, parsed before the next TLS read;
+ *  - sbuf: a DATA step's scanner output (plus the Received header and the
+ *    final dot), written before the next step (raw_write copies the rest);
+ *  - rr: the reply reader of a link not in the middle of a reply
+ *    (parse_plain keeps a cut one per link).
+ * Allocated by the first link_new of a thread, freed when it ends: as a
+ * static __thread array it would be zeroed in every thread libuv's pool
+ * starts (66 of them: +10 MB RSS). */
+typedef struct wbufs {
+	char rbuf[UP_READ_BUF];
+	char plain[UP_PLAIN_MAX];
+	char sbuf[UP_SCAN_OUT + UP_RCV_ROOM];
+	sg_reply_reader rr;
+} wbufs;
+
+static __thread wbufs *wb;
+static pthread_key_t wb_key;
+static pthread_once_t wb_once = PTHREAD_ONCE_INIT;
+
+static void wb_key_init(void)
+{
+	if (pthread_key_create(&wb_key, free) != 0)
+		abort(); /* start-up; no key means no threads either */
+}
+
+static wbufs *wbufs_get(void)
+{
+	if (wb)
+		return wb;
+	pthread_once(&wb_once, wb_key_init);
+	wb = malloc(sizeof *wb);
+	if (wb)
+		pthread_setspecific(wb_key, wb);
+	return wb;
+}
 
 static void on_alloc(uv_handle_t *h, size_t sugg, uv_buf_t *b)
 {
 	(void)h;
-	b->base = up_rbuf;
-	b->len = sizeof up_rbuf;
+	b->base = wb->rbuf;
+	b->len = sizeof wb->rbuf;
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -1110,13 +1142,11 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 	}
 }
 
-/* The reply reader (16 KiB) of every link on this worker that is not in the
- * middle of a reply: replies nearly always arrive whole, so a link keeps
- * its own reader (l->rr) only while one is cut between two reads (issue 9:
- * an idle link must not hold buffers).  parse_plain never runs for two
- * links at once (only on_read calls it, from the loop). */
-static __thread sg_reply_reader up_rr;
-
+/* wb->rr, the reply reader (16 KiB) of every link on this worker that is
+ * not in the middle of a reply: replies nearly always arrive whole, so a
+ * link keeps its own reader (l->rr) only while one is cut between two
+ * reads.  parse_plain never runs for two links at once (only on_read calls
+ * it, from the loop). */
 /* Parse every complete reply in p. */
 static void parse_plain(sg_link *l, const char *p, size_t n)
 {
@@ -1125,7 +1155,7 @@ static void parse_plain(sg_link *l, const char *p, size_t n)
 	const conn *c = l->c;
 	sg_reply_reader *rr = l->rr;
 	if (!rr) {
-		rr = &up_rr;
+		rr = &wb->rr;
 		sg_reply_reader_init(rr);
 	}
 	while (n > 0 && c && l->c == c) {
@@ -1154,14 +1184,14 @@ static void parse_plain(sg_link *l, const char *p, size_t n)
 	if (!c || l->c != c)
 		return; /* on_connect starts the next connection's reader */
 	bool partial = rr->len > 0 && !rr->complete;
-	if (partial && rr == &up_rr) {
+	if (partial && rr == &wb->rr) {
 		/* a reply cut between reads: keep what we have of it */
 		l->rr = malloc(sizeof *l->rr);
 		if (!l->rr) {
 			became_dead(l, "out of memory");
 			return;
 		}
-		*l->rr = up_rr;
+		*l->rr = wb->rr;
 	} else if (!partial && rr == l->rr) {
 		free(l->rr);
 		l->rr = NULL;
@@ -1203,8 +1233,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 			return;
 	}
 	for (;;) {
-		sg_buf plain = {.data = up_plain, .cap = sizeof up_plain,
-		                .max = sizeof up_plain}; /* fixed: never realloc'd */
+		sg_buf plain = {.data = wb->plain, .cap = sizeof wb->plain,
+		                .max = sizeof wb->plain}; /* fixed: never realloc'd */
 		int rc = sg_tls_read(l->tls, &plain);
 		if (plain.len)
 			parse_plain(l, plain.data, plain.len);
@@ -1333,17 +1363,12 @@ static void reopen(sg_link *l)
 
 /* ---- DATA ------------------------------------------------------------------ */
 
-/* The worker's DATA output buffer: what the scanner writes for one step and
- * the Received header, written upstream before the next use (raw_write
- * copies what it must keep).  Per thread like up_rbuf, so an idle link
- * holds no output buffer at all (issue 9, S4). */
-static __thread char up_sbuf[UP_SCAN_OUT + UP_RCV_ROOM];
-
+/* The worker's DATA output buffer (wb->sbuf). */
 static sg_buf scratch(void)
 {
 	/* max = cap: a fixed array, never realloc'd */
-	return (sg_buf){.data = up_sbuf, .len = 0, .cap = sizeof up_sbuf,
-	                .max = sizeof up_sbuf};
+	return (sg_buf){.data = wb->sbuf, .len = 0, .cap = sizeof wb->sbuf,
+	                .max = sizeof wb->sbuf};
 }
 
 /* The Received header but its date depends only on the link (identity,
@@ -1497,6 +1522,9 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
                          const sg_identity *id)
 {
+	/* every later use of wb is on this loop's thread, after this */
+	if (!wbufs_get())
+		return NULL;
 	sg_link *l = calloc(1, sizeof *l);
 	if (!l)
 		return NULL;
