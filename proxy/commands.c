@@ -90,7 +90,7 @@ static const sg_cmd cmd_table[] = {
 
 void sg_cmd_txn_reset(sg_session *s)
 {
-	s->mail_from[0] = '\0';
+	sg_session_set_str(&s->mail_from, NULL, 0);
 	s->rcpts = 0;
 	s->msg_size = 0;
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
@@ -117,10 +117,20 @@ void sg_log_safe(char *dst, size_t max, const char *src)
 	dst[i] = '\0';
 }
 
+/* The login being tried, made log-safe, at its own length (freed when
+ * the exchange ends).  Only for logs: without memory the line lacks it. */
+static void set_tried(sg_session *s, const char *login)
+{
+	char tmp[SG_USER_MAX + 1];
+	sg_log_safe(tmp, sizeof tmp, login);
+	sg_session_set_str(&s->tried, tmp, SG_USER_MAX);
+}
+
 static void log_auth(sg_session *s, const char *result, const char *reason)
 {
 	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s", result,
-	         s->tried[0] ? " user=" : "", s->tried, s->client_ip, s->mech,
+	         s->tried && s->tried[0] ? " user=" : "", s->tried ? s->tried : "",
+	         s->client_ip, s->mech,
 	         reason ? " reason=" : "", reason ? reason : "");
 }
 
@@ -427,7 +437,7 @@ static void on_upstream_reply(void *arg, const sg_reply *r)
 		if (ok)
 			sg_session_state(s, SG_ST_MAIL);
 		else
-			s->mail_from[0] = '\0';
+			sg_session_set_str(&s->mail_from, NULL, 0);
 		break;
 	case V_RCPT:
 		if (ok) {
@@ -464,7 +474,7 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 		return;
 	if (r->code < 200 || r->code >= 300) {
 		s->link = NULL;
-		s->mail_from[0] = '\0';
+		sg_session_set_str(&s->mail_from, NULL, 0);
 		free(s->pend_line);
 		s->pend_line = NULL;
 		log_info(s->id, "MAIL: no upstream took the session (%d)", r->code);
@@ -502,16 +512,20 @@ static enum sg_rep check_helo(sg_session *s, const char *arg)
 /* RFC 5321 4.1.4: EHLO/HELO inside a transaction acts as RSET. */
 static void drop_reply(void *arg, const sg_reply *r) { (void)arg, (void)r; }
 
-static void greet(sg_session *s, const char *arg, bool esmtp)
+static bool greet(sg_session *s, const char *arg, bool esmtp)
 {
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT) {
 		if (s->link)
 			sg_link_command(s->link, "RSET\r\n", 6, drop_reply, s);
 		sg_cmd_txn_reset(s);
 	}
-	snprintf(s->helo, sizeof s->helo, "%s", arg);
+	if (sg_session_set_str(&s->helo, arg, SG_HELO_MAX) < 0) {
+		sg_session_close(s, "out of memory");
+		return false;
+	}
 	s->esmtp = esmtp;
 	sg_session_state(s, SG_ST_READY);
+	return true;
 }
 
 static void cmd_helo(sg_session *s, char *arg)
@@ -521,8 +535,8 @@ static void cmd_helo(sg_session *s, char *arg)
 		sg_reply_send(s, bad);
 		return;
 	}
-	greet(s, arg, false);
-	sg_reply_send(s, SG_R_HELO);
+	if (greet(s, arg, false))
+		sg_reply_send(s, SG_R_HELO);
 }
 
 #define SG_EHLO_LINES 12
@@ -535,7 +549,8 @@ static void cmd_ehlo(sg_session *s, char *arg)
 		sg_reply_send(s, bad);
 		return;
 	}
-	greet(s, arg, true);
+	if (!greet(s, arg, true))
+		return;
 
 	sg_upstream_caps caps = sg_upstream_caps_get();
 	char lines[SG_EHLO_LINES][SG_EHLO_LINE_MAX];
@@ -602,6 +617,7 @@ static void auth_done_fail(sg_session *s)
 	s->auth_await = false;
 	if (s->auth)
 		sg_auth_reset(s->auth);
+	sg_session_set_str(&s->tried, NULL, 0); /* logged already */
 	sg_session_state(s, SG_ST_READY);
 }
 
@@ -630,9 +646,10 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 		return;
 	if (r->code >= 200 && r->code < 300) {
 		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
-		sg_log_safe(s->tried, sizeof s->tried, s->user); /* for log_auth */
+		set_tried(s, s->user); /* for log_auth */
 		sg_session_state(s, SG_ST_READY);
 		log_auth(s, "ok", NULL);
+		sg_session_set_str(&s->tried, NULL, 0);
 		/* The SASL context is not needed any more (RFC 4954 4: no second
 		 * AUTH; STARTTLS starts over): an idle authenticated session keeps
 		 * only what it uses. */
@@ -644,7 +661,7 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 	}
 	/* No upstream took the identity: never relay without it (CONTRACT). */
 	s->link = NULL;
-	s->user[0] = '\0';
+	sg_session_set_str(&s->user, NULL, 0);
 	log_auth(s, "tempfail", "upstream");
 	auth_done_fail(s);
 	if (r->code >= 400 && r->code < 500 && r->len)
@@ -662,7 +679,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		return;
 	const char *who = s->auth ? sg_auth_authcid(s->auth) : NULL;
 	if (who && *who)
-		sg_log_safe(s->tried, sizeof s->tried, who);
+		set_tried(s, who);
 	switch (result) {
 	case SG_AUTH_CONTINUE: {
 		char b64[SG_AUTH_CHAL_MAX / 3 * 4 + 8];
@@ -679,16 +696,22 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		sg_reply_line(s, 334, false, b64); /* "334 " for an empty one */
 		break;
 	}
-	case SG_AUTH_OK:
+	case SG_AUTH_OK: {
 		/* 235 only once an upstream has taken the identity (CONTRACT) */
-		if (sg_auth_user(s->auth))
-			snprintf(s->user, sizeof s->user, "%s", sg_auth_user(s->auth));
-		else if (sg_auth_authcid(s->auth))
-			snprintf(s->user, sizeof s->user, "%s", sg_auth_authcid(s->auth));
-		else
-			snprintf(s->user, sizeof s->user, "%s", s->tried);
+		const char *u = sg_auth_user(s->auth);
+		if (!u)
+			u = sg_auth_authcid(s->auth);
+		if (!u)
+			u = s->tried ? s->tried : "";
+		if (sg_session_set_str(&s->user, u, SG_USER_MAX) < 0) {
+			log_auth(s, "tempfail", "out of memory");
+			auth_done_fail(s);
+			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+			break;
+		}
 		open_link(s, true, on_auth_link_ready);
 		return;
+	}
 	case SG_AUTH_FAIL:
 	case SG_AUTH_AUTHZ:
 		/* Count the failure against the address now, not after the
@@ -737,13 +760,13 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		size_t len = (size_t)(b - a) < SG_USER_MAX ? (size_t)(b - a) : SG_USER_MAX;
 		memcpy(tmp, a, len);
 		tmp[len] = '\0';
-		sg_log_safe(s->tried, sizeof s->tried, tmp);
+		set_tried(s, tmp);
 	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
 		char tmp[SG_USER_MAX + 1];
 		size_t len = n < SG_USER_MAX ? n : SG_USER_MAX;
 		memcpy(tmp, dec, len);
 		tmp[len] = '\0';
-		sg_log_safe(s->tried, sizeof s->tried, tmp);
+		set_tried(s, tmp);
 	} else if (step == 0 && n > 0 &&
 	           (strcmp(s->mech, "CRAM-MD5") == 0 ||
 	            strncmp(s->mech, "SCRAM-", 6) == 0)) {
@@ -765,7 +788,7 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		memcpy(tmp, u, len);
 		tmp[len] = '\0';
 		if (len)
-			sg_log_safe(s->tried, sizeof s->tried, tmp);
+			set_tried(s, tmp);
 	}
 }
 
@@ -849,7 +872,7 @@ static void cmd_auth(sg_session *s, char *arg)
 		return;
 	}
 	snprintf(s->mech, sizeof s->mech, "%s", arg);
-	s->tried[0] = '\0';
+	sg_session_set_str(&s->tried, NULL, 0);
 	sg_auth *a = sg_session_auth(s);
 	if (!a) {
 		log_auth(s, "tempfail", "no SASL context");
@@ -991,7 +1014,11 @@ static void cmd_mail(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_SYNTAX);
 		return;
 	}
-	snprintf(s->mail_from, sizeof s->mail_from, "%s", addr);
+	/* held for the message's log line, until the transaction ends */
+	if (sg_session_set_str(&s->mail_from, addr, SG_PATH_MAX) < 0) {
+		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
+		return;
+	}
 	if (s->link && sg_link_alive(s->link)) {
 		relay(s, V_MAIL, line, (size_t)n);
 		return;

@@ -63,6 +63,13 @@ void sg_session_state(sg_session *s, enum sg_state st)
 	s->state = st;
 }
 
+int sg_session_set_str(char **dst, const char *src, size_t max)
+{
+	free(*dst);
+	*dst = src ? strndup(src, max) : NULL;
+	return src && !*dst ? -1 : 0;
+}
+
 static void addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen,
                       unsigned *port)
 {
@@ -206,6 +213,11 @@ static void on_handle_closed(uv_handle_t *h)
 	sg_buf_free(&s->in);
 	sg_buf_free(&s->out);
 	free(s->pend_line);
+	free(s->helo);
+	free(s->user);
+	free(s->tried);
+	free(s->mail_from);
+	free(s->qids);
 	if (s->tls_ctx)
 		sg_tls_ctx_unref(s->tls_ctx);
 	sg_config_unref(s->cfg);
@@ -220,7 +232,6 @@ static void finish_close(sg_session *s)
 	uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
 	uv_close((uv_handle_t *)&s->idle, on_handle_closed);
 	uv_close((uv_handle_t *)&s->delay, on_handle_closed);
-	uv_close((uv_handle_t *)&s->trim, on_handle_closed);
 }
 
 static void on_linger(uv_timer_t *t)
@@ -242,7 +253,7 @@ static void log_disconnect(sg_session *s)
 	         "event=disconnect client=%s:%u tls=%s user=%s msgs=%u bytes=%llu "
 	         "queue_ids=%s time=%.3f reason=%s",
 	         s->client_ip, s->client_port, tls, user, s->msgs,
-	         (unsigned long long)s->bytes, s->qids[0] ? s->qids : "-", secs,
+	         (unsigned long long)s->bytes, s->qids ? s->qids : "-", secs,
 	         s->close_reason ? s->close_reason : "-");
 }
 
@@ -269,8 +280,7 @@ void sg_session_close(sg_session *s, const char *reason)
 	s->close_reason = reason;
 	sg_session_state(s, SG_ST_CLOSING);
 	uv_timer_stop(&s->idle);
-	uv_timer_stop(&s->delay);
-	uv_timer_stop(&s->trim);
+	uv_timer_stop(&s->delay); /* also a pending trim */
 	drop_auth_and_link(s);
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
@@ -513,7 +523,7 @@ void sg_session_process(sg_session *s)
 	 * many never send one soon (S4: idle authenticated sessions). */
 	if (quiet(s)) {
 		if (s->msgs > 0)
-			uv_timer_start(&s->trim, on_trim, SG_TRIM_DELAY_MS, 0);
+			uv_timer_start(&s->delay, on_trim, SG_TRIM_DELAY_MS, 0);
 		else
 			trim_now(s);
 	}
@@ -579,11 +589,12 @@ void sg_session_starttls(sg_session *s)
 	sg_buf_reset(&s->in);
 	s->lines.discarding = false;
 	/* RFC 3207 4.2: forget everything learnt from the client before. */
-	s->helo[0] = '\0';
+	sg_session_set_str(&s->helo, NULL, 0);
 	s->esmtp = false;
 	s->auth_await = false;
 	s->authenticated = false;
-	s->user[0] = '\0';
+	sg_session_set_str(&s->user, NULL, 0);
+	sg_session_set_str(&s->tried, NULL, 0);
 	drop_auth_and_link(s);
 	sg_cmd_txn_reset(s);
 	tls_begin(s);
@@ -616,7 +627,7 @@ void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login)
 	id->login = with_login ? s->user : NULL;
 	id->client_ip = s->client_ip;
 	id->client_port = s->client_port;
-	id->helo = s->helo[0] ? s->helo : NULL;
+	id->helo = s->helo;
 	id->esmtp = s->esmtp;
 	if (s->tls && s->encrypted) {
 		id->tls_version = sg_tls_version(s->tls);
@@ -631,10 +642,15 @@ static void add_qid(sg_session *s, const char *qid)
 {
 	if (!qid || !qid[0])
 		return;
-	size_t n = strlen(s->qids);
-	if (n + strlen(qid) + 2 >= sizeof s->qids)
+	size_t n = s->qids ? strlen(s->qids) : 0, q = strlen(qid);
+	if (n + q + 2 >= SG_QIDS_MAX)
 		return; /* enough for a log line; the upstream log has the rest */
-	snprintf(s->qids + n, sizeof s->qids - n, "%s%s", n ? "," : "", qid);
+	/* grown per message: a session holds none before its first one */
+	char *p = realloc(s->qids, n + q + 2);
+	if (!p)
+		return; /* the log line lacks it; the message went through */
+	snprintf(p + n, q + 2, "%s%s", n ? "," : "", qid);
+	s->qids = p;
 }
 
 static void on_data_done(void *arg, const sg_reply *r)
@@ -814,9 +830,8 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	uv_tcp_init(s->loop, &s->tcp);
 	uv_timer_init(s->loop, &s->idle);
 	uv_timer_init(s->loop, &s->delay);
-	uv_timer_init(s->loop, &s->trim);
-	s->tcp.data = s->idle.data = s->delay.data = s->trim.data = s;
-	s->handles = 4;
+	s->tcp.data = s->idle.data = s->delay.data = s;
+	s->handles = 3;
 	s->next = w->sessions;
 	if (w->sessions)
 		w->sessions->prev = s;

@@ -32,7 +32,7 @@
 #define SG_PATH_MAX 256        /* RFC 5321 4.5.3.1.3 reverse/forward path */
 #define SG_USER_MAX 255        /* login name kept for logs */
 #define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
-#define SG_IP_MAX 64           /* textual IPv4/IPv6 address */
+#define SG_IP_MAX 46           /* textual IPv4/IPv6 address (INET6_ADDRSTRLEN) */
 #define SG_LOG_REPLY_MAX 512   /* upstream reply quoted in a log line */
 /* RCPT/DATA lines of a pipelined group handed to the link before their turn
  * (commands.c, RFC 2920); past this many the rest wait for their turn. */
@@ -68,8 +68,11 @@ typedef struct sg_session {
 	uv_loop_t *loop;
 	uv_tcp_t tcp;
 	uv_timer_t idle;  /* idle_timeout, re-armed per command */
-	uv_timer_t delay; /* failure_delay before 535; close linger */
-	uv_timer_t trim;  /* SG_TRIM_DELAY_MS after the session went quiet */
+	/* One timer for three waits that never overlap (issue 9: a timer
+	 * handle is 152 octets per session): failure_delay before a 535 and
+	 * the close linger are never quiet(), and SG_TRIM_DELAY_MS runs only
+	 * while the session is quiet (on_trim checks it again). */
+	uv_timer_t delay;
 	int handles;      /* open handles; freed when the last one closes */
 	char id[SG_SID_LEN + 1];
 
@@ -100,15 +103,18 @@ typedef struct sg_session {
 	unsigned client_port;
 	char dest_ip[SG_IP_MAX];
 	unsigned dest_port;
-	char helo[SG_HELO_MAX + 1];
+	/* Strings below are allocated to their length when set and freed when
+	 * no longer needed, so an idle authenticated session holds only its
+	 * HELO name and login (issue 9, S4); NULL = none. */
+	char *helo;      /* at most SG_HELO_MAX */
 	bool esmtp;
 
 	sg_auth *auth;       /* lazily created */
 	bool authenticated;
 	bool auth_await;     /* a 334 was sent: next line is a SASL response */
 	unsigned auth_failures;
-	char user[SG_USER_MAX + 1];  /* authenticated identity */
-	char tried[SG_USER_MAX + 1]; /* login of the last attempt, for logs */
+	char *user;  /* authenticated identity, at most SG_USER_MAX */
+	char *tried; /* login of this AUTH exchange, log-safe: exchange only */
 	char mech[24];
 	unsigned auth_steps; /* client responses in this exchange */
 
@@ -131,16 +137,19 @@ typedef struct sg_session {
 	char *sync_text;
 	size_t sync_len;
 
-	char mail_from[SG_PATH_MAX + 1];
+	char *mail_from; /* during a transaction, at most SG_PATH_MAX */
 	unsigned rcpts;
 	uint64_t msg_size;
 
 	unsigned msgs;
 	uint64_t bytes;
-	char qids[SG_QIDS_MAX];
+	char *qids; /* from the first message, shorter than SG_QIDS_MAX */
 } sg_session;
 
 /* session.c */
+/* *dst = a copy of at most max octets of src (NULL: none); the old value
+ * is freed.  -1 on OOM (then *dst is NULL). */
+int sg_session_set_str(char **dst, const char *src, size_t max);
 void sg_session_state(sg_session *s, enum sg_state st);
 void sg_session_close(sg_session *s, const char *reason);
 void sg_session_flush(sg_session *s);
