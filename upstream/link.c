@@ -52,6 +52,7 @@
 #define UP_QID_MAX 64
 #define UP_PASSWORD_MAX 1024
 #define UP_LOGTEXT_MAX 200           /* upstream reply quoted in a log line */
+#define UP_LAST_ERROR_MAX (UP_PEER_MAX + UP_LOGTEXT_MAX + 110)
 #define UP_SCAN_IN (32 * 1024)       /* DATA octets scanned per step */
 /* The scanner's output for UP_SCAN_IN octets: at most twice as long (bare
  * LF -> CRLF with normalize) plus a held header name and a held dot. */
@@ -139,7 +140,10 @@ struct sg_link {
 	uv_getaddrinfo_t gai;
 	struct addrinfo *ais, *ai;
 	char peer[UP_PEER_MAX];
-	char last_error[UP_PEER_MAX + UP_LOGTEXT_MAX + 110];
+	/* why the last server failed, for the one upstream_unavailable line;
+	 * allocated at the first failure (an idle link that never failed
+	 * carries none of it: S4 memory per idle session) */
+	char *last_error;
 	int nhandles; /* open handles + in-flight getaddrinfo */
 
 	conn *c;
@@ -207,6 +211,18 @@ static void logtext(char *out, size_t cap, const char *t, size_t len)
 	out[o] = '\0';
 }
 
+static void set_last_error(sg_link *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_last_error(sg_link *l, const char *fmt, ...)
+{
+	if (!l->last_error && !(l->last_error = malloc(UP_LAST_ERROR_MAX)))
+		return; /* the log line then says last_error="" */
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(l->last_error, UP_LAST_ERROR_MAX, fmt, ap);
+	va_end(ap);
+}
+
 static void maybe_free(sg_link *l)
 {
 	if (l->phase != P_CLOSED || !l->owner_gone || l->nhandles > 0)
@@ -231,6 +247,7 @@ static void maybe_free(sg_link *l)
 	}
 	free(l->rr);
 	free(l->xlines);
+	free(l->last_error);
 	free(l->rcv);
 	free((char *)l->id.sid);
 	free((char *)l->id.login);
@@ -452,7 +469,7 @@ static void fail_all(sg_link *l)
 {
 	log_error(sid(l),
 	          "event=upstream_unavailable servers=%zu last_error=\"%s\"%s",
-	          l->cfg->nservers, l->last_error,
+	          l->cfg->nservers, l->last_error ? l->last_error : "",
 	          l->probe ? " action=probe" : "");
 	if (l->was_ready) {
 		/* a lazy reopen: the queued commands get our 4xx */
@@ -507,7 +524,7 @@ static void fail_server(sg_link *l, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof why, fmt, ap);
 	va_end(ap);
-	snprintf(l->last_error, sizeof l->last_error, "%s: %s", l->peer, why);
+	set_last_error(l, "%s: %s", l->peer, why);
 	log_warn(sid(l), "event=upstream_fail upstream=%s action=%s reason=\"%s\"",
 	         l->peer, phase_name[l->phase], why);
 	uv_timer_stop(&l->timer);
@@ -646,8 +663,19 @@ static void start_server(sg_link *l)
 		l->ais = l->ai = NULL;
 	}
 	l->phase = P_RESOLVE;
+	/* A literal address and port need no resolver: with AI_NUMERICHOST |
+	 * AI_NUMERICSERV getaddrinfo only parses (no DNS, no /etc/hosts, it
+	 * cannot block), so it runs here instead of costing every link a
+	 * thread-pool round trip (a futex wake and two context switches). */
+	struct addrinfo nhints = hints, *res = NULL;
+	nhints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	if (getaddrinfo(s->host, s->port, &nhints, &res) == 0 && res) {
+		l->ais = l->ai = res;
+		connect_ai(l);
+		return;
+	}
 	l->gai.data = l;
-	/* on the thread pool: a slow DNS server must not stall the loop */
+	/* a name, on the thread pool: a slow DNS server must not stall the loop */
 	int rc = uv_getaddrinfo(l->loop, &l->gai, on_resolved, s->host, s->port,
 	                        &hints);
 	if (rc < 0) {
@@ -1560,13 +1588,13 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
 	l->ready_arg = arg;
 	if (cfg->identity == SG_ID_AUTH && read_password(l) < 0) {
 		/* the secret's path only; never its content */
-		snprintf(l->last_error, sizeof l->last_error,
-		         "cannot read auth_password_file %s", cfg->auth_password_file);
+		set_last_error(l, "cannot read auth_password_file %s",
+		               cfg->auth_password_file);
 		uv_timer_start(&l->defer, open_failed, 0, 0);
 		return l;
 	}
 	if (cfg->nservers == 0) {
-		snprintf(l->last_error, sizeof l->last_error, "no [upstream] server");
+		set_last_error(l, "no [upstream] server");
 		uv_timer_start(&l->defer, open_failed, 0, 0);
 		return l;
 	}

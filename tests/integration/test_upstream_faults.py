@@ -130,6 +130,25 @@ def test_upstream_refused_then_next_server(workdir, start_saslgate, start_fake_u
     assert b"X-Marker: failover" in up.delivered()[0]
 
 
+
+def test_upstream_by_name_and_unresolvable_name(workdir, start_saslgate, start_fake_upstream):
+    """A server given by name goes through the resolver (literal addresses
+    are parsed in place); a name that does not resolve is skipped like a
+    refused server and the next one takes the mail."""
+    up = start_fake_upstream()
+    cert, key = make_cert(workdir, kind="ecdsa")
+    db = make_sasldb(workdir / "sasldb2", {USER: PW}, realm="sg.test")
+    upstream = {"server": ["no-such-host.invalid:%d" % up.port, "localhost:%d" % up.port],
+                "connect_timeout": "1s", "timeout": "%ds" % UP_TIMEOUT}
+    cfg = default_config(workdir, upstream_port=up.port, cert=cert, key=key, sasldb=db,
+                         upstream=upstream, limits={"idle_timeout": "30s"})
+    sg = start_saslgate(cfg, secrets={USER: PW})
+    send_ok(sg, "by-name")
+    up.wait_for(lambda: len(up.delivered()) == 1, 10, "the message upstream")
+    assert b"X-Marker: by-name" in up.delivered()[0]
+    log = sg.log_text()
+    assert "no-such-host.invalid" in log and "resolve" in log, log[-2000:]
+
 # ------------------------------------------------------ in the transaction
 
 TXN_FAULTS = {
