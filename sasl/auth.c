@@ -16,13 +16,20 @@
  * from [sasl].  mech_list is answered per connection, which is also what lets
  * a reload change it (Cyrus 2.1.27+ builds each connection's list from it).
  *
- * Threads.  libuv's pool, shared with the rest of saslgate (upstream name
- * lookups), has SG_POOL_FACTOR x [sasl] threads + SG_POOL_RESERVE threads.
- * Cyrus' saslauthd client has no timeout, so a backend that hangs would take
- * every pool thread, and the proxy with it.  Hence: more than [sasl] threads
- * Cyrus calls at once only while the backend makes progress (a burst), and
+ * Threads.  Each event loop runs at most SG_RUN_FACTOR x [sasl] threads
+ * Cyrus calls on libuv's pool at once; more wait their turn here, in order.
+ * The pool, shared with the rest of saslgate (upstream name lookups), has
+ * that many threads per worker + SG_POOL_RESERVE.  (It used to be sized for
+ * every call in flight: a burst of logins then woke dozens of pool threads,
+ * and each thread that ever ran Cyrus keeps its stack pages, ~64 KiB with
+ * sasldb: memory that showed up per idle session.)
+ * Cyrus' saslauthd client has no timeout, so a backend that hangs holds the
+ * pool threads of its calls.  Hence: more than [sasl] threads Cyrus calls
+ * in flight (running or waiting) only while the backend makes progress, and
  * never more than SG_POOL_FACTOR times that; past those limits AUTH answers
- * 454 at once and the log says why.  SG_POOL_RESERVE threads stay free.
+ * 454 at once and the log says why.  With [sasl] threads calls hung, as many
+ * slots are left for the calls that do get answers.  SG_POOL_RESERVE threads
+ * stay free.
  * A session has at most one Cyrus call in flight.  While it runs,
  * the pool thread owns the sasl_conn_t; the loop thread touches it again only
  * in the after-callback.  sg_auth_free during a call only marks the object;
@@ -56,7 +63,9 @@
  * the benchmark) must queue, not get 454; the stall rule below is what
  * protects the pool from a backend that hangs. */
 #define SG_POOL_FACTOR 16
-#define SG_AUTH_THREADS_MAX 60 /* 16 x 60 + reserve: libuv's cap is 1024 */
+#define SG_AUTH_THREADS_MAX 60
+#define SG_RUN_FACTOR 2        /* Cyrus calls running per loop: 2 x threads */
+#define SG_POOL_MAX 1024       /* libuv's own cap on its pool */
 #define SG_POOL_RESERVE 2 /* pool threads Cyrus may never take: getaddrinfo
                              of the upstream link and libuv's fs calls */
 #define SG_SASL_STALL_MS 2000 /* no Cyrus call ended for this long while
@@ -87,6 +96,9 @@ struct sg_auth {
 	int preset;      /* -1: ask Cyrus; else the answer, decided up front */
 	bool is_start;
 	bool counted; /* holds one of the g_threads slots */
+	sg_auth *qnext;   /* waiting for a pool slot of its loop (t_head) */
+	bool slot;        /* holds one of its loop's t_running slots */
+	uv_loop_t *qloop;
 	char mech[SG_AUTH_MECH_MAX + 1];
 	char *in;
 	unsigned inlen;
@@ -120,6 +132,15 @@ static bool g_active;             /* sasl_server_init done */
 static unsigned g_threads;        /* [sasl] threads at start (0: no limit) */
 static unsigned g_inflight;       /* Cyrus calls queued or running; atomic */
 static uint64_t g_progress_ms;    /* a Cyrus call ended / work began; atomic */
+/* Per event-loop thread (one loop per thread): calls of this loop's
+ * sessions on the pool now, and those waiting for a slot, oldest first. */
+static __thread unsigned t_running;
+static __thread sg_auth *t_head, *t_tail;
+
+static unsigned run_limit(void)
+{
+	return SG_RUN_FACTOR * (g_threads ? g_threads : 4);
+}
 
 static void g_init(void)
 {
@@ -506,6 +527,8 @@ static int normalise(int rc, bool backend_down)
 	}
 }
 
+static void pump(void);
+
 static void work(uv_work_t *w)
 {
 	sg_auth *a = w->data;
@@ -554,6 +577,11 @@ static void after_work(uv_work_t *w, int status)
 	unsigned outlen = 0;
 	int res;
 
+	if (a->slot) {
+		a->slot = false;
+		t_running--;
+		pump(); /* the next waiting call takes the slot */
+	}
 	a->busy = false;
 	free(a->in);
 	a->in = NULL;
@@ -613,6 +641,48 @@ static void after_work(uv_work_t *w, int status)
 	a->cb(a->arg, res, out, outlen);
 }
 
+/* A call that never reached the pool: give back what queue() took. */
+static void unqueue_failed(sg_auth *a, int r)
+{
+	if (a->counted)
+		__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
+	a->counted = false;
+	a->busy = false;
+	free(a->in);
+	a->in = NULL;
+	a->preset = -1;
+	log_error(a->sid[0] ? a->sid : NULL, "sasl: uv_queue_work: %s",
+	          uv_strerror(r));
+}
+
+/* Start waiting calls while this loop has free slots (on its thread). */
+static void pump(void)
+{
+	while (t_head && t_running < run_limit()) {
+		sg_auth *a = t_head;
+		t_head = a->qnext;
+		if (!t_head)
+			t_tail = NULL;
+		a->qnext = NULL;
+		int r = uv_queue_work(a->qloop, &a->work, work, after_work);
+		if (r >= 0) {
+			a->slot = true;
+			t_running++;
+			continue;
+		}
+		/* the loop is going away: the session gets 454, or, gone
+		 * already, its auth object is freed */
+		bool dead = a->dead;
+		sg_auth_cb cb = a->cb;
+		void *arg = a->arg;
+		unqueue_failed(a, r);
+		if (dead)
+			destroy(a);
+		else if (cb)
+			cb(arg, SG_AUTH_TEMPFAIL, NULL, 0);
+	}
+}
+
 static int queue(sg_auth *a, uv_loop_t *loop, sg_auth_cb cb, void *arg)
 {
 	if (a->preset < 0 && g_threads) {
@@ -641,18 +711,28 @@ static int queue(sg_auth *a, uv_loop_t *loop, sg_auth_cb cb, void *arg)
 	a->arg = arg;
 	a->work.data = a;
 	a->busy = true;
+	a->qloop = loop;
+	/* an answer decided up front (454) needs no Cyrus slot: never in line */
+	bool cyrus = a->preset < 0;
+	if (cyrus && (t_head || t_running >= run_limit())) {
+		/* every slot of this loop is taken: wait in line; after_work of
+		 * a running call starts the next */
+		a->qnext = NULL;
+		if (t_tail)
+			t_tail->qnext = a;
+		else
+			t_head = a;
+		t_tail = a;
+		return 0;
+	}
 	int r = uv_queue_work(loop, &a->work, work, after_work);
 	if (r < 0) {
-		if (a->counted)
-			__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
-		a->counted = false;
-		a->busy = false;
-		free(a->in);
-		a->in = NULL;
-		a->preset = -1;
-		log_error(a->sid[0] ? a->sid : NULL, "sasl: uv_queue_work: %s",
-		          uv_strerror(r));
+		unqueue_failed(a, r);
 		return -1;
+	}
+	if (cyrus) {
+		a->slot = true;
+		t_running++;
 	}
 	return 0;
 }
@@ -865,7 +945,9 @@ int sg_sasl_init(const sg_config *cfg, sg_errors *errs)
 		t = SG_AUTH_THREADS_MAX;
 	if (!g_threads) {
 		g_threads = t;
-		snprintf(n, sizeof n, "%u", SG_POOL_FACTOR * t + SG_POOL_RESERVE);
+		unsigned w = cfg->workers > 0 ? (unsigned)cfg->workers : 1;
+		unsigned pool = SG_RUN_FACTOR * t * w + SG_POOL_RESERVE;
+		snprintf(n, sizeof n, "%u", pool < SG_POOL_MAX ? pool : SG_POOL_MAX);
 		setenv("UV_THREADPOOL_SIZE", n, 1);
 	}
 
