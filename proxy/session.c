@@ -544,7 +544,11 @@ void sg_session_resume(sg_session *s)
 static void do_handshake(sg_session *s)
 {
 	int r = sg_tls_handshake(s->tls);
-	send_tls_out(s);
+	/* Done: OpenSSL's last flight (TLS 1.3 NewSessionTickets) waits for
+	 * the reply to the command that came with the client's Finished
+	 * (usually EHLO), so both leave in one write (issue 9, S1). */
+	if (r != 1)
+		send_tls_out(s);
 	if (r == 0)
 		return;
 	if (r < 0) {
@@ -563,6 +567,9 @@ static void do_handshake(sg_session *s)
 	sg_session_state(s, SG_ST_HELO);
 	sg_session_idle_rearm(s);
 	sg_session_process(s);
+	/* no reply went out (no command yet): the tickets go alone */
+	if (!s->closing)
+		send_tls_out(s);
 }
 
 static int tls_begin(sg_session *s)
