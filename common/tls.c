@@ -1,18 +1,20 @@
 /* common/tls.c: the TLS engine of common/tls.h, OpenSSL 3 over memory BIOs.
  *
- * OpenSSL never touches a socket: the session feeds ciphertext into a
- * buffer OpenSSL reads through our BIO, OpenSSL writes ciphertext into
- * another, and the session ships that with libuv.  So nothing here can
- * block the event loop.
+ * OpenSSL never touches a socket: the session feeds ciphertext into a memory
+ * BIO (rbio), OpenSSL writes ciphertext into another (wbio), and the session
+ * ships that with libuv.  So nothing here can block the event loop.
  *
  * Memory: a busy TLS connection needs ~2 x 17 KiB of record buffers.  While
  * it is busy it keeps them (freeing and cleansing them per record, as
  * SSL_MODE_RELEASE_BUFFERS does, dominated the profile of a big message);
  * when the session is idle between messages it calls sg_tls_trim, which
- * frees OpenSSL's record buffers (SSL_free_buffers) and our drained
- * ciphertext buffers, so an idle session holds little more than the SSL
- * object itself.  What OpenSSL keeps from the handshake (its key share,
- * the handshake hash) has no public release before SSL_free.
+ * frees OpenSSL's record buffers (SSL_free_buffers) and replaces the
+ * drained memory BIOs by fresh empty ones, so an idle session holds little
+ * more than the SSL object itself.  (A BIO of our own over freeable buffers
+ * was tried for issue 9: more idle heap than two trimmed BIO_s_mem, ~6.5
+ * against ~6.1 KB per session in test_tls.  What OpenSSL keeps from the
+ * handshake, its key share and handshake hash, has no public release
+ * before SSL_free; SSL_free_buffers drops the record buffers only.)
  *
  * Error queue: OpenSSL's is per thread and shared by every session on it,
  * and in OpenSSL 3 ERR_clear_error is not cheap (~800 instructions: sixteen
@@ -39,11 +41,17 @@
 
 /* Longest failure reason kept per session (for one log line). */
 #define SG_TLS_ERR_MAX 192
-/* While a session is busy its drained ciphertext buffers keep up to this
- * much (freeing per read cost a grow and a free per chunk: the S3
- * profile), and sg_tls_trim frees them when the session is idle between
- * messages. */
+/* Scratch size for draining sent ciphertext out of the write BIO. */
+#define SG_TLS_DRAIN_CHUNK 4096
+/* A drained memory BIO whose buffer grew past this is replaced by a fresh
+ * one: a burst (DATA) should not pin its peak size for the session's life. */
+/* A memory BIO keeps its peak allocation; while a session is busy we keep
+ * up to this much (swapping BIOs per read cost a zeroed grow and a cleansed
+ * free per chunk: the S3 profile), and sg_tls_trim drops it all when the
+ * session is idle between messages. */
 #define SG_TLS_BIO_KEEP (256 * 1024)
+/* Largest single BIO_write (BIO_write takes an int). */
+#define SG_TLS_FEED_CHUNK (1 << 20)
 /* Server-side session cache entries (TLS 1.2 session ids). */
 #define SG_TLS_SESS_CACHE 10240
 /* Client role: sessions remembered for resumption, one per upstream name. */
@@ -67,16 +75,8 @@ struct sg_tls_ctx {
 
 struct sg_tls {
 	SSL *ssl;
-	/* One BIO of our own (bio_meth) is OpenSSL's rbio and wbio: it reads
-	 * from `in` and writes to `out`, buffers we can free when idle (a
-	 * BIO_s_mem keeps its peak buffer until the BIO goes, and is four
-	 * allocations, not one: issue 9, S4).  The bounds are the callers'
-	 * flow control, as with the memory BIOs before. */
-	BIO *bio;
-	sg_buf in;     /* ciphertext in (network -> OpenSSL), from in_off */
-	size_t in_off;
-	sg_buf out;    /* ciphertext out (OpenSSL -> network), from out_off */
-	size_t out_off;
+	BIO *rb; /* ciphertext in (network -> OpenSSL) */
+	BIO *wb; /* ciphertext out (OpenSSL -> network) */
 	sg_tls_ctx *ctx;
 	char *name; /* client role: key for the session cache */
 	bool failed; /* a fatal error: the session must not be resumed */
@@ -435,75 +435,12 @@ sg_tls_ctx *sg_tls_client_ctx(bool verify, const char *ca_file,
 
 /* ------------------------------------------------------------- engines */
 
-/* ------------------------------------------------------------- the BIO */
-
-static BIO_METHOD *bio_meth;
-static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
-
-static int bio_write(BIO *b, const char *p, int n)
+static BIO *mem_bio(void)
 {
-	sg_tls *t = BIO_get_data(b);
-	BIO_clear_retry_flags(b);
-	if (!t || n < 0)
-		return -1;
-	if (t->out_off > 0) { /* the caller sends all at once: rarely taken */
-		sg_buf_consume(&t->out, t->out_off);
-		t->out_off = 0;
-	}
-	return sg_buf_append(&t->out, p, (size_t)n) < 0 ? -1 : n;
-}
-
-static int bio_read(BIO *b, char *p, int n)
-{
-	sg_tls *t = BIO_get_data(b);
-	BIO_clear_retry_flags(b);
-	if (!t || n < 0)
-		return -1;
-	size_t avail = t->in.len - t->in_off;
-	if (avail == 0) {
-		BIO_set_retry_read(b); /* empty = "retry", not EOF */
-		return -1;
-	}
-	size_t k = avail < (size_t)n ? avail : (size_t)n;
-	memcpy(p, t->in.data + t->in_off, k);
-	t->in_off += k;
-	if (t->in_off == t->in.len)
-		t->in.len = t->in_off = 0; /* drained: keep the memory */
-	return (int)k;
-}
-
-static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-	(void)num;
-	(void)ptr;
-	sg_tls *t = BIO_get_data(b);
-	switch (cmd) {
-	case BIO_CTRL_FLUSH:
-		return 1;
-	case BIO_CTRL_PENDING:
-		return t ? (long)(t->in.len - t->in_off) : 0;
-	case BIO_CTRL_WPENDING:
-		return t ? (long)(t->out.len - t->out_off) : 0;
-	default:
-		return 0; /* not kTLS, not DTLS, no push/pop */
-	}
-}
-
-static int bio_create(BIO *b)
-{
-	BIO_set_init(b, 1);
-	return 1;
-}
-
-static void bio_meth_init(void)
-{
-	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
-	                             "saslgate buffers");
-	if (m && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) &&
-	    BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create))
-		bio_meth = m;
-	else
-		BIO_meth_free(m);
+	BIO *b = BIO_new(BIO_s_mem());
+	if (b)
+		BIO_set_mem_eof_return(b, -1); /* empty = "retry", not EOF */
+	return b;
 }
 
 static sg_tls *engine_new(sg_tls_ctx *c)
@@ -512,20 +449,18 @@ static sg_tls *engine_new(sg_tls_ctx *c)
 	sg_tls *t = calloc(1, sizeof *t);
 	if (!t)
 		return NULL;
-	pthread_once(&bio_once, bio_meth_init);
-	sg_buf_init(&t->in, 0);
-	sg_buf_init(&t->out, 0);
-	t->ssl = bio_meth ? SSL_new(c->ssl) : NULL;
-	t->bio = bio_meth ? BIO_new(bio_meth) : NULL;
-	if (!t->ssl || !t->bio) {
+	t->ssl = SSL_new(c->ssl);
+	t->rb = mem_bio();
+	t->wb = mem_bio();
+	if (!t->ssl || !t->rb || !t->wb) {
 		SSL_free(t->ssl);
-		BIO_free(t->bio);
+		BIO_free(t->rb);
+		BIO_free(t->wb);
 		free(t);
 		ERR_clear_error();
 		return NULL;
 	}
-	BIO_set_data(t->bio, t);
-	SSL_set_bio(t->ssl, t->bio, t->bio); /* SSL owns it from here */
+	SSL_set_bio(t->ssl, t->rb, t->wb); /* SSL owns them from here */
 	t->ctx = sg_tls_ctx_ref(c);
 	return t;
 }
@@ -604,9 +539,7 @@ void sg_tls_free(sg_tls *t)
 	 * so unless a fatal error occurred the session stays resumable. */
 	if (!t->failed && SSL_is_init_finished(t->ssl))
 		SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-	SSL_free(t->ssl); /* frees the BIO */
-	sg_buf_free(&t->in);
-	sg_buf_free(&t->out);
+	SSL_free(t->ssl); /* frees both BIOs */
 	sg_tls_ctx_unref(t->ctx);
 	free(t->name);
 	free(t);
@@ -617,15 +550,15 @@ int sg_tls_feed(sg_tls *t, const char *in, size_t len)
 {
 	if (len > 0)
 		t->rd_dry = false;
-	if (len == 0)
-		return 0;
-	if (t->in_off > 0) { /* a record cut by the last read: move it up */
-		sg_buf_consume(&t->in, t->in_off);
-		t->in_off = 0;
-	}
-	if (sg_buf_append(&t->in, in, len) < 0) {
-		snprintf(t->err, sizeof t->err, "out of memory buffering input");
-		return -1;
+	while (len > 0) {
+		int n = len > SG_TLS_FEED_CHUNK ? SG_TLS_FEED_CHUNK : (int)len;
+		if (BIO_write(t->rb, in, n) != n) {
+			snprintf(t->err, sizeof t->err, "out of memory buffering input");
+			ERR_clear_error();
+			return -1;
+		}
+		in += n;
+		len -= (size_t)n;
 	}
 	return 0;
 }
@@ -647,14 +580,36 @@ int sg_tls_handshake(sg_tls *t)
 	return -1;
 }
 
-/* Drained buffers grown past SG_TLS_BIO_KEEP by a burst (DATA) are
- * freed; sg_tls_trim frees them whatever their size. */
-static void maybe_drop(sg_buf *b, size_t *off, size_t keep)
+/* Swap a drained memory BIO for a fresh one when its buffer grew large
+ * (or always, for sg_tls_trim): a BIO_s_mem keeps its peak allocation. */
+static void maybe_drop_rbio(sg_tls *t, size_t keep)
 {
-	if (*off < b->len || b->cap <= keep)
+	BUF_MEM *bm = NULL;
+	if (BIO_ctrl_pending(t->rb) != 0)
 		return;
-	sg_buf_free(b);
-	*off = 0;
+	BIO_get_mem_ptr(t->rb, &bm);
+	if (!bm || bm->max <= keep)
+		return;
+	BIO *nb = mem_bio();
+	if (!nb)
+		return;
+	SSL_set0_rbio(t->ssl, nb); /* frees the old one */
+	t->rb = nb;
+}
+
+static void maybe_drop_wbio(sg_tls *t, size_t keep)
+{
+	BUF_MEM *bm = NULL;
+	if (BIO_ctrl_pending(t->wb) != 0)
+		return;
+	BIO_get_mem_ptr(t->wb, &bm);
+	if (!bm || bm->max <= keep)
+		return;
+	BIO *nb = mem_bio();
+	if (!nb)
+		return;
+	SSL_set0_wbio(t->ssl, nb);
+	t->wb = nb;
 }
 
 /* Plaintext OpenSSL could hand out now without more input: bytes left of
@@ -663,7 +618,7 @@ static void maybe_drop(sg_buf *b, size_t *off, size_t keep)
  * fed is not counted: nothing of it can be read yet. */
 static size_t readable(sg_tls *t)
 {
-	return (size_t)SSL_pending(t->ssl) + (t->in.len - t->in_off);
+	return (size_t)SSL_pending(t->ssl) + BIO_ctrl_pending(t->rb);
 }
 
 int sg_tls_read(sg_tls *t, sg_buf *out)
@@ -673,7 +628,7 @@ int sg_tls_read(sg_tls *t, sg_buf *out)
 	int ret = 0;
 	for (;;) {
 		/* Stop before out->max: what does not fit stays inside OpenSSL
-		 * (already decrypted or still in t->in) for the next call. */
+		 * (already decrypted or still in rbio) for the next call. */
 		if (out->max && out->len >= out->max)
 			break;
 		size_t avail = readable(t);
@@ -712,7 +667,7 @@ int sg_tls_read(sg_tls *t, sg_buf *out)
 		set_error(t, "read", r);
 		return -1;
 	}
-	maybe_drop(&t->in, &t->in_off, SG_TLS_BIO_KEEP);
+	maybe_drop_rbio(t, SG_TLS_BIO_KEEP);
 	return ret;
 }
 
@@ -730,7 +685,7 @@ int sg_tls_write(sg_tls *t, const char *p, size_t len)
 		t->ticket_due = false;
 		SSL_new_session_ticket(t->ssl);
 	}
-	/* Our BIO never says "retry" on write, so one call takes everything
+	/* A memory wbio never says "retry", so one call takes everything
 	 * (in as many records as needed). */
 	size_t n = 0;
 	int r = SSL_write_ex(t->ssl, p, len, &n);
@@ -743,17 +698,25 @@ int sg_tls_write(sg_tls *t, const char *p, size_t len)
 
 const char *sg_tls_out(sg_tls *t, size_t *len)
 {
-	*len = t->out.len - t->out_off;
-	return *len ? t->out.data + t->out_off : NULL;
+	char *p = NULL;
+	long n = BIO_get_mem_data(t->wb, &p);
+	*len = n > 0 ? (size_t)n : 0;
+	return *len ? p : NULL;
 }
 
 void sg_tls_out_consume(sg_tls *t, size_t len)
 {
-	size_t left = t->out.len - t->out_off;
-	t->out_off += len < left ? len : left;
-	if (t->out_off == t->out.len)
-		t->out.len = t->out_off = 0;
-	maybe_drop(&t->out, &t->out_off, SG_TLS_BIO_KEEP);
+	/* BIO_s_mem has no "skip": read into a scratch buffer.  The caller
+	 * has copied the bytes already, so this is the only extra copy. */
+	char scratch[SG_TLS_DRAIN_CHUNK];
+	while (len > 0) {
+		int n = len > sizeof scratch ? (int)sizeof scratch : (int)len;
+		int r = BIO_read(t->wb, scratch, n);
+		if (r <= 0)
+			break;
+		len -= (size_t)r;
+	}
+	maybe_drop_wbio(t, SG_TLS_BIO_KEEP);
 }
 
 void sg_tls_shutdown(sg_tls *t)
@@ -789,8 +752,8 @@ bool sg_tls_resumed(sg_tls *t) { return SSL_session_reused(t->ssl) == 1; }
 
 void sg_tls_trim(sg_tls *t)
 {
-	maybe_drop(&t->in, &t->in_off, 0);
-	maybe_drop(&t->out, &t->out_off, 0);
+	maybe_drop_rbio(t, 0);
+	maybe_drop_wbio(t, 0);
 	/* OpenSSL's own record buffers; a no-op while data is pending in them */
 	if (SSL_is_init_finished(t->ssl))
 		SSL_free_buffers(t->ssl);

@@ -478,6 +478,45 @@ static int second_resumes(sg_tls_ctx *sc, sg_tls_ctx *cc, const char *name)
 	return resumed;
 }
 
+static int tickets_seen;
+
+static int count_ticket(SSL *ssl, SSL_SESSION *sess)
+{
+	(void)ssl;
+	(void)sess;
+	tickets_seen++;
+	return 0;
+}
+
+/* TLS 1.3: the server sends one ticket, and only with its first reply
+ * (the answer to EHLO), so both leave in one write (issue 9, S1). */
+static void test_ticket_with_first_reply(sg_tls_ctx *sc)
+{
+	SSL_CTX *cx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX_set_session_cache_mode(cx, SSL_SESS_CACHE_CLIENT |
+	                                       SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(cx, count_ticket);
+	tickets_seen = 0;
+	struct peer s = {.t = sg_tls_new_server(sc)};
+	struct peer c = raw_client(cx);
+	CHECK(handshake(&c, &s) == 1, "handshake");
+	char buf[256];
+	CHECK(SSL_read(c.ssl, buf, sizeof buf) <= 0 && tickets_seen == 0,
+	      "no ticket flight of its own after the handshake (%d)", tickets_seen);
+	CHECK(sg_tls_write(s.t, "250 ok\r\n", 8) == 0, "reply");
+	size_t n = 0;
+	const char *p = sg_tls_out(s.t, &n);
+	BIO_write(c.rb, p, (int)n);
+	sg_tls_out_consume(s.t, n);
+	CHECK(sg_tls_out(s.t, &n) == NULL && n == 0, "one buffer to send");
+	int r = SSL_read(c.ssl, buf, sizeof buf);
+	CHECK(r == 8 && memcmp(buf, "250 ok\r\n", 8) == 0, "reply read (%d)", r);
+	CHECK(tickets_seen == 1, "one ticket, with the reply (%d)", tickets_seen);
+	peer_free(&s);
+	peer_free(&c);
+	SSL_CTX_free(cx);
+}
+
 static void test_resumption(sg_tls_ctx *sc)
 {
 	sg_errors errs = {0};
@@ -698,6 +737,7 @@ int main(void)
 		test_tls12_and_min_version(sc);
 		test_ecdsa_selection(sc);
 		test_resumption(sc);
+		test_ticket_with_first_reply(sc);
 		test_verify(sc);
 		test_config_errors();
 		test_plaintext(sc);
