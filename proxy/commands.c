@@ -223,6 +223,15 @@ static void open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	s->sync_code = 0;
 	sg_link *l = sg_link_open(s->loop, s->cfg, &id, ready, s);
 	s->link_opening = false;
+	if (!l && !s->sync_code) {
+		/* no link at all (out of memory): no callback will ever come,
+		 * so answer now rather than leave the client waiting */
+		static const char t[] = "454 4.7.0 Temporary failure: relay unavailable\r\n";
+		log_error(s->id, "upstream link: out of memory");
+		sg_reply r = {454, t, sizeof t - 1};
+		ready(s, &r);
+		return;
+	}
 	if (!s->sync_code) {
 		s->link = l;
 		return;
