@@ -250,6 +250,128 @@ int sg_parse_sockaddr(const char *s, struct sockaddr_storage *ss,
 	return rc;
 }
 
+/* One entry of a network list: "192.0.2.1", "10.0.0.0/8", "2001:db8::/32".
+ * Host bits past the prefix are refused rather than masked: "10.1.2.3/8"
+ * most likely meant one host, and trusting the whole /8 instead would let
+ * every machine there choose its client address. */
+static int parse_net(const char *e, sg_net *net, const char **why)
+{
+	char host[INET6_ADDRSTRLEN + 8];
+	const char *slash = strchr(e, '/');
+	size_t hl = slash ? (size_t)(slash - e) : strlen(e);
+	if (hl == 0 || hl >= sizeof host) {
+		*why = "not an IPv4 or IPv6 address";
+		return -1;
+	}
+	memcpy(host, e, hl);
+	host[hl] = '\0';
+	memset(net, 0, sizeof *net);
+	unsigned max;
+	if (inet_pton(AF_INET, host, net->addr) == 1) {
+		net->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, host, net->addr) == 1) {
+		net->family = AF_INET6;
+		max = 128;
+	} else {
+		*why = "not an IPv4 or IPv6 address";
+		return -1;
+	}
+	net->prefix = max;
+	if (slash) {
+		const char *p = slash + 1;
+		if (!*p || strspn(p, "0123456789") != strlen(p) || strlen(p) > 3 ||
+		    (unsigned)atoi(p) > max) {
+			*why = max == 32 ? "prefix length is not 0-32"
+			                 : "prefix length is not 0-128";
+			return -1;
+		}
+		net->prefix = (unsigned)atoi(p);
+	}
+	for (unsigned bit = net->prefix; bit < max; bit++)
+		if (net->addr[bit / 8] & (0x80u >> (bit % 8))) {
+			*why = "address has bits set past the prefix length";
+			return -1;
+		}
+	/* ::ffff:a.b.c.d/96+n is the IPv4 prefix a.b.c.d/n */
+	static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	if (net->family == AF_INET6 && net->prefix >= 96 &&
+	    memcmp(net->addr, mapped, sizeof mapped) == 0) {
+		memmove(net->addr, net->addr + 12, 4);
+		memset(net->addr + 4, 0, 12);
+		net->family = AF_INET;
+		net->prefix -= 96;
+	}
+	return 0;
+}
+
+int sg_parse_netlist(const char *s, sg_net **nets, size_t *n, char *bad,
+                     size_t badlen, const char **why)
+{
+	sg_net *list = NULL;
+	size_t count = 0;
+	const char *sep = " \t,";
+	for (s += strspn(s, sep); *s; s += strspn(s, sep)) {
+		size_t len = strcspn(s, sep);
+		char entry[INET6_ADDRSTRLEN + 8];
+		snprintf(bad, badlen, "%.*s", (int)len, s);
+		sg_net net;
+		if (len >= sizeof entry) {
+			*why = "not an IPv4 or IPv6 address";
+			free(list);
+			return -1;
+		}
+		memcpy(entry, s, len);
+		entry[len] = '\0';
+		if (parse_net(entry, &net, why) < 0) {
+			free(list);
+			return -1;
+		}
+		sg_net *p = realloc(list, (count + 1) * sizeof *p);
+		if (!p)
+			abort();
+		list = p;
+		list[count++] = net;
+		s += len;
+	}
+	*nets = list;
+	*n = count;
+	return 0;
+}
+
+bool sg_net_match(const sg_net *nets, size_t n, const struct sockaddr *sa)
+{
+	uint8_t a[16];
+	int family;
+	if (sa->sa_family == AF_INET) {
+		memcpy(a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		family = AF_INET;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		/* a [::] listener sees IPv4 peers as ::ffff:a.b.c.d */
+		if (IN6_IS_ADDR_V4MAPPED(a6)) {
+			memcpy(a, a6->s6_addr + 12, 4);
+			family = AF_INET;
+		} else {
+			memcpy(a, a6->s6_addr, 16);
+			family = AF_INET6;
+		}
+	} else {
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (nets[i].family != family)
+			continue;
+		unsigned full = nets[i].prefix / 8, rest = nets[i].prefix % 8;
+		if (memcmp(a, nets[i].addr, full) != 0)
+			continue;
+		if (rest && ((a[full] ^ nets[i].addr[full]) & (0xffu << (8 - rest)) & 0xff))
+			continue;
+		return true;
+	}
+	return false;
+}
+
 /* -------------------------------------------------------------- key table */
 
 enum ktype {
@@ -263,7 +385,8 @@ enum ktype {
 	K_WORKERS,
 	K_TLSVER,
 	K_SERVER, /* [upstream] server: repeatable */
-	K_ADDRESS /* [listener] address */
+	K_ADDRESS, /* [listener] address */
+	K_NETS     /* [listener] proxy_trusted_networks */
 };
 
 struct key {
@@ -311,6 +434,10 @@ static const struct key keys[] = {
      "yes", NULL, "no AUTH offered or accepted before TLS"},
     {"listener", "proxy_protocol", K_ENUM, L(proxy_protocol), "no", pp_modes,
      "no | v1 | v2 | any: require a HAProxy PROXY header first"},
+    {"listener", "proxy_trusted_networks", K_NETS, 0, "", NULL,
+     "addresses and CIDR prefixes (blanks or commas between them) of the "
+     "HAProxy hosts that may send the PROXY header; other peers are closed "
+     "at once, unanswered; required when proxy_protocol is not no"},
 
     {"tls", "certificate", K_STR, C(tls_certificate), "", NULL,
      "certificate chain, PEM (leaf first)"},
@@ -584,6 +711,24 @@ static int set_value(struct loader *ld, const struct key *k, void *base,
 		l->address = sg_xstrdup(v);
 		return 0;
 	}
+	case K_NETS: {
+		sg_listener_cfg *l = base;
+		sg_net *nets;
+		size_t n;
+		char entry[64];
+		if (sg_parse_netlist(v, &nets, &n, entry, sizeof entry, &why) < 0) {
+			sg_errors_add(ld->errs, &ld->where,
+			              "bad entry \"%s\" in %s: %s (expected addresses "
+			              "and prefixes such as 10.0.0.0/8 192.0.2.1 "
+			              "2001:db8::/32)",
+			              entry, k->name, why);
+			return -1;
+		}
+		free(l->trusted);
+		l->trusted = nets;
+		l->ntrusted = n;
+		return 0;
+	}
 	}
 bad:
 	if (k->names) {
@@ -732,6 +877,8 @@ static int handler(void *user, const char *section, const char *name,
 			record_where(c, section, name, ld->where);
 			if (l && strcmp(name, "tls") == 0)
 				l->where_tls = ld->where;
+			if (l && strcmp(name, "proxy_protocol") == 0)
+				l->where_proxy = ld->where;
 		}
 		return 1;
 	}
@@ -880,6 +1027,17 @@ static void validate(struct loader *ld)
 			              "certificate and key",
 			              l->name, tls_modes[l->tls]);
 		}
+		/* Whoever may send the PROXY header chooses the client address
+		 * (and so escapes the per-address AUTH failure limit): only the
+		 * balancers named here may. */
+		if (l->proxy_protocol != SG_PP_NO && l->ntrusted == 0) {
+			sg_where w = l->where_proxy.file ? l->where_proxy : l->where;
+			sg_errors_add(ld->errs, &w,
+			              "listener %s: proxy_protocol needs "
+			              "proxy_trusted_networks (the addresses of your "
+			              "HAProxy)",
+			              l->name);
+		}
 		for (size_t j = 0; j < i; j++)
 			if (l->address && c->listeners[j].address &&
 			    l->addrlen == c->listeners[j].addrlen &&
@@ -1008,6 +1166,7 @@ void sg_config_unref(sg_config *c)
 	for (size_t i = 0; i < c->nlisteners; i++) {
 		free(c->listeners[i].name);
 		free(c->listeners[i].address);
+		free(c->listeners[i].trusted);
 	}
 	free(c->listeners);
 	for (size_t i = 0; i < c->nservers; i++) {

@@ -34,6 +34,15 @@ typedef struct sg_where {
 	int line;
 } sg_where;
 
+/* One entry of [listener] proxy_trusted_networks: an address and how many
+ * of its leading bits must match.  IPv4-mapped IPv6 entries are stored as
+ * IPv4, so one comparison covers both ways a balancer's address arrives. */
+typedef struct sg_net {
+	int family;       /* AF_INET or AF_INET6 */
+	uint8_t addr[16]; /* network order; the first 4 octets for AF_INET */
+	unsigned prefix;  /* 0-32 or 0-128 */
+} sg_net;
+
 typedef struct sg_listener_cfg {
 	char *name;
 	char *address; /* as written: "0.0.0.0:587", "[::]:465" */
@@ -43,8 +52,11 @@ typedef struct sg_listener_cfg {
 	bool require_auth;
 	bool require_tls_for_auth;
 	int proxy_protocol; /* enum sg_proxy_proto */
+	sg_net *trusted;    /* proxy_trusted_networks: who may send the header */
+	size_t ntrusted;
 	sg_where where;     /* its first key line (libinih reports no section lines) */
 	sg_where where_tls; /* its tls = line */
+	sg_where where_proxy; /* its proxy_protocol = line */
 } sg_listener_cfg;
 
 typedef struct sg_upstream_server {
@@ -154,6 +166,15 @@ int sg_parse_sockaddr(const char *s, struct sockaddr_storage *ss,
 /* "host:port" / "[v6]:port" / "host" (port defaults to def_port) */
 int sg_parse_hostport(const char *s, const char *def_port, char **host,
                       char **port, const char **why);
+
+/* "10.0.0.0/8 192.0.2.1, ::1 2001:db8::/32" (blanks and/or commas between
+ * entries) -> *nets (malloc'd, *n entries; an empty list is NULL, 0).  -1
+ * on a bad entry, with the entry in bad and the reason in *why. */
+int sg_parse_netlist(const char *s, sg_net **nets, size_t *n, char *bad,
+                     size_t badlen, const char **why);
+/* Is the address sa (AF_INET or AF_INET6, IPv4-mapped IPv6 counted as
+ * IPv4) inside one of the n entries? */
+bool sg_net_match(const sg_net *nets, size_t n, const struct sockaddr *sa);
 
 /* Print the key table as man-page source (saslgate --man-keys); used to
  * keep saslgate.conf(5) in step with the code. */

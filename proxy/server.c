@@ -64,6 +64,20 @@ static const char *const tls_mode_name[] = {"none", "starttls", "implicit"};
 
 /* ------------------------------------------------------------- listeners */
 
+bool sg_server_proxy_refused(const sg_listener_cfg *lc,
+                             const struct sockaddr *peer, const char *sid,
+                             const char *ip, unsigned port)
+{
+	if (lc->proxy_protocol == SG_PP_NO ||
+	    (peer && sg_net_match(lc->trusted, lc->ntrusted, peer)))
+		return false;
+	log_warn(sid,
+	         "event=proxy_refused client=%s:%u listener=%s reason=\"peer not "
+	         "in proxy_trusted_networks\"",
+	         ip, port, lc->name);
+	return true;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	sg_listener *l = server->data;

@@ -48,6 +48,14 @@ typedef struct sg_worker {
 unsigned sg_server_conn_inc(void); /* returns the new count */
 void sg_server_conn_dec(void);
 
+/* A listener with proxy_protocol takes the PROXY header only from the
+ * peers in its proxy_trusted_networks: anyone else could choose the client
+ * address.  true (and logged) when the TCP peer (NULL: unknown) is not one
+ * of them; the connection is then closed before anything is sent. */
+bool sg_server_proxy_refused(const sg_listener_cfg *lc,
+                             const struct sockaddr *peer, const char *sid,
+                             const char *ip, unsigned port);
+
 /* Run the daemon until SIGTERM/SIGINT; takes the reference on cfg.
  * Returns the exit code. */
 int sg_server_run(sg_config *cfg);

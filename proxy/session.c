@@ -858,6 +858,14 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	int len = sizeof ss;
 	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
 		addr_text(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
+	else
+		ss.ss_family = AF_UNSPEC;
+	if (sg_server_proxy_refused(s->lc, (struct sockaddr *)&ss, s->id,
+	                            s->client_ip, s->client_port)) {
+		s->closing = true; /* nothing sent, nothing more logged */
+		finish_close(s);
+		return;
+	}
 	len = sizeof ss;
 	if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
 		addr_text(&ss, s->dest_ip, sizeof s->dest_ip, &s->dest_port);

@@ -5,7 +5,8 @@
  * field, the defaults, every kind of error with its "FILE:LINE: message",
  * include order and overrides (a later value wins; the first `server` of a
  * later file replaces the list, further ones append), durations and sizes
- * with every unit, and the unknown [sasl] keys kept in order for Cyrus. */
+ * with every unit, the unknown [sasl] keys kept in order for Cyrus, and
+ * proxy_trusted_networks (parsing, matching, and its FILE:LINE errors). */
 #include "../../common/config.h"
 #include "../../common/log.h"
 
@@ -287,6 +288,182 @@ static void test_addresses(void)
 	      "no port and no default accepted");
 }
 
+/* The peer addr (with any port) against the list text. */
+static bool trusted(const char *list, const char *addr)
+{
+	sg_net *nets = NULL;
+	size_t n = 0;
+	char bad[64];
+	const char *why = NULL;
+	if (sg_parse_netlist(list, &nets, &n, bad, sizeof bad, &why) < 0) {
+		CHECK(0, "list \"%s\" refused at \"%s\": %s", list, bad, why);
+		return false;
+	}
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
+	struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+	if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(40000);
+	} else if (inet_pton(AF_INET6, addr, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(40000);
+	}
+	bool r = sg_net_match(nets, n, (struct sockaddr *)&ss);
+	free(nets);
+	return r;
+}
+
+static void test_trusted_networks(void)
+{
+	static const struct {
+		const char *list, *addr;
+		bool in;
+	} cases[] = {
+	    {"10.0.0.0/8", "10.255.1.2", true},
+	    {"10.0.0.0/8", "11.0.0.1", false},
+	    {"192.0.2.1", "192.0.2.1", true},
+	    {"192.0.2.1", "192.0.2.2", false},
+	    {"192.0.2.1/32", "192.0.2.1", true},
+	    {"192.0.2.128/25", "192.0.2.200", true},
+	    {"192.0.2.128/25", "192.0.2.127", false},
+	    {"172.16.0.0/12", "172.31.255.255", true},
+	    {"172.16.0.0/12", "172.32.0.1", false},
+	    {"0.0.0.0/0", "203.0.113.9", true},
+	    {"0.0.0.0/0", "2001:db8::1", false}, /* families do not mix */
+	    {"::/0", "192.0.2.1", false},
+	    {"::1", "::1", true},
+	    {"::1", "::2", false},
+	    {"2001:db8::/32", "2001:db8:ffff::5", true},
+	    {"2001:db8::/32", "2001:db9::5", false},
+	    {"2001:db8::/33", "2001:db8:8000::1", false},
+	    {"2001:db8::/33", "2001:db8:7fff::1", true},
+	    /* a [::] listener sees IPv4 peers as IPv4-mapped addresses */
+	    {"127.0.0.1", "::ffff:127.0.0.1", true},
+	    {"10.0.0.0/8", "::ffff:10.9.8.7", true},
+	    {"10.0.0.0/8", "::ffff:11.9.8.7", false},
+	    /* and a mapped entry is the IPv4 one */
+	    {"::ffff:10.0.0.0/104", "10.1.2.3", true},
+	    {"::ffff:192.0.2.1", "192.0.2.1", true},
+	    /* lists: blanks, tabs and commas between entries */
+	    {"10.0.0.0/8 192.0.2.1 ::1 2001:db8::/32", "::1", true},
+	    {"10.0.0.0/8,192.0.2.1", "192.0.2.1", true},
+	    {" 10.0.0.0/8 ,\t192.0.2.1 , ", "192.0.2.1", true},
+	    {"10.0.0.0/8, 192.0.2.1", "127.0.0.1", false},
+	    {"", "127.0.0.1", false},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		CHECK(trusted(cases[i].list, cases[i].addr) == cases[i].in,
+		      "\"%s\" %s %s", cases[i].list,
+		      cases[i].in ? "should hold" : "should not hold", cases[i].addr);
+
+	sg_net *nets = (sg_net *)1;
+	size_t n = 99;
+	char bad[64];
+	const char *why = NULL;
+	CHECK(sg_parse_netlist(" , ", &nets, &n, bad, sizeof bad, &why) == 0 &&
+	          nets == NULL && n == 0,
+	      "an empty list");
+	CHECK(sg_parse_netlist("10.0.0.0/8,192.0.2.1", &nets, &n, bad, sizeof bad,
+	                       &why) == 0 &&
+	          n == 2,
+	      "two entries");
+	free(nets);
+
+	static const struct {
+		const char *list, *entry, *why;
+	} bad_lists[] = {
+	    {"10.0.0.0/8 haproxy.example.org", "haproxy.example.org", "not an IPv4"},
+	    {"10.0.0.0/33", "10.0.0.0/33", "0-32"},
+	    {"::/129", "::/129", "0-128"},
+	    {"10.0.0.0/", "10.0.0.0/", "0-32"},
+	    {"10.0.0.0/8x", "10.0.0.0/8x", "0-32"},
+	    {"10.0.0.0/-1", "10.0.0.0/-1", "0-32"},
+	    {"10.1.2.3/8", "10.1.2.3/8", "past the prefix"},
+	    {"2001:db8::1/32", "2001:db8::1/32", "past the prefix"},
+	    {"/8", "/8", "not an IPv4"},
+	    {"10.0.0", "10.0.0", "not an IPv4"},
+	    {"192.0.2.1;10.0.0.1", "192.0.2.1;10.0.0.1", "not an IPv4"},
+	};
+	for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+		why = NULL;
+		bad[0] = '\0';
+		int rc = sg_parse_netlist(bad_lists[i].list, &nets, &n, bad, sizeof bad,
+		                          &why);
+		CHECK(rc < 0 && STREQ(bad, bad_lists[i].entry) && why &&
+		          strstr(why, bad_lists[i].why),
+		      "\"%s\": rc %d entry \"%s\" why %s", bad_lists[i].list, rc, bad,
+		      why ? why : "-");
+	}
+
+	/* In a file: a bad entry is FILE:LINE naming the entry. */
+	fresh();
+	const char *path = put("saslgate.conf",
+	                       MINIMAL "[listener plain]\nproxy_protocol = v2\n"
+	                               "proxy_trusted_networks = 10.0.0.0/8 lb1\n");
+	EXPECT_ERROR(path, path, MINIMAL_LINES + 3,
+	             "bad entry \"lb1\" in proxy_trusted_networks");
+
+	/* proxy_protocol without the list: the proxy_protocol line. */
+	fresh();
+	path = put("saslgate.conf", MINIMAL "[listener plain]\n# behind HAProxy\n"
+	                                    "proxy_protocol = any\n");
+	EXPECT_ERROR(path, path, MINIMAL_LINES + 3,
+	             "listener plain: proxy_protocol needs proxy_trusted_networks "
+	             "(the addresses of your HAProxy)");
+	fresh();
+	path = put("saslgate.conf", MINIMAL "[listener plain]\nproxy_protocol = v1\n"
+	                                    "proxy_trusted_networks = , \n");
+	EXPECT_ERROR(path, path, MINIMAL_LINES + 2, "needs proxy_trusted_networks");
+
+	/* the list in a drop-in, proxy_protocol in the main file: fine */
+	fresh();
+	put("conf.d/10-lb.conf", "[listener plain]\nproxy_trusted_networks = ::1\n");
+	path = put("saslgate.conf", MINIMAL "[listener plain]\nproxy_protocol = v2\n"
+	                                    "include = conf.d/*.conf\n");
+	sg_config *c = load_ok(path);
+	if (c) {
+		CHECK(c->listeners[0].ntrusted == 1 &&
+		          c->listeners[0].trusted[0].family == AF_INET6,
+		      "list from the drop-in");
+		sg_config_unref(c);
+	}
+	/* a later value replaces the list */
+	fresh();
+	path = put("saslgate.conf",
+	           MINIMAL "[listener plain]\nproxy_protocol = v2\n"
+	                   "proxy_trusted_networks = 10.0.0.0/8 10.1.0.0/16\n"
+	                   "proxy_trusted_networks = 192.0.2.1\n");
+	c = load_ok(path);
+	if (c) {
+		CHECK(c->listeners[0].ntrusted == 1 &&
+		          c->listeners[0].trusted[0].prefix == 32,
+		      "the later list wins");
+		sg_config_unref(c);
+	}
+	/* on a listener without proxy_protocol the key is harmless */
+	fresh();
+	path = put("saslgate.conf",
+	           MINIMAL "[listener plain]\nproxy_trusted_networks = 192.0.2.1\n");
+	c = load_ok(path);
+	if (c) {
+		CHECK(c->listeners[0].proxy_protocol == SG_PP_NO &&
+		          c->listeners[0].ntrusted == 1,
+		      "kept, unused");
+		sg_config_unref(c);
+	}
+	/* and its default is the empty list */
+	fresh();
+	path = put("saslgate.conf", MINIMAL);
+	c = load_ok(path);
+	if (c) {
+		CHECK(c->listeners[0].ntrusted == 0 && c->listeners[0].trusted == NULL,
+		      "default: empty");
+		sg_config_unref(c);
+	}
+}
+
 /* ---------------------------------------------------------- whole files */
 
 static void test_every_key(void)
@@ -311,10 +488,12 @@ static void test_every_key(void)
 	    "require_auth = no\n"
 	    "require_tls_for_auth = off\n"
 	    "proxy_protocol = v2\n"
+	    "proxy_trusted_networks = 10.0.0.0/8, 192.0.2.1\n"
 	    "[listener b]\n"
 	    "address = [::1]:2526\n"
 	    "tls = NONE\n"
 	    "proxy_protocol = any\n"
+	    "proxy_trusted_networks = ::1 2001:db8::/32\n"
 	    "\n"
 	    "[tls]\n"
 	    "certificate = /nonexistent/cert.pem\n"
@@ -380,6 +559,14 @@ static void test_every_key(void)
 		      "listener a where %d", a->where.line);
 		CHECK(a->where_tls.line == 12, "listener a tls line %d",
 		      a->where_tls.line);
+		CHECK(a->where_proxy.line == 15, "listener a proxy_protocol line %d",
+		      a->where_proxy.line);
+		CHECK(a->ntrusted == 2 && a->trusted[0].family == AF_INET &&
+		          a->trusted[0].prefix == 8 && a->trusted[1].prefix == 32,
+		      "listener a proxy_trusted_networks");
+		CHECK(b->ntrusted == 2 && b->trusted[0].family == AF_INET6 &&
+		          b->trusted[0].prefix == 128 && b->trusted[1].prefix == 32,
+		      "listener b proxy_trusted_networks");
 		CHECK(STREQ(b->name, "b") && b->addr.ss_family == AF_INET6 &&
 		          b->tls == SG_TLS_NONE && b->proxy_protocol == SG_PP_ANY,
 		      "listener b");
@@ -418,7 +605,7 @@ static void test_every_key(void)
 		CHECK(STREQ(c->servers[2].host, "10.0.0.5") &&
 		          STREQ(c->servers[2].port, "25"),
 		      "server 2 (default port 25)");
-		CHECK(c->servers[2].where.line == 44, "server 2 line %d",
+		CHECK(c->servers[2].where.line == 46, "server 2 line %d",
 		      c->servers[2].where.line);
 	}
 	CHECK(c->identity == SG_ID_AUTH, "identity");
@@ -441,7 +628,7 @@ static void test_every_key(void)
 	w = sg_config_where(c, "listener a", "proxy_protocol");
 	CHECK(w.line == 15, "where listener a proxy_protocol: line %d", w.line);
 	w = sg_config_where(c, "limits", "bare_newline");
-	CHECK(w.line == 59, "where bare_newline: line %d", w.line);
+	CHECK(w.line == 61, "where bare_newline: line %d", w.line);
 
 	/* reference counting: the config lives while a reference is held */
 	CHECK(sg_config_ref(c) == c, "ref");
@@ -739,6 +926,7 @@ static void test_includes(void)
 	fresh();
 	main = put("saslgate.conf", MINIMAL "include = conf.d/*.conf\n");
 	put("conf.d/50.conf", "[listener plain]\nproxy_protocol = v1\n"
+	                      "proxy_trusted_networks = 127.0.0.1\n"
 	                      "[listener more]\naddress = 127.0.0.1:2600\ntls = none\n");
 	c = load_ok(main);
 	if (c) {
@@ -891,6 +1079,7 @@ int main(void)
 	test_sizes();
 	test_bools();
 	test_addresses();
+	test_trusted_networks();
 	test_every_key();
 	test_defaults();
 	test_syntax_details();
