@@ -16,7 +16,10 @@ What a user of this deployment relies on, and what is asserted:
   * when one instance stops, HAProxy's health check marks it DOWN and mail
     keeps flowing through the other, still with the client's address;
   * the per-address AUTH failure limit counts the client's address (not
-    HAProxy's), on each instance separately.
+    HAProxy's), on each instance separately;
+  * with `proxy_trusted_networks = 127.0.0.1`, a client that reaches an
+    instance directly (from 127.0.0.2) cannot claim an address: it is
+    closed unanswered, and logged.
 """
 import os
 import re
@@ -131,7 +134,9 @@ class Deployment:
         for name in INSTANCES:
             cfg = sgtest.default_config(
                 workdir, self.upstream.port, cert=cert, key=key, sasldb=sasldb,
-                listener_submission={"proxy_protocol": "v2"},
+                # HAProxy connects from 127.0.0.1: only it may send the header
+                listener_submission={"proxy_protocol": "v2",
+                                     "proxy_trusted_networks": "127.0.0.1"},
                 listener_submissions=None, listener_plain=None,
                 sasl=dict({"realm": REALM}, **(sasl or {})),
                 upstream={"helo": "%s.test" % name})
@@ -295,3 +300,31 @@ def test_auth_failure_limit_counts_the_client_per_instance(deployment):
     assert [dep.auth_once(OTHER_CLIENT, PASSWORD) for _ in range(2)] == [235, 235]
     for name, inst in dep.instances.items():
         assert re.search(r"event=auth result=ok .*client=127\.0\.0\.3\b", inst.log_text()), name
+
+
+def test_client_going_around_haproxy_is_refused(deployment):
+    """A PROXY header from 127.0.0.2 straight to an instance (not through
+    HAProxy at 127.0.0.1) is not believed: closed before any greeting,
+    logged, and the address it claims appears nowhere."""
+    dep = deployment
+    wait_status(dep.stats, {"sg1": "UP", "sg2": "UP"}, 15)
+    inst = dep.instances["sg1"]
+    with socket.create_connection(("127.0.0.1", inst.port("submission")),
+                                  timeout=sgtest.T(10), source_address=(CLIENT_ADDR, 0)) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.66 127.0.0.1 40000 587\r\n")
+        got = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            pass
+        assert got == b"", got
+    inst.wait_log(r"event=proxy_refused client=127\.0\.0\.2:\d+ listener=submission "
+                  r'reason="peer not in proxy_trusted_networks"', 5)
+    assert "203.0.113.66" not in inst.log_text()
+    # HAProxy itself still gets through
+    dep.send("after-refusal")
+    assert dep.relayed()[-1][1] == CLIENT_ADDR

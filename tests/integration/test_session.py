@@ -378,7 +378,8 @@ def proxy_v2(src, dst, sport, dport):
 
 def test_proxy_protocol_v1_v2(workdir, env, start_saslgate):
     sg = gate(start_saslgate, workdir, env,
-              listener_plain={"proxy_protocol": "any"})
+              listener_plain={"proxy_protocol": "any",
+                              "proxy_trusted_networks": "127.0.0.1"})
     up = env[3]
     with Raw(sg.port("plain")) as r:
         r.send(b"PROXY TCP4 192.0.2.7 192.0.2.1 40000 587\r\n")
@@ -401,6 +402,67 @@ def test_proxy_protocol_v1_v2(workdir, env, start_saslgate):
         assert r.closed()
         assert r.buf == b""
     sg.wait_log(r"event=proxy result=fail")
+
+
+def test_proxy_header_only_from_trusted_networks(workdir, env, start_saslgate):
+    """A listener trusting a prefix that holds 127.0.0.1 takes the header;
+    one trusting only 192.0.2.1 closes a loopback connection before any
+    greeting, without reading a PROXY header, and logs one line; a reload
+    brings the new list to new connections."""
+    sg = gate(start_saslgate, workdir, env,
+              listener_plain={"proxy_protocol": "v1",
+                              "proxy_trusted_networks": "192.0.2.1, 10.0.0.0/8 127.0.0.0/8 ::1"})
+    with Raw(sg.port("plain")) as r:
+        r.send(b"PROXY TCP4 198.51.100.4 192.0.2.1 40001 587\r\n")
+        r.expect(220)
+        r.expect(221, "QUIT")
+    sg.wait_log(r"event=disconnect client=198\.51\.100\.4:40001 ")
+
+    cfg = dict(sg.config)
+    cfg["listener plain"] = dict(cfg["listener plain"], proxy_trusted_networks="192.0.2.1")
+    sg.write_config(cfg)
+    assert "reload: done" in sg.reload().group(0)
+    start = len(sg.log_text())
+    for header in (b"PROXY TCP4 198.51.100.5 192.0.2.1 40002 587\r\n", b""):
+        with Raw(sg.port("plain")) as r:
+            r.send(header)
+            assert r.closed()
+            assert r.buf == b"", r.buf  # no greeting, no reply at all
+    m = sg.wait_log(r"event=proxy_refused client=127\.0\.0\.1:(\d+) listener=plain "
+                    r'reason="peer not in proxy_trusted_networks"', after=start)
+    wait_for(lambda: sg.log_text()[start:].count("event=proxy_refused") == 2, T(5),
+             "two proxy_refused lines")
+    tail = sg.log_text()[start:]
+    assert "198.51.100.5" not in tail  # the header was never read
+    # one line per refused connection: no connect or disconnect line
+    assert not re.search(r"event=(connect|disconnect) client=127\.0\.0\.1:%s "
+                         % m.group(1), tail), tail
+
+    # and back: the list now holds the peer again
+    cfg["listener plain"] = dict(cfg["listener plain"], proxy_trusted_networks="127.0.0.1")
+    sg.write_config(cfg)
+    assert "reload: done" in sg.reload().group(0)
+    with Raw(sg.port("plain")) as r:
+        r.send(b"PROXY TCP4 198.51.100.6 192.0.2.1 40003 587\r\n")
+        r.expect(220)
+        r.expect(221, "QUIT")
+    sg.wait_log(r"event=disconnect client=198\.51\.100\.6:40003 ")
+
+
+def test_proxy_listener_without_trusted_networks_does_not_load(workdir, env, start_saslgate):
+    """A reload to a proxy_protocol listener without the list fails and
+    keeps the running configuration."""
+    sg = gate(start_saslgate, workdir, env)
+    cfg = dict(sg.config)
+    cfg["listener plain"] = dict(cfg["listener plain"], proxy_protocol="v2")
+    sg.write_config(cfg)
+    m = sg.reload()
+    assert "reload failed" in m.group(0)
+    assert re.search(r":\d+: listener plain: proxy_protocol needs proxy_trusted_networks "
+                     r"\(the addresses of your HAProxy\)", sg.log_text())
+    with Raw(sg.port("plain")) as r:  # no header needed: the old configuration
+        r.expect(220)
+        r.expect(221, "QUIT")
 
 
 # ---------------------------------------------------------------- shutdown
