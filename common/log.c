@@ -31,7 +31,9 @@ int sg_log_level_parse(const char *s)
 void sg_vlog(int level, const char *sid, const char *fmt, va_list ap)
 {
 	static int journal = -1;
-	char line[4096];
+	/* room for a whole login in its log form (up to 3 KiB) beside the
+	 * rest of a message line */
+	char line[8192];
 	size_t n = 0;
 
 	if (level > sg_log_level)

@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #include "../common/log.h"
+#include "../upstream/identity.h"
 #include "reply.h"
 #include "session_int.h"
 
@@ -117,13 +118,38 @@ void sg_log_safe(char *dst, size_t max, const char *src)
 	dst[i] = '\0';
 }
 
-/* The login being tried, made log-safe, at its own length (freed when
- * the exchange ends).  Only for logs: without memory the line lacks it. */
+/* The login being tried, in its log form (sg_identity_log: whole, and no
+ * login can forge a key), freed when the exchange ends.  Only for logs:
+ * without memory the line lacks it. */
 static void set_tried(sg_session *s, const char *login)
 {
-	char tmp[SG_USER_MAX + 1];
-	sg_log_safe(tmp, sizeof tmp, login);
-	sg_session_set_str(&s->tried, tmp, SG_USER_MAX);
+	free(s->tried);
+	s->tried = sg_identity_log_dup(login);
+}
+
+/* The login a response names (len octets at p), for set_tried. */
+static void set_tried_n(sg_session *s, const char *p, size_t len)
+{
+	char *tmp = malloc(len + 1);
+	if (!tmp)
+		return;
+	memcpy(tmp, p, len);
+	tmp[len] = '\0';
+	set_tried(s, tmp);
+	free(tmp);
+}
+
+/* RFC 5321 2.3.8 / 4.1.1: a command line is printable text; a control
+ * octet (bare CR, TAB, NUL, ...) in a line relayed upstream could end or
+ * change the command there.  Octets >= 0x80 stay (RFC 6531 addresses). */
+static bool has_control(const char *line, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+		if (c < 0x20 || c == 0x7f)
+			return true;
+	}
+	return false;
 }
 
 static void log_auth(sg_session *s, const char *result, const char *reason)
@@ -423,7 +449,10 @@ static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 		s->ahead_wait = 0;
 		s->ahead_off = 0;
 	}
-	sg_link_command(s->link, line, len, on_upstream_reply, s);
+	if (v == V_MAIL)
+		sg_link_mail(s->link, line, len, s->mail_auth, on_upstream_reply, s);
+	else
+		sg_link_command(s->link, line, len, on_upstream_reply, s);
 }
 
 static void link_lost(sg_session *s)
@@ -712,7 +741,9 @@ static void on_auth_result(void *arg, int result, const char *chal,
 			u = sg_auth_authcid(s->auth);
 		if (!u)
 			u = s->tried ? s->tried : "";
-		if (sg_session_set_str(&s->user, u, SG_USER_MAX) < 0) {
+		/* the whole login or nothing (sg_session_set_str would cut) */
+		if (strlen(u) > SG_USER_MAX ||
+		    sg_session_set_str(&s->user, u, SG_USER_MAX) < 0) {
 			log_auth(s, "tempfail", "out of memory");
 			auth_done_fail(s);
 			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
@@ -765,17 +796,10 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		const char *b = memchr(a, '\0', n - (unsigned)(a - dec));
 		if (!b || b == a)
 			return;
-		char tmp[SG_USER_MAX + 1];
-		size_t len = (size_t)(b - a) < SG_USER_MAX ? (size_t)(b - a) : SG_USER_MAX;
-		memcpy(tmp, a, len);
-		tmp[len] = '\0';
-		set_tried(s, tmp);
+		set_tried_n(s, a, (size_t)(b - a));
 	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
-		char tmp[SG_USER_MAX + 1];
-		size_t len = n < SG_USER_MAX ? n : SG_USER_MAX;
-		memcpy(tmp, dec, len);
-		tmp[len] = '\0';
-		set_tried(s, tmp);
+		/* up to a NUL, as Cyrus reads it */
+		set_tried_n(s, dec, strnlen(dec, n));
 	} else if (step == 0 && n > 0 &&
 	           (strcmp(s->mech, "CRAM-MD5") == 0 ||
 	            strncmp(s->mech, "SCRAM-", 6) == 0)) {
@@ -792,12 +816,8 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		const char *stop = u;
 		while (stop < end && *stop != (s->mech[0] == 'S' ? ',' : ' '))
 			stop++;
-		char tmp[SG_USER_MAX + 1];
-		size_t len = (size_t)(stop - u) < SG_USER_MAX ? (size_t)(stop - u) : SG_USER_MAX;
-		memcpy(tmp, u, len);
-		tmp[len] = '\0';
-		if (len)
-			set_tried(s, tmp);
+		if (stop > u)
+			set_tried_n(s, u, strnlen(u, (size_t)(stop - u)));
 	}
 }
 
@@ -904,6 +924,12 @@ static void cmd_auth(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_BAD_B64);
 		return;
 	}
+	/* RFC 4954 4: "=" is an empty initial response.  Cyrus's PLAIN and
+	 * LOGIN read an empty one as a malformed message, not as "nothing
+	 * yet": start without one, so the server's (empty) challenge, 334,
+	 * comes and the exchange goes on. */
+	if (has_ir && n == 0)
+		has_ir = false;
 	s->auth_steps = 0;
 	if (has_ir)
 		note_login(s, dec, n);
@@ -971,9 +997,36 @@ static enum sg_rep mail_param(sg_session *s, const char *tok,
 		return caps->smtputf8 ? SG_R_COUNT : SG_R_BAD_PARAM;
 	if (param_is(tok, "RET") || param_is(tok, "ENVID")) /* RFC 3461 */
 		return caps->dsn ? SG_R_COUNT : SG_R_BAD_PARAM;
-	if (param_is(tok, "AUTH")) /* RFC 4954 5 */
+	if (param_is(tok, "AUTH")) /* RFC 4954 5: replaced by ours */
 		return SG_R_COUNT;
 	return SG_R_BAD_PARAM;
+}
+
+/* The MAIL parameters to relay: all but AUTH=, which is never the
+ * client's to give (RFC 4954 5: the upstream would record it as the
+ * submitter); sg_link_mail adds saslgate's own when the client sent one.
+ * *had_auth tells whether it did.  Returns the length written to out. */
+static size_t mail_params_relayed(const char *params, char *out, size_t cap,
+                                  bool *had_auth)
+{
+	char copy[SG_LINE_MAX];
+	snprintf(copy, sizeof copy, "%s", params);
+	size_t o = 0;
+	*had_auth = false;
+	out[0] = '\0';
+	char *save = NULL;
+	for (char *tok = strtok_r(copy, " ", &save); tok;
+	     tok = strtok_r(NULL, " ", &save)) {
+		if (param_is(tok, "AUTH")) {
+			*had_auth = true;
+			continue;
+		}
+		int n = snprintf(out + o, cap - o, " %s", tok);
+		if (n < 0 || (size_t)n >= cap - o)
+			break; /* cannot happen: out is as long as the line */
+		o += (size_t)n;
+	}
+	return o;
 }
 
 static enum sg_rep rcpt_param(sg_session *s, const char *tok,
@@ -1012,17 +1065,29 @@ static void cmd_mail(sg_session *s, char *arg)
 		return;
 	}
 	if (s->authenticated && !sg_sender_allowed(s->cfg, s->user, addr)) {
-		log_info(s->id, "MAIL: from=<%s> not allowed for user=%s", addr,
-		         s->user);
+		char from[SG_PATH_MAX + 1], user[SG_USER_LOG_MAX];
+		sg_log_safe(from, sizeof from, addr);
+		sg_identity_log(user, sizeof user, s->user);
+		log_info(s->id, "MAIL: from=<%s> not allowed for user=%s", from,
+		         user);
 		sg_reply_send(s, SG_R_NOT_OWNER);
 		return;
 	}
+	char params[SG_LINE_MAX];
+	bool had_auth;
+	mail_params_relayed(p, params, sizeof params, &had_auth);
 	char line[SG_RELAY_LINE_MAX];
-	int n = snprintf(line, sizeof line, "MAIL FROM:<%s>%s\r\n", addr, p);
+	int n = snprintf(line, sizeof line, "MAIL FROM:<%s>%s\r\n", addr, params);
 	if (n < 0 || (size_t)n >= sizeof line) {
 		sg_reply_send(s, SG_R_SYNTAX);
 		return;
 	}
+	/* longer than the upstream reads whole: it would cut a parameter */
+	if ((size_t)n > SG_UPSTREAM_LINE_MAX) {
+		sg_reply_send(s, SG_R_LINE_TOO_LONG);
+		return;
+	}
+	s->mail_auth = had_auth;
 	/* held for the message's log line, until the transaction ends */
 	if (sg_session_set_str(&s->mail_from, addr, SG_PATH_MAX) < 0) {
 		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
@@ -1066,6 +1131,9 @@ static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
 	*n = snprintf(out, cap, "RCPT TO:<%s>%s\r\n", addr, p);
 	if (*n < 0 || (size_t)*n >= cap)
 		return SG_R_SYNTAX; /* cannot happen: the argument is shorter */
+	/* longer than the upstream reads whole: it would cut a parameter */
+	if ((size_t)*n > SG_UPSTREAM_LINE_MAX)
+		return SG_R_LINE_TOO_LONG;
 	return SG_R_COUNT;
 }
 
@@ -1141,6 +1209,10 @@ static void dispatch(sg_session *s, char *line, size_t len)
 		auth_response(s, line, len);
 		return;
 	}
+	if (has_control(line, len)) {
+		sg_reply_send(s, SG_R_CONTROL);
+		return;
+	}
 	char *verb, *arg;
 	sg_cmd_split(line, &verb, &arg);
 	const sg_cmd *c = NULL;
@@ -1209,6 +1281,8 @@ void sg_cmd_ahead(sg_session *s)
 		                 s->in.len - s->ahead_off, SG_LINE_MAX, &line, &len,
 		                 &used) != SG_LINE_OK)
 			return;
+		if (has_control(line, len))
+			return; /* refused at its turn */
 		char cmd[SG_LINE_MAX + 1];
 		memcpy(cmd, line, len);
 		cmd[len] = '\0';

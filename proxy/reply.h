@@ -33,7 +33,8 @@ enum sg_rep {
 	SG_R_TOO_MANY_RCPT,  /* 452 4.5.3 */
 	SG_R_UPSTREAM_DOWN,  /* 451 4.4.1 */
 	SG_R_LINE_TOO_LONG,  /* 500 5.5.2 */
-	SG_R_NUL,            /* 500 5.5.2 */
+	SG_R_NUL,            /* 501 5.5.2 */
+	SG_R_CONTROL,        /* 501 5.5.2 */
 	SG_R_UNKNOWN,        /* 502 5.5.1 */
 	SG_R_BAD_SEQ,        /* 503 5.5.1 */
 	SG_R_NEED_HELO,      /* 503 5.5.1 */

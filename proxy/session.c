@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "../common/log.h"
+#include "../upstream/identity.h"
 #include "proxyproto.h"
 #include "reply.h"
 #include "session_int.h"
@@ -247,8 +248,8 @@ static void log_disconnect(sg_session *s)
 	if (s->tls && s->encrypted)
 		snprintf(tls, sizeof tls, "%s/%s", sg_tls_version(s->tls),
 		         sg_tls_cipher(s->tls));
-	char user[SG_USER_MAX + 1];
-	sg_log_safe(user, sizeof user, s->authenticated ? s->user : "-");
+	char user[SG_USER_LOG_MAX];
+	sg_identity_log(user, sizeof user, s->authenticated ? s->user : NULL);
 	log_info(s->id,
 	         "event=disconnect client=%s:%u tls=%s user=%s msgs=%u bytes=%llu "
 	         "queue_ids=%s time=%.3f reason=%s",
@@ -676,9 +677,9 @@ static void on_data_done(void *arg, const sg_reply *r)
 		s->bytes += s->msg_size;
 		add_qid(s, sg_link_last_queue_id(s->link));
 	}
-	char from[SG_PATH_MAX + 1], user[SG_USER_MAX + 1];
+	char from[SG_PATH_MAX + 1], user[SG_USER_LOG_MAX];
 	sg_log_safe(from, sizeof from, s->mail_from);
-	sg_log_safe(user, sizeof user, s->authenticated ? s->user : "-");
+	sg_identity_log(user, sizeof user, s->authenticated ? s->user : NULL);
 	/* the reply text is the upstream's; quotes in it would end ours */
 	char rtext[SG_LOG_REPLY_MAX];
 	size_t rl = first < sizeof rtext - 1 ? first : sizeof rtext - 1;

@@ -30,7 +30,11 @@
 #define SG_TRIM_DELAY_MS 50
 #define SG_HELO_MAX 255        /* RFC 1035 domain name length */
 #define SG_PATH_MAX 256        /* RFC 5321 4.5.3.1.3 reverse/forward path */
-#define SG_USER_MAX 255        /* login name kept for logs */
+/* The longest login kept: Cyrus SASL's canonical name buffer
+ * (CANON_BUF_SIZE) holds no more, and a longer one gets 454, never a
+ * shortened identity. */
+#define SG_USER_MAX 1024
+#define SG_USER_LOG_MAX (3 * SG_USER_MAX + 1) /* its log form (identity.h) */
 #define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
 #define SG_IP_MAX 46           /* textual IPv4/IPv6 address (INET6_ADDRSTRLEN) */
 #define SG_LOG_REPLY_MAX 512   /* upstream reply quoted in a log line */
@@ -113,8 +117,8 @@ typedef struct sg_session {
 	bool authenticated;
 	bool auth_await;     /* a 334 was sent: next line is a SASL response */
 	unsigned auth_failures;
-	char *user;  /* authenticated identity, at most SG_USER_MAX */
-	char *tried; /* login of this AUTH exchange, log-safe: exchange only */
+	char *user;  /* authenticated identity (SASL_USERNAME), whole */
+	char *tried; /* login of this AUTH exchange, log form: exchange only */
 	char mech[24];
 	unsigned auth_steps; /* client responses in this exchange */
 
@@ -138,6 +142,7 @@ typedef struct sg_session {
 	size_t sync_len;
 
 	char *mail_from; /* during a transaction, at most SG_PATH_MAX */
+	bool mail_auth;  /* the client's MAIL had AUTH= (replaced by ours) */
 	unsigned rcpts;
 	uint64_t msg_size;
 

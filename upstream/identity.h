@@ -1,27 +1,72 @@
-/* upstream/identity.h: the XCLIENT and XFORWARD commands, built without I/O.
+/* upstream/identity.h: every outward form of the client's identity.
  *
- * The one serializer of the identity hand-over (ARCHITECTURE.md): which
- * attributes are sent (only those the upstream advertised), their values
- * (xtext, RFC 1891), and the 512-octet command limit (RFC 5321 4.5.3.1.4,
- * Postfix XCLIENT_README note 1). */
+ * The one place that writes the authenticated login (and the client's
+ * address, HELO name, ...) in a form another program reads:
+ *   - XCLIENT attributes (Postfix XCLIENT_README), LOGIN among them;
+ *   - XFORWARD attributes (Postfix XFORWARD_README);
+ *   - the user in the Received header's "(authenticated sender: ...)"
+ *     comment and in "X-Authenticated-User:";
+ *   - the MAIL AUTH= parameter (RFC 4954 section 5);
+ *   - the log's user= value.
+ * Each form carries the value whole or not at all: a value a form cannot
+ * represent exactly is an error, which the link turns into 454 4.7.0 at
+ * AUTH (docs/ARCHITECTURE.md, "Identity").  Nothing here shortens a value
+ * or replaces an octet of it.  Pure code, no I/O (unit-tested and fuzzed). */
 #ifndef SG_UPSTREAM_IDENTITY_H
 #define SG_UPSTREAM_IDENTITY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
+#include "../common/buf.h"
 #include "link.h"
 
-#define SG_XCLIENT_LINE_MAX 512 /* octets, CRLF included */
-#define SG_XCLIENT_LINES 8      /* commands per hand-over, plenty for 8 attrs */
+#define SG_XCLIENT_LINE_MAX 512 /* octets per command, CRLF included */
+#define SG_XCLIENT_LINES 10     /* one per attribute at worst */
+/* RFC 5322 2.1.1: a header line is at most 998 octets without its CRLF */
+#define SG_HEADER_LINE_MAX 998
 
-/* XCLIENT commands (each "XCLIENT a=b ...\r\n", NUL-terminated) for id,
- * sending only the SG_XA_* attributes in attrs.  Returns how many lines, or
- * -1 when there is nothing to send or they would not fit. */
+/* XCLIENT (or, with xforward, XFORWARD) commands for id, sending the
+ * SG_XA_* attributes in attrs that have a value, packed into as few
+ * commands of at most SG_XCLIENT_LINE_MAX octets as they fit (each
+ * "VERB a=b ...\r\n", NUL-terminated).  With a login, XCLIENT needs
+ * SG_XA_LOGIN in attrs (the upstream offers it).  Returns how many lines,
+ * or -1 with *why set when an attribute cannot be sent whole (or LOGIN is
+ * not offered, or more than max lines would be needed). */
 int sg_xclient_lines(const sg_identity *id, unsigned attrs,
-                     char lines[][SG_XCLIENT_LINE_MAX + 1], int max);
+                     char lines[][SG_XCLIENT_LINE_MAX + 1], int max,
+                     const char **why);
+int sg_xforward_lines(const sg_identity *id, unsigned attrs,
+                      char lines[][SG_XCLIENT_LINE_MAX + 1], int max,
+                      const char **why);
 
-/* One "XFORWARD ...\r\n" command (XFORWARD_README), SOURCE=REMOTE. */
-void sg_xforward_line(const sg_identity *id, unsigned attrs, char *out,
-                      size_t cap);
+/* Append login as a header value to out: inside a comment (the Received
+ * header's "(authenticated sender: ...)": '(', ')' and '\' as quoted-pairs,
+ * RFC 5322 3.2.2) or as an unstructured field body (X-Authenticated-User,
+ * RFC 5322 3.2.5).  -1 (with *why) when a header cannot carry it exactly:
+ * a control octet, invalid UTF-8 (RFC 6532 3.2), leading or trailing
+ * white space of a field body (unfolding readers drop it), empty. */
+int sg_identity_header_value(sg_buf *out, const char *login, bool comment,
+                             const char **why);
+
+/* NULL when every form that identity mode `mode` (SG_ID_*) writes can carry
+ * id->login whole; else why not.  Checked before an upstream is used, so a
+ * login that cannot be passed on gets 454 at AUTH and nothing is relayed.
+ * (The XCLIENT form also depends on the upstream's attributes: checked
+ * again when the commands are made.) */
+const char *sg_identity_unfit(const sg_identity *id, int mode);
+
+/* " AUTH=<xtext of login>", or " AUTH=<>" without a login (RFC 4954 5),
+ * appended to out.  0 / -1 (no memory). */
+int sg_identity_mail_auth(sg_buf *out, const char *login);
+
+/* login as the log's user= value: octets 0x21..0x7e but '+', '=', '"' and
+ * '\' as they are, every other octet as "+HH" (upper-case hex, as xtext),
+ * so a log reader gets the exact login back and no login can add a key or
+ * end the line.  Writes at most cap - 1 octets and a NUL; returns the
+ * length the whole form needs (without NUL), like snprintf.  NULL: "-". */
+size_t sg_identity_log(char *out, size_t cap, const char *login);
+/* The same, allocated (NULL without memory). */
+char *sg_identity_log_dup(const char *login);
 
 #endif

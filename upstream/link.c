@@ -57,13 +57,15 @@
 /* The scanner's output for UP_SCAN_IN octets: at most twice as long (bare
  * LF -> CRLF with normalize) plus a held header name and a held dot. */
 #define UP_SCAN_OUT (2 * UP_SCAN_IN + SG_SCAN_HOLD + 16)
-/* Room for the Received header (nine values of at most SG_TRACE_VALUE_MAX,
- * the date and ~200 octets of fixed text) and the final ".\r\n", written
- * with the message's first and last octets. */
+/* Room for the Received header (values of at most SG_TRACE_VALUE_MAX, the
+ * date and ~200 octets of fixed text; a long login may need more, and such
+ * a header is written on its own) and the final ".\r\n", written with the
+ * message's first and last octets. */
 #define UP_RCV_ROOM 4096
 
 /* Replies of ours (code, text); all 4xx/5xx: never a 2xx we did not get. */
 #define R_NO_UPSTREAM "454 4.7.0 Temporary authentication failure: relay unavailable\r\n"
+#define R_UNFIT "454 4.7.0 Temporary authentication failure: identity cannot be passed on\r\n"
 #define R_LOST "451 4.4.2 Upstream connection lost\r\n"
 #define R_XFWD "451 4.7.0 Upstream refused the client identity\r\n"
 #define R_BARE "550 5.5.2 Message rejected: bare CR or LF line ending\r\n"
@@ -159,6 +161,9 @@ struct sg_link {
 
 	sg_ehlo ehlo;
 	bool identity_done; /* XCLIENT taken / AUTH 235: next EHLO is final */
+	/* the identity cannot be carried whole (identity.h): the open fails
+	 * with R_UNFIT and nothing is relayed */
+	bool unfit;
 	char (*xlines)[SG_XCLIENT_LINE_MAX + 1]; /* during the hand-over only */
 	int nx, xi;
 	char *password;
@@ -490,7 +495,8 @@ static void fail_all(sg_link *l)
 	bool gone = l->owner_gone;
 	l->owner_gone = true;
 	if (!gone && cb) {
-		sg_reply r = {454, R_NO_UPSTREAM, strlen(R_NO_UPSTREAM)};
+		const char *t = l->unfit ? R_UNFIT : R_NO_UPSTREAM;
+		sg_reply r = {454, t, strlen(t)};
 		cb(arg, &r);
 	}
 	maybe_free(l);
@@ -868,17 +874,23 @@ static void after_ehlo(sg_link *l)
 			return;
 		}
 		l->xi = 0;
+		const char *why = NULL;
 		l->nx = sg_xclient_lines(&l->id, l->ehlo.xclient_attrs, l->xlines,
-		                         SG_XCLIENT_LINES);
+		                         SG_XCLIENT_LINES, &why);
 		if (l->nx <= 0) {
-			fail_server(l, "no XCLIENT attribute to send");
+			/* never an XCLIENT without the whole identity: this server
+			 * cannot take it, maybe the next one can */
+			l->unfit = true;
+			log_error(sid(l), "event=upstream_identity_unfit upstream=%s "
+			          "command=XCLIENT reason=\"%s\"", l->peer, why);
+			fail_server(l, "XCLIENT: %s", why);
 			return;
 		}
 		l->phase = P_XCLIENT;
 		up_cmd(l, l->xlines[0]);
 		arm(l, cfg->upstream_timeout_ms);
 		return;
-	case SG_ID_XFORWARD:
+	case SG_ID_XFORWARD: {
 		if (!l->ehlo.xforward) {
 			our_address(l, ours, sizeof ours);
 			fail_server(l, "XFORWARD not offered; add %s to "
@@ -886,9 +898,22 @@ static void after_ehlo(sg_link *l)
 			            ours, l->peer);
 			return;
 		}
+		/* made again before each MAIL; refused here already, at AUTH,
+		 * if an attribute cannot be sent whole */
+		char x[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+		const char *xwhy = NULL;
+		if (sg_xforward_lines(&l->id, l->ehlo.xforward_attrs, x,
+		                      SG_XCLIENT_LINES, &xwhy) < 0) {
+			l->unfit = true;
+			log_error(sid(l), "event=upstream_identity_unfit upstream=%s "
+			          "command=XFORWARD reason=\"%s\"", l->peer, xwhy);
+			fail_server(l, "XFORWARD: %s", xwhy);
+			return;
+		}
 		l->identity_done = true;
 		become_ready(l);
 		return;
+	}
 	case SG_ID_AUTH:
 		start_auth(l);
 		return;
@@ -1362,9 +1387,18 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
 	}
 	if (l->cfg->identity == SG_ID_XFORWARD && len >= 4 &&
 	    !strncasecmp(line, "MAIL", 4)) {
-		char x[UP_CMD_MAX + 1];
-		sg_xforward_line(&l->id, l->ehlo.xforward_attrs, x, sizeof x);
-		enqueue(l, K_XFORWARD, x, strlen(x), NULL, NULL);
+		char x[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+		const char *why = NULL;
+		int nx = sg_xforward_lines(&l->id, l->ehlo.xforward_attrs, x,
+		                           SG_XCLIENT_LINES, &why);
+		if (nx < 0) { /* the upstream's attributes changed since AUTH */
+			log_error(sid(l), "event=upstream_identity_unfit upstream=%s "
+			          "command=XFORWARD reason=\"%s\"", l->peer, why);
+			defer_reply(l, cb, arg, R_UNFIT);
+			return;
+		}
+		for (int i = 0; i < nx; i++)
+			enqueue(l, K_XFORWARD, x[i], strlen(x[i]), NULL, NULL);
 	}
 	if (!enqueue(l, K_USER, line, len, cb, arg)) {
 		defer_reply(l, cb, arg, R_LOST);
@@ -1376,6 +1410,34 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
 	}
 	if (l->phase == P_READY)
 		pump(l);
+}
+
+void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
+                  sg_link_cb cb, void *arg)
+{
+	/* RFC 4954 5: AUTH= only to a server that offers AUTH (Postfix
+	 * answers 503 5.7.4 otherwise); its value is ours, never the client's */
+	if (!auth_param || !l->ehlo.auth || len < 2) {
+		sg_link_command(l, line, len, cb, arg);
+		return;
+	}
+	sg_buf b;
+	sg_buf_init(&b, 0);
+	int rc = sg_buf_append(&b, line, len - 2);
+	if (rc == 0)
+		rc = sg_identity_mail_auth(&b, l->id.login);
+	if (rc == 0)
+		rc = sg_buf_append(&b, "\r\n", 2);
+	if (rc < 0 || b.len > SG_UPSTREAM_LINE_MAX) {
+		log_error(sid(l), "event=upstream_identity_unfit upstream=%s "
+		          "command=MAIL reason=\"%s\"", l->peer,
+		          rc < 0 ? "out of memory"
+		                 : "AUTH= makes the MAIL command too long");
+		defer_reply(l, cb, arg, R_UNFIT);
+	} else {
+		sg_link_command(l, b.data, b.len, cb, arg);
+	}
+	sg_buf_free(&b);
 }
 
 /* A link that was READY lost its connection (or we dropped it to abort a
@@ -1446,8 +1508,8 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 		return;
 	}
 	/* The header goes out with the first DATA octets (one write, not
-	 * two: the S2 profile is mostly system calls).  One too long for
-	 * UP_RCV_ROOM (cannot happen with SG_TRACE_VALUE_MAX) goes now. */
+	 * two: a many-message session's profile is mostly system calls).
+	 * One too long for UP_RCV_ROOM (a long login) goes now. */
 	l->rcv_time = time(NULL);
 	l->rcv_due = true;
 	if (l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM)
@@ -1586,6 +1648,18 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
 		return NULL;
 	l->ready = ready;
 	l->ready_arg = arg;
+	const char *why = sg_identity_unfit(id, cfg->identity);
+	if (why) {
+		/* never an upstream session with a cut or missing identity */
+		char *u = sg_identity_log_dup(id->login);
+		log_error(sid(l), "event=upstream_identity_unfit user=%s reason=\"%s\"",
+		          u ? u : "-", why);
+		free(u);
+		l->unfit = true;
+		set_last_error(l, "identity cannot be passed on: %s", why);
+		uv_timer_start(&l->defer, open_failed, 0, 0);
+		return l;
+	}
 	if (cfg->identity == SG_ID_AUTH && read_password(l) < 0) {
 		/* the secret's path only; never its content */
 		set_last_error(l, "cannot read auth_password_file %s",

@@ -61,6 +61,19 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
 void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
                      void *arg);
 
+/* The longest command line sent upstream, CRLF included: Postfix's
+ * line_length_limit (2048) cuts longer ones, and a cut MAIL parameter
+ * would be a changed one. */
+#define SG_UPSTREAM_LINE_MAX 2048
+
+/* MAIL: like sg_link_command, for a line without an AUTH= parameter.  With
+ * auth_param (the client sent AUTH=, which is never passed on), saslgate's
+ * own " AUTH=<xtext of the login>" (or "AUTH=<>" without one) is added
+ * when the upstream offers AUTH (RFC 4954 5).  A line that would pass
+ * SG_UPSTREAM_LINE_MAX gets 454 4.7.0, never a shortened parameter. */
+void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
+                  sg_link_cb cb, void *arg);
+
 /* DATA: the session sends "DATA\r\n" with sg_link_command; on 354 it answers
  * the client 354 and calls sg_link_data_begin, then feeds every byte the
  * client sends with sg_link_data_feed.  feed scans for end-of-data

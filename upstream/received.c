@@ -6,14 +6,20 @@
  *   \t(using TLSv1.3 with cipher NAME (256/256 bits))
  *   \t(authenticated sender: USER)
  *   \t; Mon, 23 Nov 2026 10:00:00 +0000
- * Client-controlled values (HELO, user) are cut to SG_TRACE_VALUE_MAX and
- * anything that could break the header (controls, non-ASCII, parentheses
- * that would unbalance a comment) becomes '?', so no line reaches 998
- * octets (RFC 5322 2.1.1) and no client can forge a header line. */
+ * The user is written whole by the identity serializer (identity.h), which
+ * refuses a login a header cannot carry exactly; the link checks that
+ * before the session is relayed (sg_identity_unfit).  Other
+ * client-controlled values (HELO, client name) are trace information, not
+ * identity: they are cut to SG_TRACE_VALUE_MAX and anything that could
+ * break the header (controls, non-ASCII, parentheses that would unbalance a
+ * comment) becomes '?', so no line reaches 998 octets (RFC 5322 2.1.1) and
+ * no client can forge a header line. */
 #include "received.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#include "identity.h"
 
 /* Copy v into out for use inside a header, bounded and defanged. */
 static void clean(char *out, const char *v, bool comment)
@@ -99,7 +105,7 @@ int sg_received_parts(sg_buf *pre, sg_buf *post, const sg_identity *id,
 {
 	char helo[SG_TRACE_VALUE_MAX + 1], name[SG_TRACE_VALUE_MAX + 1];
 	char ip[SG_TRACE_VALUE_MAX + 1], host[SG_TRACE_VALUE_MAX + 1];
-	char sid[SG_TRACE_VALUE_MAX + 1], user[SG_TRACE_VALUE_MAX + 1];
+	char sid[SG_TRACE_VALUE_MAX + 1];
 	char ver[SG_TRACE_VALUE_MAX + 1], ciph[SG_TRACE_VALUE_MAX + 1];
 	char bits[32];
 	int rc = 0;
@@ -110,7 +116,8 @@ int sg_received_parts(sg_buf *pre, sg_buf *post, const sg_identity *id,
 	clean(ip, id->client_ip, true);
 	clean(host, hostname, true);
 	clean(sid, id->sid, true);
-	clean(user, id->login, true);
+	bool user = id->login && *id->login;
+	const char *why;
 
 	/* RFC 5321 4.1.3: an IPv6 address literal carries the "IPv6:" tag */
 	rc |= cat(pre, (const char *const[]){
@@ -126,14 +133,19 @@ int sg_received_parts(sg_buf *pre, sg_buf *post, const sg_identity *id,
 		                                     " with cipher ", ciph, " (",
 		                                     bits, " bits))\r\n", NULL});
 	}
-	if (with_user && *user)
+	if (with_user && user) {
 		rc |= cat(pre, (const char *const[]){"\t(authenticated sender: ",
-		                                     user, ")\r\n", NULL});
+		                                     NULL});
+		rc |= sg_identity_header_value(pre, id->login, true, &why);
+		rc |= cat(pre, (const char *const[]){")\r\n", NULL});
+	}
 	rc |= cat(pre, (const char *const[]){"\t; ", NULL});
 	rc |= cat(post, (const char *const[]){"\r\n", NULL});
-	if (xauth_header && *user)
-		rc |= cat(post, (const char *const[]){"X-Authenticated-User: ", user,
-		                                      "\r\n", NULL});
+	if (xauth_header && user) {
+		rc |= cat(post, (const char *const[]){"X-Authenticated-User: ", NULL});
+		rc |= sg_identity_header_value(post, id->login, false, &why);
+		rc |= cat(post, (const char *const[]){"\r\n", NULL});
+	}
 	return rc ? -1 : 0;
 }
 

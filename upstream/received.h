@@ -21,8 +21,10 @@
 const char *sg_received_proto(const sg_identity *id);
 
 /* Append the Received header (and X-Authenticated-User when xauth_header)
- * to out.  with_user: name the user in "(authenticated sender: ...)".
- * now: the time to stamp (RFC 5322 3.3 date-time, local zone).  0 / -1. */
+ * to out.  with_user: name the user in "(authenticated sender: ...)",
+ * whole (identity.h).  now: the time to stamp (RFC 5322 3.3 date-time,
+ * local zone).  0, or -1 without memory or when a header cannot carry the
+ * login exactly (sg_identity_unfit says so before a link is used). */
 int sg_received_build(sg_buf *out, const sg_identity *id, const char *hostname,
                       bool with_user, bool xauth_header, time_t now);
 

@@ -186,8 +186,11 @@ def test_line_length_limit(workdir, env, start_saslgate):
         r.send(b"\r\nNOOP\r\n")
         assert r.reply().text.startswith("500 5.5.2")
         r.expect(250)
+        # a control octet never reaches a command, let alone the upstream
         r.send(b"NO\x00OP\r\n")
-        assert r.reply().text.startswith("500 5.5.2")
+        assert r.reply().text.startswith("501 5.5.2")
+        r.send(b"NOOP a\rb\r\n")
+        assert r.reply().text.startswith("501 5.5.2")
         r.expect(221, "QUIT")
 
 

@@ -65,7 +65,8 @@ static const struct want contract[] = {
 	{SG_R_STARTTLS, 220, "2.0.0"},       {SG_R_TOO_MANY_RCPT, 452, "4.5.3"},
 	{SG_R_BAD_ADDR, 553, "5.1.3"},       {SG_R_NOT_OWNER, 553, "5.7.1"},
 	{SG_R_BAD_PARAM, 555, "5.5.4"},      {SG_R_SYNTAX, 501, "5.5.4"},
-	{SG_R_NUL, 500, "5.5.2"},
+	{SG_R_NUL, 501, "5.5.2"},
+	{SG_R_CONTROL, 501, "5.5.2"},
 };
 
 int main(void)

@@ -270,44 +270,176 @@ static void test_received(void)
 static void test_identity_commands(void)
 {
 	char lines[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+	const char *why = NULL;
 	sg_identity id = {.sid = "s", .login = "bob name", .client_ip = "::1",
 	                  .client_port = 1234, .helo = "h=x", .esmtp = false};
 	/* only what was advertised, in order, xtext values */
 	int n = sg_xclient_lines(&id, SG_XA_ADDR | SG_XA_LOGIN | SG_XA_PROTO |
 	                                  SG_XA_NAME | SG_XA_HELO,
-	                         lines, SG_XCLIENT_LINES);
+	                         lines, SG_XCLIENT_LINES, &why);
 	CHECK(n == 1);
 	CHECK(!strcmp(lines[0], "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:::1 "
 	                        "PROTO=SMTP HELO=h+3Dx LOGIN=bob+20name\r\n"));
+	/* a login and no LOGIN attribute offered: -1, never XCLIENT without it */
+	why = NULL;
+	CHECK(sg_xclient_lines(&id, SG_XA_ADDR | SG_XA_HELO, lines,
+	                       SG_XCLIENT_LINES, &why) == -1);
+	CHECK(why && strstr(why, "LOGIN"));
 	/* nothing advertised that we could send: -1 (fail closed upstream) */
-	CHECK(sg_xclient_lines(&id, SG_XA_IDENT, lines, SG_XCLIENT_LINES) == -1);
-	/* no login: no LOGIN attribute (require_auth = no listeners) */
 	id.login = NULL;
+	CHECK(sg_xclient_lines(&id, SG_XA_IDENT, lines, SG_XCLIENT_LINES, &why) ==
+	      -1);
+	/* no login: no LOGIN attribute (require_auth = no listeners) */
 	id.esmtp = true;
-	n = sg_xclient_lines(&id, SG_XA_LOGIN | SG_XA_PORT, lines, SG_XCLIENT_LINES);
+	n = sg_xclient_lines(&id, SG_XA_LOGIN | SG_XA_PORT, lines,
+	                     SG_XCLIENT_LINES, &why);
 	CHECK(n == 1 && !strcmp(lines[0], "XCLIENT PORT=1234\r\n"));
-	/* out of room: -1, never an overflow */
+	/* more than one command's worth: split, nothing cut */
 	char name[256];
 	memset(name, 'n', 255);
 	name[255] = '\0';
 	id.client_name = name;
 	id.helo = name;
-	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 1) == -1);
-	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 2) == 2);
+	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 1, &why) ==
+	      -1);
+	CHECK(sg_xclient_lines(&id, SG_XA_NAME | SG_XA_HELO, lines, 2, &why) ==
+	      2);
+	CHECK(strlen(lines[0]) <= SG_XCLIENT_LINE_MAX &&
+	      strstr(lines[0], name) && strstr(lines[1], name));
 
-	char x[SG_XCLIENT_LINE_MAX + 1];
+	/* the longest login that fits: "XCLIENT LOGIN=" + 496 + CRLF = 512 */
+	char login[1100];
+	memset(login, 'a', sizeof login);
+	login[496] = '\0';
+	id.login = login;
+	id.client_name = NULL;
+	id.helo = "laptop";
+	n = sg_xclient_lines(&id, SG_XA_NAME | SG_XA_ADDR | SG_XA_HELO |
+	                              SG_XA_LOGIN,
+	                     lines, SG_XCLIENT_LINES, &why);
+	CHECK(n == 2);
+	CHECK(strlen(lines[1]) == SG_XCLIENT_LINE_MAX &&
+	      !strncmp(lines[1], "XCLIENT LOGIN=aaa", 17));
+	/* one octet more: refused whole, never cut to a prefix */
+	login[496] = 'a';
+	login[497] = '\0';
+	why = NULL;
+	CHECK(sg_xclient_lines(&id, SG_XA_LOGIN, lines, SG_XCLIENT_LINES, &why) ==
+	      -1);
+	CHECK(why && strstr(why, "LOGIN"));
+	/* 120 two-octet characters: 240 octets, 720 in xtext */
+	for (int i = 0; i < 120; i++)
+		memcpy(login + 2 * i, "\xc3\xa9", 2);
+	login[240] = '\0';
+	CHECK(sg_xclient_lines(&id, SG_XA_LOGIN, lines, SG_XCLIENT_LINES, &why) ==
+	      -1);
+	CHECK(sg_identity_unfit(&id, SG_ID_XCLIENT) != NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_HEADER) == NULL); /* UTF-8 header */
+
 	sg_identity f = {.client_ip = "192.0.2.1", .client_port = 25,
 	                 .helo = "mx", .esmtp = true};
-	sg_xforward_line(&f, SG_XA_NAME | SG_XA_ADDR | SG_XA_PORT | SG_XA_PROTO |
-	                         SG_XA_HELO | SG_XA_SOURCE,
-	                 x, sizeof x);
-	CHECK(!strcmp(x, "XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.1 PORT=25 "
-	                 "PROTO=ESMTP HELO=mx SOURCE=REMOTE\r\n"));
+	unsigned fa = SG_XA_NAME | SG_XA_ADDR | SG_XA_PORT | SG_XA_PROTO |
+	              SG_XA_HELO | SG_XA_SOURCE;
+	CHECK(sg_xforward_lines(&f, fa, lines, SG_XCLIENT_LINES, &why) == 1);
+	CHECK(!strcmp(lines[0], "XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.1 "
+	                        "PORT=25 PROTO=ESMTP HELO=mx SOURCE=REMOTE\r\n"));
+	/* a long HELO and name: two commands, each <= 512, all attributes */
+	f.helo = name;
+	f.client_name = name;
+	CHECK(sg_xforward_lines(&f, fa, lines, SG_XCLIENT_LINES, &why) == 2);
+	CHECK(strlen(lines[0]) <= SG_XCLIENT_LINE_MAX &&
+	      strlen(lines[1]) <= SG_XCLIENT_LINE_MAX);
+	CHECK(strstr(lines[0], "SOURCE=") || strstr(lines[1], "SOURCE=REMOTE"));
+	/* a HELO whose xtext passes one command: refused, not left out */
+	char plus[256];
+	memset(plus, '+', 255);
+	plus[255] = '\0';
+	f.helo = plus;
+	CHECK(sg_xforward_lines(&f, fa, lines, SG_XCLIENT_LINES, &why) == -1);
 }
 
-/* sg_received_build as it was before the header was built from parts
- * (received.c at c73f207, five sg_buf_appendf): the fast one must write the
- * same octets for every identity. */
+/* Header forms of the login: exact, or refused. */
+static void test_identity_header(void)
+{
+	sg_buf b;
+	sg_buf_init(&b, 0);
+	const char *why = NULL;
+	CHECK(sg_identity_header_value(&b, "a(b)c\\d \xc3\xa9", true, &why) == 0);
+	CHECK(b.len == 13 && !memcmp(b.data, "a\\(b\\)c\\\\d \xc3\xa9", 13));
+	sg_buf_reset(&b);
+	CHECK(sg_identity_header_value(&b, "a(b) c", false, &why) == 0);
+	CHECK(b.len == 6 && !memcmp(b.data, "a(b) c", 6));
+	const char *bad[] = {"", "a\rb", "a\nb", "a\tb", "a\x7f", "\xff",
+	                     "\xc3", "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		sg_buf_reset(&b);
+		why = NULL;
+		CHECK(sg_identity_header_value(&b, bad[i], true, &why) == -1 && why);
+	}
+	/* a field body loses leading and trailing white space */
+	CHECK(sg_identity_header_value(&b, " bob", false, &why) == -1);
+	CHECK(sg_identity_header_value(&b, "bob ", false, &why) == -1);
+	sg_buf_free(&b);
+
+	/* length: the Received line naming the user ("\t(authenticated
+	 * sender: " + login + ")") stays within 998 octets */
+	char login[1100];
+	memset(login, 'u', sizeof login);
+	login[998 - 25] = '\0';
+	sg_identity id = {.login = login};
+	CHECK(sg_identity_unfit(&id, SG_ID_HEADER) == NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_XFORWARD) == NULL);
+	login[998 - 25] = 'u';
+	login[998 - 25 + 1] = '\0';
+	CHECK(sg_identity_unfit(&id, SG_ID_HEADER) != NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_AUTH) != NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_XFORWARD) != NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_NONE) == NULL);
+	id.login = "ctl\x01";
+	CHECK(sg_identity_unfit(&id, SG_ID_XFORWARD) != NULL);
+	CHECK(sg_identity_unfit(&id, SG_ID_NONE) == NULL);
+	id.login = NULL;
+	CHECK(sg_identity_unfit(&id, SG_ID_HEADER) == NULL);
+
+	/* the Received header and X-Authenticated-User carry it whole */
+	sg_identity r = {.sid = "s", .login = "b(o)b \xc3\xa9", .client_ip = "::1",
+	                 .helo = "h", .esmtp = true};
+	sg_buf_init(&b, 0);
+	CHECK(sg_received_build(&b, &r, "mx", true, true, 1795428000) == 0);
+	sg_buf_append(&b, "", 1);
+	CHECK(strstr(b.data, "\t(authenticated sender: b\\(o\\)b \xc3\xa9)\r\n"));
+	CHECK(strstr(b.data, "\r\nX-Authenticated-User: b(o)b \xc3\xa9\r\n"));
+	sg_buf_free(&b);
+}
+
+/* MAIL AUTH= and the log's user=. */
+static void test_identity_other_forms(void)
+{
+	sg_buf b;
+	sg_buf_init(&b, 0);
+	CHECK(sg_identity_mail_auth(&b, "a b+c=d@x") == 0);
+	CHECK(b.len == 21 && !memcmp(b.data, " AUTH=a+20b+2Bc+3Dd@x", 21));
+	sg_buf_reset(&b);
+	CHECK(sg_identity_mail_auth(&b, NULL) == 0);
+	CHECK(b.len == 8 && !memcmp(b.data, " AUTH=<>", 8));
+	sg_buf_free(&b);
+
+	char out[64];
+	CHECK(sg_identity_log(out, sizeof out, "alice@example.org") == 17);
+	CHECK(!strcmp(out, "alice@example.org"));
+	CHECK(sg_identity_log(out, sizeof out, "x client=1.2.3.4\"\\+") == 29);
+	CHECK(!strcmp(out, "x+20client+3D1.2.3.4+22+5C+2B"));
+	CHECK(sg_identity_log(out, sizeof out, NULL) == 1 && !strcmp(out, "-"));
+	/* too small: cut but NUL-terminated, the needed length returned */
+	CHECK(sg_identity_log(out, 4, "\xc3\xa9") == 6 && !strcmp(out, "+C3"));
+	char *d = sg_identity_log_dup("\x01\xff");
+	CHECK(d && !strcmp(d, "+01+FF"));
+	free(d);
+}
+
+/* A straightforward sg_received_build (five sg_buf_appendf, the user copied
+ * by its rule): the fast one built from parts must write the same octets
+ * for every identity. */
 static void old_clean(char *out, const char *v, bool comment)
 {
 	size_t o = 0;
@@ -348,7 +480,7 @@ static int old_received_build(sg_buf *out, const sg_identity *id,
 {
 	char helo[SG_TRACE_VALUE_MAX + 1], name[SG_TRACE_VALUE_MAX + 1];
 	char ip[SG_TRACE_VALUE_MAX + 1], host[SG_TRACE_VALUE_MAX + 1];
-	char sid[SG_TRACE_VALUE_MAX + 1], user[SG_TRACE_VALUE_MAX + 1];
+	char sid[SG_TRACE_VALUE_MAX + 1], user[1024], xuser[1024];
 	char date[64];
 	int rc = 0;
 
@@ -358,7 +490,14 @@ static int old_received_build(sg_buf *out, const sg_identity *id,
 	old_clean(ip, id->client_ip, true);
 	old_clean(host, hostname, true);
 	old_clean(sid, id->sid, true);
-	old_clean(user, id->login, true);
+	size_t u = 0, x = 0;
+	for (const char *c = id->login ? id->login : ""; *c; c++) {
+		if (*c == '(' || *c == ')' || *c == '\\')
+			user[u++] = '\\';
+		user[u++] = *c;
+		xuser[x++] = *c;
+	}
+	user[u] = xuser[x] = '\0';
 	old_date(date, sizeof date, now);
 	rc |= sg_buf_appendf(out, "Received: from %s (%s [%s%s])\r\n", helo, name,
 	                     strchr(ip, ':') ? "IPv6:" : "", ip);
@@ -376,7 +515,7 @@ static int old_received_build(sg_buf *out, const sg_identity *id,
 		rc |= sg_buf_appendf(out, "\t(authenticated sender: %s)\r\n", user);
 	rc |= sg_buf_appendf(out, "\t; %s\r\n", date);
 	if (xauth_header && *user)
-		rc |= sg_buf_appendf(out, "X-Authenticated-User: %s\r\n", user);
+		rc |= sg_buf_appendf(out, "X-Authenticated-User: %s\r\n", xuser);
 	return rc ? -1 : 0;
 }
 
@@ -442,6 +581,8 @@ static void test_received_same_as_before(void)
 int main(void)
 {
 	test_identity_commands();
+	test_identity_header();
+	test_identity_other_forms();
 	test_xtext();
 	test_reader();
 	test_ehlo();
