@@ -1,4 +1,5 @@
-/* upstream/data_scan.c: end-of-data, bare CR/LF and header scanning of DATA.
+/* upstream/data_scan.c: end-of-data, bare CR/LF, NUL and header scanning
+ * of DATA.
  *
  * Why this is careful: SMTP smuggling (SEC Consult, Dec 2023; Postfix
  * smtpd_forbid_bare_newline, CVE-2023-51764 and friends) works when two
@@ -8,19 +9,25 @@
  * anywhere else: a bare LF or bare CR is either a reason to reject the whole
  * message or rewritten to CRLF, and in the latter case a lone "." line that
  * did not come from a clean <CRLF>.<CRLF> is written dot-stuffed ("..").
+ * NUL octets likewise: an upstream that handles lines as C strings reads
+ * "<NUL>." as a lone dot, so they are refused or removed, never forwarded.
+ *
+ * What the upstream stores is a line with its stuffing dot removed (RFC
+ * 5321 4.5.2), so that is the line the X-Authenticated-User test looks at:
+ * ".X-Authenticated-User:" is that field, "..X-Authenticated-User:" is not.
  *
  * The scanner holds back at most a few octets across calls (a CR whose LF
  * has not arrived, a dot at a line start, a header-name prefix), so the
  * result is the same however the input is split.
  *
  * Speed: every DATA octet passes here, so ordinary text does not go through
- * the state machine one octet at a time.  copy_text() finds the next CR or
- * LF 16 octets at a time and copies whole runs of clean lines with one
- * append; only line ends and line starts that matter (a dot, CR, LF, a
+ * the state machine one octet at a time.  copy_text() finds the next CR, LF
+ * or NUL 16 octets at a time and copies whole runs of clean lines with one
+ * append; only line ends and line starts that matter (a dot, CR, LF, NUL, a
  * possible X-Authenticated-User name) take the octet-wise path.  ~1.4
  * instructions per octet instead of ~12 (callgrind, tests/fuzz/scan_cost.c).
- * tests/fuzz/fuzz_scan_diff.c proves the output unchanged against the old
- * scanner (tests/fuzz/scan_ref.c). */
+ * tests/fuzz/fuzz_scan_diff.c proves the output the same as that of the
+ * octet-at-a-time model of these rules, tests/fuzz/scan_ref.c. */
 #include "data_scan.h"
 
 #include <ctype.h>
@@ -30,10 +37,10 @@
 #endif
 
 enum {
-	S_BOL,    /* at a line start */
+	S_BOL,    /* at a line start (NULs only so far: lead_nul) */
 	S_TEXT,   /* inside a line */
 	S_CR,     /* a CR inside/after a line, LF not seen yet */
-	S_DOT,    /* a '.' at a line start */
+	S_DOT,    /* a '.' at a line start (then NULs only: lead_nul) */
 	S_DOT_CR, /* ".\r" at a line start */
 	S_HDR,    /* header name prefix held in hold[] */
 	S_END,
@@ -74,6 +81,17 @@ static void bare(sg_scan *s)
 		s->bad = true;
 }
 
+/* A NUL octet: never written.  An upstream that keeps lines as C strings
+ * would cut the line there (and could read "<NUL>." as a lone dot), so
+ * reject refuses the message (RFC 5321 4.5.2 leaves NUL to the server);
+ * normalize drops the octet, and the scanner goes on as if it had not been
+ * sent, except that it is no part of a <CRLF>.<CRLF> or a CRLF. */
+static void nul_octet(sg_scan *s)
+{
+	if (!s->normalize)
+		s->bad = s->nul = true;
+}
+
 /* A line ended (clean: with CRLF).  A stripped header line's CRLF goes too;
  * an empty line ends the header section (RFC 5322 2.1). */
 static void eol(sg_scan *s, sg_buf *out, bool clean)
@@ -83,14 +101,15 @@ static void eol(sg_scan *s, sg_buf *out, bool clean)
 	if (s->in_header && s->line_len == 0)
 		s->in_header = false;
 	s->line_len = 0;
+	s->lead_nul = false;
 	s->bol_clean = clean;
 	s->state = S_BOL;
 }
 
 /* A "." line that is not the end of data (its line start or line end was
- * bare): written as ".." so the upstream reads the same single dot and no
- * end-of-data.  Only reachable in normalize mode (reject has stopped
- * writing by then). */
+ * bare, or a NUL followed the dot): written as ".." so the upstream reads
+ * the same single dot and no end-of-data.  Only reachable in normalize
+ * mode (reject has stopped writing by then). */
 static void lone_dot(sg_scan *s, sg_buf *out, bool clean)
 {
 	s->stripping = false;
@@ -100,14 +119,15 @@ static void lone_dot(sg_scan *s, sg_buf *out, bool clean)
 }
 
 /* 1 = the held name is X-Authenticated-User with its ':', 0 = might still
- * be, -1 = is not. */
+ * be, -1 = is not.  A stuffing dot in front is no part of the name: the
+ * upstream removes it (RFC 5321 4.5.2) before it reads the field. */
 static int hdr_match(const sg_scan *s)
 {
-	size_t n = sizeof XAUTH - 1;
-	for (size_t i = 0; i < s->nhold; i++) {
+	size_t n = sizeof XAUTH - 1, off = s->hold_dot;
+	for (size_t i = off; i < s->nhold; i++) {
 		unsigned char c = (unsigned char)s->hold[i];
-		if (i < n) {
-			if (tolower(c) != XAUTH[i])
+		if (i - off < n) {
+			if (tolower(c) != XAUTH[i - off])
 				return -1;
 			continue;
 		}
@@ -117,56 +137,106 @@ static int hdr_match(const sg_scan *s)
 			return -1;
 	}
 	/* The name and then only blanks, as many as we hold: an MTA that reads
-	 * obs-optional would take this for the header (fuzz_data_scan found
-	 * it), and a field name not followed by ':' is no valid field anyway,
-	 * so the line goes (fail closed). */
+	 * obs-optional takes it for the field if a ':' follows, and without
+	 * the ':' the line is no valid field at all; it goes either way (fail
+	 * closed), however many blanks follow. */
 	return s->nhold >= SG_SCAN_HOLD ? 1 : 0;
 }
 
-/* One octet at a line start. */
-static void at_bol(sg_scan *s, sg_buf *out, char c)
+/* c (no NUL, CR or LF) is the first octet of a line's content as the
+ * upstream reads it: after the stuffing dot (dotted) and any removed NULs.
+ * Decides whether the line continues a dropped field, may be an
+ * X-Authenticated-User field (held, c consumed: returns true) or is
+ * ordinary (the stuffing dot written; S_TEXT goes on from c). */
+static bool first_octet(sg_scan *s, sg_buf *out, char c, bool dotted)
 {
-	/* RFC 5322 2.2.3: a folded continuation of a dropped field goes too */
-	if (!(s->stripping && s->in_header && (c == ' ' || c == '\t')))
-		s->stripping = false;
-	if (c == '.') {
-		s->state = S_DOT;
-		return;
-	}
-	if (c == '\r') {
-		s->state = S_CR;
-		return;
-	}
-	if (c == '\n') {
-		bare(s);
-		eol(s, out, false);
-		return;
-	}
-	s->line_len++;
+	s->line_len = dotted;
 	s->state = S_TEXT;
-	if (s->stripping)
-		return;
-	if (s->in_header && s->strip_xauth && tolower((unsigned char)c) == 'x') {
-		s->hold[0] = c;
-		s->nhold = 1;
+	/* RFC 5322 2.2.3: a folded continuation of a dropped field goes too */
+	if (s->stripping && s->in_header && (c == ' ' || c == '\t'))
+		return false;
+	s->stripping = false;
+	if (s->in_header && s->strip_xauth && (c | 0x20) == 'x') {
+		s->nhold = 0;
+		if (dotted)
+			s->hold[s->nhold++] = '.';
+		s->hold[s->nhold++] = c;
+		s->hold_dot = dotted;
+		s->line_len++;
 		s->state = S_HDR;
-		return;
+		return true;
 	}
-	put(s, out, &c, 1);
+	if (dotted)
+		put(s, out, ".", 1);
+	return false;
 }
 
-/* Offset of the first CR or LF in p[0..n), or n.  The hot loop of the
- * whole DATA path: 16 octets per step with SSE2 (x86-64 baseline), else
- * 8 with the word-at-a-time zero-byte test (Mycroft's haszero). */
+/* One octet at a line start; returns whether it was consumed. */
+static bool at_bol(sg_scan *s, sg_buf *out, char c)
+{
+	if (c == '\0') {
+		nul_octet(s);
+		s->lead_nul = true;
+		return true;
+	}
+	if (c == '.' && !s->lead_nul) {
+		/* a stuffing dot, or the end of data: decided by what follows */
+		s->state = S_DOT;
+		return true;
+	}
+	if (c == '\r' || c == '\n') {
+		s->stripping = false;
+		if (c == '\r') {
+			s->state = S_CR;
+		} else {
+			bare(s);
+			eol(s, out, false);
+		}
+		return true;
+	}
+	if (c == '.') {
+		/* NULs, then a dot: not stuffing but content, which the NULs'
+		 * removal would bring to the line start, so it is stuffed */
+		s->stripping = false;
+		put(s, out, "..", 2);
+		s->line_len = 2;
+		s->state = S_TEXT;
+		return true;
+	}
+	return first_octet(s, out, c, false);
+}
+
+/* Offset of the first CR, LF or NUL in p[0..n), or n.  The hot loop of the
+ * whole DATA path, with SSE2 (x86-64 baseline): 32 octets per step, looking
+ * only for any octet <= '\r' (the three exact compares cost more); the
+ * 16-octet loop then finds it and sorts out the rare TAB or other control
+ * octet.  Without SSE2: 8 octets per step with the word-at-a-time zero-byte
+ * test (Mycroft's haszero). */
 static size_t find_eol(const char *p, size_t n)
 {
 	size_t i = 0;
 #if defined(__SSE2__) && !defined(SG_SCAN_NO_SSE2)
 	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	const __m128i zero = _mm_setzero_si128();
+	for (; i + 32 <= n; i += 32) {
+		__m128i a = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		__m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16));
+		__m128i low = _mm_subs_epu8(_mm_min_epu8(a, b), cr);
+		if (_mm_movemask_epi8(_mm_cmpeq_epi8(low, zero)))
+			break;
+	}
 	for (; i + 16 <= n; i += 16) {
 		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
 		unsigned m = (unsigned)_mm_movemask_epi8(
-		    _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)));
+		    _mm_cmpeq_epi8(_mm_subs_epu8(v, cr), zero));
+		if (!m)
+			continue;
+		size_t j = i + (size_t)__builtin_ctz(m);
+		if (p[j] == '\r' || p[j] == '\n' || p[j] == '\0')
+			return j; /* the usual case: the line's CR */
+		__m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf));
+		m = (unsigned)_mm_movemask_epi8(
+		    _mm_or_si128(hit, _mm_cmpeq_epi8(v, zero)));
 		if (m)
 			return i + (size_t)__builtin_ctz(m);
 	}
@@ -177,22 +247,23 @@ static size_t find_eol(const char *p, size_t n)
 		memcpy(&w, p + i, 8);
 		a = w ^ (ones * '\r');
 		b = w ^ (ones * '\n');
-		if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs))
+		if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs) |
+		    ((w - ones) & ~w & highs))
 			break; /* the exact octet is found below */
 	}
 #endif
 	for (; i < n; i++)
-		if (p[i] == '\r' || p[i] == '\n')
+		if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
 			break;
 	return i;
 }
 
 /* Whether a line that starts with c after a clean CRLF is ordinary text for
- * at_bol: not a dot (end of data / stuffing), not a line end, not a
+ * at_bol: not a dot (end of data / stuffing), not a line end or NUL, not a
  * possible X-Authenticated-User name to hold, and it ends any stripping. */
 static bool plain_bol(const sg_scan *s, char c)
 {
-	if (c == '.' || c == '\r' || c == '\n')
+	if (c == '.' || c == '\r' || c == '\n' || c == '\0')
 		return false;
 	if (s->in_header && s->strip_xauth && (c | 0x20) == 'x')
 		return false;
@@ -203,10 +274,10 @@ static bool plain_bol(const sg_scan *s, char c)
  * that the state machine would pass through unchanged -- the rest of this
  * line and every following line that ends in a clean CRLF and starts with
  * an ordinary octet -- with one put.  Stops at the first octet that needs
- * the state machine (bare CR/LF, a CR whose LF is not here yet, a line
- * starting with '.', CR, LF or a held header name), leaving state S_TEXT
- * (or S_BOL after a CRLF that ends the input) exactly as the octet-wise
- * path would.  Returns the new i. */
+ * the state machine (bare CR/LF, NUL, a CR whose LF is not here yet, a
+ * line starting with '.', CR, LF, NUL or a held header name), leaving
+ * state S_TEXT (or S_BOL after a CRLF that ends the input) exactly as the
+ * octet-wise path would.  Returns the new i. */
 static size_t copy_text(sg_scan *s, const char *in, size_t i, size_t len,
                         sg_buf *out)
 {
@@ -222,6 +293,7 @@ static size_t copy_text(sg_scan *s, const char *in, size_t i, size_t len,
 		if (k + 2 == len) {
 			i = len;
 			s->line_len = 0;
+			s->lead_nul = false;
 			s->bol_clean = true;
 			s->state = S_BOL;
 			break;
@@ -232,6 +304,7 @@ static size_t copy_text(sg_scan *s, const char *in, size_t i, size_t len,
 			break;
 		}
 		/* at_bol(in[k + 2]): an ordinary line of one octet so far */
+		s->lead_nul = false;
 		s->bol_clean = true;
 		s->line_len = 1;
 		i = counted = k + 3;
@@ -240,7 +313,7 @@ static size_t copy_text(sg_scan *s, const char *in, size_t i, size_t len,
 	return i;
 }
 
-/* S_TEXT while dropping a header field: skip to the line end. */
+/* S_TEXT while dropping a header field: skip to the line end (or a NUL). */
 static size_t skip_text(sg_scan *s, const char *in, size_t i, size_t len)
 {
 	size_t k = i + find_eol(in + i, len - i);
@@ -256,8 +329,8 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 		char c = in[i];
 		switch (s->state) {
 		case S_BOL:
-			at_bol(s, out, c);
-			i++;
+			if (at_bol(s, out, c))
+				i++;
 			break;
 		case S_TEXT:
 			if (c == '\r') {
@@ -268,6 +341,11 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 			if (c == '\n') {
 				bare(s);
 				eol(s, out, false);
+				i++;
+				break;
+			}
+			if (c == '\0') {
+				nul_octet(s);
 				i++;
 				break;
 			}
@@ -285,29 +363,31 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 			eol(s, out, false);
 			break;
 		case S_DOT:
-			if (c == '\r') {
+			if (c == '\0') {
+				nul_octet(s);
+				s->lead_nul = true;
+				i++;
+			} else if (c == '\r') {
 				s->state = S_DOT_CR;
 				i++;
 			} else if (c == '\n') {
 				bare(s);
 				lone_dot(s, out, false);
 				i++;
-			} else {
-				/* ".." (stuffed) or ".text": an ordinary line */
-				put(s, out, ".", 1);
-				s->line_len = 1;
-				s->state = S_TEXT;
+			} else if (first_octet(s, out, c, true)) {
+				i++; /* ".X...": held with its dot */
 			}
+			/* else ".." (stuffed), ".text" or a continuation: S_TEXT */
 			break;
 		case S_DOT_CR:
-			if (c == '\n' && s->bol_clean) {
+			if (c == '\n' && s->bol_clean && !s->lead_nul) {
 				s->state = S_END;
 				s->done = true;
 				i++;
 				break;
 			}
 			if (c == '\n') {
-				/* "\n.\r\n": the line start was bare */
+				/* "\n.\r\n" (the line start was bare) or ".<NUL>\r\n" */
 				lone_dot(s, out, true);
 				i++;
 				break;
@@ -317,6 +397,11 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 			lone_dot(s, out, false);
 			break;
 		case S_HDR: {
+			if (c == '\0') {
+				nul_octet(s);
+				i++;
+				break;
+			}
 			if (c == '\r' || c == '\n') {
 				put(s, out, s->hold, s->nhold);
 				s->nhold = 0;

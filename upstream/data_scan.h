@@ -10,8 +10,14 @@
  *    upstream cannot see an end-of-data the client did not send (SMTP
  *    smuggling, Dec 2023: "\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r");
  *  - dot-stuffed lines pass through intact (the upstream un-stuffs);
+ *  - NUL octets are never forwarded: with reject the message is marked bad
+ *    and nul (the reply names the NUL); with normalize they are removed, and
+ *    a line that then begins with a dot of its content is written stuffed,
+ *    so removal can neither make an end-of-data nor lose that dot;
  *  - optionally drops "X-Authenticated-User:" header fields (and their folded
- *    continuation lines) from the header section;
+ *    continuation lines) from the header section, recognised as the
+ *    upstream reads the line: after its stuffing dot, NULs removed, the name
+ *    in any case, any WSP before the ':';
  *  - counts the size and stops writing past max_size. */
 #ifndef SG_UPSTREAM_DATA_SCAN_H
 #define SG_UPSTREAM_DATA_SCAN_H
@@ -22,8 +28,10 @@
 
 #include "../common/buf.h"
 
-/* Longest header-name prefix held back while deciding whether a header line
- * is "X-Authenticated-User" (20 characters, optional WSP, ':'). */
+/* Longest line start held back while deciding whether a header line is
+ * "X-Authenticated-User" (a stuffing dot, 20 characters, WSP, ':').  A
+ * held name followed by WSP up to this bound is taken for the field: with
+ * a ':' it is one, without it is no valid header line at all. */
 #define SG_SCAN_HOLD 64
 
 typedef struct sg_scan {
@@ -33,14 +41,18 @@ typedef struct sg_scan {
 	bool bol_clean;    /* the current line began after a CRLF */
 	bool in_header;    /* still inside the header section */
 	bool stripping;    /* dropping the current header field */
+	bool lead_nul;     /* NULs removed before the line's first content
+	                      octet (before or after its stuffing dot) */
 	size_t line_len;   /* octets of the current line so far (no EOL) */
 	uint64_t max_size; /* 0 = unlimited */
 	uint64_t size;     /* content octets written (or that would be) */
-	bool bad;          /* bare CR/LF seen (reject mode) */
+	bool bad;          /* bare CR/LF or NUL seen (reject mode) */
+	bool nul;          /* a NUL among them: 550 5.6.0, not 5.5.2 */
 	bool too_big;      /* size went past max_size */
 	bool done;         /* <CRLF>.<CRLF> seen */
 	char hold[SG_SCAN_HOLD];
 	size_t nhold;
+	bool hold_dot;     /* hold[0] is the line's stuffing dot */
 } sg_scan;
 
 void sg_scan_init(sg_scan *s, bool normalize, bool strip_xauth,

@@ -1,10 +1,13 @@
-/* tests/fuzz/scan_ref.c: the DATA scanner as it was before the fast path
- * (upstream/data_scan.c at c73f207), kept verbatim with renamed symbols as
- * the reference the differential fuzz target (fuzz_data_scan_diff.c) and
- * tests/unit/test_upstream_scan.c compare the fast scanner against.
+/* tests/fuzz/scan_ref.c: the DATA scanner's rules, one octet at a time:
+ * the reference model that the differential fuzz target (fuzz_scan_diff.c)
+ * and tests/unit/test_upstream_scan.c compare the fast scanner
+ * (upstream/data_scan.c, with its SSE2 search and whole-run copies) against.
+ * It is the scanner as it was before the fast path, with the same rules
+ * added since: X-Authenticated-User recognised after the stuffing dot and
+ * with NULs removed, NUL octets refused (reject) or removed (normalize).
  *
- * Not built on its own: #include it.  Its behaviour must not change; it is
- * the definition of "byte-for-byte the same as before". */
+ * Not built on its own: #include it.  It changes only when the rules do;
+ * it is the definition of what the fast scanner must write. */
 #include <ctype.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,21 +25,24 @@ typedef struct ref_scan {
 	bool bol_clean;    /* the current line began after a CRLF */
 	bool in_header;    /* still inside the header section */
 	bool stripping;    /* dropping the current header field */
+	bool lead_nul;     /* NULs before the line's first content octet */
 	size_t line_len;   /* octets of the current line so far (no EOL) */
 	uint64_t max_size; /* 0 = unlimited */
 	uint64_t size;     /* content octets written (or that would be) */
-	bool bad;          /* bare CR/LF seen (reject mode) */
+	bool bad;          /* bare CR/LF or NUL seen (reject mode) */
+	bool nul;          /* a NUL among them */
 	bool too_big;      /* size went past max_size */
 	bool done;         /* <CRLF>.<CRLF> seen */
 	char hold[REF_SCAN_HOLD];
 	size_t nhold;
+	bool hold_dot;     /* hold[0] is the stuffing dot */
 } ref_scan;
 
 enum {
-	RS_BOL,    /* at a line start */
+	RS_BOL,    /* at a line start (NULs only so far: lead_nul) */
 	RS_TEXT,   /* inside a line */
 	RS_CR,     /* a CR inside/after a line, LF not seen yet */
-	RS_DOT,    /* a '.' at a line start */
+	RS_DOT,    /* a '.' at a line start (then NULs only: lead_nul) */
 	RS_DOT_CR, /* ".\r" at a line start */
 	RS_HDR,    /* header name prefix held in hold[] */
 	RS_END,
@@ -77,6 +83,13 @@ static void ref_bare(ref_scan *s)
 		s->bad = true;
 }
 
+/* A NUL: never written; reject refuses the message for it. */
+static void ref_nul(ref_scan *s)
+{
+	if (!s->normalize)
+		s->bad = s->nul = true;
+}
+
 /* A line ended (clean: with CRLF).  A stripped header line's CRLF goes too;
  * an empty line ends the header section (RFC 5322 2.1). */
 static void ref_eol(ref_scan *s, sg_buf *out, bool clean)
@@ -86,14 +99,15 @@ static void ref_eol(ref_scan *s, sg_buf *out, bool clean)
 	if (s->in_header && s->line_len == 0)
 		s->in_header = false;
 	s->line_len = 0;
+	s->lead_nul = false;
 	s->bol_clean = clean;
 	s->state = RS_BOL;
 }
 
 /* A "." line that is not the end of data (its line start or line end was
- * ref_bare): written as ".." so the upstream reads the same single dot and no
- * end-of-data.  Only reachable in normalize mode (reject has stopped
- * writing by then). */
+ * bare, or a NUL followed the dot): written as ".." so the upstream reads
+ * the same single dot and no end-of-data.  Only reachable in normalize
+ * mode (reject has stopped writing by then). */
 static void ref_lone_dot(ref_scan *s, sg_buf *out, bool clean)
 {
 	s->stripping = false;
@@ -102,13 +116,16 @@ static void ref_lone_dot(ref_scan *s, sg_buf *out, bool clean)
 	ref_eol(s, out, clean);
 }
 
-/* 1 = the held name is X-Authenticated-User with its ':', 0 = might still
- * be, -1 = is not. */
+/* 1 = the held name (after the stuffing dot, if held) is
+ * X-Authenticated-User with its ':', 0 = might still be, -1 = is not.  The
+ * name and only blanks filling the hold count as the field (fail closed). */
 static int ref_hdr_match(const ref_scan *s)
 {
+	const char *h = s->hold + (s->hold_dot ? 1 : 0);
+	size_t nh = s->nhold - (s->hold_dot ? 1 : 0);
 	size_t n = sizeof ref_XAUTH - 1;
-	for (size_t i = 0; i < s->nhold; i++) {
-		unsigned char c = (unsigned char)s->hold[i];
+	for (size_t i = 0; i < nh; i++) {
+		unsigned char c = (unsigned char)h[i];
 		if (i < n) {
 			if (tolower(c) != ref_XAUTH[i])
 				return -1;
@@ -119,43 +136,66 @@ static int ref_hdr_match(const ref_scan *s)
 		if (c != ' ' && c != '\t') /* obs-optional: WSP before ':' */
 			return -1;
 	}
-	/* The name and then only blanks, as many as we hold: an MTA that reads
-	 * obs-optional would take this for the header (fuzz_data_scan found
-	 * it), and a field name not followed by ':' is no valid field anyway,
-	 * so the line goes (fail closed). */
 	return s->nhold >= REF_SCAN_HOLD ? 1 : 0;
+}
+
+/* The first content octet c of a line as the upstream reads it (no NUL, CR
+ * or LF; after the stuffing dot if dotted): continuation of a dropped field,
+ * start of a held name, or ordinary text.  Consumes c. */
+static void ref_first(ref_scan *s, sg_buf *out, char c, bool dotted)
+{
+	s->line_len = (dotted ? 1 : 0) + 1;
+	s->state = RS_TEXT;
+	/* RFC 5322 2.2.3: a folded continuation of a dropped field goes too */
+	if (s->stripping && s->in_header && (c == ' ' || c == '\t'))
+		return;
+	s->stripping = false;
+	if (s->in_header && s->strip_xauth && tolower((unsigned char)c) == 'x') {
+		s->nhold = 0;
+		if (dotted)
+			s->hold[s->nhold++] = '.';
+		s->hold[s->nhold++] = c;
+		s->hold_dot = dotted;
+		s->state = RS_HDR;
+		return;
+	}
+	if (dotted)
+		ref_put(s, out, ".", 1);
+	ref_put(s, out, &c, 1);
 }
 
 /* One octet at a line start. */
 static void ref_at_bol(ref_scan *s, sg_buf *out, char c)
 {
-	/* RFC 5322 2.2.3: a folded continuation of a dropped field goes too */
-	if (!(s->stripping && s->in_header && (c == ' ' || c == '\t')))
+	if (c == '\0') {
+		ref_nul(s);
+		s->lead_nul = true;
+		return;
+	}
+	if (c == '.' && s->lead_nul) {
+		/* NULs, then a dot of the content: written stuffed */
 		s->stripping = false;
+		ref_put(s, out, "..", 2);
+		s->line_len = 2;
+		s->state = RS_TEXT;
+		return;
+	}
 	if (c == '.') {
 		s->state = RS_DOT;
 		return;
 	}
 	if (c == '\r') {
+		s->stripping = false;
 		s->state = RS_CR;
 		return;
 	}
 	if (c == '\n') {
+		s->stripping = false;
 		ref_bare(s);
 		ref_eol(s, out, false);
 		return;
 	}
-	s->line_len++;
-	s->state = RS_TEXT;
-	if (s->stripping)
-		return;
-	if (s->in_header && s->strip_xauth && tolower((unsigned char)c) == 'x') {
-		s->hold[0] = c;
-		s->nhold = 1;
-		s->state = RS_HDR;
-		return;
-	}
-	ref_put(s, out, &c, 1);
+	ref_first(s, out, c, false);
 }
 
 static size_t ref_scan_feed(ref_scan *s, const char *in, size_t len, sg_buf *out)
@@ -170,9 +210,9 @@ static size_t ref_scan_feed(ref_scan *s, const char *in, size_t len, sg_buf *out
 			i++;
 			break;
 		case RS_TEXT: {
-			/* the hot path: copy the run up to the next CR or LF at once */
+			/* copy the run up to the next CR, LF or NUL at once */
 			size_t j = i;
-			while (j < len && in[j] != '\r' && in[j] != '\n')
+			while (j < len && in[j] != '\r' && in[j] != '\n' && in[j] != '\0')
 				j++;
 			if (j > i) {
 				s->line_len += j - i;
@@ -183,9 +223,11 @@ static size_t ref_scan_feed(ref_scan *s, const char *in, size_t len, sg_buf *out
 			}
 			if (c == '\r') {
 				s->state = RS_CR;
-			} else {
+			} else if (c == '\n') {
 				ref_bare(s);
 				ref_eol(s, out, false);
+			} else {
+				ref_nul(s);
 			}
 			i++;
 			break;
@@ -196,43 +238,49 @@ static size_t ref_scan_feed(ref_scan *s, const char *in, size_t len, sg_buf *out
 				i++;
 				break;
 			}
-			/* ref_bare CR: a line end of its own; c starts the next line */
+			/* bare CR: a line end of its own; c starts the next line */
 			ref_bare(s);
 			ref_eol(s, out, false);
 			break;
 		case RS_DOT:
-			if (c == '\r') {
+			if (c == '\0') {
+				ref_nul(s);
+				s->lead_nul = true;
+			} else if (c == '\r') {
 				s->state = RS_DOT_CR;
-				i++;
 			} else if (c == '\n') {
 				ref_bare(s);
 				ref_lone_dot(s, out, false);
-				i++;
 			} else {
-				/* ".." (stuffed) or ".text": an ordinary line */
-				ref_put(s, out, ".", 1);
-				s->line_len = 1;
-				s->state = RS_TEXT;
+				/* "..", ".text", ".X-...", ". folded": the content
+				 * after the stuffing dot decides */
+				ref_first(s, out, c, true);
 			}
+			i++;
 			break;
 		case RS_DOT_CR:
-			if (c == '\n' && s->bol_clean) {
+			if (c == '\n' && s->bol_clean && !s->lead_nul) {
 				s->state = RS_END;
 				s->done = true;
 				i++;
 				break;
 			}
 			if (c == '\n') {
-				/* "\n.\r\n": the line start was ref_bare */
+				/* "\n.\r\n" (the line start was bare) or ".<NUL>\r\n" */
 				ref_lone_dot(s, out, true);
 				i++;
 				break;
 			}
-			/* ".\r" + other: ref_bare CR; c starts the next line */
+			/* ".\r" + other: bare CR; c starts the next line */
 			ref_bare(s);
 			ref_lone_dot(s, out, false);
 			break;
 		case RS_HDR: {
+			if (c == '\0') {
+				ref_nul(s);
+				i++;
+				break;
+			}
 			if (c == '\r' || c == '\n') {
 				ref_put(s, out, s->hold, s->nhold);
 				s->nhold = 0;

@@ -25,7 +25,7 @@ static int failures;
 typedef struct result {
 	sg_buf out;
 	size_t consumed;
-	bool done, bad, too_big;
+	bool done, bad, nul, too_big;
 	uint64_t size;
 } result;
 
@@ -53,6 +53,7 @@ static void run(const opts *o, const char *in, size_t len, const size_t *cuts,
 	}
 	r->done = s.done;
 	r->bad = s.bad;
+	r->nul = s.nul;
 	r->too_big = s.too_big;
 	r->size = s.size;
 }
@@ -67,7 +68,8 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 		CHECK(r.out.len == whole->out.len &&
 		      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
 		CHECK(r.consumed == whole->consumed && r.done == whole->done &&
-		      r.bad == whole->bad && r.too_big == whole->too_big);
+		      r.bad == whole->bad && r.nul == whole->nul &&
+		      r.too_big == whole->too_big && r.size == whole->size);
 		sg_buf_free(&r.out);
 	}
 	size_t *cuts = malloc(len * sizeof *cuts + 1);
@@ -78,7 +80,7 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 	CHECK(r.out.len == whole->out.len &&
 	      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
 	CHECK(r.consumed == whole->consumed && r.done == whole->done &&
-	      r.bad == whole->bad);
+	      r.bad == whole->bad && r.nul == whole->nul);
 	sg_buf_free(&r.out);
 	free(cuts);
 }
@@ -92,6 +94,7 @@ static bool out_is(const result *r, const char *want)
 		for (size_t i = 0; i < r->out.len; i++)
 			fprintf(stderr, r->out.data[i] == '\r'   ? "\\r"
 			                : r->out.data[i] == '\n' ? "\\n"
+			                : r->out.data[i] == '\0' ? "\\0"
 			                                          : "%c",
 			        r->out.data[i]);
 		fprintf(stderr, "]\n");
@@ -99,11 +102,14 @@ static bool out_is(const result *r, const char *want)
 	return ok;
 }
 
-/* Nothing the upstream gets can end the data early or carry a bare line end. */
+/* Nothing the upstream gets can end the data early, carry a bare line end
+ * or a NUL. */
 static bool upstream_safe(const result *r)
 {
 	const char *p = r->out.data ? r->out.data : "";
 	size_t n = r->out.len;
+	if (n && memchr(p, '\0', n))
+		return false;
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
 			return false;
@@ -245,6 +251,239 @@ static void test_strip(void)
 	sg_buf_free(&r.out);
 }
 
+/* The field is recognised on the line the upstream stores: after its
+ * stuffing dot (RFC 5321 4.5.2), in any case, with WSP before the ':'. */
+static void test_strip_unstuffed(void)
+{
+	static const char *const forged[] = {
+	    ".X-Authenticated-User: bob\r\n",
+	    "x-authenticated-user : bob\r\n",
+	    "X-AUTHENTICATED-USER\t:bob\r\n",
+	    ".x-Authenticated-USER \t :bob\r\n",
+	    "X-Authenticated-User:\r\n",
+	    "X-Authenticated-User: bob\r\n\tfolded\r\n more\r\n",
+	    ".X-Authenticated-User: bob\r\n\tfolded\r\n",
+	    /* a folded line may carry a stuffing dot too: ". x" is " x" */
+	    "X-Authenticated-User: bob\r\n. folded\r\n.\tmore\r\n",
+	};
+	for (int mode = 0; mode < 2; mode++) {
+		opts o = {mode == 1, true, 0};
+		for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+			char in[256];
+			snprintf(in, sizeof in,
+			         "From: a@example.org\r\n%sSubject: s\r\n\r\n"
+			         ".X-Authenticated-User: body\r\n.\r\n",
+			         forged[i]);
+			result r;
+			scan(&o, in, strlen(in), &r);
+			CHECK(r.done && !r.bad);
+			CHECK(out_is(&r, "From: a@example.org\r\nSubject: s\r\n\r\n"
+			                 ".X-Authenticated-User: body\r\n"));
+			if (!out_is(&r, "From: a@example.org\r\nSubject: s\r\n\r\n"
+			                ".X-Authenticated-User: body\r\n"))
+				fprintf(stderr, "  case %zu mode %d\n", i, mode);
+			CHECK(r.size == r.out.len);
+			sg_buf_free(&r.out);
+		}
+	}
+
+	/* dot-stuffing of every other line is untouched, and the upstream
+	 * reads "..X-Authenticated-User:" as ".X-Authenticated-User:", which
+	 * is another field */
+	opts o = {false, true, 0};
+	result r;
+	const char kept[] = "..X-Authenticated-User: kept\r\n"
+	                    ".X-Authenticated-Userx: kept\r\n"
+	                    "..\r\n"
+	                    ".Subject: s\r\n"
+	                    "\r\n.\r\n";
+	scan(&o, S(kept), &r);
+	CHECK(r.done && out_is(&r, "..X-Authenticated-User: kept\r\n"
+	                           ".X-Authenticated-Userx: kept\r\n"
+	                           "..\r\n"
+	                           ".Subject: s\r\n"
+	                           "\r\n"));
+	sg_buf_free(&r.out);
+
+	/* a stuffed header line after a dropped field is no continuation */
+	scan(&o, S("X-Authenticated-User: a\r\n.x: y\r\n\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, ".x: y\r\n\r\n"));
+	sg_buf_free(&r.out);
+
+	/* the field name is not recognised without a dot or past the header */
+	scan(&o, S("Subject: s\r\n\r\n.X-Authenticated-User: b\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n.X-Authenticated-User: b\r\n"));
+	sg_buf_free(&r.out);
+}
+
+/* Two cuts anywhere in a stuffed, folded field: the same output. */
+static void test_strip_split(void)
+{
+	const char in[] = "A: b\r\n.x-AUTHENTICATED-user \t: bob\r\n\tf\r\n"
+	                  "C: d\r\n\r\n.\r\n";
+	const char want[] = "A: b\r\nC: d\r\n\r\n";
+	size_t len = sizeof in - 1;
+	for (int mode = 0; mode < 2; mode++) {
+		opts o = {mode == 1, true, 0};
+		for (size_t a = 1; a < len; a++)
+			for (size_t b = a; b < len; b++) {
+				size_t cuts[2] = {a, b};
+				result r;
+				run(&o, in, len, cuts, 2, &r);
+				CHECK(r.done && !r.bad && r.consumed == len);
+				CHECK(out_is(&r, want));
+				sg_buf_free(&r.out);
+			}
+	}
+}
+
+/* In normalize mode a line ending in a bare LF or CR is a line too. */
+static void test_strip_normalized_lines(void)
+{
+	opts o = {true, true, 0};
+	result r;
+	scan(&o,
+	     S("Subject: a\nX-Authenticated-User: b\n\tfold\r.X-AUTHENTICATED-USER"
+	       " : c\rTo: d\n\nbody\r\n.\r\n"),
+	     &r);
+	CHECK(r.done && !r.bad);
+	CHECK(out_is(&r, "Subject: a\r\nTo: d\r\n\r\nbody\r\n"));
+	sg_buf_free(&r.out);
+}
+
+/* No hold bound lets the field through: not after a long header line or a
+ * long header section, not with more WSP before the ':' than is held. */
+static void test_strip_long(void)
+{
+	opts o = {false, true, 0};
+	size_t cap = 20000;
+	char *in = malloc(cap), *want = malloc(cap);
+	size_t n = 0, w = 0;
+
+	/* a 5,000-octet header line, then the field (plain and stuffed) */
+	n = (size_t)snprintf(in, cap, "X-Long: ");
+	memset(in + n, 'x', 5000);
+	n += 5000;
+	n += (size_t)snprintf(in + n, cap - n,
+	                      "\r\nX-Authenticated-User: bob\r\n"
+	                      ".X-Authenticated-User: bob\r\n\r\n.\r\n");
+	memcpy(want, in, 8 + 5000 + 2);
+	w = 8 + 5000 + 2;
+	memcpy(want + w, "\r\n", 3);
+	result r;
+	scan(&o, in, n, &r); /* split at every octet, the name's too */
+	CHECK(r.done && r.out.len == w + 2 && !memcmp(r.out.data, want, w + 2));
+	sg_buf_free(&r.out);
+
+	/* after 300 header lines */
+	n = 0;
+	for (int i = 0; i < 300; i++)
+		n += (size_t)snprintf(in + n, cap - n, "X-H%03d: v\r\n", i);
+	w = n;
+	memcpy(want, in, w);
+	n += (size_t)snprintf(in + n, cap - n,
+	                      "x-authenticated-user : bob\r\n\r\n.\r\n");
+	memcpy(want + w, "\r\n", 2);
+	w += 2;
+	scan(&o, in, n, &r);
+	CHECK(r.done && r.out.len == w && !memcmp(r.out.data, want, w));
+	sg_buf_free(&r.out);
+
+	/* the name, more WSP than SG_SCAN_HOLD, then the ':' */
+	for (int dotted = 0; dotted < 2; dotted++) {
+		n = (size_t)snprintf(in, cap, "%sX-Authenticated-User",
+		                     dotted ? "." : "");
+		for (int i = 0; i < 3 * SG_SCAN_HOLD; i++)
+			in[n++] = i % 3 ? ' ' : '\t';
+		n += (size_t)snprintf(in + n, cap - n,
+		                      ": bob\r\nSubject: s\r\n\r\n.\r\n");
+		scan(&o, in, n, &r);
+		CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n"));
+		sg_buf_free(&r.out);
+	}
+	/* ... and without a ':' the line is no field at all: it goes too
+	 * (fail closed), with its continuation */
+	n = (size_t)snprintf(in, cap, "X-Authenticated-User");
+	memset(in + n, ' ', 2 * SG_SCAN_HOLD);
+	n += 2 * SG_SCAN_HOLD;
+	n += (size_t)snprintf(in + n, cap - n, "bob\r\n x\r\nA: b\r\n\r\n.\r\n");
+	scan(&o, in, n, &r);
+	CHECK(r.done && out_is(&r, "A: b\r\n\r\n"));
+	sg_buf_free(&r.out);
+	/* a shorter run of blanks without the ':' is kept as it was */
+	scan(&o, S("X-Authenticated-User   bob\r\n\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "X-Authenticated-User   bob\r\n\r\n"));
+	sg_buf_free(&r.out);
+	free(in);
+	free(want);
+}
+
+/* NUL octets: reject refuses the message (its own flag: 550 5.6.0),
+ * normalize removes them; neither reaches the upstream. */
+static void test_nul(void)
+{
+	opts rej = {false, false, 0}, rejx = {false, true, 0};
+	result r;
+	const char a[] = "Subject: a\r\n\r\nbo\0dy\r\n.\r\nQUIT\r\n";
+	scan(&rej, S(a), &r);
+	CHECK(r.done && r.bad && r.nul);
+	CHECK(r.consumed == sizeof a - 1 - strlen("QUIT\r\n"));
+	CHECK(upstream_safe(&r));
+	sg_buf_free(&r.out);
+	/* in a dropped header field as well */
+	scan(&rejx, S("X-Authenticated-User: a\0b\r\n\r\nc\r\n.\r\n"), &r);
+	CHECK(r.done && r.bad && r.nul && upstream_safe(&r));
+	sg_buf_free(&r.out);
+	/* "<NUL>.", ".<NUL>" are no end of data: the scan goes on */
+	const char b[] = "Subject: a\r\n\r\n\0.\r\n.\0\r\nx\r\n.\r\nQUIT\r\n";
+	scan(&rej, S(b), &r);
+	CHECK(r.done && r.bad && r.nul);
+	CHECK(r.consumed == sizeof b - 1 - strlen("QUIT\r\n"));
+	sg_buf_free(&r.out);
+	/* a bare LF alone is not a NUL */
+	scan(&rej, S("a\nb\r\n.\r\n"), &r);
+	CHECK(r.done && r.bad && !r.nul);
+	sg_buf_free(&r.out);
+
+	opts norm = {true, false, 0}, normx = {true, true, 0};
+	scan(&norm, S(a), &r);
+	CHECK(r.done && !r.bad && !r.nul);
+	CHECK(out_is(&r, "Subject: a\r\n\r\nbody\r\n"));
+	CHECK(r.size == r.out.len);
+	sg_buf_free(&r.out);
+	/* a line that is a lone dot once the NULs are gone is written stuffed,
+	 * and one whose content begins with a dot keeps that dot */
+	scan(&norm, S(b), &r);
+	CHECK(r.done && out_is(&r, "Subject: a\r\n\r\n..\r\n..\r\nx\r\n"));
+	CHECK(upstream_safe(&r));
+	sg_buf_free(&r.out);
+	scan(&norm, S("a\r\n\0\0.\0\r\n\0.b\r\n.\0.c\r\n\0\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "a\r\n..\r\n..b\r\n..c\r\n\r\n"));
+	CHECK(r.size == r.out.len);
+	sg_buf_free(&r.out);
+	/* NULs inside CRLF or <CRLF>.<CRLF> make neither */
+	scan(&norm, S("a\r\0\n.\r\n\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "a\r\n\r\n..\r\n\r\n"));
+	sg_buf_free(&r.out);
+
+	/* the field is recognised with the NULs removed ... */
+	scan(&normx,
+	     S("\0X-Authen\0ticated-User: a\r\n.\0X-Authenticated-User: b\r\n"
+	       "\0\tfolded\r\nSubject: s\r\n\r\n.\r\n"),
+	     &r);
+	CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n"));
+	sg_buf_free(&r.out);
+	/* ... and "<NUL>.X-Authenticated-User:" is ".X-Authenticated-User:"
+	 * to the upstream, another field: written stuffed */
+	scan(&normx, S("\0.X-Authenticated-User: a\r\n\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "..X-Authenticated-User: a\r\n\r\n"));
+	sg_buf_free(&r.out);
+	/* a line of NULs is an empty line: the header section ends there */
+	scan(&normx, S("A: b\r\n\0\r\nX-Authenticated-User: c\r\n.\r\n"), &r);
+	CHECK(r.done && out_is(&r, "A: b\r\n\r\nX-Authenticated-User: c\r\n"));
+	sg_buf_free(&r.out);
+}
+
 static void test_size(void)
 {
 	opts o = {false, false, 20};
@@ -264,7 +503,7 @@ static void test_size(void)
 /* A pseudo-random soup of CR, LF, '.', 'X' and letters: never unsafe. */
 static void test_soup(void)
 {
-	static const char alphabet[] = "\r\n.\r\n.Xa ";
+	static const char alphabet[] = "\r\n.\r\n.Xa \0";
 	unsigned seed = 12345;
 	for (int round = 0; round < 2000; round++) {
 		char in[64];
@@ -297,10 +536,21 @@ static void test_soup(void)
  * in random pieces. */
 static void test_reference(void)
 {
-	static const char *const salt[] = {
-	    "\r\n", "\r\n", "\r\n", "\r\n.", "\r\n..", "\n", "\r", "\r\n\r\n",
-	    "\r\nX-Authenticated-User: e\r\n", "\r\nx-auth", "\r\n\tfold",
-	    "\r\n.\r\n", "\n.\n", "\r\nX", "\r\r\n"};
+	static const struct {
+		const char *p;
+		size_t n;
+	} salt[] = {
+#define SALT(lit) {lit, sizeof(lit) - 1}
+	    SALT("\r\n"), SALT("\r\n"), SALT("\r\n"), SALT("\r\n."), SALT("\r\n.."),
+	    SALT("\n"), SALT("\r"), SALT("\r\n\r\n"),
+	    SALT("\r\nX-Authenticated-User: e\r\n"), SALT("\r\nx-auth"),
+	    SALT("\r\n\tfold"), SALT("\r\n.\r\n"), SALT("\n.\n"), SALT("\r\nX"),
+	    SALT("\r\r\n"), SALT("\r\n.X-Authenticated-User: e"), SALT("\r\n. fold"),
+	    SALT("\r\n\0.\r\n"), SALT("\r\n.\0\r\n"), SALT("\0"),
+	    SALT("\r\n\0X-auth"), SALT("\r\n\0."), SALT("\r\0\n"),
+	    SALT("\r\nX-Authenticated-User\t \0:")
+#undef SALT
+	};
 	unsigned seed = 777;
 #define RND() (seed = seed * 1103515245u + 12345u, (seed >> 16))
 	for (int round = 0; round < 3000; round++) {
@@ -310,10 +560,9 @@ static void test_reference(void)
 			size_t run = RND() % 90;
 			for (size_t i = 0; i < run; i++)
 				in[n++] = (char)('a' + RND() % 26);
-			const char *t = salt[RND() % (sizeof salt / sizeof salt[0])];
-			size_t tl = strlen(t);
-			memcpy(in + n, t, tl);
-			n += tl;
+			size_t k = RND() % (sizeof salt / sizeof salt[0]);
+			memcpy(in + n, salt[k].p, salt[k].n);
+			n += salt[k].n;
 		}
 		bool norm = RND() & 1, strip = RND() & 1;
 		uint64_t max = (RND() % 4 == 0) ? RND() % 2000 : 0;
@@ -336,7 +585,8 @@ static void test_reference(void)
 				break;
 			off += ua;
 		}
-		CHECK(s.bad == r.bad && s.too_big == r.too_big && s.size == r.size);
+		CHECK(s.bad == r.bad && s.nul == r.nul && s.too_big == r.too_big &&
+		      s.size == r.size);
 		/* past max_size neither output is sent (the link aborts) */
 		if (!s.too_big)
 			CHECK(a.len == b.len && (!a.len || !memcmp(a.data, b.data, a.len)));
@@ -352,6 +602,11 @@ int main(void)
 	test_smuggling();
 	test_normalize();
 	test_strip();
+	test_strip_unstuffed();
+	test_strip_split();
+	test_strip_normalized_lines();
+	test_strip_long();
+	test_nul();
 	test_size();
 	test_soup();
 	test_reference();
