@@ -81,11 +81,12 @@ static void bare(sg_scan *s)
 		s->bad = true;
 }
 
-/* A NUL octet: never written.  An upstream that keeps lines as C strings
- * would cut the line there (and could read "<NUL>." as a lone dot), so
- * reject refuses the message (RFC 5321 4.5.2 leaves NUL to the server);
- * normalize drops the octet, and the scanner goes on as if it had not been
- * sent, except that it is no part of a <CRLF>.<CRLF> or a CRLF. */
+/* A NUL octet: never written.  It is no 7bit or 8bit data (RFC 2045 2.7,
+ * 2.8; BINARYMIME is not offered), and an upstream that keeps lines as C
+ * strings would cut the line there (and could read "<NUL>." as a lone
+ * dot).  Reject refuses the message; normalize drops the octet and the
+ * line's content is read as if it had not been sent, but a NUL still
+ * belongs to no CRLF and no <CRLF>.<CRLF>. */
 static void nul_octet(sg_scan *s)
 {
 	if (!s->normalize)

@@ -69,6 +69,8 @@
 #define R_LOST "451 4.4.2 Upstream connection lost\r\n"
 #define R_XFWD "451 4.7.0 Upstream refused the client identity\r\n"
 #define R_BARE "550 5.5.2 Message rejected: bare CR or LF line ending\r\n"
+/* NUL is no 7bit or 8bit data (RFC 2045 2.7, 2.8); 5.6.0: RFC 3463 */
+#define R_NUL "550 5.6.0 Message contains NUL octets\r\n"
 #define R_BIG "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 
 enum phase {
@@ -1541,7 +1543,14 @@ static void abort_upstream(sg_link *l, const char *why)
 static void data_refused(sg_link *l)
 {
 	l->in_data = false;
-	const char *t = l->scan.bad ? R_BARE : l->scan.too_big ? R_BIG : R_LOST;
+	/* NUL octets and bare line ends both: the NUL is named */
+	const char *t = R_LOST;
+	if (l->scan.nul)
+		t = R_NUL;
+	else if (l->scan.bad)
+		t = R_BARE;
+	else if (l->scan.too_big)
+		t = R_BIG;
 	defer_reply(l, l->done, l->done_arg, t);
 }
 
