@@ -83,13 +83,19 @@ Fixtures (conftest.py); each `start_*` is a factory returning a started object:
     .delivered() -> [bytes] (only messages ended with <CRLF>.<CRLF> and
       answered 2xx) .connections (count) .auth_users
     .wait_for(predicate, timeout) .stop()
+    .raw_lines(conn=None, verb=None) -> [bytes] command lines exactly as
+      received (line end included; .commands has them decoded, without it)
+    .attributes("XCLIENT"|"XFORWARD", conn=None) -> [(NAME, xtext-decoded bytes)]
     refused_port() -> a port where nothing listens (connection refused).
 
 Helpers (module functions):
   free_port()  T(seconds) (scaled under sanitizers)  wait_for(pred, timeout, what)
   make_cert(dir, kind="rsa"|"ecdsa", cn="localhost") -> (cert, key)
   make_ca(dir) -> (ca_cert, ca_key);  make_leaf(dir, ca, cn, kind) -> (chain, key)
-  make_sasldb(path, {user: pw}, realm=None) -> path
+  make_sasldb(path, {user: pw}, realm=None) -> path (a bytes user: any octets)
+  xtext(v) / xtext_decode(v) (RFC 1891)  log_escape(login) (the log's user=)
+  unstuff(data) (DATA dot-stuffing undone)  header_fields(msg) -> [(name,
+      unfolded value, raw)]  comment_after(text, prefix) (quoted-pairs undone)
   default_config(workdir, upstream_port, cert=None, key=None, sasldb=None,
                  saslauthd=None, identity="xclient", **sections) -> dict
       listeners "submission" (starttls), "submissions" (implicit, when a
@@ -265,12 +271,22 @@ def make_leaf(dir, ca, cn="localhost", kind="rsa"):
 # ---------------------------------------------------------------- SASL
 
 def make_sasldb(path, users, realm=None):
-    """A Cyrus sasldb with {user: password}; readable by everyone (tests)."""
+    """A Cyrus sasldb with {user: password}; readable by everyone (tests).
+    A user given as bytes is created octet for octet (any octet but NUL:
+    invalid UTF-8 and control octets included)."""
     path = pathlib.Path(path)
     for user, pw in users.items():
         cmd = ["saslpasswd2", "-f", str(path), "-p", "-c"]
         if realm:
             cmd += ["-u", realm]
+        if isinstance(user, bytes):
+            p = subprocess.run([c.encode() for c in cmd] + [user], capture_output=True,
+                               input=pw.encode() if isinstance(pw, str) else pw,
+                               timeout=30)
+            if p.returncode != 0:
+                raise RuntimeError("saslpasswd2 %r failed (%d): %r" % (user, p.returncode,
+                                                                       p.stderr))
+            continue
         _check(cmd + [user], input=pw)  # -p: password on stdin, no newline
     os.chmod(path, 0o644)
     return path
@@ -599,6 +615,96 @@ class Postfix:
         self.sink.stop()
 
 
+# ---------------------------------------------------------------- wire formats
+
+def xtext(value):
+    """RFC 1891 section 4 xtext of bytes/str: '+', '=' and octets outside
+    33..126 as "+HH"."""
+    if isinstance(value, str):
+        value = value.encode()
+    return "".join(chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else "+%02X" % b
+                   for b in value)
+
+
+def xtext_decode(value):
+    """The octets an xtext (bytes or str) stands for; a malformed "+HH"
+    raises ValueError."""
+    if isinstance(value, str):
+        value = value.encode()
+    out, i = bytearray(), 0
+    while i < len(value):
+        if value[i] == 0x2B:
+            h = value[i + 1:i + 3]
+            if len(h) != 2 or not re.fullmatch(rb"[0-9A-Fa-f]{2}", h):
+                raise ValueError("bad xtext %r" % value)
+            out.append(int(h, 16))
+            i += 3
+        else:
+            out.append(value[i])
+            i += 1
+    return bytes(out)
+
+
+def unstuff(data):
+    """A DATA body as the client meant it: RFC 5321 4.5.2, each line's
+    leading '.' removed."""
+    lines = data.split(b"\r\n")
+    return b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
+
+
+def header_fields(message):
+    """The header section of an (un-stuffed) message as [(name, value,
+    raw)]: name is the text before the colon without trailing white space,
+    value the unfolded text after it (RFC 5322 2.2.3: CRLF before WSP
+    removed), raw the field's lines as they were.  Lines before the first
+    field that are not fields come out with name None."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    fields = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value, raw = fields[-1]
+            fields[-1] = (name, value + line, raw + b"\r\n" + line)
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon:
+            fields.append((None, line, line))
+            continue
+        fields.append((name.rstrip(b" \t"), value, line))
+    return fields
+
+
+def comment_after(text, prefix):
+    """The rest of an RFC 5322 comment that starts with prefix (bytes),
+    quoted-pairs undone; None when prefix is not there or the comment
+    does not end."""
+    i = text.find(prefix)
+    if i < 0:
+        return None
+    out, i = bytearray(), i + len(prefix)
+    while i < len(text):
+        ch = text[i]
+        if ch == 0x5C:  # backslash: quoted-pair
+            if i + 1 >= len(text):
+                return None
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if ch == 0x29:  # ')'
+            return bytes(out)
+        out.append(ch)
+        i += 1
+    return None
+
+
+def log_escape(login):
+    """The form of a login in saslgate's key=value log lines: octets
+    outside 0x21..0x7e and '+', '=', '"', backslash as "+HH"."""
+    if isinstance(login, str):
+        login = login.encode()
+    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b'+="\\' else "+%02X" % b
+                   for b in login)
+
+
 # ---------------------------------------------------------------- FakeUpstream
 
 CLOSE = "<close>"
@@ -652,6 +758,7 @@ class FakeUpstream:
         self.io_timeout = io_timeout
         self.lock = threading.Lock()
         self.commands, self.messages, self.auth_users = [], [], []
+        self.raw_commands = []  # [(conn_no, bytes as received, line end included)]
         self.connections = 0
         self.counts = {}
         self.errors = []
@@ -674,6 +781,31 @@ class FakeUpstream:
     def command_lines(self):
         with self.lock:
             return [line for _, line in self.commands]
+
+    def raw_lines(self, conn=None, verb=None):
+        """Command lines exactly as they arrived (bytes, line end included),
+        of one connection and/or one verb (case-insensitive) if given."""
+        with self.lock:
+            out = list(self.raw_commands)
+        if conn is not None:
+            out = [(n, l) for n, l in out if n == conn]
+        if verb is not None:
+            v = verb.upper().encode()
+            out = [(n, l) for n, l in out if l.split(b" ", 1)[0].rstrip(b"\r\n").upper() == v]
+        return [l for _, l in out]
+
+    def attributes(self, verb, conn=None):
+        """XCLIENT / XFORWARD attributes sent (on one connection, if given),
+        xtext-decoded: [(NAME, value bytes)] in the order sent, over all
+        the lines."""
+        out = []
+        for l in self.raw_lines(conn, verb):
+            for tok in l.rstrip(b"\r\n").split(b" ")[1:]:
+                if not tok:
+                    continue
+                name, _, value = tok.partition(b"=")
+                out.append((name.decode("ascii", "replace").upper(), xtext_decode(value)))
+        return out
 
     def delivered(self):
         with self.lock:
@@ -746,19 +878,22 @@ class FakeUpstream:
     def _serve(self, c, n):
         buf = bytearray()
 
-        def readline():
+        def readraw():
             while True:
                 i = buf.find(b"\n")
                 if i >= 0:
                     line = bytes(buf[:i + 1])
                     del buf[:i + 1]
-                    return line.rstrip(b"\r\n").decode("utf-8", "replace")
+                    return line
                 if len(buf) > MAX_LINE:
                     raise _Closed()
                 chunk = c.recv(65536)
                 if not chunk:
                     raise _Closed()
                 buf.extend(chunk)
+
+        def readline():
+            return readraw().rstrip(b"\r\n").decode("utf-8", "replace")
 
         if self.greeting_delay and self._stopping.wait(self.greeting_delay):
             return
@@ -767,9 +902,11 @@ class FakeUpstream:
         self._send(c, self.greeting)
         mail_from, rcpts = None, []
         while not self._stopping.is_set():
-            line = readline()
+            raw = readraw()
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             with self.lock:
                 self.commands.append((n, line))
+                self.raw_commands.append((n, raw))
             verb = line.split(" ", 1)[0].upper()
             r = self._pick(verb, line)
             if verb == "EHLO":
