@@ -1,7 +1,7 @@
 /* proxy/session.c: one client connection, from accept to close.
  *
  * The session owns its socket, TLS engine, SASL context and upstream link
- * (ARCHITECTURE.md).  Input is read into a bounded buffer (plaintext, or
+ * (docs/ARCHITECTURE.md).  Input is read into a bounded buffer (plaintext, or
  * ciphertext fed to the TLS engine and pulled back as plaintext), framed into
  * command lines by smtp_parse.c and dispatched through the command table in
  * commands.c.  Replies collect in s->out and are written once per pipelined

@@ -42,7 +42,7 @@
  * (commands.c, RFC 2920); past this many the rest wait for their turn. */
 #define SG_AHEAD_MAX 128
 
-/* Protocol states (ARCHITECTURE.md); sg_session_state() logs each change. */
+/* Protocol states (docs/ARCHITECTURE.md); sg_session_state() logs each change. */
 enum sg_state {
 	SG_ST_GREETING = 0, /* before the greeting: PROXY header awaited */
 	SG_ST_TLS_HANDSHAKE,

@@ -1,6 +1,6 @@
 /* upstream/xtext.h: xtext encoding (RFC 1891 section 4 / RFC 3461) for the
  * XCLIENT and XFORWARD attribute values.  The single serializer of those
- * values (ARCHITECTURE.md: XCLIENT/xtext has one serializer). */
+ * values (docs/ARCHITECTURE.md, "Identity": XCLIENT/xtext has one serializer). */
 #ifndef SG_UPSTREAM_XTEXT_H
 #define SG_UPSTREAM_XTEXT_H
 
