@@ -4,7 +4,7 @@
  * upstream capability probe and configuration reloads.  Each of the
  * `workers` threads runs its own uv loop with its own copy of every listener
  * bound with SO_REUSEPORT, so the kernel spreads connections over the cores
- * and a session never leaves the loop that accepted it (ARCHITECTURE.md).
+ * and a session never leaves the loop that accepted it (docs/ARCHITECTURE.md).
  *
  * Reload (SIGHUP): the main thread builds a new sg_config and TLS context;
  * if either fails, the errors are logged with FILE:LINE and the old ones stay
@@ -18,6 +18,7 @@
  * finish, and after shutdown_timeout send the rest 421 and close them. */
 #include "server.h"
 
+#include "../common/filecheck.h"
 #include "../common/log.h"
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
@@ -444,13 +445,15 @@ fail:
 	return 1;
 }
 
-/* `saslgate -t`: everything start-up checks, nothing bound. */
+/* `saslgate -t`: everything start-up checks, nothing bound, and every file
+ * the daemon opens, opened as [server] user (filecheck.h). */
 int sg_server_check(const char *path)
 {
 	sg_errors errs = {0};
 	sg_config *cfg = sg_config_load(path, &errs);
 	if (cfg) {
-		if (needs_tls(cfg)) {
+		bool tls_unreadable = sg_filecheck_config(cfg, &errs);
+		if (needs_tls(cfg) && !tls_unreadable) {
 			sg_tls_ctx *t = sg_tls_server_ctx(cfg, &errs);
 			if (t)
 				sg_tls_ctx_unref(t);

@@ -2,12 +2,17 @@
 run" and "Configuration file" describe them, seen from outside: exit codes,
 `FILE:LINE: message` lines naming the right file and line (also inside an
 included drop-in), include order, nothing bound by -t, a broken reload
-keeping the running configuration."""
+keeping the running configuration, and -t opening the daemon's files as
+[server] user with the modes of the secrets checked."""
 
+import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
+import subprocess
+import uuid
 
 import pytest
 
@@ -127,9 +132,16 @@ def test_check_binds_nothing(workdir):
         s2.bind((HOST, port))
 
 
+def secret_cert(workdir, kind="rsa"):
+    """make_cert with the key 0600, as -t wants a real one."""
+    cert, key = make_cert(workdir, kind)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
 def test_check_valid_tls_config(workdir):
-    cert, key = make_cert(workdir, "rsa")
-    ecert, ekey = make_cert(workdir, "ecdsa")
+    cert, key = secret_cert(workdir, "rsa")
+    ecert, ekey = secret_cert(workdir, "ecdsa")
     extra = ("[listener submission]\naddress = %s:%d\ntls = starttls\n"
              "[listener submissions]\naddress = %s:%d\ntls = implicit\n"
              "[tls]\ncertificate = %s\nkey = %s\necdsa_certificate = %s\necdsa_key = %s\n"
@@ -197,8 +209,8 @@ def test_check_reports_every_problem(workdir):
 
 
 def test_check_tls_problems_name_the_line(workdir):
-    cert, key = make_cert(workdir, "rsa")
-    ecert, ekey = make_cert(workdir, "ecdsa")
+    cert, key = secret_cert(workdir, "rsa")
+    ecert, ekey = secret_cert(workdir, "ecdsa")
     tmpl = ("[listener sub]\naddress = 127.0.0.1:%d\ntls = starttls\n"
             "[tls]\ncertificate = %%s\nkey = %%s\n" % free_port())
     # key of another pair: the key line
@@ -383,3 +395,213 @@ def test_unknown_empty_section_is_an_error(workdir):
     rc, out, err = check(conf)
     assert rc == 1
     assert_error_at(err, conf, BASE_LINES + 1, "unknown section")
+
+
+# ------------------------------------------- files as [server] user, secrets
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root: -t checks as another user only as root")
+
+TLS_EXTRA = "[tls]\ncertificate = %s\nkey = %s\n"   # key: BASE_LINES + 3
+AUTH_EXTRA = ("[upstream]\nidentity = auth\nauth_user = relay\n"
+              "auth_password_file = %s\n")          # file: BASE_LINES + 4
+
+
+def owned(path, mode, user="root", group="root"):
+    shutil.chown(path, user, group)
+    os.chmod(path, mode)
+    return path
+
+
+def secret_file(workdir, name, mode, user="root", group="root"):
+    return owned(write(workdir / name, "s3cret-pw\n"), mode, user, group)
+
+
+def problems(err, conf):
+    return re.findall(r"^%s:\d+: .*$" % re.escape(str(conf)), err, re.M)
+
+
+@pytest.fixture
+def service_user():
+    """A throwaway system user (primary group nogroup) in a throwaway group,
+    as the Debian package's saslgate is in ssl-cert: (user, group)."""
+    tag = uuid.uuid4().hex[:8]
+    user, group = "sgfc-u%s" % tag, "sgfc-g%s" % tag
+    subprocess.run(["groupadd", "-r", group], check=True, capture_output=True)
+    try:
+        subprocess.run(["useradd", "-r", "-M", "-N", "-g", "nogroup", "-G", group,
+                        "-d", "/nonexistent", "-s", "/usr/sbin/nologin", user],
+                       check=True, capture_output=True)
+        try:
+            yield user, group
+        finally:
+            subprocess.run(["userdel", user], capture_output=True)
+    finally:
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+@needs_root
+def test_check_key_readable_by_others(workdir):
+    cert, key = secret_cert(workdir)
+    os.chmod(key, 0o644)
+    conf = write(workdir / "saslgate.conf", base_conf(workdir, extra=TLS_EXTRA % (cert, key)))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    k = re.escape(str(key))
+    assert_error_at(err, conf, BASE_LINES + 3,
+                    r"%s: secret readable by others.*fix: chmod \S*o-rwx %s$" % (k, k))
+    assert "configuration OK" not in out
+    # 0600: fine
+    os.chmod(key, 0o600)
+    rc, out, err = check(conf)
+    assert rc == 0, err
+
+
+@needs_root
+def test_check_auth_password_file_0644(workdir):
+    pw = secret_file(workdir, "relay.pw", 0o644)
+    conf = write(workdir / "saslgate.conf", base_conf(workdir, extra=AUTH_EXTRA % pw))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    assert_error_at(err, conf, BASE_LINES + 4, r"%s: secret readable by others\b.*fix: .*o-rwx"
+                    % re.escape(str(pw)))
+
+
+@needs_root
+def test_check_secret_0640_root_root_for_nobody(workdir):
+    """Not openable as nobody, and readable by a group that is not nobody's:
+    both said, each with its fix."""
+    pw = secret_file(workdir, "relay.pw", 0o640)
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = nobody\n" + AUTH_EXTRA % pw))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    p = re.escape(str(pw))
+    line = BASE_LINES + 6
+    assert_error_at(err, conf, line, r"%s: not readable by user nobody \(Permission denied\); "
+                    r"fix: chown root:nogroup %s && chmod 0640 %s$" % (p, p, p))
+    assert_error_at(err, conf, line, r"%s: secret readable by group root, which user nobody "
+                    r"is not in .*fix: chgrp nogroup %s$" % (p, p))
+
+
+@needs_root
+def test_check_secret_0640_in_a_group_of_the_user_passes(workdir):
+    """0640 root:nogroup, [server] user = nobody (whose group it is): the
+    key and the password file pass, opened as nobody."""
+    cert, key = secret_cert(workdir)
+    owned(key, 0o640, "root", "nogroup")
+    pw = secret_file(workdir, "relay.pw", 0o640, "root", "nogroup")
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = nobody\n" + TLS_EXTRA % (cert, key)
+        + AUTH_EXTRA % pw))
+    rc, out, err = check(conf)
+    assert rc == 0, err
+    assert not problems(err, conf), err
+
+
+@needs_root
+def test_check_secret_group_bits_the_user_does_not_need(workdir):
+    """Group-writable is never right; group-readable while the service user
+    owns the file gives the group nothing the user needs."""
+    pw = secret_file(workdir, "relay.pw", 0o660, "root", "nogroup")
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = nobody\n" + AUTH_EXTRA % pw))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    assert_error_at(err, conf, BASE_LINES + 6, r"secret writable by group nogroup .*"
+                    r"fix: chmod g-w %s$" % re.escape(str(pw)))
+    owned(pw, 0o640, "nobody", "nogroup")
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    assert_error_at(err, conf, BASE_LINES + 6, r"readable by group nogroup although user "
+                    r"nobody owns it .*fix: chmod g-r %s$" % re.escape(str(pw)))
+    owned(pw, 0o600, "nobody", "nogroup")
+    rc, out, err = check(conf)
+    assert rc == 0, err
+
+
+@needs_root
+def test_check_sender_login_map_unreadable_by_the_user(workdir):
+    smap = owned(write(workdir / "sender_login_map", "alice alice@example.org\n"), 0o600)
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = nobody\n[sasl]\nsender_login_map = %s\n" % smap))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    m = re.escape(str(smap))
+    assert_error_at(err, conf, BASE_LINES + 4, r"%s: not readable by user nobody "
+                    r"\(Permission denied\); fix: chown root:nogroup %s && chmod 0640 %s$"
+                    % (m, m, m))
+    # the same file is fine for root, which -t would have said before
+    rc, out, err = check(write(workdir / "root.conf", base_conf(
+        workdir, extra="[sasl]\nsender_login_map = %s\n" % smap)))
+    assert rc == 0, err
+    # and after the fix
+    owned(smap, 0o640, "root", "nogroup")
+    rc, out, err = check(conf)
+    assert rc == 0, err
+
+
+@needs_root
+def test_check_file_in_a_directory_the_user_cannot_search(workdir):
+    private = workdir / "private"
+    private.mkdir()
+    owned(private, 0o700)
+    cert, key = secret_cert(private)
+    owned(key, 0o640, "root", "nogroup")
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = nobody\n" + TLS_EXTRA % (cert, key)))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    d = re.escape(str(private))
+    assert_error_at(err, conf, BASE_LINES + 4, r"%s: not readable by user nobody: "
+                    r"directory %s is not searchable by it .*fix: chgrp nogroup %s && "
+                    r"chmod g\+x %s$" % (re.escape(str(cert)), d, d, d))
+    assert_error_at(err, conf, BASE_LINES + 5, r"%s: not readable by user nobody: "
+                    r"directory %s" % (re.escape(str(key)), d))
+    owned(private, 0o710, "root", "nogroup")
+    rc, out, err = check(conf)
+    assert rc == 0, err
+
+
+@needs_root
+def test_check_debian_snakeoil_pattern_passes(workdir, service_user):
+    """Debian: /etc/ssl/private 0710 root:ssl-cert, the snakeoil key 0640
+    root:ssl-cert, the service user in group ssl-cert (a supplementary
+    group).  -t passes as root for that user, and as the user itself (the
+    unit's ExecStartPre)."""
+    user, group = service_user
+    private = workdir / "ssl" / "private"
+    private.mkdir(parents=True)
+    owned(private, 0o710, "root", group)
+    cert, key = secret_cert(private)
+    owned(key, 0o640, "root", group)
+    os.chmod(cert, 0o644)
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = %s\n" % user + TLS_EXTRA % (cert, key)))
+    rc, out, err = check(conf)
+    assert rc == 0, err
+    assert not problems(err, conf), err
+    if shutil.which("setpriv"):
+        p = subprocess.run(["setpriv", "--reuid", user, "--regid", "nogroup", "--init-groups",
+                            sgtest.SASLGATE_BIN, "-t", "-c", str(conf)],
+                           capture_output=True, text=True, timeout=sgtest.T(30),
+                           env=sgtest.sanitizer_env(), stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+    # the same key for a user outside the group: both problems
+    owned(key, 0o640, "root", "root")
+    owned(private, 0o710, "root", "root")
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    assert_error_at(err, conf, BASE_LINES + 5, "not readable by user %s" % user)
+    assert_error_at(err, conf, BASE_LINES + 5, "readable by group root, which user %s is not in"
+                    % user)
+
+
+@needs_root
+def test_check_unknown_service_user(workdir):
+    conf = write(workdir / "saslgate.conf", base_conf(
+        workdir, extra="[server]\nuser = no-such-user-sgtest\n"))
+    rc, out, err = check(conf)
+    assert rc == 1, err
+    assert_error_at(err, conf, BASE_LINES + 2, "no-such-user-sgtest: no such user")
+
