@@ -10,8 +10,12 @@
  *    followed by LF and every LF preceded by CR (a finished message ends in
  *    CRLF);
  *  - the scan stops right after the client's own <CRLF>.<CRLF>;
+ *  - no NUL octet in the output, in either mode; with reject a NUL marks
+ *    the message bad and nul;
  *  - with strip_xauth, no X-Authenticated-User field survives in the
- *    header section;
+ *    header section as the upstream reads it: each line without its
+ *    stuffing dot (RFC 5321 4.5.2), the name in any case, any WSP before
+ *    the ':';
  *  - the result is the same however the input is split (whole vs. one octet
  *    at a time); for a message over max_size only the verdict, since the
  *    partial output then depends on the split (it is never delivered). */
@@ -69,6 +73,12 @@ static void check(const uint8_t *data, size_t size, const struct outcome *o)
 	size_t n = o->out.len;
 	if (has_lone_dot_line(p, n))
 		abort();
+	if (n && memchr(p, '\0', n))
+		abort();
+	if (o->s.nul && (o->s.normalize || !o->s.bad))
+		abort();
+	if (!o->s.normalize && !o->s.nul && memchr(data, '\0', o->consumed))
+		abort();
 	bool clean = !o->s.bad && !o->s.too_big;
 	if (clean) {
 		for (size_t i = 0; i < n; i++) {
@@ -96,8 +106,9 @@ static void check(const uint8_t *data, size_t size, const struct outcome *o)
 		for (size_t i = 0; i < n;) {
 			if (i + 2 <= n && p[i] == '\r' && p[i + 1] == '\n')
 				break; /* empty line: body follows */
-			if (i + nl <= n && strncasecmp(p + i, name, nl) == 0) {
-				size_t j = i + nl;
+			size_t j = i + (p[i] == '.'); /* the upstream un-stuffs */
+			if (j + nl <= n && strncasecmp(p + j, name, nl) == 0) {
+				j += nl;
 				while (j < n && (p[j] == ' ' || p[j] == '\t'))
 					j++;
 				if (j < n && p[j] == ':')
@@ -126,8 +137,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	run(data, size, 1, norm, strip, max, &bytes);
 	check(data, size, &whole);
 	if (whole.consumed != bytes.consumed || whole.s.done != bytes.s.done ||
-	    whole.s.bad != bytes.s.bad || whole.s.too_big != bytes.s.too_big ||
-	    whole.s.size != bytes.s.size)
+	    whole.s.bad != bytes.s.bad || whole.s.nul != bytes.s.nul ||
+	    whole.s.too_big != bytes.s.too_big || whole.s.size != bytes.s.size)
 		abort();
 	/* Once too big, how much of the last piece got written before the
 	 * limit depends on the split (the message is refused with 552 and

@@ -1,14 +1,14 @@
 /* tests/fuzz/fuzz_scan_diff.c: differential libFuzzer target for the DATA
- * scanner: upstream/data_scan.c (with its memchr/SSE2 fast path) against
- * tests/fuzz/scan_ref.c (the octet-at-a-time scanner it replaced).
+ * scanner: upstream/data_scan.c (with its SSE2 fast path) against
+ * tests/fuzz/scan_ref.c (the same rules, one octet at a time).
  *
  * The fast path must be invisible: for every input, options and way of
  * cutting the input into pieces, both must consume the same octets and end
- * with the same size and verdicts (done, bad, too_big), and write the same
- * output.  The one exception is the output of a message over max_size: the
- * old scanner itself wrote a split-dependent prefix there, and link.c drops
- * the connection without sending it (the message gets 552), so only the
- * verdicts must agree.
+ * with the same size and verdicts (done, bad, nul, too_big), and write the
+ * same output.  The one exception is the output of a message over
+ * max_size: the reference itself writes a split-dependent prefix there, and
+ * link.c drops the connection without sending it (the message gets 552), so
+ * only the verdicts must agree.
  *
  * Input: byte 0 = options as in fuzz_data_scan.c (bit 0 normalize, bit 1
  * strip X-Authenticated-User, bit 2 max_size = (byte >> 3) * 8), the rest is
@@ -27,7 +27,7 @@
 struct outcome {
 	sg_buf out;
 	size_t consumed;
-	bool done, bad, too_big;
+	bool done, bad, nul, too_big;
 	uint64_t size;
 };
 
@@ -72,6 +72,7 @@ static void run_new(const uint8_t *d, size_t n, size_t piece, uint64_t seed,
 	}
 	o->done = s.done;
 	o->bad = s.bad;
+	o->nul = s.nul;
 	o->too_big = s.too_big;
 	o->size = s.size;
 }
@@ -95,6 +96,7 @@ static void run_ref(const uint8_t *d, size_t n, size_t piece, uint64_t seed,
 	}
 	o->done = s.done;
 	o->bad = s.bad;
+	o->nul = s.nul;
 	o->too_big = s.too_big;
 	o->size = s.size;
 }
@@ -102,7 +104,8 @@ static void run_ref(const uint8_t *d, size_t n, size_t piece, uint64_t seed,
 static void same(const struct outcome *a, const struct outcome *b)
 {
 	if (a->consumed != b->consumed || a->done != b->done ||
-	    a->bad != b->bad || a->too_big != b->too_big || a->size != b->size)
+	    a->bad != b->bad || a->nul != b->nul || a->too_big != b->too_big ||
+	    a->size != b->size)
 		abort();
 	if (a->too_big)
 		return;
