@@ -125,6 +125,7 @@ def test_shipped_config_passes_check(workdir, start_saslauthd, example):
     [server] user, which may not exist before the package is installed."""
     sa = start_saslauthd()
     cert, key = sgtest.make_cert(workdir)
+    os.chmod(key, 0o600)  # -t refuses a key others can read
     db = sgtest.make_sasldb(workdir / "sasldb2", {"alice": "Al1ce-pkg.pw"})
     smap = workdir / "sender_login_map"
     smap.write_text("exchange-out  @example.org\n")
