@@ -211,8 +211,9 @@ static bool at_bol(sg_scan *s, sg_buf *out, char c)
  * whole DATA path, with SSE2 (x86-64 baseline): 32 octets per step, looking
  * only for any octet <= '\r' (the three exact compares cost more); the
  * 16-octet loop then finds it and sorts out the rare TAB or other control
- * octet.  Without SSE2: 8 octets per step with the word-at-a-time zero-byte
- * test (Mycroft's haszero). */
+ * octet.  Without SSE2: 8 octets per step with the word-at-a-time tests
+ * (Mycroft's haszero, and its "has an octet below n" for the same first
+ * sift). */
 static size_t find_eol(const char *p, size_t n)
 {
 	size_t i = 0;
@@ -246,6 +247,8 @@ static size_t find_eol(const char *p, size_t n)
 	for (; i + 8 <= n; i += 8) {
 		uint64_t w, a, b;
 		memcpy(&w, p + i, 8);
+		if (!((w - ones * ('\r' + 1)) & ~w & highs))
+			continue; /* no octet <= '\r' */
 		a = w ^ (ones * '\r');
 		b = w ^ (ones * '\n');
 		if (((a - ones) & ~a & highs) | ((b - ones) & ~b & highs) |
