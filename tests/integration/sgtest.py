@@ -279,6 +279,7 @@ def make_sasldb(path, users, realm=None):
         cmd = ["saslpasswd2", "-f", str(path), "-p", "-c"]
         if realm:
             cmd += ["-u", realm]
+        cmd.append("--")  # a user may start with '-'
         if isinstance(user, bytes):
             p = subprocess.run([c.encode() for c in cmd] + [user], capture_output=True,
                                input=pw.encode() if isinstance(pw, str) else pw,
