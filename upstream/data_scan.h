@@ -11,9 +11,10 @@
  *    smuggling, Dec 2023: "\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r");
  *  - dot-stuffed lines pass through intact (the upstream un-stuffs);
  *  - NUL octets are never forwarded: with reject the message is marked bad
- *    and nul (the reply names the NUL); with normalize they are removed, and
- *    a line that then begins with a dot of its content is written stuffed,
- *    so removal can neither make an end-of-data nor lose that dot;
+ *    and nul (its own reply) and the scan goes on as for a bare LF; with
+ *    normalize they are removed, and a line that then begins with a dot of
+ *    its content is written stuffed, so the removal can neither make an
+ *    end-of-data nor lose that dot;
  *  - optionally drops "X-Authenticated-User:" header fields (and their folded
  *    continuation lines) from the header section, recognised as the
  *    upstream reads the line: after its stuffing dot, NULs removed, the name
