@@ -1588,7 +1588,8 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		l->rcv_due = false;
 		used += sg_scan_feed(&l->scan, buf + used, take, &out);
 		if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
-			abort_upstream(l, l->scan.bad ? "bare CR or LF in DATA"
+			abort_upstream(l, l->scan.nul ? "NUL in DATA"
+			                  : l->scan.bad ? "bare CR or LF in DATA"
 			                              : "message too big");
 		if (l->aborted || l->lost)
 			continue;
