@@ -262,6 +262,10 @@ def test_xclient_login_decodes_to_the_exact_octets(workdir, start_saslgate,
         r.expect(221, "QUIT")
     assert [v for k, v in up.attributes("XCLIENT") if k == "LOGIN"] == [login.encode()]
     assert all(len(l) <= 512 for l in up.raw_lines(verb="XCLIENT"))
+    esc = "a+20b+2Bc+3Dd+20+C3+A9+20+E2+82+AC+20+F0+9F+98+80@x"
+    assert log_escape(login) == esc
+    sg.wait_log(r"event=auth result=ok user=%s client=" % re.escape(esc))
+    sg.wait_log(r"event=message user=%s from=" % re.escape(esc))
 
 
 @pytest.mark.parametrize("identity", ["xclient", "xforward"])
@@ -331,6 +335,26 @@ def test_client_auth_parameter_is_replaced(workdir, start_saslgate, start_fake_u
         else:
             assert auth == [], m
     assert b"SIZE=100" in mails[0]
+
+
+def test_unauthenticated_session_sends_an_empty_auth_parameter(workdir, start_saslgate,
+                                                               start_fake_upstream):
+    """require_auth = no: a session without AUTH states AUTH=<> in the
+    place of the client's."""
+    up = start_fake_upstream(extensions=DEFAULT_EXTENSIONS + ["AUTH PLAIN LOGIN"])
+    db = make_sasldb(workdir / "sasldb2", {"alice": PW}, realm="sg.test")
+    cfg = default_config(workdir, upstream_port=up.port, sasldb=db,
+                         listener_open={"address": None, "tls": "none",
+                                        "require_auth": "no", "require_tls_for_auth": "no"})
+    sg = start_saslgate(cfg, secrets={"alice": PW})
+    with Raw(sg.port("open")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO outsider.test")
+        rep = send_mail(r, mail="MAIL FROM:<x@outsider.test> AUTH=alice@example.org")
+        assert rep.code == 250, rep
+        r.expect(221, "QUIT")
+    mails = up.raw_lines(verb="MAIL")
+    assert mails == [b"MAIL FROM:<x@outsider.test> AUTH=<>\r\n"], mails
 
 
 # ---------------------------------------------------------------- control octets
