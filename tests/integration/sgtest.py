@@ -85,7 +85,8 @@ Fixtures (conftest.py); each `start_*` is a factory returning a started object:
     .wait_for(predicate, timeout) .stop()
     .raw_lines(conn=None, verb=None) -> [bytes] command lines exactly as
       received (line end included; .commands has them decoded, without it)
-    .attributes("XCLIENT"|"XFORWARD", conn=None) -> [(NAME, xtext-decoded bytes)]
+    .attributes("XCLIENT"|"XFORWARD", conn=None, postfix=False) -> [(NAME,
+      xtext-decoded bytes)]; postfix=True: split as Postfix's smtpd does
     refused_port() -> a port where nothing listens (connection refused).
 
 Helpers (module functions):
@@ -94,6 +95,7 @@ Helpers (module functions):
   make_ca(dir) -> (ca_cert, ca_key);  make_leaf(dir, ca, cn, kind) -> (chain, key)
   make_sasldb(path, {user: pw}, realm=None) -> path (a bytes user: any octets)
   xtext(v) / xtext_decode(v) (RFC 1891)  log_escape(login) (the log's user=)
+  postfix_tokens(line) (words as Postfix's smtpd splits a command line)
   unstuff(data) (DATA dot-stuffing undone)  header_fields(msg) -> [(name,
       unfolded value, raw)]  comment_after(text, prefix) (quoted-pairs undone)
   default_config(workdir, upstream_port, cert=None, key=None, sasldb=None,
@@ -646,6 +648,66 @@ def xtext_decode(value):
     return bytes(out)
 
 
+def postfix_tokens(line):
+    """A command line (bytes, without its line end) split into words the
+    way Postfix's smtpd reads XCLIENT/XFORWARD/MAIL arguments
+    (smtpd_token): white space separates words, except inside "..." and
+    <...> groups (kept in the word, nesting as Postfix nests them), and a
+    backslash takes the next octet into the word whatever it is; a word
+    "to:" or "from:" ends at its colon."""
+    words, cur, i, n = [], bytearray(), 0, len(line)
+
+    def group(i, opener, closer):
+        want = [closer]
+        cur.append(opener)
+        while i < n:
+            c = line[i]
+            i += 1
+            cur.append(c)
+            if c == 0x5C:
+                if i >= n:
+                    break
+                cur.append(line[i])
+                i += 1
+            elif c == want[-1]:
+                if len(want) == 1:
+                    return i
+                want.pop()
+            elif c == 0x22:
+                want.append(0x22)
+            elif c == 0x3C and want[-1] == 0x3E:
+                want.append(0x3E)
+        return i
+
+    while i < n:
+        c = line[i]
+        i += 1
+        if c in b" \t\n\v\f\r":
+            if cur:
+                words.append(bytes(cur))
+                cur = bytearray()
+        elif c == 0x3C:
+            i = group(i, 0x3C, 0x3E)
+        elif c == 0x22:
+            i = group(i, 0x22, 0x22)
+        elif c == 0x3A:
+            cur.append(c)
+            if bytes(cur).lower() in (b"to:", b"from:"):
+                words.append(bytes(cur))
+                cur = bytearray()
+        else:
+            if c == 0x5C:
+                cur.append(c)
+                if i >= n:
+                    break
+                c = line[i]
+                i += 1
+            cur.append(c)
+    if cur:
+        words.append(bytes(cur))
+    return words
+
+
 def unstuff(data):
     """A DATA body as the client meant it: RFC 5321 4.5.2, each line's
     leading '.' removed."""
@@ -795,17 +857,27 @@ class FakeUpstream:
             out = [(n, l) for n, l in out if l.split(b" ", 1)[0].rstrip(b"\r\n").upper() == v]
         return [l for _, l in out]
 
-    def attributes(self, verb, conn=None):
+    def attributes(self, verb, conn=None, postfix=False):
         """XCLIENT / XFORWARD attributes sent (on one connection, if given),
         xtext-decoded: [(NAME, value bytes)] in the order sent, over all
-        the lines."""
+        the lines.  postfix=True: the words as Postfix's smtpd splits the
+        line (postfix_tokens), so the attributes Postfix would see; a value
+        that is no valid xtext then comes out as b"<bad xtext>" + raw."""
         out = []
         for l in self.raw_lines(conn, verb):
-            for tok in l.rstrip(b"\r\n").split(b" ")[1:]:
+            l = l.rstrip(b"\r\n")
+            words = postfix_tokens(l) if postfix else l.split(b" ")
+            for tok in words[1:]:
                 if not tok:
                     continue
                 name, _, value = tok.partition(b"=")
-                out.append((name.decode("ascii", "replace").upper(), xtext_decode(value)))
+                try:
+                    value = xtext_decode(value)
+                except ValueError:
+                    if not postfix:
+                        raise
+                    value = b"<bad xtext>" + value
+                out.append((name.decode("ascii", "replace").upper(), value))
         return out
 
     def delivered(self):

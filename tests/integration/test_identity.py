@@ -213,6 +213,7 @@ def test_xclient_login_line_limit_is_512_octets(workdir, start_saslgate,
     "\u4e2d\u6587 \U0001f600 \u20ac",
     "quote\"back\\slash(paren)",
     "less<than",
+    "trailing-back\\",
 ])
 def test_xclient_login_with_spaces_plus_equals_and_utf8(workdir, start_saslgate,
                                                        start_postfix, login):
@@ -229,12 +230,13 @@ def test_xclient_login_with_spaces_plus_equals_and_utf8(workdir, start_saslgate,
     sg.wait_log(r"event=message user=%s " % re.escape(log_escape(login)))
 
 
-@pytest.mark.parametrize("helo", ['quo"te.test', "lt<gt.test"])
+@pytest.mark.parametrize("helo", ['quo"te.test', "lt<gt.test", "back.slash\\"])
 def test_quote_in_helo_does_not_hide_the_login_from_postfix(workdir, start_saslgate,
                                                            start_postfix, helo):
     """Postfix's command tokenizer takes '"' (and '<') as the start of a
-    quoted string: a client HELO name with one must not swallow the LOGIN
-    attribute saslgate sends after it."""
+    quoted string and a backslash as an escape of the next octet (a space
+    too): a client HELO name with one must not swallow the LOGIN attribute
+    saslgate sends after it."""
     pf = start_postfix()
     sg = gate(start_saslgate, workdir, pf.port, {"alice": PW})
     with session(sg, helo=helo) as r:

@@ -6,7 +6,9 @@ Property, for each case (a random login, HELO name, AUTH exchange, MAIL
 AUTH= parameter and message): either the client got 454 4.7.0 (at AUTH or
 MAIL) and the upstream saw no MAIL, or the identity the upstream ends up
 with is the authenticated login, exactly:
-  - xclient: the XCLIENT LOGIN= attribute, xtext-decoded (exactly one);
+  - xclient: the XCLIENT LOGIN= attribute, xtext-decoded (exactly one),
+    the lines split into attributes as Postfix's smtpd splits them
+    ('"..."' and '<...>' groups, backslash escapes: sgtest.postfix_tokens);
   - header, auth: exactly one X-Authenticated-User field, the login, and
     none of the client's (in any case, with white space before the colon,
     folded, or behind a stuffing dot on the wire);
@@ -264,8 +266,9 @@ def check_upstream(case, up, conns, auth_advertised):
             for l in up.raw_lines(c, verb):
                 if len(l) > 512:
                     p.append("%s line of %d octets" % (verb, len(l)))
-    attrs = [(k, v) for c in conns for k, v in up.attributes("XCLIENT", c)]
-    xf = [(k, v) for c in conns for k, v in up.attributes("XFORWARD", c)]
+    # the attributes as Postfix's smtpd would split the lines
+    attrs = [(k, v) for c in conns for k, v in up.attributes("XCLIENT", c, postfix=True)]
+    xf = [(k, v) for c in conns for k, v in up.attributes("XFORWARD", c, postfix=True)]
     if case.mode == "xclient":
         logins = [v for k, v in attrs if k == "LOGIN"]
         if logins != [login]:
