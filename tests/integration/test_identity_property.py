@@ -17,8 +17,9 @@ with is the authenticated login, exactly:
     such comment;
   - the client's MAIL AUTH= value never reaches the upstream; where the
     upstream offers AUTH (all but xforward) an authenticated session's MAIL
-    carries AUTH=<xtext of the login> in the place of the client's (none:
-    only the first part);
+    carries AUTH=<xtext of the login> in the place of the client's, one
+    parameter as Postfix's smtpd splits the line (none: only the first
+    part);
   - every XCLIENT / XFORWARD line is at most 512 octets and HELO arrives
     whole; no command line carries a control octet; the client's other
     header fields and the body arrive unchanged (after dot un-stuffing);
@@ -54,13 +55,14 @@ seed).  The figures (seed, cases run per mode, relayed/refused, seconds)
 are written to the terminal and recorded as junit properties."""
 
 import base64
+import collections
 import os
 import random
 import re
 import time
 
 from sgtest import (DEFAULT_EXTENSIONS, Raw, comment_after, default_config, header_fields,
-                    log_escape, make_sasldb, unstuff, xtext, xtext_decode, T)
+                    log_escape, make_sasldb, postfix_tokens, unstuff, xtext, xtext_decode, T)
 
 PW = "Pr0p-ident.pw4"
 RELAY_PW = "Rel4y-prop.pw6"
@@ -290,8 +292,11 @@ def check_upstream(case, up, conns, auth_advertised):
     if len(mails) != 1:
         p.append("%d MAIL lines upstream" % len(mails))
     for m in mails:
-        params = [t for t in m.rstrip(b"\r\n").split(b" ")[2:] if t]
+        # the parameters as Postfix's smtpd splits them: MAIL, FROM:, <path>
+        params = postfix_tokens(m.rstrip(b"\r\n"))[3:]
         auth = [t[5:] for t in params if t[:5].upper() == b"AUTH="]
+        if b"SIZE=100" not in params:
+            p.append("SIZE=100 is not a MAIL parameter of its own: %r" % m[:300])
         if b"mallory" in m or b"root@" in m:
             p.append("the client's AUTH= reached the upstream: %r" % m[:300])
         if case.mode == "none":
@@ -400,7 +405,7 @@ def run_case(sg, up, case, auth_advertised):
             return "error", ["AUTH: %s" % rep.text]
         else:
             mail = "MAIL FROM:<alice@example.org>" + (" " + case.auth_param
-                                                       if case.auth_param else "")
+                                                       if case.auth_param else "") + " SIZE=100"
             rep = r.cmd(mail, timeout=30)
             if rep.code == 454 and rep.text.startswith("454 4.7.0"):
                 outcome = "refuse"
@@ -456,6 +461,7 @@ def test_identity_property(workdir, start_saslgate, start_fake_upstream, record_
         gates[mode] = (sg, up, mode != "xforward")
     t0 = time.monotonic()
     ran, stats, failures = [], {m: [0, 0] for m in MODES}, []
+    kinds = collections.Counter()
     for case in cases:
         if time.monotonic() - t0 > T(BUDGET):
             break
@@ -472,6 +478,8 @@ def test_identity_property(workdir, start_saslgate, start_fake_upstream, record_
                         case.login)[:200]))
         ran.append(case)
         stats[case.mode][0 if outcome == "relay" else 1] += 1
+        for x in problems:
+            kinds[re.split(r" \[| b'| b\"|: |\(", x, 1)[0][:60]] += 1
         if problems:
             failures.append("%s\n    %s" % (case.describe()[:1500], "\n    ".join(
                 x[:1500] for x in problems)))
@@ -486,5 +494,5 @@ def test_identity_property(workdir, start_saslgate, start_fake_upstream, record_
     with capsys.disabled():
         print("\n" + figures)
     assert len(ran) >= min(len(cases), 50), figures
-    assert not failures, "%s\n%d failing case(s):\n%s" % (figures, len(failures),
-                                                         "\n".join(failures[:8]))
+    assert not failures, "%s\n%d failing case(s); problems by kind: %s\n%s" % (
+        figures, len(failures), dict(kinds.most_common()), "\n".join(failures[:8]))
