@@ -474,8 +474,8 @@ def test_identity_property(workdir, start_saslgate, start_fake_upstream, record_
             esc = re.escape(log_escape(case.login))
             for ev in ("auth result=ok", "message"):
                 if not re.search(r"event=%s user=%s " % (ev, esc), sg.log_text()):
-                    problems.append("no 'event=%s user=%s' log line" % (ev, log_escape(
-                        case.login)[:200]))
+                    problems.append("no event=%s log line naming the login whole: user=%s" % (
+                        ev, log_escape(case.login)[:200]))
         ran.append(case)
         stats[case.mode][0 if outcome == "relay" else 1] += 1
         for x in problems:
