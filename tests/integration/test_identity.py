@@ -239,7 +239,13 @@ def test_quote_in_helo_does_not_hide_the_login_from_postfix(workdir, start_saslg
     saslgate sends after it."""
     pf = start_postfix()
     sg = gate(start_saslgate, workdir, pf.port, {"alice": PW})
-    with session(sg, helo=helo) as r:
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        rep = r.cmd("EHLO " + helo)
+        if rep.code == 501:    # refusing such a name at once is fine too
+            r.expect(221, "QUIT")
+            return
+        assert rep.code == 250, rep
         rep = r.cmd("AUTH PLAIN " + plain("alice"), timeout=30)
         if rep.code == 454:
             r.expect(530, "MAIL FROM:<alice@example.org>")
