@@ -80,6 +80,7 @@ struct sg_auth {
 	char remote[SG_AUTH_IPPORT_MAX];
 	bool conn_failed;
 	bool conn_done;    /* conn saw a success: Cyrus refuses a second one */
+	bool errbuf_grown; /* grow_errbuf done for this conn */
 	bool plaintext_ok; /* listener: require_tls_for_auth = no */
 	bool tls;
 	unsigned ssf;
@@ -334,6 +335,7 @@ static int ensure_conn(sg_auth *a)
 		a->conn_failed = true;
 		return -1;
 	}
+	a->errbuf_grown = false;
 	apply_props(a);
 	return 0;
 }
@@ -529,6 +531,29 @@ static int normalise(int rc, bool backend_down)
 
 static void pump(void);
 
+/* Cyrus SASL's sasl_seterror (lib/seterror.c, 2.1.28 and current) writes
+ * its closing NUL one octet past the connection's error buffer when a
+ * message ending in plain text is exactly as long as the buffer (150,
+ * 300, 600, 1200 ... octets).  sasldb's "user: <login>@<realm> property:
+ * ... not found in sasldb" holds the client's login, so a login of the
+ * right length overwrote heap metadata (seen as an abort in sasl_dispose).
+ * The buffer only grows, so one message longer than any the library can
+ * form for a canonical login (at most 1024 octets, CANON_BUF_SIZE) makes
+ * it SG_SASL_ERRBUF_MIN or more octets for the connection's life; an empty
+ * message then clears the text. */
+#define SG_SASL_ERRBUF_MIN 4096
+static void grow_errbuf(sg_auth *a)
+{
+	char pad[SG_SASL_ERRBUF_MIN + 1];
+	if (a->errbuf_grown || !a->conn)
+		return;
+	memset(pad, 'x', SG_SASL_ERRBUF_MIN);
+	pad[SG_SASL_ERRBUF_MIN] = '\0';
+	sasl_seterror(a->conn, SASL_NOLOG, "%s", pad);
+	sasl_seterror(a->conn, SASL_NOLOG, "");
+	a->errbuf_grown = true;
+}
+
 static void work(uv_work_t *w)
 {
 	sg_auth *a = w->data;
@@ -541,6 +566,7 @@ static void work(uv_work_t *w)
 	a->backend_down = false;
 	if (a->preset >= 0)
 		return;
+	grow_errbuf(a);
 	if (a->is_start)
 		rc = sasl_server_start(a->conn, a->mech, a->has_initial ? a->in : NULL,
 		                       a->has_initial ? a->inlen : 0, &out, &outlen);

@@ -9,7 +9,7 @@ libuv1-dev libssl-dev libsasl2-dev libinih-dev libsystemd-dev
 openssl ssl-cert sasl2-bin libsasl2-modules libsasl2-modules-db
 postfix swaks python3 python3-pytest haproxy fail2ban
 clang-14 libfuzzer-14-dev libclang-rt-14-dev
-debhelper devscripts lintian fakeroot dpkg-dev systemd"
+debhelper devscripts lintian fakeroot dpkg-dev systemd valgrind"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

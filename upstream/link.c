@@ -1138,11 +1138,23 @@ static void got_reply(sg_link *l, sg_reply_reader *rr)
 		if (code < 200 || code > 299) {
 			char ours[INET6_ADDRSTRLEN + 16];
 			our_address(l, ours, sizeof ours);
-			log_error(sid(l),
-			          "event=upstream_identity_refused upstream=%s "
-			          "command=XCLIENT reply=\"%s\" fix=\"add %s to "
-			          "smtpd_authorized_xclient_hosts on %s\"",
-			          l->peer, t, ours, l->peer);
+			/* Postfix: 550 5.7.0 "insufficient authorization" when our
+			 * address is not trusted; a 501 refuses a value (Postfix
+			 * takes values of at most 255 octets): not fixed there */
+			if (code == 550)
+				log_error(sid(l),
+				          "event=upstream_identity_refused upstream=%s "
+				          "command=XCLIENT reply=\"%s\" fix=\"add %s to "
+				          "smtpd_authorized_xclient_hosts on %s\"",
+				          l->peer, t, ours, l->peer);
+			else
+				log_error(sid(l),
+				          "event=upstream_identity_refused upstream=%s "
+				          "command=XCLIENT reply=\"%s\" reason=\"the "
+				          "upstream refused an attribute value (the "
+				          "login or HELO name may be longer than it "
+				          "takes)\"",
+				          l->peer, t);
 			fail_server(l, "XCLIENT refused: %s", t);
 			return;
 		}
@@ -1427,7 +1439,10 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
 	sg_buf_init(&b, 0);
 	int rc = sg_buf_append(&b, line, len - 2);
 	if (rc == 0)
-		rc = sg_identity_mail_auth(&b, l->id.login);
+		/* identity = none passes no user, not even here */
+		rc = sg_identity_mail_auth(&b, l->cfg->identity == SG_ID_NONE
+		                                   ? NULL
+		                                   : l->id.login);
 	if (rc == 0)
 		rc = sg_buf_append(&b, "\r\n", 2);
 	if (rc < 0 || b.len > SG_UPSTREAM_LINE_MAX) {

@@ -8,7 +8,8 @@
 
 /* Encode in into out (cap bytes, NUL-terminated).  '+', '=' and every octet
  * outside 33..126 become "+HH" (upper-case hex).  Returns the encoded length
- * (without the NUL), or -1 when it would not fit in cap. */
+ * (without the NUL), or -1 when it would not fit in cap.  '"', '<', '>'
+ * and '\' are encoded as well (xtext.c says why). */
 long sg_xtext_encode(char *out, size_t cap, const char *in);
 
 #endif

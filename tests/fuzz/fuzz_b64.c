@@ -96,7 +96,9 @@ static void xtext_roundtrip(const char *in, size_t n)
 	size_t dl = 0;
 	for (long i = 0; i < r; i++) {
 		unsigned char c = (unsigned char)out[i];
-		if (c < 33 || c > 126 || c == '=')
+		/* nothing Postfix's command tokenizer would group by */
+		if (c < 33 || c > 126 || c == '=' || c == '"' || c == '<' ||
+		    c == '>' || c == '\\')
 			abort();
 		if (c == '+') {
 			if (i + 2 >= r || hexval(out[i + 1]) < 0 ||

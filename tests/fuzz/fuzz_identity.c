@@ -91,7 +91,7 @@ static size_t xtext_len(const char *v)
 {
 	size_t n = 0;
 	for (const unsigned char *p = (const unsigned char *)v; *p; p++)
-		n += *p > 32 && *p < 127 && *p != '+' && *p != '=' ? 1 : 3;
+		n += *p > 32 && *p < 127 && !strchr("+=\"<>\\", *p) ? 1 : 3;
 	return n;
 }
 
@@ -109,9 +109,9 @@ static void check_commands(const char *verb, int n,
 		    l[len - 1] != '\n' || strncmp(l, verb, strlen(verb)) != 0)
 			abort();
 		for (size_t k = 0; k + 2 < len; k++)
-			if (l[k] == '\r' || l[k] == '\n' ||
+			if (l[k] == '\r' || l[k] == '\n' || strchr("\"<>\\", l[k]) ||
 			    (unsigned char)l[k] < 0x20 || (unsigned char)l[k] > 0x7e)
-				abort();
+				abort(); /* also nothing Postfix's tokenizer groups by */
 		/* " NAME=value" tokens */
 		const char *p = l + strlen(verb), *end = l + len - 2;
 		if (p == end)
@@ -289,7 +289,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (m.len < 6 || memcmp(m.data, " AUTH=", 6) != 0)
 			abort();
 		for (size_t i = 6; i < m.len; i++)
-			if (m.data[i] <= ' ' || m.data[i] > '~' || m.data[i] == '=')
+			if (m.data[i] <= ' ' || m.data[i] > '~' ||
+			    strchr("=\"<>\\", m.data[i]))
 				abort();
 		char *d = unplus(m.data + 6, m.len - 6);
 		if (!d || strcmp(d, login) != 0)

@@ -621,11 +621,12 @@ class Postfix:
 # ---------------------------------------------------------------- wire formats
 
 def xtext(value):
-    """RFC 1891 section 4 xtext of bytes/str: '+', '=' and octets outside
-    33..126 as "+HH"."""
+    """RFC 1891 section 4 xtext of bytes/str as saslgate writes it: '+', '='
+    and octets outside 33..126 as "+HH", and '"', '<', '>', '\\' too (any
+    octet may be; these would group words for Postfix's tokenizer)."""
     if isinstance(value, str):
         value = value.encode()
-    return "".join(chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else "+%02X" % b
+    return "".join(chr(b) if 33 <= b <= 126 and b not in b'+="<>\\' else "+%02X" % b
                    for b in value)
 
 

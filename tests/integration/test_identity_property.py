@@ -59,6 +59,7 @@ import collections
 import os
 import random
 import re
+import sys
 import time
 
 from sgtest import (DEFAULT_EXTENSIONS, Raw, comment_after, default_config, header_fields,
@@ -439,6 +440,8 @@ def run_case(sg, up, case, auth_advertised):
 
 def test_identity_property(workdir, start_saslgate, start_fake_upstream, record_property,
                            capsys):
+    # shown with the failure whatever happens next (a crash included)
+    print("identity property: SG_PROPERTY_SEED=%d" % SEED, file=sys.stderr)
     indices = [int(ONLY)] if ONLY else list(range(N))
     cases = [Case(i) for i in indices]
     users = {c.login: PW for c in cases}

@@ -30,6 +30,9 @@ static void test_xtext(void)
 	/* a value with " LOGIN=admin" cannot add an attribute */
 	CHECK(sg_xtext_encode(out, sizeof out, "x LOGIN=admin") > 0);
 	CHECK(!strchr(out, ' ') && !strchr(out, '='));
+	/* nor group words for Postfix's tokenizer ("...", <...>, '\') */
+	CHECK(sg_xtext_encode(out, sizeof out, "q\"<a>\\") > 0);
+	CHECK(!strcmp(out, "q+22+3Ca+3E+5C"));
 	CHECK(sg_xtext_encode(out, sizeof out, "") == 0 && out[0] == '\0');
 	/* too small: -1, never an overflow */
 	CHECK(sg_xtext_encode(out, 4, "abcd") == -1);
