@@ -29,6 +29,7 @@
 
 #include "../common/log.h"
 #include "../upstream/identity.h"
+#include "commands_int.h"
 #include "reply.h"
 #include "session_int.h"
 
@@ -60,7 +61,6 @@ typedef struct sg_cmd {
 static void cmd_ehlo(sg_session *s, char *arg);
 static void cmd_helo(sg_session *s, char *arg);
 static void cmd_starttls(sg_session *s, char *arg);
-static void cmd_auth(sg_session *s, char *arg);
 static void cmd_mail(sg_session *s, char *arg);
 static void cmd_rcpt(sg_session *s, char *arg);
 static void cmd_data(sg_session *s, char *arg);
@@ -75,7 +75,7 @@ static const sg_cmd cmd_table[] = {
 	{"HELO", V_HELO, cmd_helo, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
 	{"STARTTLS", V_STARTTLS, cmd_starttls, ST(SG_ST_HELO) | ST(SG_ST_READY),
 	 SG_R_BAD_SEQ, F_GROUP_END},
-	{"AUTH", V_AUTH, cmd_auth, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO,
+	{"AUTH", V_AUTH, sg_cmd_auth, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO,
 	 F_GROUP_END | F_SECRET},
 	{"MAIL", V_MAIL, cmd_mail, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO, 0},
 	{"RCPT", V_RCPT, cmd_rcpt, ST_TXN, SG_R_NEED_MAIL, 0},
@@ -99,7 +99,7 @@ void sg_cmd_txn_reset(sg_session *s)
 		sg_session_state(s, SG_ST_READY);
 }
 
-static bool auth_allowed(const sg_session *s)
+bool sg_cmd_auth_allowed(const sg_session *s)
 {
 	return s->encrypted || !s->lc->require_tls_for_auth;
 }
@@ -118,27 +118,6 @@ void sg_log_safe(char *dst, size_t max, const char *src)
 	dst[i] = '\0';
 }
 
-/* The login being tried, in its log form (sg_identity_log: whole, and no
- * login can forge a key), freed when the exchange ends.  Only for logs:
- * without memory the line lacks it. */
-static void set_tried(sg_session *s, const char *login)
-{
-	free(s->tried);
-	s->tried = sg_identity_log_dup(login);
-}
-
-/* The login a response names (len octets at p), for set_tried. */
-static void set_tried_n(sg_session *s, const char *p, size_t len)
-{
-	char *tmp = malloc(len + 1);
-	if (!tmp)
-		return;
-	memcpy(tmp, p, len);
-	tmp[len] = '\0';
-	set_tried(s, tmp);
-	free(tmp);
-}
-
 /* RFC 5321 2.3.8 / 4.1.1: a command line is printable text; a control
  * octet (bare CR, TAB, NUL, ...) in a line relayed upstream could end or
  * change the command there.  Octets >= 0x80 stay (RFC 6531 addresses). */
@@ -150,14 +129,6 @@ static bool has_control(const char *line, size_t len)
 			return true;
 	}
 	return false;
-}
-
-static void log_auth(sg_session *s, const char *result, const char *reason)
-{
-	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s", result,
-	         s->tried && s->tried[0] ? " user=" : "", s->tried ? s->tried : "",
-	         s->client_ip, s->mech,
-	         reason ? " reason=" : "", reason ? reason : "");
 }
 
 /* "KEY" or "KEY=value" (case-insensitive key). */
@@ -228,7 +199,7 @@ static enum sg_rep parse_path(char **pp, char *out, bool allow_empty)
 static void on_upstream_reply(void *arg, const sg_reply *r);
 
 /* Hold a reply that came back before sg_link_open returned. */
-static bool hold_sync(sg_session *s, const sg_reply *r)
+bool sg_cmd_hold_sync(sg_session *s, const sg_reply *r)
 {
 	if (!s->link_opening)
 		return false;
@@ -240,7 +211,7 @@ static bool hold_sync(sg_session *s, const sg_reply *r)
 	return true;
 }
 
-static void open_link(sg_session *s, bool with_login, sg_link_cb ready)
+void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 {
 	sg_identity id;
 	sg_session_fill_identity(s, &id, with_login);
@@ -508,7 +479,7 @@ static void on_upstream_reply(void *arg, const sg_reply *r)
 static void on_mail_link_ready(void *arg, const sg_reply *r)
 {
 	sg_session *s = arg;
-	if (s->closing || hold_sync(s, r))
+	if (s->closing || sg_cmd_hold_sync(s, r))
 		return;
 	if (r->code < 200 || r->code >= 300) {
 		s->link = NULL;
@@ -608,7 +579,7 @@ static void cmd_ehlo(sg_session *s, char *arg)
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "ENHANCEDSTATUSCODES");
 	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls && s->tls_ctx)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "STARTTLS");
-	if (auth_allowed(s) && !s->authenticated) {
+	if (sg_cmd_auth_allowed(s) && !s->authenticated) {
 		sg_auth *a = sg_session_auth(s);
 		const char *mechs = a ? sg_auth_mechs(a) : "";
 		if (mechs && *mechs)
@@ -638,312 +609,6 @@ static void cmd_starttls(sg_session *s, char *arg)
 	}
 	sg_reply_send(s, SG_R_STARTTLS);
 	sg_session_starttls(s);
-}
-
-/* ---------------------------------------------------------------- AUTH */
-
-/* sg_b64_decode needs inlen*3/4+3 */
-#define SG_AUTH_DEC_MAX (SG_AUTH_LINE_MAX / 4 * 3 + 4)
-/* longest challenge we pass on ("334 " + base64 in a 12288-octet line) */
-#define SG_AUTH_CHAL_MAX 8192
-
-static void on_auth_result(void *arg, int result, const char *chal,
-                           unsigned len);
-
-static void auth_done_fail(sg_session *s)
-{
-	s->auth_await = false;
-	if (s->auth)
-		sg_auth_reset(s->auth);
-	sg_session_set_str(&s->tried, NULL, 0); /* logged already */
-	sg_session_state(s, SG_ST_READY);
-}
-
-/* failure_delay is over: the 535 (RFC 4954 6), and maybe the 421. */
-static void on_auth_delay(uv_timer_t *t)
-{
-	sg_session *s = t->data;
-	if (s->closing)
-		return;
-	s->auth_failures++;
-	log_auth(s, "fail", NULL);
-	auth_done_fail(s);
-	sg_reply_send(s, SG_R_AUTH_FAILED);
-	if (s->cfg->max_failures && s->auth_failures >= s->cfg->max_failures) {
-		sg_reply_send(s, SG_R_TOO_MANY_FAIL);
-		sg_session_close(s, "too many auth failures");
-		return;
-	}
-	sg_session_resume(s);
-}
-
-static void on_auth_link_ready(void *arg, const sg_reply *r)
-{
-	sg_session *s = arg;
-	if (s->closing || hold_sync(s, r))
-		return;
-	if (r->code >= 200 && r->code < 300) {
-		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
-		set_tried(s, s->user); /* for log_auth */
-		sg_session_state(s, SG_ST_READY);
-		log_auth(s, "ok", NULL);
-		sg_session_set_str(&s->tried, NULL, 0);
-		/* The SASL context is not needed any more (RFC 4954 4: no second
-		 * AUTH; STARTTLS starts over): an idle authenticated session keeps
-		 * only what it uses. */
-		sg_auth_free(s->auth);
-		s->auth = NULL;
-		sg_reply_send(s, SG_R_AUTH_OK);
-		sg_session_resume(s);
-		return;
-	}
-	/* No upstream took the identity: never relay without it (CONTRACT). */
-	s->link = NULL;
-	sg_session_set_str(&s->user, NULL, 0);
-	log_auth(s, "tempfail", "upstream");
-	auth_done_fail(s);
-	if (r->code >= 400 && r->code < 500 && r->len)
-		sg_reply_raw(s, r->code, r->text, r->len);
-	else
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-	sg_session_resume(s);
-}
-
-static void on_auth_result(void *arg, int result, const char *chal,
-                           unsigned len)
-{
-	sg_session *s = arg;
-	if (s->closing)
-		return;
-	const char *who = s->auth ? sg_auth_authcid(s->auth) : NULL;
-	if (who && *who)
-		set_tried(s, who);
-	switch (result) {
-	case SG_AUTH_CONTINUE: {
-		char b64[SG_AUTH_CHAL_MAX / 3 * 4 + 8];
-		unsigned n = 0;
-		if (len > SG_AUTH_CHAL_MAX ||
-		    sg_b64_encode(chal, len, b64, sizeof b64, &n) < 0) {
-			log_auth(s, "tempfail", "challenge too long");
-			auth_done_fail(s);
-			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-			break;
-		}
-		b64[n] = '\0';
-		s->auth_await = true;
-		sg_reply_line(s, 334, false, b64); /* "334 " for an empty one */
-		break;
-	}
-	case SG_AUTH_OK: {
-		/* 235 only once an upstream has taken the identity (CONTRACT) */
-		const char *u = sg_auth_user(s->auth);
-		if (!u)
-			u = sg_auth_authcid(s->auth);
-		if (!u)
-			u = s->tried ? s->tried : "";
-		/* the whole login or nothing (sg_session_set_str would cut) */
-		if (strlen(u) > SG_USER_MAX ||
-		    sg_session_set_str(&s->user, u, SG_USER_MAX) < 0) {
-			log_auth(s, "tempfail", "out of memory");
-			auth_done_fail(s);
-			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-			break;
-		}
-		open_link(s, true, on_auth_link_ready);
-		return;
-	}
-	case SG_AUTH_FAIL:
-	case SG_AUTH_AUTHZ:
-		/* Count the failure against the address now, not after the
-		 * tarpit: guesses sent in parallel over many connections must
-		 * see it (ip_failure_limit). */
-		sg_ipfail_record(s->cfg, s->client_ip);
-		/* tarpit before the 535: uv_timer, never a sleep */
-		s->pending = SG_PEND_AUTH_DELAY;
-		s->delay.data = s;
-		uv_timer_start(&s->delay, on_auth_delay, s->cfg->failure_delay_ms, 0);
-		return;
-	case SG_AUTH_NOMECH:
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_BAD_MECH);
-		break;
-	case SG_AUTH_BADPROT:
-		log_auth(s, "fail", "malformed response");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_BAD_B64);
-		break;
-	default: /* SG_AUTH_TEMPFAIL: the backend cannot answer, no failure */
-		log_auth(s, "tempfail", NULL);
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-		break;
-	}
-	sg_session_resume(s);
-}
-
-/* The login a client tries, for the log line of a failure (sasl/ only
- * knows it on success).  PLAIN (RFC 4616): authzid NUL authcid NUL passwd;
- * LOGIN: the first response is the user name.  The password is never
- * looked at beyond finding the separators. */
-static void note_login(sg_session *s, const char *dec, unsigned n)
-{
-	unsigned step = s->auth_steps++;
-	if (strcmp(s->mech, "PLAIN") == 0) {
-		const char *a = memchr(dec, '\0', n);
-		if (!a)
-			return;
-		a++;
-		const char *b = memchr(a, '\0', n - (unsigned)(a - dec));
-		if (!b || b == a)
-			return;
-		set_tried_n(s, a, (size_t)(b - a));
-	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
-		/* up to a NUL, as Cyrus reads it */
-		set_tried_n(s, dec, strnlen(dec, n));
-	} else if (step == 0 && n > 0 &&
-	           (strcmp(s->mech, "CRAM-MD5") == 0 ||
-	            strncmp(s->mech, "SCRAM-", 6) == 0)) {
-		/* CRAM-MD5: "user hexdigest" (RFC 2195); SCRAM: "gs2-header
-		 * n=user,r=nonce" (RFC 5802 7): the login, never a secret */
-		const char *u = dec, *end = dec + n;
-		if (s->mech[0] == 'S') {
-			const char *c1 = memchr(dec, ',', n);
-			const char *c2 = c1 ? memchr(c1 + 1, ',', (size_t)(end - c1 - 1)) : NULL;
-			if (!c2 || end - c2 < 3 || c2[1] != 'n' || c2[2] != '=')
-				return;
-			u = c2 + 3;
-		}
-		const char *stop = u;
-		while (stop < end && *stop != (s->mech[0] == 'S' ? ',' : ' '))
-			stop++;
-		if (stop > u)
-			set_tried_n(s, u, strnlen(u, (size_t)(stop - u)));
-	}
-}
-
-/* Decode a client response; "=" is an empty one (RFC 4954 4). */
-static int decode_response(const char *in, size_t len, char *out,
-                           unsigned *outlen)
-{
-	*outlen = 0;
-	if (len == 1 && in[0] == '=')
-		return 0;
-	return sg_b64_decode(in, len, out, SG_AUTH_DEC_MAX, outlen);
-}
-
-static void auth_response(sg_session *s, char *line, size_t len)
-{
-	s->auth_await = false;
-	/* RFC 4954 4: "*" cancels the exchange */
-	if (len == 1 && line[0] == '*') {
-		log_auth(s, "cancelled", NULL);
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_CANCEL);
-		return;
-	}
-	char dec[SG_AUTH_DEC_MAX];
-	unsigned n;
-	if (decode_response(line, len, dec, &n) < 0) {
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_BAD_B64);
-		return;
-	}
-	note_login(s, dec, n);
-	/* The password often comes in this step (LOGIN): an address that went
-	 * over its limit while this exchange was open gets no further guess. */
-	if (sg_ipfail_over(s->cfg, s->client_ip)) {
-		log_auth(s, "tempfail", "address over ip_failure_limit");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_IP_LIMIT);
-		return;
-	}
-	s->pending = SG_PEND_SASL;
-	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
-	explicit_bzero(dec, sizeof dec);
-	if (r < 0) {
-		s->pending = SG_PEND_NONE;
-		log_auth(s, "tempfail", "cannot start");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-	}
-}
-
-static void cmd_auth(sg_session *s, char *arg)
-{
-	/* RFC 4954 4: once per session, not inside a transaction */
-	if (s->authenticated) {
-		sg_reply_send(s, SG_R_ALREADY_AUTH);
-		return;
-	}
-	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT) {
-		sg_reply_send(s, SG_R_AUTH_IN_TXN);
-		return;
-	}
-	/* RFC 4954 6: 538 when the mechanism needs an encrypted session */
-	if (!auth_allowed(s)) {
-		sg_reply_send(s, SG_R_ENCRYPT_NEEDED);
-		return;
-	}
-	char *ir = strchr(arg, ' ');
-	if (ir) {
-		*ir++ = '\0';
-		while (*ir == ' ')
-			ir++;
-	}
-	if (!*arg) {
-		sg_reply_send(s, SG_R_SYNTAX);
-		return;
-	}
-	/* checked before the name reaches Cyrus (CVE-2019-19906 class) */
-	if (strlen(arg) >= sizeof s->mech || !sg_auth_mech_valid(arg)) {
-		snprintf(s->mech, sizeof s->mech, "invalid");
-		sg_reply_send(s, SG_R_BAD_MECH);
-		return;
-	}
-	snprintf(s->mech, sizeof s->mech, "%s", arg);
-	sg_session_set_str(&s->tried, NULL, 0);
-	sg_auth *a = sg_session_auth(s);
-	if (!a) {
-		log_auth(s, "tempfail", "no SASL context");
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-		return;
-	}
-	if (!sg_auth_mech_offered(a, s->mech)) {
-		sg_reply_send(s, SG_R_BAD_MECH);
-		return;
-	}
-	if (sg_ipfail_over(s->cfg, s->client_ip)) {
-		log_auth(s, "tempfail", "address over ip_failure_limit");
-		sg_reply_send(s, SG_R_AUTH_IP_LIMIT);
-		return;
-	}
-	char dec[SG_AUTH_DEC_MAX];
-	unsigned n = 0;
-	bool has_ir = ir && *ir;
-	if (has_ir && decode_response(ir, strlen(ir), dec, &n) < 0) {
-		sg_reply_send(s, SG_R_BAD_B64);
-		return;
-	}
-	/* RFC 4954 4: "=" is an empty initial response.  Cyrus's PLAIN and
-	 * LOGIN read an empty one as a malformed message, not as "nothing
-	 * yet": start without one, so the server's (empty) challenge, 334,
-	 * comes and the exchange goes on. */
-	if (has_ir && n == 0)
-		has_ir = false;
-	s->auth_steps = 0;
-	if (has_ir)
-		note_login(s, dec, n);
-	sg_session_state(s, SG_ST_AUTH_PENDING);
-	s->pending = SG_PEND_SASL;
-	int r = sg_auth_start(a, s->loop, s->mech, dec, n, has_ir, on_auth_result,
-	                      s);
-	explicit_bzero(dec, sizeof dec);
-	if (r < 0) {
-		s->pending = SG_PEND_NONE;
-		log_auth(s, "tempfail", "cannot start");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-	}
 }
 
 /* ---------------------------------------------------------- MAIL, RCPT */
@@ -1108,7 +773,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	}
 	memcpy(s->pend_line, line, (size_t)n);
 	s->pend_len = (size_t)n;
-	open_link(s, s->authenticated, on_mail_link_ready);
+	sg_cmd_open_link(s, s->authenticated, on_mail_link_ready);
 }
 
 /* "TO:<path> params" checked and made into the line relayed upstream
@@ -1206,7 +871,7 @@ static void cmd_quit(sg_session *s, char *arg)
 static void dispatch(sg_session *s, char *line, size_t len)
 {
 	if (s->auth_await) {
-		auth_response(s, line, len);
+		sg_cmd_auth_response(s, line, len);
 		return;
 	}
 	if (has_control(line, len)) {
