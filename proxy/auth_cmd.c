@@ -188,6 +188,18 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	sg_session_resume(s);
 }
 
+/* After sg_auth_start/step: a call that could not even be queued gets
+ * 454 now (its callback will never come). */
+static void sasl_called(sg_session *s, int r)
+{
+	if (r >= 0)
+		return;
+	s->pending = SG_PEND_NONE;
+	log_auth(s, "tempfail", "cannot start");
+	auth_done_fail(s);
+	sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+}
+
 /* The login a client tries, for the log line of a failure (sasl/ only
  * knows it on success).  PLAIN (RFC 4616): authzid NUL authcid NUL passwd;
  * LOGIN: the first response is the user name.  The password is never
@@ -267,12 +279,7 @@ void sg_cmd_auth_response(sg_session *s, char *line, size_t len)
 	s->pending = SG_PEND_SASL;
 	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
 	explicit_bzero(dec, sizeof dec);
-	if (r < 0) {
-		s->pending = SG_PEND_NONE;
-		log_auth(s, "tempfail", "cannot start");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-	}
+	sasl_called(s, r);
 }
 
 void sg_cmd_auth(sg_session *s, char *arg)
@@ -345,10 +352,5 @@ void sg_cmd_auth(sg_session *s, char *arg)
 	int r = sg_auth_start(a, s->loop, s->mech, dec, n, has_ir, on_auth_result,
 	                      s);
 	explicit_bzero(dec, sizeof dec);
-	if (r < 0) {
-		s->pending = SG_PEND_NONE;
-		log_auth(s, "tempfail", "cannot start");
-		auth_done_fail(s);
-		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
-	}
+	sasl_called(s, r);
 }
