@@ -2,6 +2,7 @@
 #include "buf.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,13 +30,10 @@ int sg_buf_reserve(sg_buf *b, size_t extra)
 		return 0;
 	size_t cap = b->cap ? b->cap : 256;
 	while (cap < need)
-		cap *= 2;
+		cap = cap <= SIZE_MAX / 2 ? cap * 2 : need;
 	if (b->max && cap > b->max)
 		cap = b->max;
-	char *p = realloc(b->data, cap);
-	if (!p)
-		return -1;
-	b->data = p;
+	b->data = sg_xrealloc(b->data, cap);
 	b->cap = cap;
 	return 0;
 }
@@ -82,20 +80,4 @@ void sg_buf_shrink(sg_buf *b)
 {
 	if (b->len == 0)
 		sg_buf_free(b);
-}
-
-char *sg_xstrdup(const char *s)
-{
-	char *p = strdup(s ? s : "");
-	if (!p)
-		abort();
-	return p;
-}
-
-void *sg_xcalloc(size_t n, size_t sz)
-{
-	void *p = calloc(n ? n : 1, sz ? sz : 1);
-	if (!p)
-		abort();
-	return p;
 }

@@ -10,8 +10,8 @@
 
 #include "config.h"
 
-#include "buf.h"
 #include "log.h"
+#include "mem.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,19 +46,13 @@ void sg_errors_add(sg_errors *e, const sg_where *w, const char *fmt, ...)
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	char *line;
-	int r;
 	if (w && w->file && w->line > 0)
-		r = asprintf(&line, "%s:%d: %s", w->file, w->line, msg);
+		line = sg_xasprintf("%s:%d: %s", w->file, w->line, msg);
 	else if (w && w->file)
-		r = asprintf(&line, "%s: %s", w->file, msg);
+		line = sg_xasprintf("%s: %s", w->file, msg);
 	else
-		r = asprintf(&line, "%s", msg);
-	if (r < 0)
-		abort();
-	char **p = realloc(e->msg, (e->n + 1) * sizeof *p);
-	if (!p)
-		abort();
-	e->msg = p;
+		line = sg_xstrdup(msg);
+	e->msg = sg_xreallocarray(e->msg, e->n + 1, sizeof *e->msg);
 	e->msg[e->n++] = line;
 }
 
@@ -215,10 +209,8 @@ int sg_parse_hostport(const char *s, const char *def_port, char **host,
 	}
 	if (parse_port(p ? p : def_port, why) < 0)
 		return -1;
-	*host = strndup(h, (size_t)(hend - h));
-	*port = strdup(p ? p : def_port);
-	if (!*host || !*port)
-		abort();
+	*host = sg_xstrndup(h, (size_t)(hend - h));
+	*port = sg_xstrdup(p ? p : def_port);
 	return 0;
 }
 
@@ -327,10 +319,7 @@ int sg_parse_netlist(const char *s, sg_net **nets, size_t *n, char *bad,
 			free(list);
 			return -1;
 		}
-		sg_net *p = realloc(list, (count + 1) * sizeof *p);
-		if (!p)
-			abort();
-		list = p;
+		list = sg_xreallocarray(list, count + 1, sizeof *list);
 		list[count++] = net;
 		s += len;
 	}
@@ -565,10 +554,7 @@ static const char *intern_file(sg_config *c, const char *path)
 	for (size_t i = 0; i < c->nfiles; i++)
 		if (strcmp(c->files[i], path) == 0)
 			return c->files[i];
-	char **p = realloc(c->files, (c->nfiles + 1) * sizeof *p);
-	if (!p)
-		abort();
-	c->files = p;
+	c->files = sg_xreallocarray(c->files, c->nfiles + 1, sizeof *c->files);
 	c->files[c->nfiles] = sg_xstrdup(path);
 	return c->files[c->nfiles++];
 }
@@ -582,11 +568,7 @@ static void record_where(sg_config *c, const char *section, const char *key,
 			c->wheres[i].where = w;
 			return;
 		}
-	struct sg_where_entry *p =
-	    realloc(c->wheres, (c->nwheres + 1) * sizeof *p);
-	if (!p)
-		abort();
-	c->wheres = p;
+	c->wheres = sg_xreallocarray(c->wheres, c->nwheres + 1, sizeof *c->wheres);
 	c->wheres[c->nwheres].section = sg_xstrdup(section);
 	c->wheres[c->nwheres].key = sg_xstrdup(key);
 	c->wheres[c->nwheres].where = w;
@@ -692,11 +674,8 @@ static int set_value(struct loader *ld, const struct key *k, void *base,
 			c->nservers = 0;
 			ld->servers_file = ld->where.file;
 		}
-		sg_upstream_server *s =
-		    realloc(c->servers, (c->nservers + 1) * sizeof *s);
-		if (!s)
-			abort();
-		c->servers = s;
+		sg_upstream_server *s = c->servers =
+		    sg_xreallocarray(c->servers, c->nservers + 1, sizeof *s);
 		s[c->nservers].host = host;
 		s[c->nservers].port = port;
 		s[c->nservers].where = ld->where;
@@ -769,11 +748,8 @@ static sg_listener_cfg *listener_get(struct loader *ld, const char *name)
 	for (size_t i = 0; i < c->nlisteners; i++)
 		if (strcmp(c->listeners[i].name, name) == 0)
 			return &c->listeners[i];
-	sg_listener_cfg *p =
-	    realloc(c->listeners, (c->nlisteners + 1) * sizeof *p);
-	if (!p)
-		abort();
-	c->listeners = p;
+	sg_listener_cfg *p = c->listeners =
+	    sg_xreallocarray(c->listeners, c->nlisteners + 1, sizeof *p);
 	sg_listener_cfg *l = &p[c->nlisteners++];
 	memset(l, 0, sizeof *l);
 	l->name = sg_xstrdup(name);
@@ -892,10 +868,8 @@ static int handler(void *user, const char *section, const char *name,
 				c->sasl_opts[i].where = ld->where;
 				return 1;
 			}
-		sg_kv *p = realloc(c->sasl_opts, (c->nsasl_opts + 1) * sizeof *p);
-		if (!p)
-			abort();
-		c->sasl_opts = p;
+		sg_kv *p = c->sasl_opts =
+		    sg_xreallocarray(c->sasl_opts, c->nsasl_opts + 1, sizeof *p);
 		p[c->nsasl_opts].key = sg_xstrdup(name);
 		p[c->nsasl_opts].value = sg_xstrdup(value);
 		p[c->nsasl_opts].where = ld->where;
@@ -912,9 +886,18 @@ static int handler(void *user, const char *section, const char *name,
 static char *reader(char *str, int num, void *user)
 {
 	struct loader *ld = user;
+	errno = 0;
 	ssize_t n = getline(&ld->linebuf, &ld->linecap, ld->fp);
-	if (n < 0)
+	if (n < 0) {
+		/* end of file, unless the stream says otherwise: a file cut
+		 * short must not load as a shorter configuration */
+		if (ferror(ld->fp) && errno == ENOMEM)
+			sg_out_of_memory("getline", ld->linecap);
+		if (ferror(ld->fp))
+			sg_errors_add(ld->errs, &ld->where, "read error: %s",
+			              strerror(errno));
 		return NULL;
+	}
 	ld->where.line++;
 	char *s = ld->linebuf;
 	while (*s == ' ' || *s == '\t')
@@ -968,10 +951,8 @@ static char *reader(char *str, int num, void *user)
 			char *v = eq + 1;
 			while (*v == ' ' || *v == '\t')
 				v++;
-			char **p = realloc(ld->long_values, (ld->nlong + 1) * sizeof *p);
-			if (!p)
-				abort();
-			ld->long_values = p;
+			char **p = ld->long_values = sg_xreallocarray(
+			    ld->long_values, ld->nlong + 1, sizeof *p);
 			p[ld->nlong] = sg_xstrdup(v);
 			len = (size_t)snprintf(str, (size_t)num, "%.*s= \001%zu",
 			                       (int)(eq - s), s, ld->nlong++);

@@ -5,27 +5,31 @@
  * ships that with libuv.  So nothing here can block the event loop.
  *
  * Memory: a busy TLS connection needs ~2 x 17 KiB of record buffers.  While
- * it is busy it keeps them (freeing and cleansing them per record, as
- * SSL_MODE_RELEASE_BUFFERS does, dominated the profile of a big message);
- * when the session is idle between messages it calls sg_tls_trim, which
- * frees OpenSSL's record buffers (SSL_free_buffers) and replaces the
- * drained memory BIOs by fresh empty ones, so an idle session holds little
- * more than the SSL object itself.  (A BIO of our own over freeable buffers
- * was tried for issue 9: more idle heap than two trimmed BIO_s_mem, ~6.5
- * against ~6.1 KB per session in test_tls.  What OpenSSL keeps from the
- * handshake, its key share and handshake hash, has no public release
- * before SSL_free; SSL_free_buffers drops the record buffers only.)
+ * it is busy it keeps them: SSL_MODE_RELEASE_BUFFERS would free and cleanse
+ * them after every record, the largest cost of relaying a big message.  When
+ * the session is idle between messages it calls sg_tls_trim, which frees
+ * OpenSSL's record buffers (SSL_free_buffers) and replaces the drained
+ * memory BIOs by fresh empty ones, so an idle session holds little more
+ * than the SSL object itself (~6.1 KB per session in test_tls; a BIO of our
+ * own over freeable buffers would hold more, ~6.5 KB).  What OpenSSL keeps
+ * from the handshake, its key share and handshake hash, has no public
+ * release before SSL_free; SSL_free_buffers drops the record buffers only.
  *
  * Error queue: OpenSSL's is per thread and shared by every session on it,
- * and in OpenSSL 3 ERR_clear_error is not cheap (~800 instructions: sixteen
- * slots wiped; it was 30k instructions a message in the S2 profile, issue 9).
- * So the hot paths (feed, read, write, out) neither clear it nor consult it:
- * "needs more input" is recognised by SSL_want_read, which looks at the
- * connection, not at the queue, so a stale entry left by anything else on
- * the thread cannot turn a retry into a failure.  The queue is read only
- * after a real failure (set_error), which clears it; the rare entry points
- * (contexts, new engines, handshake, shutdown) clear it as before. */
+ * and in OpenSSL 3 ERR_clear_error is not cheap (~800 instructions: it
+ * wipes sixteen slots), too dear for every record.  So the hot paths (feed,
+ * read, write, out) neither clear it nor consult it: "needs more input" is
+ * recognised by SSL_want_read, which looks at the connection, not at the
+ * queue, so a stale entry left by anything else on the thread cannot turn a
+ * retry into a failure.  The queue is read only after a real failure
+ * (set_error), which clears it; the rare entry points (contexts, new
+ * engines, handshake, shutdown) clear it on entry.
+ *
+ * Our own allocations are fatal when they fail (common/mem.h); OpenSSL's
+ * (SSL_new, BIO_new, a memory BIO growing) fail the call they belong to,
+ * and the caller treats that like any other TLS failure. */
 #include "tls.h"
+#include "mem.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -43,12 +47,11 @@
 #define SG_TLS_ERR_MAX 192
 /* Scratch size for draining sent ciphertext out of the write BIO. */
 #define SG_TLS_DRAIN_CHUNK 4096
-/* A drained memory BIO whose buffer grew past this is replaced by a fresh
- * one: a burst (DATA) should not pin its peak size for the session's life. */
-/* A memory BIO keeps its peak allocation; while a session is busy we keep
- * up to this much (swapping BIOs per read cost a zeroed grow and a cleansed
- * free per chunk: the S3 profile), and sg_tls_trim drops it all when the
- * session is idle between messages. */
+/* A memory BIO keeps its peak allocation.  A drained one whose buffer grew
+ * past this is replaced by a fresh one, so a burst (DATA) does not pin its
+ * peak for the session's life; up to this much is kept while the session is
+ * busy, as a fresh BIO per read would cost a zeroed grow and a cleansed free
+ * per chunk.  sg_tls_trim drops it all when the session is idle. */
 #define SG_TLS_BIO_KEEP (256 * 1024)
 /* Largest single BIO_write (BIO_write takes an int). */
 #define SG_TLS_FEED_CHUNK (1 << 20)
@@ -87,7 +90,7 @@ struct sg_tls {
 	/* Server role, TLS 1.3: the session ticket is sent with our first
 	 * write after the handshake (SSL_new_session_ticket), not alone when
 	 * the handshake ends: the reply to EHLO and the ticket then leave in
-	 * one TCP write instead of two (issue 9, S1). */
+	 * one TCP write instead of two. */
 	bool ticket_due;
 	char err[SG_TLS_ERR_MAX];
 };
@@ -207,9 +210,7 @@ static void cfg_error(sg_errors *errs, const sg_where *w, const char *what,
 
 static sg_tls_ctx *ctx_new(SSL_CTX *ssl, bool server)
 {
-	sg_tls_ctx *c = calloc(1, sizeof *c);
-	if (!c)
-		return NULL;
+	sg_tls_ctx *c = sg_xcalloc(1, sizeof *c);
 	atomic_init(&c->refcnt, 1);
 	c->ssl = ssl;
 	c->server = server;
@@ -329,7 +330,7 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 	} else {
 		/* TLS 1.3: OpenSSL sends two tickets by default; a mail client
 		 * resumes its next connection with one (and gets a fresh one
-		 * then), and each costs an encryption and a record (S1).  The
+		 * then), and each costs an encryption and a record.  The
 		 * engine sends it with its first write (sg_tls_new_server). */
 		SSL_CTX_set_num_tickets(ssl, 1);
 	}
@@ -362,10 +363,11 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 	}
 
 	ERR_clear_error();
-	sg_tls_ctx *c = errs->n == nerr ? ctx_new(ssl, true) : NULL;
-	if (!c)
+	if (errs->n != nerr) {
 		SSL_CTX_free(ssl);
-	return c;
+		return NULL;
+	}
+	return ctx_new(ssl, true);
 }
 
 /* Client role: remember the session of a verified connection, per name, so
@@ -427,10 +429,7 @@ sg_tls_ctx *sg_tls_client_ctx(bool verify, const char *ca_file,
 		}
 	}
 	ERR_clear_error();
-	sg_tls_ctx *c = ctx_new(ssl, false);
-	if (!c)
-		SSL_CTX_free(ssl);
-	return c;
+	return ctx_new(ssl, false);
 }
 
 /* ------------------------------------------------------------- engines */
@@ -446,9 +445,7 @@ static BIO *mem_bio(void)
 static sg_tls *engine_new(sg_tls_ctx *c)
 {
 	ERR_clear_error();
-	sg_tls *t = calloc(1, sizeof *t);
-	if (!t)
-		return NULL;
+	sg_tls *t = sg_xcalloc(1, sizeof *t);
 	t->ssl = SSL_new(c->ssl);
 	t->rb = mem_bio();
 	t->wb = mem_bio();
@@ -516,7 +513,7 @@ sg_tls *sg_tls_new_client(sg_tls_ctx *c, const char *sni,
 	 * never offered to (and accepted by) another. */
 	const char *key = verify_name && *verify_name ? verify_name : sni;
 	if (key && *key && strlen(key) < SG_TLS_NAME_MAX) {
-		t->name = strdup(key);
+		t->name = sg_xstrdup(key);
 		pthread_mutex_lock(&c->lock);
 		for (size_t i = 0; i < SG_TLS_CLIENT_SLOTS; i++)
 			if (c->slots[i].sess && strcmp(c->slots[i].name, key) == 0) {
@@ -553,6 +550,7 @@ int sg_tls_feed(sg_tls *t, const char *in, size_t len)
 	while (len > 0) {
 		int n = len > SG_TLS_FEED_CHUNK ? SG_TLS_FEED_CHUNK : (int)len;
 		if (BIO_write(t->rb, in, n) != n) {
+			/* OpenSSL could not grow the memory BIO */
 			snprintf(t->err, sizeof t->err, "out of memory buffering input");
 			ERR_clear_error();
 			return -1;
@@ -639,10 +637,8 @@ int sg_tls_read(sg_tls *t, sg_buf *out)
 		}
 		size_t room = out->max ? out->max - out->len : SIZE_MAX;
 		size_t want = avail < room ? avail : room;
-		if (out->cap - out->len < want && sg_buf_reserve(out, want) < 0) {
-			snprintf(t->err, sizeof t->err, "out of memory reading");
-			return -1;
-		}
+		if (out->cap - out->len < want)
+			(void)sg_buf_reserve(out, want); /* within out->max: want <= room */
 		size_t chunk = out->cap - out->len;
 		if (chunk > room)
 			chunk = room;

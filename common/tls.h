@@ -7,8 +7,8 @@
  * proxy/) and the upstream STARTTLS (client role, upstream/).
  *
  * An sg_tls_ctx bundles the SSL_CTX built from [tls] (RSA and optional ECDSA
- * chain, min_version, ciphers, session tickets).  It
- * is reference counted: a reload builds a new one, live sessions keep theirs. */
+ * chain, min_version, ciphers, session tickets).  It is reference counted:
+ * a reload builds a new one, live sessions keep theirs. */
 #ifndef SG_TLS_H
 #define SG_TLS_H
 
@@ -38,7 +38,7 @@ sg_tls *sg_tls_new_client(sg_tls_ctx *c, const char *sni,
                           const char *verify_name);
 void sg_tls_free(sg_tls *t);
 
-/* Ciphertext from the network.  -1 on OOM only. */
+/* Ciphertext from the network.  -1 only when OpenSSL cannot buffer it. */
 int sg_tls_feed(sg_tls *t, const char *in, size_t len);
 /* Drive the handshake: 1 done, 0 needs more input (send sg_tls_out first),
  * -1 failed (sg_tls_error says why, for the log). */

@@ -19,10 +19,10 @@
  * Threads.  Each event loop runs at most SG_RUN_FACTOR x [sasl] threads
  * Cyrus calls on libuv's pool at once; more wait their turn here, in order.
  * The pool, shared with the rest of saslgate (upstream name lookups), has
- * that many threads per worker + SG_POOL_RESERVE.  (It used to be sized for
- * every call in flight: a burst of logins then woke dozens of pool threads,
- * and each thread that ever ran Cyrus keeps its stack pages, ~64 KiB with
- * sasldb: memory that showed up per idle session.)
+ * that many threads per worker + SG_POOL_RESERVE, not one per call in
+ * flight: each thread that ever ran Cyrus keeps its stack pages (~64 KiB
+ * with sasldb), so a pool sized for a burst of logins would hold that
+ * memory for good.
  * Cyrus' saslauthd client has no timeout, so a backend that hangs holds the
  * pool threads of its calls.  Hence: more than [sasl] threads Cyrus calls
  * in flight (running or waiting) only while the backend makes progress, and
@@ -36,8 +36,8 @@
  * the after-callback frees it (libuv runs that callback even then). */
 #include "auth.h"
 #include "sasl_int.h"
-#include "../common/buf.h"
 #include "../common/log.h"
+#include "../common/mem.h"
 
 #include <ctype.h>
 #include <stdint.h>
@@ -59,9 +59,9 @@
 #define SG_AUTH_NAME_MAX 256   /* user names in our log lines */
 #define SG_AUTH_WHY_MAX 256    /* reason a backend is down, for the log */
 /* Cyrus calls in flight at most: 16 x [sasl] threads.  Generous on purpose:
- * a burst of logins against a backend that answers (32 clients at once in
- * the benchmark) must queue, not get 454; the stall rule below is what
- * protects the pool from a backend that hangs. */
+ * a burst of logins against a backend that answers (dozens of clients at
+ * once) must queue, not get 454; the stall rule below is what protects the
+ * pool from a backend that hangs. */
 #define SG_POOL_FACTOR 16
 #define SG_AUTH_THREADS_MAX 60
 #define SG_RUN_FACTOR 2        /* Cyrus calls running per loop: 2 x threads */
@@ -156,9 +156,7 @@ static const char *intern(const char *v)
 		if (strcmp(i->s, v) == 0)
 			return i->s;
 	size_t n = strlen(v) + 1;
-	struct interned *i = malloc(sizeof *i + n);
-	if (!i)
-		return NULL;
+	struct interned *i = sg_xmalloc(sizeof *i + n);
 	memcpy(i->s, v, n);
 	i->next = g_interned;
 	g_interned = i;
@@ -198,7 +196,7 @@ static int conn_getopt(void *ctx, const char *plugin, const char *option,
 }
 
 /* Cyrus' messages into our log.  SASL_LOG_PASS carries passwords: dropped,
- * always (CONTRACT: no password is ever logged). */
+ * always (no password is ever logged: docs/ARCHITECTURE.md, "Logging"). */
 static int on_log(void *ctx, int level, const char *msg)
 {
 	const sg_auth *a = ctx;
@@ -765,9 +763,8 @@ static int queue(sg_auth *a, uv_loop_t *loop, sg_auth_cb cb, void *arg)
 
 static void copy_in(sg_auth *a, const char *in, unsigned inlen)
 {
-	a->in = malloc((size_t)inlen + 1); /* never NULL: "=" is not "none" */
-	if (!a->in)
-		abort();
+	/* never NULL, even when empty: "=" is not "none" */
+	a->in = sg_xmalloc((size_t)inlen + 1);
 	if (inlen)
 		memcpy(a->in, in, inlen);
 	a->in[inlen] = '\0';
@@ -783,8 +780,9 @@ int sg_auth_start(sg_auth *a, uv_loop_t *loop, const char *mech,
 	clear_exchange(a);
 	if (a->conn_done) {
 		/* A success the session could not use (no upstream took the
-		 * identity, CONTRACT: 454, still unauthenticated): the client may
-		 * try again, on a fresh Cyrus connection ("step after doneflag"). */
+		 * identity: 454, still unauthenticated): the client may try
+		 * again, on a fresh Cyrus connection (Cyrus refuses a step on a
+		 * connection that succeeded: "step after doneflag"). */
 		sasl_dispose(&a->conn);
 		a->conn = NULL;
 		a->conn_done = false;

@@ -19,6 +19,7 @@
  * they are met.  One mutex: AUTH failures are rare events, never a hot path. */
 #include "auth.h"
 #include "sasl_int.h"
+#include "../common/mem.h"
 
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -181,11 +182,7 @@ void sg_ipfail_record(const sg_config *cfg, const char *client)
 		while (lru_head && (nent >= SG_IPFAIL_MAX ||
 		                    expired(lru_head, now, cfg->ip_failure_window_ms)))
 			remove_entry(lru_head);
-		e = calloc(1, sizeof *e);
-		if (!e) {
-			uv_mutex_unlock(&lock);
-			return;
-		}
+		e = sg_xcalloc(1, sizeof *e);
 		snprintf(e->ip, sizeof e->ip, "%s", ip);
 		e->first_ms = now;
 		unsigned h = hash(ip);

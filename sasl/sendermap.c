@@ -36,8 +36,8 @@
  * reads, a reload swaps in a freshly read map. */
 #include "auth.h"
 #include "sasl_int.h"
-#include "../common/buf.h"
 #include "../common/log.h"
+#include "../common/mem.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -148,10 +148,7 @@ static int add_entry(struct map *m, size_t *cap, const char *login,
 	}
 	if (m->n == *cap) {
 		*cap = *cap ? *cap * 2 : 64;
-		struct entry *p = realloc(m->e, *cap * sizeof *p);
-		if (!p)
-			abort();
-		m->e = p;
+		m->e = sg_xreallocarray(m->e, *cap, sizeof *m->e);
 	}
 	e.login = sg_xstrdup(login);
 	m->e[m->n++] = e;
