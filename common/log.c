@@ -84,3 +84,16 @@ void sg_log(int level, const char *sid, const char *fmt, ...)
 	sg_vlog(level, sid, fmt, ap);
 	va_end(ap);
 }
+
+void sg_log_safe_text(char *dst, size_t max, const char *src)
+{
+	size_t i = 0;
+	if (max == 0)
+		return;
+	for (; src && src[i] && i + 1 < max; i++) {
+		unsigned char c = (unsigned char)src[i];
+		dst[i] = (c <= 0x20 || c >= 0x7f || c == '=' || c == '"') ? '?'
+		                                                           : (char)c;
+	}
+	dst[i] = '\0';
+}

@@ -8,6 +8,7 @@
 #define SG_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum sg_log_level { SG_LOG_ERROR = 0, SG_LOG_WARN, SG_LOG_INFO, SG_LOG_DEBUG };
 
@@ -18,6 +19,13 @@ void sg_log(int level, const char *sid, const char *fmt, ...)
 void sg_vlog(int level, const char *sid, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 int sg_log_level_parse(const char *s); /* -1 when not a level name */
+
+/* Copy a client-supplied name (a verb, an address) into dst (max octets,
+ * NUL included; longer text is cut) for a log line: every octet that is
+ * blank, a control, non-ASCII, '=' or '"' becomes '?', so a value such as
+ * "x client=1.2.3.4" cannot forge a key that fail2ban would match.  A
+ * login has its own, reversible form (upstream/identity.h). */
+void sg_log_safe_text(char *dst, size_t max, const char *src);
 
 #define log_error(sid, ...) sg_log(SG_LOG_ERROR, (sid), __VA_ARGS__)
 #define log_warn(sid, ...) sg_log(SG_LOG_WARN, (sid), __VA_ARGS__)
