@@ -1,5 +1,6 @@
 /* common/filecheck.c: `saslgate -t` opens the daemon's files as the
- * daemon's user and checks the modes of its secrets (filecheck.h). */
+ * daemon's user and checks the modes of its secrets; sg_call_as_user runs
+ * the other checks that must be made as that user (filecheck.h). */
 #include "filecheck.h"
 
 #include <errno.h>
@@ -143,10 +144,12 @@ static void probe(const char *path, struct fc_result *r)
 	}
 }
 
-/* Probe every item in a child that became user u; false when that could
- * not be done (the caller reports it). */
-static bool probe_as(const struct fc_user *u, const struct fc_item *items,
-                     size_t n, struct fc_result *res)
+/* fn(arg, res) in a child that became user u; its reslen octets of res
+ * come back over a pipe.  Everything the child needs (u, arg) is read
+ * before the fork, so the child calls only fn, the set*id calls, write
+ * and _exit. */
+static bool call_as(const struct fc_user *u, void (*fn)(void *arg, void *res),
+                    void *arg, void *res, size_t reslen)
 {
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -163,31 +166,25 @@ static bool probe_as(const struct fc_user *u, const struct fc_item *items,
 		if (setgroups((size_t)u->ngroups, u->groups) < 0 || setgid(u->gid) < 0 ||
 		    setuid(u->uid) < 0)
 			_exit(1);
-		for (size_t i = 0; i < n; i++) {
-			struct fc_result r;
-			if (!items[i].dup)
-				probe(items[i].path, &r);
-			else
-				memset(&r, 0, sizeof r);
-			const char *b = (const char *)&r;
-			size_t left = sizeof r;
-			while (left) {
-				ssize_t w = write(p[1], b, left);
-				if (w < 0 && errno == EINTR)
-					continue;
-				if (w <= 0)
-					_exit(1);
-				b += w;
-				left -= (size_t)w;
-			}
+		fn(arg, res);
+		const char *b = res;
+		size_t left = reslen;
+		while (left) {
+			ssize_t w = write(p[1], b, left);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				_exit(1);
+			b += w;
+			left -= (size_t)w;
 		}
 		_exit(0);
 	}
 	close(p[1]);
-	char *b = (char *)res;
-	size_t want = n * sizeof *res, got = 0;
-	while (got < want) {
-		ssize_t r = read(p[0], b + got, want - got);
+	char *b = res;
+	size_t got = 0;
+	while (got < reslen) {
+		ssize_t r = read(p[0], b + got, reslen - got);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
@@ -198,7 +195,36 @@ static bool probe_as(const struct fc_user *u, const struct fc_item *items,
 	int st;
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
-	return got == want;
+	return got == reslen;
+}
+
+bool sg_call_as_user(const char *user, void (*fn)(void *arg, void *res),
+                     void *arg, void *res, size_t reslen)
+{
+	struct passwd *pw = user && *user ? getpwnam(user) : NULL;
+	if (!pw)
+		return false;
+	struct fc_user u;
+	user_from_passwd(&u, pw);
+	return call_as(&u, fn, arg, res, reslen);
+}
+
+struct probe_set {
+	const struct fc_item *items;
+	size_t n;
+};
+
+/* Probe every item, for call_as or in this process: res is n fc_results. */
+static void probe_all(void *arg, void *res)
+{
+	const struct probe_set *ps = arg;
+	struct fc_result *r = res;
+	for (size_t i = 0; i < ps->n; i++) {
+		if (!ps->items[i].dup)
+			probe(ps->items[i].path, &r[i]);
+		else
+			memset(&r[i], 0, sizeof r[i]);
+	}
 }
 
 /* ------------------------------------------------------------- messages */
@@ -360,8 +386,9 @@ bool sg_filecheck_config(const sg_config *cfg, sg_errors *errs)
 	}
 
 	struct fc_result res[SG_FC_ITEMS_MAX];
+	struct probe_set ps = {items, n};
 	const struct fc_user *opener = drop ? &svc : &me;
-	if (drop && !probe_as(&svc, items, n, res)) {
+	if (drop && !call_as(&svc, probe_all, &ps, res, n * sizeof *res)) {
 		sg_where w = sg_config_where(cfg, "server", "user");
 		sg_errors_add(errs, &w,
 		              "cannot check the files as user %s (fork or setuid "
@@ -371,9 +398,7 @@ bool sg_filecheck_config(const sg_config *cfg, sg_errors *errs)
 		opener = &me;
 	}
 	if (!drop)
-		for (size_t i = 0; i < n; i++)
-			if (!items[i].dup)
-				probe(items[i].path, &res[i]);
+		probe_all(&ps, res);
 
 	bool tls_bad = false;
 	for (size_t i = 0; i < n; i++) {

@@ -20,7 +20,7 @@
  *
  * The [sasl] backends (the sasldb file, the saslauthd socket) are checked
  * with the same user's rights by sasl/check.c, which knows the Cyrus
- * defaults. */
+ * defaults, through sg_call_as_user. */
 #ifndef SG_FILECHECK_H
 #define SG_FILECHECK_H
 
@@ -50,5 +50,18 @@ unsigned sg_secret_mode_problems(mode_t mode, uid_t owner, uid_t svc_uid,
  * the caller can skip building the TLS context, which would only say it
  * again. */
 bool sg_filecheck_config(const sg_config *cfg, sg_errors *errs);
+
+/* Call fn(arg, res) in a child process that has become the user named user
+ * (its uid, primary gid and supplementary groups) and copy the reslen
+ * octets fn leaves at res back into this process's res.  For checks whose
+ * answer depends on who asks (open, connect); only root can become another
+ * user.  fn runs in the child after fork(2), where a process with threads
+ * may rely on system calls and plain string functions only (open, socket,
+ * connect, close, memset, snprintf without %m and floats).  false when it
+ * could not be done (no such user, pipe, fork or setuid failed, the child
+ * died): res is then unspecified, and the caller checks as itself or says
+ * why it could not. */
+bool sg_call_as_user(const char *user, void (*fn)(void *arg, void *res),
+                     void *arg, void *res, size_t reslen);
 
 #endif

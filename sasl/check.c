@@ -7,13 +7,14 @@
  * a saslauthd socket that is missing or not reachable by our user (group
  * "sasl" on Debian), a sasldb that cannot be read.  Each problem names the
  * FILE:LINE of the key it is about.  Permissions are checked as [server] user
- * when we run as root: the daemon drops to that user after binding, so
- * root's view would say yes to everything. */
+ * when we run as root (sg_call_as_user, common/filecheck.h): the daemon
+ * drops to that user after binding, so root's view would say yes to
+ * everything. */
 #include "sasl_int.h"
+#include "../common/filecheck.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,11 +23,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#define SG_CHECK_GROUPS_MAX 256 /* supplementary groups we carry over */
-#define SG_WORD_MAX 64          /* one word of pwcheck_method / mech_list */
+#define SG_WORD_MAX 64 /* one word of pwcheck_method / mech_list */
 
 static const char *const pwcheck_methods[] = {"auxprop", "saslauthd",
                                               "authdaemond", NULL};
@@ -155,39 +154,31 @@ static int probe_read(const char *path)
 	return 0;
 }
 
-/* fn(path) with the credentials of [server] user when we are root (in a
- * child: setuid is for the whole process).  0 or -errno. */
+struct probe_call {
+	int (*fn)(const char *path);
+	const char *path;
+};
+
+static void call_probe(void *arg, void *res)
+{
+	const struct probe_call *c = arg;
+	int r = c->fn(c->path);
+	memcpy(res, &r, sizeof r);
+}
+
+/* fn(path) with the rights of [server] user when we are root; 0 or
+ * -errno.  When that user cannot be taken (unknown: the file checks report
+ * it), as ourselves. */
 static int as_user(const sg_config *cfg, int (*fn)(const char *),
                    const char *path)
 {
 	if (geteuid() != 0 || !cfg->user || !*cfg->user)
 		return fn(path);
-	struct passwd *pw = getpwnam(cfg->user);
-	if (!pw)
-		return fn(path); /* the server reports the unknown user */
-	gid_t groups[SG_CHECK_GROUPS_MAX];
-	int ng = SG_CHECK_GROUPS_MAX;
-	if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &ng) < 0)
-		ng = SG_CHECK_GROUPS_MAX; /* more than we carry: the first ones */
-	uid_t uid = pw->pw_uid;
-	gid_t gid = pw->pw_gid;
-	pid_t pid = fork();
-	if (pid < 0)
+	struct probe_call c = {fn, path};
+	int r;
+	if (!sg_call_as_user(cfg->user, call_probe, &c, &r, sizeof r))
 		return fn(path);
-	if (pid == 0) {
-		if (setgroups((size_t)ng, groups) < 0 || setgid(gid) < 0 ||
-		    setuid(uid) < 0)
-			_exit(255);
-		int r = fn(path);
-		_exit(r < 0 && -r < 255 ? -r : 0);
-	}
-	int st;
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return fn(path);
-	if (!WIFEXITED(st) || WEXITSTATUS(st) == 255)
-		return fn(path);
-	return -WEXITSTATUS(st);
+	return r;
 }
 
 static const char *who(const sg_config *cfg)
