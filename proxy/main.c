@@ -1,4 +1,4 @@
-/* proxy/main.c: the command line of saslgate (CONTRACT.md "Build and run").
+/* proxy/main.c: the command line of saslgate (README.md, "Running").
  *
  *   saslgate [-c FILE] [-t] [-V] [-h]
  *

@@ -7,8 +7,8 @@
  * and a session never leaves the loop that accepted it (docs/ARCHITECTURE.md).
  *
  * Reload (SIGHUP): the main thread builds a new sg_config and TLS context;
- * if either fails, the errors are logged with FILE:LINE and the old ones stay
- * (CONTRACT.md).  Otherwise each worker gets the new pair through its
+ * if either fails, the errors are logged with FILE:LINE and the running ones
+ * stay (a broken file never stops a running daemon).  Otherwise each worker gets the new pair through its
  * uv_async; sessions already running keep the references they took at
  * accept, new sessions get the new ones.  Listener addresses cannot move on
  * a reload (we may have dropped root): a removed listener is closed, a new

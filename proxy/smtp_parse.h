@@ -15,9 +15,10 @@
  * Bare LF: a command line may end in a bare LF (the CR before it, if any, is
  * removed).  Postfix does the same for commands; it is harmless here because
  * every command is parsed whole and replied to on its own.  A bare CR is
- * never a line end (it stays in the line and fails the syntax checks).  The
- * DATA phase does not use this framer: upstream/ rejects bare CR/LF there
- * (SMTP smuggling). */
+ * never a line end (it stays in the line and is refused with the other
+ * control octets).  The DATA phase does not use this framer:
+ * upstream/data_scan.c rejects or normalises bare CR and LF there
+ * ([limits] bare_newline; SMTP smuggling). */
 #ifndef SG_PROXY_SMTP_PARSE_H
 #define SG_PROXY_SMTP_PARSE_H
 
@@ -35,7 +36,7 @@ enum sg_line_status {
 	SG_LINE_NONE = 0, /* no complete line yet: read more */
 	SG_LINE_OK,       /* *line / *linelen: the line without CRLF */
 	SG_LINE_TOOLONG,  /* over limit: reply 500 5.5.2 (reported once) */
-	SG_LINE_NUL,      /* the line holds a NUL octet: reply 500 5.5.2 */
+	SG_LINE_NUL,      /* the line holds a NUL octet: reply 501 5.5.2 */
 };
 
 /* Find the next line in buf[0..len).  *consumed is how many octets the

@@ -18,9 +18,10 @@
 
 /* One-time set-up (sasl_server_init, getopt callback answering from [sasl],
  * log callback into our log).  Problems go to errs as FILE:LINE where the
- * key is known.  Also checks pwcheck_method, plugins, the saslauthd socket
- * (existence + connect with our uid), and logs the effective settings in one
- * line.  cfg must outlive every session (a reload calls sg_sasl_reconfig).
+ * key is known.  Also checks pwcheck_method, mech_list against the loaded
+ * plugins, the saslauthd socket and the sasldb (reached with the rights of
+ * [server] user), loads sender_login_map, and logs the effective settings
+ * in one line.  cfg must outlive every session (a reload calls sg_sasl_reconfig).
  * Returns 0 or -1. */
 int sg_sasl_init(const sg_config *cfg, sg_errors *errs);
 /* After SIGHUP: new [sasl] options for sessions created from now on (Cyrus'
@@ -37,10 +38,9 @@ typedef struct sg_auth_peer {
 	const char *remote_ip; /* after PROXY protocol: the real client */
 	unsigned remote_port;
 	const char *sid; /* session id for log lines */
-	/* ADDED by sasl/ (additive; false = the old behaviour): the listener
-	 * has require_tls_for_auth = no, so PLAIN/LOGIN may be offered before
-	 * TLS (SASL_SEC_NOPLAINTEXT is not set).  Without it Cyrus hides every
-	 * plaintext mechanism until sg_auth_set_tls(). */
+	/* The listener has require_tls_for_auth = no: PLAIN and LOGIN may be
+	 * offered before TLS (SASL_SEC_NOPLAINTEXT is not set).  false: Cyrus
+	 * hides every plaintext mechanism until sg_auth_set_tls(). */
 	bool plaintext_ok;
 } sg_auth_peer;
 
