@@ -104,7 +104,8 @@ typedef struct sg_config {
 	unsigned ip_failure_limit;     /* 0 = off */
 	uint64_t ip_failure_window_ms;
 	char *sender_login_map;        /* "" = off */
-	unsigned sasl_threads;         /* libuv thread pool size */
+	unsigned sasl_threads;         /* Cyrus calls that may wait on a
+	                                  slow backend; sizes the pool */
 	sg_kv *sasl_opts;              /* every other [sasl] key, in order */
 	size_t nsasl_opts;
 

@@ -52,8 +52,9 @@
 #define SG_AUTH_MECH_MAX 20    /* RFC 4954 / sg_auth_mech_valid */
 #define SG_AUTH_MECHS_MAX 512  /* our "AUTH ..." list; Cyrus has ~12 names */
 #define SG_AUTH_LIST_MAX 2048  /* every loaded mechanism / auxprop plugin */
-#define SG_AUTH_IN_MAX 16384   /* one decoded client response (a 4096-octet
-                                  line decodes to 3070; GSSAPI tokens fit) */
+#define SG_AUTH_IN_MAX 16384   /* one decoded client response (a response
+                                  line of 12288 octets, RFC 4954 4, decodes
+                                  to at most 9216; GSSAPI tokens fit) */
 #define SG_AUTH_IPPORT_MAX 80  /* "ip;port" for Cyrus */
 #define SG_AUTH_SID_MAX 40     /* session id copied for log lines */
 #define SG_AUTH_NAME_MAX 256   /* user names in our log lines */
