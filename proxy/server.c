@@ -20,6 +20,7 @@
 
 #include "../common/filecheck.h"
 #include "../common/log.h"
+#include "../common/mem.h"
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
 #include "session.h"
