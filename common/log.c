@@ -85,7 +85,7 @@ void sg_log(int level, const char *sid, const char *fmt, ...)
 	va_end(ap);
 }
 
-void sg_log_safe_text(char *dst, size_t max, const char *src)
+void sg_log_safe(char *dst, size_t max, const char *src)
 {
 	size_t i = 0;
 	if (max == 0)

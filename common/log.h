@@ -25,7 +25,7 @@ int sg_log_level_parse(const char *s); /* -1 when not a level name */
  * blank, a control, non-ASCII, '=' or '"' becomes '?', so a value such as
  * "x client=1.2.3.4" cannot forge a key that fail2ban would match.  A
  * login has its own, reversible form (upstream/identity.h). */
-void sg_log_safe_text(char *dst, size_t max, const char *src);
+void sg_log_safe(char *dst, size_t max, const char *src);
 
 #define log_error(sid, ...) sg_log(SG_LOG_ERROR, (sid), __VA_ARGS__)
 #define log_warn(sid, ...) sg_log(SG_LOG_WARN, (sid), __VA_ARGS__)

@@ -20,8 +20,7 @@
 #include "session_int.h"
 
 /* The login being tried, in its log form (sg_identity_log: whole, and no
- * login can forge a key), freed when the exchange ends.  Only for logs:
- * without memory the line lacks it. */
+ * login can forge a key), freed when the exchange ends. */
 static void set_tried(sg_session *s, const char *login)
 {
 	free(s->tried);
@@ -31,11 +30,7 @@ static void set_tried(sg_session *s, const char *login)
 /* The login a response names (len octets at p), for set_tried. */
 static void set_tried_n(sg_session *s, const char *p, size_t len)
 {
-	char *tmp = malloc(len + 1);
-	if (!tmp)
-		return;
-	memcpy(tmp, p, len);
-	tmp[len] = '\0';
+	char *tmp = sg_xstrndup(p, len);
 	set_tried(s, tmp);
 	free(tmp);
 }
@@ -149,13 +144,13 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		if (!u)
 			u = s->tried ? s->tried : "";
 		/* the whole login or nothing (sg_session_set_str would cut) */
-		if (strlen(u) > SG_USER_MAX ||
-		    sg_session_set_str(&s->user, u, SG_USER_MAX) < 0) {
-			log_auth(s, "tempfail", "out of memory");
+		if (strlen(u) > SG_USER_MAX) {
+			log_auth(s, "tempfail", "login too long");
 			auth_done_fail(s);
 			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
 			break;
 		}
+		sg_session_set_str(&s->user, u, SG_USER_MAX);
 		sg_cmd_open_link(s, true, on_auth_link_ready);
 		return;
 	}

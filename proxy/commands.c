@@ -104,20 +104,6 @@ bool sg_cmd_auth_allowed(const sg_session *s)
 	return s->encrypted || !s->lc->require_tls_for_auth;
 }
 
-/* Copy a client-supplied name for a log line: no spaces, '=', quotes or
- * control characters, so a login like "x client=1.2.3.4" cannot forge a
- * key that fail2ban would match. */
-void sg_log_safe(char *dst, size_t max, const char *src)
-{
-	size_t i = 0;
-	for (; src && src[i] && i + 1 < max; i++) {
-		unsigned char c = (unsigned char)src[i];
-		dst[i] = (c <= 0x20 || c >= 0x7f || c == '=' || c == '"') ? '?'
-		                                                           : (char)c;
-	}
-	dst[i] = '\0';
-}
-
 /* RFC 5321 2.3.8 / 4.1.1: a command line is printable text; a control
  * octet (bare CR, TAB, NUL, ...) in a line relayed upstream could end or
  * change the command there.  Octets >= 0x80 stay (RFC 6531 addresses). */
@@ -204,10 +190,9 @@ bool sg_cmd_hold_sync(sg_session *s, const sg_reply *r)
 	if (!s->link_opening)
 		return false;
 	s->sync_code = r->code;
-	s->sync_text = malloc(r->len ? r->len : 1);
-	s->sync_len = s->sync_text ? r->len : 0;
-	if (s->sync_text)
-		memcpy(s->sync_text, r->text, r->len);
+	s->sync_text = sg_xmalloc(r->len);
+	s->sync_len = r->len;
+	memcpy(s->sync_text, r->text, r->len);
 	return true;
 }
 
@@ -235,7 +220,7 @@ void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	}
 	int code = s->sync_code;
 	s->link = code >= 200 && code < 300 ? l : NULL;
-	sg_reply r = {code, s->sync_text ? s->sync_text : "", s->sync_len};
+	sg_reply r = {code, s->sync_text, s->sync_len};
 	s->sync_code = 0;
 	ready(s, &r);
 	free(s->sync_text);
@@ -362,11 +347,7 @@ static void on_ahead_reply(void *arg, const sg_reply *r)
 		while (*pp != a)
 			pp = &(*pp)->next;
 		bool tail = s->ahead_tail == a;
-		sg_ahead *c = realloc(a, sizeof *a + r->len);
-		if (!c) {
-			sg_session_close(s, "out of memory");
-			return;
-		}
+		sg_ahead *c = sg_xrealloc(a, sizeof *a + r->len);
 		*pp = c;
 		if (tail)
 			s->ahead_tail = c;
@@ -528,10 +509,7 @@ static bool greet(sg_session *s, const char *arg, bool esmtp)
 			sg_link_command(s->link, "RSET\r\n", 6, drop_reply, s);
 		sg_cmd_txn_reset(s);
 	}
-	if (sg_session_set_str(&s->helo, arg, SG_HELO_MAX) < 0) {
-		sg_session_close(s, "out of memory");
-		return false;
-	}
+	sg_session_set_str(&s->helo, arg, SG_HELO_MAX);
 	s->esmtp = esmtp;
 	sg_session_state(s, SG_ST_READY);
 	return true;
@@ -754,10 +732,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	}
 	s->mail_auth = had_auth;
 	/* held for the message's log line, until the transaction ends */
-	if (sg_session_set_str(&s->mail_from, addr, SG_PATH_MAX) < 0) {
-		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
-		return;
-	}
+	sg_session_set_str(&s->mail_from, addr, SG_PATH_MAX);
 	if (s->link && sg_link_alive(s->link)) {
 		relay(s, V_MAIL, line, (size_t)n);
 		return;
@@ -766,11 +741,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	 * upstream was lost since: (re)open with the same identity. */
 	close_link(s);
 	free(s->pend_line);
-	s->pend_line = malloc((size_t)n);
-	if (!s->pend_line) {
-		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
-		return;
-	}
+	s->pend_line = sg_xmalloc((size_t)n);
 	memcpy(s->pend_line, line, (size_t)n);
 	s->pend_len = (size_t)n;
 	sg_cmd_open_link(s, s->authenticated, on_mail_link_ready);
@@ -972,9 +943,7 @@ void sg_cmd_ahead(sg_session *s)
 			return;
 		}
 		explicit_bzero(cmd, len);
-		sg_ahead *a = calloc(1, sizeof *a);
-		if (!a)
-			return; /* it goes at its turn instead */
+		sg_ahead *a = sg_xcalloc(1, sizeof *a);
 		a->seq = s->cmd_seq + s->ahead_wait + 1;
 		a->verb = v;
 		a->st = AH_WAIT;

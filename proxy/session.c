@@ -64,11 +64,10 @@ void sg_session_state(sg_session *s, enum sg_state st)
 	s->state = st;
 }
 
-int sg_session_set_str(char **dst, const char *src, size_t max)
+void sg_session_set_str(char **dst, const char *src, size_t max)
 {
 	free(*dst);
-	*dst = src ? strndup(src, max) : NULL;
-	return src && !*dst ? -1 : 0;
+	*dst = src ? sg_xstrndup(src, max) : NULL;
 }
 
 static void addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen,
@@ -146,11 +145,7 @@ static void write_raw(sg_session *s, const char *p, size_t len)
 			return;
 		}
 	}
-	wreq *wr = malloc(sizeof *wr + len);
-	if (!wr) {
-		sg_session_close(s, "out of memory");
-		return;
-	}
+	wreq *wr = sg_xmalloc(sizeof *wr + len);
 	wr->len = len;
 	memcpy(wr->data, p, len);
 	wr->req.data = s;
@@ -654,9 +649,7 @@ static void add_qid(sg_session *s, const char *qid)
 	if (n + q + 2 >= SG_QIDS_MAX)
 		return; /* enough for a log line; the upstream log has the rest */
 	/* grown per message: a session holds none before its first one */
-	char *p = realloc(s->qids, n + q + 2);
-	if (!p)
-		return; /* the log line lacks it; the message went through */
+	char *p = sg_xrealloc(s->qids, n + q + 2);
 	snprintf(p + n, q + 2, "%s%s", n ? "," : "", qid);
 	s->qids = p;
 }

@@ -153,8 +153,8 @@ typedef struct sg_session {
 
 /* session.c */
 /* *dst = a copy of at most max octets of src (NULL: none); the old value
- * is freed.  -1 on OOM (then *dst is NULL). */
-int sg_session_set_str(char **dst, const char *src, size_t max);
+ * is freed. */
+void sg_session_set_str(char **dst, const char *src, size_t max);
 void sg_session_state(sg_session *s, enum sg_state st);
 void sg_session_close(sg_session *s, const char *reason);
 void sg_session_flush(sg_session *s);
@@ -173,9 +173,6 @@ void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
 
 /* commands.c */
 void sg_cmd_line(sg_session *s, char *line, size_t len);
-/* Copy client-supplied text for a log line: spaces, '=', quotes and
- * control characters become '?', so it cannot forge key=value pairs. */
-void sg_log_safe(char *dst, size_t max, const char *src);
 /* Drop transaction state (after RSET, end of DATA, EHLO). */
 void sg_cmd_txn_reset(sg_session *s);
 /* Waiting on the upstream's reply to MAIL or RCPT: hand the RCPT/DATA

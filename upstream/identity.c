@@ -189,7 +189,7 @@ int sg_identity_header_value(sg_buf *out, const char *login, bool comment,
 		i += k;
 	}
 	if (sg_buf_reserve(out, len + extra) < 0) {
-		*why = "out of memory";
+		*why = "past the buffer's bound";
 		return -1;
 	}
 	char *o = out->data + out->len;
@@ -261,9 +261,7 @@ int sg_identity_mail_auth(sg_buf *out, const char *login)
 	if (!login || !*login)
 		return sg_buf_append(out, " AUTH=<>", 8);
 	size_t cap = 3 * strlen(login) + 1;
-	char *enc = malloc(cap);
-	if (!enc)
-		return -1;
+	char *enc = sg_xmalloc(cap);
 	long e = sg_xtext_encode(enc, cap, login);
 	int rc = e < 0 ? -1 : 0;
 	if (rc == 0)
@@ -297,8 +295,7 @@ size_t sg_identity_log(char *out, size_t cap, const char *login)
 char *sg_identity_log_dup(const char *login)
 {
 	size_t n = sg_identity_log(NULL, 0, login);
-	char *s = malloc(n + 1);
-	if (s)
-		sg_identity_log(s, n + 1, login);
+	char *s = sg_xmalloc(n + 1);
+	sg_identity_log(s, n + 1, login);
 	return s;
 }
