@@ -9,6 +9,7 @@
  * proxy_trusted_networks (parsing, matching, and its FILE:LINE errors). */
 #include "../../common/config.h"
 #include "../../common/log.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -23,26 +24,6 @@
 #define TEST_DIR_MAX 64 /* "/tmp/sg-test-config-XXXXXX" */
 #define TEST_PATH_MAX 512
 #define TEST_TEXT_MAX 8192
-
-static int failures;
-static int checks;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                       \
-		checks++;                                                              \
-		if (!(cond)) {                                                         \
-			failures++;                                                        \
-			fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fputc('\n', stderr);                                               \
-		}                                                                      \
-	} while (0)
-
-static int streq(const char *a, const char *b)
-{
-	return a && b && strcmp(a, b) == 0;
-}
-#define STREQ(a, b) streq((a), (b))
 
 static char tmpdir[TEST_DIR_MAX];
 
@@ -108,16 +89,17 @@ static sg_config *load_ok(const char *path)
 {
 	sg_errors e = {0};
 	sg_config *c = sg_config_load(path, &e);
-	CHECK(c != NULL && e.n == 0, "%s did not load: %zu errors, first: %s", path,
-	      e.n, e.n ? e.msg[0] : "-");
+	ASSERT_NOT_NULL(c, "%s: %s", path, e.n ? e.msg[0] : "-");
+	ASSERT_EQ(e.n, 0, "%s: %s", path, e.n ? e.msg[0] : "-");
 	sg_errors_free(&e);
 	return c;
 }
 
 /* Loading fails and one of the errors is exactly "FILE:LINE: ..." and
- * contains `words`.  line 0: "FILE: ...". */
-static void expect_error(const char *path, const char *file, int line,
-                         const char *words, int srcline)
+ * contains `words`.  line 0: "FILE: ...".  A failure is reported at the
+ * caller's srcline; yields whether the check held. */
+static int expect_error(const char *path, const char *file, int line,
+                        const char *words, int srcline)
 {
 	sg_errors e = {0};
 	sg_config *c = sg_config_load(path, &e);
@@ -131,19 +113,17 @@ static void expect_error(const char *path, const char *file, int line,
 		if (strncmp(e.msg[i], prefix, strlen(prefix)) == 0 &&
 		    strstr(e.msg[i], words))
 			found = 1;
-	checks++;
-	if (c != NULL || !found) {
-		failures++;
-		fprintf(stderr,
-		        "%s:%d: FAIL: expected an error \"%s...%s\" (config %s), got "
-		        "%zu:\n",
-		        __FILE__, srcline, prefix, words, c ? "loaded" : "refused", e.n);
+	int ok =
+	    check_at(c == NULL && found, __FILE__, srcline,
+	             "expected an error \"%s...%s\" (config %s), got %zu:", prefix,
+	             words, c ? "loaded" : "refused", e.n);
+	if (!ok)
 		for (size_t i = 0; i < e.n; i++)
 			fprintf(stderr, "    %s\n", e.msg[i]);
-	}
 	if (c)
 		sg_config_unref(c);
 	sg_errors_free(&e);
+	return ok;
 }
 #define EXPECT_ERROR(path, file, line, words)                                  \
 	expect_error((path), (file), (line), (words), __LINE__)
@@ -162,8 +142,8 @@ static void test_durations(void)
 	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
 		uint64_t v = 1;
 		int rc = sg_parse_duration_ms(ok[i].s, &v);
-		CHECK(rc == 0 && v == ok[i].ms, "duration \"%s\" -> rc %d, %llu ms",
-		      ok[i].s, rc, (unsigned long long)v);
+		ASSERT_EQ(rc, 0, "duration \"%s\"", ok[i].s);
+		ASSERT_EQ(v, ok[i].ms, "duration \"%s\"", ok[i].s);
 	}
 	static const char *const bad[] = {
 	    "",    "s",    "ms",     "-1s",   "1.5s", "5 s",  "5S",  "5M",
@@ -171,8 +151,9 @@ static void test_durations(void)
 	    "18446744073709551615h", "99999999999999999999", "5124095576031h"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		uint64_t v = 42;
-		CHECK(sg_parse_duration_ms(bad[i], &v) < 0 && v == 42,
-		      "duration \"%s\" accepted (%llu)", bad[i], (unsigned long long)v);
+		ASSERT_LT(sg_parse_duration_ms(bad[i], &v), 0, "duration \"%s\"",
+		          bad[i]);
+		ASSERT_EQ(v, 42, "duration \"%s\"", bad[i]);
 	}
 }
 
@@ -193,16 +174,16 @@ static void test_sizes(void)
 	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
 		uint64_t v = 1;
 		int rc = sg_parse_size(ok[i].s, &v);
-		CHECK(rc == 0 && v == ok[i].n, "size \"%s\" -> rc %d, %llu", ok[i].s,
-		      rc, (unsigned long long)v);
+		ASSERT_EQ(rc, 0, "size \"%s\"", ok[i].s);
+		ASSERT_EQ(v, ok[i].n, "size \"%s\"", ok[i].s);
 	}
 	static const char *const bad[] = {"",    "k",     "1T",   "1kb", "1KB",
 	                                  "-1",  "1.5M",  "1 M",  "M1",  "1MM",
 	                                  "17179869184G", "18446744073709551616"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		uint64_t v = 42;
-		CHECK(sg_parse_size(bad[i], &v) < 0 && v == 42, "size \"%s\" accepted",
-		      bad[i]);
+		ASSERT_LT(sg_parse_size(bad[i], &v), 0, "size \"%s\"", bad[i]);
+		ASSERT_EQ(v, 42, "size \"%s\"", bad[i]);
 	}
 }
 
@@ -213,11 +194,14 @@ static void test_bools(void)
 	static const char *const bad[] = {"", "y", "n", "2", "yes please", "enable"};
 	for (size_t i = 0; i < 6; i++) {
 		bool b = false;
-		CHECK(sg_parse_bool(yes[i], &b) == 0 && b, "bool \"%s\"", yes[i]);
+		ASSERT_EQ(sg_parse_bool(yes[i], &b), 0, "bool \"%s\"", yes[i]);
+		ASSERT(b, "bool \"%s\"", yes[i]);
 		b = true;
-		CHECK(sg_parse_bool(no[i], &b) == 0 && !b, "bool \"%s\"", no[i]);
+		ASSERT_EQ(sg_parse_bool(no[i], &b), 0, "bool \"%s\"", no[i]);
+		ASSERT(!b, "bool \"%s\"", no[i]);
 		b = true;
-		CHECK(sg_parse_bool(bad[i], &b) < 0 && b, "bool \"%s\" accepted", bad[i]);
+		ASSERT_LT(sg_parse_bool(bad[i], &b), 0, "bool \"%s\" accepted", bad[i]);
+		ASSERT(b, "bool \"%s\" accepted", bad[i]);
 	}
 }
 
@@ -228,18 +212,20 @@ static void test_addresses(void)
 	const char *why = NULL;
 	char buf[INET6_ADDRSTRLEN];
 
-	CHECK(sg_parse_sockaddr("0.0.0.0:587", &ss, &len, &why) == 0 &&
-	          ss.ss_family == AF_INET && len == sizeof(struct sockaddr_in) &&
-	          ntohs(((struct sockaddr_in *)&ss)->sin_port) == 587,
-	      "0.0.0.0:587");
-	CHECK(sg_parse_sockaddr("[::1]:465", &ss, &len, &why) == 0 &&
-	          ss.ss_family == AF_INET6 &&
-	          ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) == 465 &&
-	          inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf,
-	                    sizeof buf) &&
-	          strcmp(buf, "::1") == 0,
-	      "[::1]:465");
-	CHECK(sg_parse_sockaddr("127.0.0.1:65535", &ss, &len, &why) == 0, "65535");
+	if (ASSERT_EQ(sg_parse_sockaddr("0.0.0.0:587", &ss, &len, &why), 0)) {
+		ASSERT_EQ(ss.ss_family, AF_INET);
+		ASSERT_EQ(len, sizeof(struct sockaddr_in));
+		ASSERT_EQ(ntohs(((struct sockaddr_in *)&ss)->sin_port), 587);
+	}
+	if (ASSERT_EQ(sg_parse_sockaddr("[::1]:465", &ss, &len, &why), 0)) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		ASSERT_EQ(ss.ss_family, AF_INET6);
+		ASSERT_EQ(ntohs(s6->sin6_port), 465);
+		if (ASSERT_NOT_NULL(
+		        inet_ntop(AF_INET6, &s6->sin6_addr, buf, sizeof buf)))
+			ASSERT_STR_EQ(buf, "::1");
+	}
+	ASSERT_EQ(sg_parse_sockaddr("127.0.0.1:65535", &ss, &len, &why), 0);
 
 	static const struct {
 		const char *s, *why;
@@ -259,33 +245,39 @@ static void test_addresses(void)
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		why = NULL;
 		int rc = sg_parse_sockaddr(bad[i].s, &ss, &len, &why);
-		CHECK(rc < 0 && why && strstr(why, bad[i].why), "\"%s\": rc %d why %s",
-		      bad[i].s, rc, why ? why : "-");
+		ASSERT_LT(rc, 0, "\"%s\"", bad[i].s);
+		if (ASSERT_NOT_NULL(why, "\"%s\"", bad[i].s))
+			ASSERT(strstr(why, bad[i].why), "\"%s\": why \"%s\"", bad[i].s,
+			       why);
 	}
 
 	char *host = NULL, *port = NULL;
-	CHECK(sg_parse_hostport("mx.example.org", "25", &host, &port, &why) == 0 &&
-	          STREQ(host, "mx.example.org") && STREQ(port, "25"),
-	      "default port");
+	ASSERT_EQ(sg_parse_hostport("mx.example.org", "25", &host, &port, &why), 0,
+	          "default port");
+	ASSERT_STR_EQ(host, "mx.example.org", "default port");
+	ASSERT_STR_EQ(port, "25", "default port");
 	free(host);
 	free(port);
-	CHECK(sg_parse_hostport("[2001:db8::5]", "25", &host, &port, &why) == 0 &&
-	          STREQ(host, "2001:db8::5") && STREQ(port, "25"),
-	      "v6 default port");
+	ASSERT_EQ(sg_parse_hostport("[2001:db8::5]", "25", &host, &port, &why), 0,
+	          "v6 default port");
+	ASSERT_STR_EQ(host, "2001:db8::5", "v6 default port");
+	ASSERT_STR_EQ(port, "25", "v6 default port");
 	free(host);
 	free(port);
-	CHECK(sg_parse_hostport("[2001:db8::5]:2525", "25", &host, &port, &why) == 0 &&
-	          STREQ(host, "2001:db8::5") && STREQ(port, "2525"),
-	      "v6 with port");
+	ASSERT_EQ(sg_parse_hostport("[2001:db8::5]:2525", "25", &host, &port, &why),
+	          0, "v6 with port");
+	ASSERT_STR_EQ(host, "2001:db8::5", "v6 with port");
+	ASSERT_STR_EQ(port, "2525", "v6 with port");
 	free(host);
 	free(port);
-	CHECK(sg_parse_hostport("mx:26", NULL, &host, &port, &why) == 0 &&
-	          STREQ(host, "mx") && STREQ(port, "26"),
-	      "host:port");
+	ASSERT_EQ(sg_parse_hostport("mx:26", NULL, &host, &port, &why), 0,
+	          "host:port");
+	ASSERT_STR_EQ(host, "mx", "host:port");
+	ASSERT_STR_EQ(port, "26", "host:port");
 	free(host);
 	free(port);
-	CHECK(sg_parse_hostport("mx", NULL, &host, &port, &why) < 0,
-	      "no port and no default accepted");
+	ASSERT_LT(sg_parse_hostport("mx", NULL, &host, &port, &why), 0,
+	          "no port and no default accepted");
 }
 
 /* The peer addr (with any port) against the list text. */
@@ -296,7 +288,7 @@ static bool trusted(const char *list, const char *addr)
 	char bad[64];
 	const char *why = NULL;
 	if (sg_parse_netlist(list, &nets, &n, bad, sizeof bad, &why) < 0) {
-		CHECK(0, "list \"%s\" refused at \"%s\": %s", list, bad, why);
+		ASSERT(0, "list \"%s\" refused at \"%s\": %s", list, bad, why);
 		return false;
 	}
 	struct sockaddr_storage ss;
@@ -354,21 +346,23 @@ static void test_trusted_networks(void)
 	    {"", "127.0.0.1", false},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-		CHECK(trusted(cases[i].list, cases[i].addr) == cases[i].in,
-		      "\"%s\" %s %s", cases[i].list,
-		      cases[i].in ? "should hold" : "should not hold", cases[i].addr);
+		ASSERT_EQ(trusted(cases[i].list, cases[i].addr), cases[i].in,
+		          "\"%s\" %s %s", cases[i].list,
+		          cases[i].in ? "should hold" : "should not hold",
+		          cases[i].addr);
 
 	sg_net *nets = (sg_net *)1;
 	size_t n = 99;
 	char bad[64];
 	const char *why = NULL;
-	CHECK(sg_parse_netlist(" , ", &nets, &n, bad, sizeof bad, &why) == 0 &&
-	          nets == NULL && n == 0,
-	      "an empty list");
-	CHECK(sg_parse_netlist("10.0.0.0/8,192.0.2.1", &nets, &n, bad, sizeof bad,
-	                       &why) == 0 &&
-	          n == 2,
-	      "two entries");
+	ASSERT_EQ(sg_parse_netlist(" , ", &nets, &n, bad, sizeof bad, &why), 0,
+	          "an empty list");
+	ASSERT_NULL(nets, "an empty list");
+	ASSERT_EQ(n, 0, "an empty list");
+	ASSERT_EQ(sg_parse_netlist("10.0.0.0/8,192.0.2.1", &nets, &n, bad,
+	                           sizeof bad, &why),
+	          0, "two entries");
+	ASSERT_EQ(n, 2, "two entries");
 	free(nets);
 
 	static const struct {
@@ -391,10 +385,11 @@ static void test_trusted_networks(void)
 		bad[0] = '\0';
 		int rc = sg_parse_netlist(bad_lists[i].list, &nets, &n, bad, sizeof bad,
 		                          &why);
-		CHECK(rc < 0 && STREQ(bad, bad_lists[i].entry) && why &&
-		          strstr(why, bad_lists[i].why),
-		      "\"%s\": rc %d entry \"%s\" why %s", bad_lists[i].list, rc, bad,
-		      why ? why : "-");
+		ASSERT_LT(rc, 0, "\"%s\"", bad_lists[i].list);
+		ASSERT_STR_EQ(bad, bad_lists[i].entry, "\"%s\"", bad_lists[i].list);
+		if (ASSERT_NOT_NULL(why, "\"%s\"", bad_lists[i].list))
+			ASSERT(strstr(why, bad_lists[i].why), "\"%s\": why \"%s\"",
+			       bad_lists[i].list, why);
 	}
 
 	/* In a file: a bad entry is FILE:LINE naming the entry. */
@@ -424,9 +419,9 @@ static void test_trusted_networks(void)
 	                                    "include = conf.d/*.conf\n");
 	sg_config *c = load_ok(path);
 	if (c) {
-		CHECK(c->listeners[0].ntrusted == 1 &&
-		          c->listeners[0].trusted[0].family == AF_INET6,
-		      "list from the drop-in");
+		if (ASSERT_EQ(c->listeners[0].ntrusted, 1, "list from the drop-in"))
+			ASSERT_EQ(c->listeners[0].trusted[0].family, AF_INET6,
+			          "list from the drop-in");
 		sg_config_unref(c);
 	}
 	/* a later value replaces the list */
@@ -437,9 +432,9 @@ static void test_trusted_networks(void)
 	                   "proxy_trusted_networks = 192.0.2.1\n");
 	c = load_ok(path);
 	if (c) {
-		CHECK(c->listeners[0].ntrusted == 1 &&
-		          c->listeners[0].trusted[0].prefix == 32,
-		      "the later list wins");
+		if (ASSERT_EQ(c->listeners[0].ntrusted, 1, "the later list wins"))
+			ASSERT_EQ(c->listeners[0].trusted[0].prefix, 32,
+			          "the later list wins");
 		sg_config_unref(c);
 	}
 	/* on a listener without proxy_protocol the key is harmless */
@@ -448,9 +443,8 @@ static void test_trusted_networks(void)
 	           MINIMAL "[listener plain]\nproxy_trusted_networks = 192.0.2.1\n");
 	c = load_ok(path);
 	if (c) {
-		CHECK(c->listeners[0].proxy_protocol == SG_PP_NO &&
-		          c->listeners[0].ntrusted == 1,
-		      "kept, unused");
+		if (ASSERT_EQ(c->listeners[0].proxy_protocol, SG_PP_NO, "kept, unused"))
+			ASSERT_EQ(c->listeners[0].ntrusted, 1, "kept, unused");
 		sg_config_unref(c);
 	}
 	/* and its default is the empty list */
@@ -458,8 +452,8 @@ static void test_trusted_networks(void)
 	path = put("saslgate.conf", MINIMAL);
 	c = load_ok(path);
 	if (c) {
-		CHECK(c->listeners[0].ntrusted == 0 && c->listeners[0].trusted == NULL,
-		      "default: empty");
+		if (ASSERT_EQ(c->listeners[0].ntrusted, 0, "default: empty"))
+			ASSERT_NULL(c->listeners[0].trusted, "default: empty");
 		sg_config_unref(c);
 	}
 }
@@ -538,102 +532,118 @@ static void test_every_key(void)
 	sg_config *c = load_ok(path);
 	if (!c)
 		return;
-	CHECK(STREQ(c->path, path), "path %s", c->path);
-	CHECK(STREQ(c->hostname, "mail.example.org"), "hostname \"%s\"", c->hostname);
-	CHECK(STREQ(c->user, "nobody"), "user");
-	CHECK(c->workers == 3, "workers %d", c->workers);
-	CHECK(c->max_connections == 77, "max_connections");
-	CHECK(c->shutdown_timeout_ms == 1500, "shutdown_timeout");
-	CHECK(c->log_level == SG_LOG_DEBUG, "log_level");
+	ASSERT_STR_EQ(c->path, path);
+	ASSERT_STR_EQ(c->hostname, "mail.example.org");
+	ASSERT_STR_EQ(c->user, "nobody", "user");
+	ASSERT_EQ(c->workers, 3);
+	ASSERT_EQ(c->max_connections, 77, "max_connections");
+	ASSERT_EQ(c->shutdown_timeout_ms, 1500, "shutdown_timeout");
+	ASSERT_EQ(c->log_level, SG_LOG_DEBUG, "log_level");
 
-	CHECK(c->nlisteners == 2, "nlisteners %zu", c->nlisteners);
+	ASSERT_EQ(c->nlisteners, 2);
 	if (c->nlisteners == 2) {
 		sg_listener_cfg *a = &c->listeners[0], *b = &c->listeners[1];
-		CHECK(STREQ(a->name, "a") && STREQ(a->address, "127.0.0.1:2525") &&
-		          a->addr.ss_family == AF_INET,
-		      "listener a");
-		CHECK(a->tls == SG_TLS_IMPLICIT && !a->require_auth &&
-		          !a->require_tls_for_auth && a->proxy_protocol == SG_PP_V2,
-		      "listener a values");
-		CHECK(a->where.line == 11 && STREQ(a->where.file, path),
-		      "listener a where %d", a->where.line);
-		CHECK(a->where_tls.line == 12, "listener a tls line %d",
-		      a->where_tls.line);
-		CHECK(a->where_proxy.line == 15, "listener a proxy_protocol line %d",
-		      a->where_proxy.line);
-		CHECK(a->ntrusted == 2 && a->trusted[0].family == AF_INET &&
-		          a->trusted[0].prefix == 8 && a->trusted[1].prefix == 32,
-		      "listener a proxy_trusted_networks");
-		CHECK(b->ntrusted == 2 && b->trusted[0].family == AF_INET6 &&
-		          b->trusted[0].prefix == 128 && b->trusted[1].prefix == 32,
-		      "listener b proxy_trusted_networks");
-		CHECK(STREQ(b->name, "b") && b->addr.ss_family == AF_INET6 &&
-		          b->tls == SG_TLS_NONE && b->proxy_protocol == SG_PP_ANY,
-		      "listener b");
+		ASSERT_STR_EQ(a->name, "a", "listener a");
+		ASSERT_STR_EQ(a->address, "127.0.0.1:2525", "listener a");
+		ASSERT_EQ(a->addr.ss_family, AF_INET, "listener a");
+		ASSERT_EQ(a->tls, SG_TLS_IMPLICIT, "listener a values");
+		ASSERT(!a->require_auth, "listener a values");
+		ASSERT(!a->require_tls_for_auth, "listener a values");
+		ASSERT_EQ(a->proxy_protocol, SG_PP_V2, "listener a values");
+		ASSERT_EQ(a->where.line, 11);
+		ASSERT_STR_EQ(a->where.file, path);
+		ASSERT_EQ(a->where_tls.line, 12);
+		ASSERT_EQ(a->where_proxy.line, 15);
+		if (ASSERT_EQ(a->ntrusted, 2, "listener a proxy_trusted_networks") &&
+		    ASSERT_EQ(a->trusted[0].family, AF_INET,
+		              "listener a proxy_trusted_networks")) {
+			ASSERT_EQ(a->trusted[0].prefix, 8,
+			          "listener a proxy_trusted_networks");
+			ASSERT_EQ(a->trusted[1].prefix, 32,
+			          "listener a proxy_trusted_networks");
+		}
+		if (ASSERT_EQ(b->ntrusted, 2, "listener b proxy_trusted_networks") &&
+		    ASSERT_EQ(b->trusted[0].family, AF_INET6,
+		              "listener b proxy_trusted_networks")) {
+			ASSERT_EQ(b->trusted[0].prefix, 128,
+			          "listener b proxy_trusted_networks");
+			ASSERT_EQ(b->trusted[1].prefix, 32,
+			          "listener b proxy_trusted_networks");
+		}
+		ASSERT_STR_EQ(b->name, "b", "listener b");
+		ASSERT_EQ(b->addr.ss_family, AF_INET6, "listener b");
+		ASSERT_EQ(b->tls, SG_TLS_NONE, "listener b");
+		ASSERT_EQ(b->proxy_protocol, SG_PP_ANY, "listener b");
 		/* defaults of the keys b does not set */
-		CHECK(b->require_auth && b->require_tls_for_auth, "listener b defaults");
+		ASSERT(b->require_auth, "listener b defaults");
+		ASSERT(b->require_tls_for_auth, "listener b defaults");
 	}
 
-	CHECK(STREQ(c->tls_certificate, "/nonexistent/cert.pem"), "certificate");
-	CHECK(STREQ(c->tls_key, "/nonexistent/key.pem"), "key");
-	CHECK(STREQ(c->tls_ecdsa_certificate, "/nonexistent/ec.pem"), "ecdsa cert");
-	CHECK(STREQ(c->tls_ecdsa_key, "/nonexistent/ec.key"), "ecdsa key");
-	CHECK(c->tls_min_version == TLS1_3_VERSION, "min_version");
-	CHECK(STREQ(c->tls_ciphers, "HIGH:!aNULL"), "ciphers");
-	CHECK(!c->tls_session_tickets, "session_tickets");
+	ASSERT_STR_EQ(c->tls_certificate, "/nonexistent/cert.pem", "certificate");
+	ASSERT_STR_EQ(c->tls_key, "/nonexistent/key.pem", "key");
+	ASSERT_STR_EQ(c->tls_ecdsa_certificate, "/nonexistent/ec.pem",
+	              "ecdsa cert");
+	ASSERT_STR_EQ(c->tls_ecdsa_key, "/nonexistent/ec.key", "ecdsa key");
+	ASSERT_EQ(c->tls_min_version, TLS1_3_VERSION, "min_version");
+	ASSERT_STR_EQ(c->tls_ciphers, "HIGH:!aNULL", "ciphers");
+	ASSERT(!c->tls_session_tickets, "session_tickets");
 
-	CHECK(STREQ(c->sasl_service, "smtps"), "service");
-	CHECK(STREQ(c->sasl_realm, "example.org"), "realm");
-	CHECK(c->failure_delay_ms == 2000, "failure_delay");
-	CHECK(c->max_failures == 5, "max_failures");
-	CHECK(c->ip_failure_limit == 0, "ip_failure_limit");
-	CHECK(c->ip_failure_window_ms == 3600000, "ip_failure_window");
-	CHECK(STREQ(c->sender_login_map, map), "sender_login_map");
-	CHECK(c->sasl_threads == 8, "threads");
-	CHECK(c->nsasl_opts == 1 && STREQ(c->sasl_opts[0].key, "pwcheck_method") &&
-	          STREQ(c->sasl_opts[0].value, "saslauthd"),
-	      "sasl opts: only the key saslgate does not own");
+	ASSERT_STR_EQ(c->sasl_service, "smtps", "service");
+	ASSERT_STR_EQ(c->sasl_realm, "example.org", "realm");
+	ASSERT_EQ(c->failure_delay_ms, 2000, "failure_delay");
+	ASSERT_EQ(c->max_failures, 5, "max_failures");
+	ASSERT_EQ(c->ip_failure_limit, 0, "ip_failure_limit");
+	ASSERT_EQ(c->ip_failure_window_ms, 3600000, "ip_failure_window");
+	ASSERT_STR_EQ(c->sender_login_map, map, "sender_login_map");
+	ASSERT_EQ(c->sasl_threads, 8, "threads");
+	if (ASSERT_EQ(c->nsasl_opts, 1,
+	              "sasl opts: only the key saslgate does not own")) {
+		ASSERT_STR_EQ(c->sasl_opts[0].key, "pwcheck_method",
+		              "sasl opts: only the key saslgate does not own");
+		ASSERT_STR_EQ(c->sasl_opts[0].value, "saslauthd",
+		              "sasl opts: only the key saslgate does not own");
+	}
 
-	CHECK(c->nservers == 3, "nservers %zu", c->nservers);
+	ASSERT_EQ(c->nservers, 3);
 	if (c->nservers == 3) {
-		CHECK(STREQ(c->servers[0].host, "mx1.example.org") &&
-		          STREQ(c->servers[0].port, "2525"),
-		      "server 0");
-		CHECK(STREQ(c->servers[1].host, "2001:db8::1") &&
-		          STREQ(c->servers[1].port, "26"),
-		      "server 1 (brackets removed)");
-		CHECK(STREQ(c->servers[2].host, "10.0.0.5") &&
-		          STREQ(c->servers[2].port, "25"),
-		      "server 2 (default port 25)");
-		CHECK(c->servers[2].where.line == 46, "server 2 line %d",
-		      c->servers[2].where.line);
+		ASSERT_STR_EQ(c->servers[0].host, "mx1.example.org", "server 0");
+		ASSERT_STR_EQ(c->servers[0].port, "2525", "server 0");
+		ASSERT_STR_EQ(c->servers[1].host, "2001:db8::1",
+		              "server 1 (brackets removed)");
+		ASSERT_STR_EQ(c->servers[1].port, "26", "server 1 (brackets removed)");
+		ASSERT_STR_EQ(c->servers[2].host, "10.0.0.5",
+		              "server 2 (default port 25)");
+		ASSERT_STR_EQ(c->servers[2].port, "25", "server 2 (default port 25)");
+		ASSERT_EQ(c->servers[2].where.line, 46);
 	}
-	CHECK(c->identity == SG_ID_AUTH, "identity");
-	CHECK(STREQ(c->upstream_helo, "relay.example.org"), "helo");
-	CHECK(STREQ(c->auth_user, "relay@example.org"), "auth_user");
-	CHECK(STREQ(c->auth_password_file, pwfile), "auth_password_file");
-	CHECK(c->upstream_tls == SG_UTLS_REQUIRED, "upstream tls");
-	CHECK(STREQ(c->upstream_ca_file, "/nonexistent/ca.pem"), "ca_file");
-	CHECK(STREQ(c->upstream_tls_name, "mx.example.org"), "tls_name");
-	CHECK(c->connect_timeout_ms == 3000, "connect_timeout");
-	CHECK(c->upstream_timeout_ms == 120000, "timeout");
+	ASSERT_EQ(c->identity, SG_ID_AUTH, "identity");
+	ASSERT_STR_EQ(c->upstream_helo, "relay.example.org", "helo");
+	ASSERT_STR_EQ(c->auth_user, "relay@example.org", "auth_user");
+	ASSERT_STR_EQ(c->auth_password_file, pwfile, "auth_password_file");
+	ASSERT_EQ(c->upstream_tls, SG_UTLS_REQUIRED, "upstream tls");
+	ASSERT_STR_EQ(c->upstream_ca_file, "/nonexistent/ca.pem", "ca_file");
+	ASSERT_STR_EQ(c->upstream_tls_name, "mx.example.org", "tls_name");
+	ASSERT_EQ(c->connect_timeout_ms, 3000, "connect_timeout");
+	ASSERT_EQ(c->upstream_timeout_ms, 120000, "timeout");
 
-	CHECK(c->max_message_size == 10ULL << 20, "max_message_size");
-	CHECK(c->max_recipients == 7, "max_recipients");
-	CHECK(c->idle_timeout_ms == 90000, "idle_timeout (bare number = seconds)");
-	CHECK(c->bare_newline == SG_BARE_NORMALIZE, "bare_newline");
+	ASSERT_EQ(c->max_message_size, 10ULL << 20, "max_message_size");
+	ASSERT_EQ(c->max_recipients, 7, "max_recipients");
+	ASSERT_EQ(c->idle_timeout_ms, 90000,
+	          "idle_timeout (bare number = seconds)");
+	ASSERT_EQ(c->bare_newline, SG_BARE_NORMALIZE, "bare_newline");
 
 	sg_where w = sg_config_where(c, "server", "workers");
-	CHECK(STREQ(w.file, path) && w.line == 5, "where workers: line %d", w.line);
+	ASSERT_STR_EQ(w.file, path, "where workers");
+	ASSERT_EQ(w.line, 5, "where workers");
 	w = sg_config_where(c, "listener a", "proxy_protocol");
-	CHECK(w.line == 15, "where listener a proxy_protocol: line %d", w.line);
+	ASSERT_EQ(w.line, 15, "where listener a proxy_protocol");
 	w = sg_config_where(c, "limits", "bare_newline");
-	CHECK(w.line == 61, "where bare_newline: line %d", w.line);
+	ASSERT_EQ(w.line, 61, "where bare_newline");
 
 	/* reference counting: the config lives while a reference is held */
-	CHECK(sg_config_ref(c) == c, "ref");
+	ASSERT_PTR_EQ(sg_config_ref(c), c, "ref");
 	sg_config_unref(c);
-	CHECK(STREQ(c->hostname, "mail.example.org"), "alive after one unref");
+	ASSERT_STR_EQ(c->hostname, "mail.example.org", "alive after one unref");
 	sg_config_unref(c);
 }
 
@@ -646,35 +656,41 @@ static void test_defaults(void)
 		return;
 	char host[256] = "";
 	gethostname(host, sizeof host);
-	CHECK(STREQ(c->hostname, host), "default hostname \"%s\" vs \"%s\"",
-	      c->hostname, host);
-	CHECK(STREQ(c->upstream_helo, c->hostname), "helo defaults to hostname");
-	CHECK(STREQ(c->user, ""), "user");
-	CHECK(c->workers == 1, "workers");
-	CHECK(c->max_connections == 10000, "max_connections");
-	CHECK(c->shutdown_timeout_ms == 30000, "shutdown_timeout");
-	CHECK(c->log_level == SG_LOG_INFO, "log_level");
-	CHECK(c->nlisteners == 1 && c->listeners[0].require_auth &&
-	          c->listeners[0].require_tls_for_auth &&
-	          c->listeners[0].proxy_protocol == SG_PP_NO,
-	      "listener defaults");
-	CHECK(STREQ(c->tls_certificate, "") && STREQ(c->tls_key, ""), "tls files");
-	CHECK(c->tls_min_version == TLS1_2_VERSION, "min_version");
-	CHECK(c->tls_session_tickets, "session_tickets");
-	CHECK(STREQ(c->sasl_service, "smtp") && STREQ(c->sasl_realm, ""), "sasl");
-	CHECK(c->failure_delay_ms == 3000 && c->max_failures == 3, "failures");
-	CHECK(c->ip_failure_limit == 10 && c->ip_failure_window_ms == 600000,
-	      "ip failures");
-	CHECK(c->sasl_threads == 4 && c->nsasl_opts == 0, "sasl threads/opts");
-	CHECK(c->identity == SG_ID_XCLIENT && c->upstream_tls == SG_UTLS_NONE,
-	      "upstream modes");
-	CHECK(c->connect_timeout_ms == 10000 && c->upstream_timeout_ms == 300000,
-	      "upstream timeouts");
-	CHECK(c->max_message_size == 50ULL << 20 && c->max_recipients == 100 &&
-	          c->idle_timeout_ms == 300000 && c->bare_newline == SG_BARE_REJECT,
-	      "limits");
+	ASSERT_STR_EQ(c->hostname, host, "default hostname");
+	ASSERT_STR_EQ(c->upstream_helo, c->hostname, "helo defaults to hostname");
+	ASSERT_STR_EQ(c->user, "", "user");
+	ASSERT_EQ(c->workers, 1, "workers");
+	ASSERT_EQ(c->max_connections, 10000, "max_connections");
+	ASSERT_EQ(c->shutdown_timeout_ms, 30000, "shutdown_timeout");
+	ASSERT_EQ(c->log_level, SG_LOG_INFO, "log_level");
+	if (ASSERT_EQ(c->nlisteners, 1, "listener defaults")) {
+		ASSERT(c->listeners[0].require_auth, "listener defaults");
+		ASSERT(c->listeners[0].require_tls_for_auth, "listener defaults");
+		ASSERT_EQ(c->listeners[0].proxy_protocol, SG_PP_NO,
+		          "listener defaults");
+	}
+	ASSERT_STR_EQ(c->tls_certificate, "", "tls files");
+	ASSERT_STR_EQ(c->tls_key, "", "tls files");
+	ASSERT_EQ(c->tls_min_version, TLS1_2_VERSION, "min_version");
+	ASSERT(c->tls_session_tickets, "session_tickets");
+	ASSERT_STR_EQ(c->sasl_service, "smtp", "sasl");
+	ASSERT_STR_EQ(c->sasl_realm, "", "sasl");
+	ASSERT_EQ(c->failure_delay_ms, 3000, "failures");
+	ASSERT_EQ(c->max_failures, 3, "failures");
+	ASSERT_EQ(c->ip_failure_limit, 10, "ip failures");
+	ASSERT_EQ(c->ip_failure_window_ms, 600000, "ip failures");
+	ASSERT_EQ(c->sasl_threads, 4, "sasl threads/opts");
+	ASSERT_EQ(c->nsasl_opts, 0, "sasl threads/opts");
+	ASSERT_EQ(c->identity, SG_ID_XCLIENT, "upstream modes");
+	ASSERT_EQ(c->upstream_tls, SG_UTLS_NONE, "upstream modes");
+	ASSERT_EQ(c->connect_timeout_ms, 10000, "upstream timeouts");
+	ASSERT_EQ(c->upstream_timeout_ms, 300000, "upstream timeouts");
+	ASSERT_EQ(c->max_message_size, 50ULL << 20, "limits");
+	ASSERT_EQ(c->max_recipients, 100, "limits");
+	ASSERT_EQ(c->idle_timeout_ms, 300000, "limits");
+	ASSERT_EQ(c->bare_newline, SG_BARE_REJECT, "limits");
 	sg_where w = sg_config_where(c, "limits", "idle_timeout");
-	CHECK(w.line == 0, "an unset key has line 0, got %d", w.line);
+	ASSERT_EQ(w.line, 0, "an unset key has line 0");
 	sg_config_unref(c);
 
 	/* the listener's tls default is starttls (so it needs a certificate) */
@@ -703,16 +719,15 @@ static void test_syntax_details(void)
 	sg_config *c = load_ok(path);
 	if (!c)
 		return;
-	CHECK(STREQ(c->hostname, "a#b.example"), "hostname \"%s\"", c->hostname);
+	ASSERT_STR_EQ(c->hostname, "a#b.example");
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	CHECK(c->workers == (n > 64 ? 64 : (n < 1 ? 1 : n)), "workers auto = %d",
-	      c->workers);
-	CHECK(c->log_level == SG_LOG_WARN, "log_level warning");
-	CHECK(c->nlisteners == 1 && STREQ(c->listeners[0].name, "spaced"),
-	      "listener name \"%s\"", c->nlisteners ? c->listeners[0].name : "-");
-	CHECK(c->identity == SG_ID_XFORWARD, "enums are case-insensitive");
+	ASSERT_EQ(c->workers, (n > 64 ? 64 : (n < 1 ? 1 : n)), "workers auto");
+	ASSERT_EQ(c->log_level, SG_LOG_WARN, "log_level warning");
+	if (ASSERT_EQ(c->nlisteners, 1))
+		ASSERT_STR_EQ(c->listeners[0].name, "spaced");
+	ASSERT_EQ(c->identity, SG_ID_XFORWARD, "enums are case-insensitive");
 	sg_where w = sg_config_where(c, "server", "workers");
-	CHECK(w.line == 5, "line counting with CRLF: %d", w.line);
+	ASSERT_EQ(w.line, 5, "line counting with CRLF");
 	sg_config_unref(c);
 }
 
@@ -776,12 +791,10 @@ static void test_errors(void)
 	    {"include = nothere.conf\n", 1, "no such file"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		int before = failures;
 		fresh();
 		path = put("saslgate.conf", MINIMAL "%s", cases[i].text);
-		expect_error(path, path, MINIMAL_LINES + cases[i].line, cases[i].words,
-		             __LINE__);
-		if (failures > before)
+		if (!expect_error(path, path, MINIMAL_LINES + cases[i].line,
+		                  cases[i].words, __LINE__))
 			fprintf(stderr, "  (case %zu: %s)\n", i, cases[i].text);
 	}
 
@@ -813,8 +826,9 @@ static void test_errors(void)
 	{
 		sg_errors le = {0};
 		sg_config *lc = sg_config_load(path, &le);
-		CHECK(lc && strcmp(lc->hostname, longpath) == 0,
-		      "a 1023-octet value is kept whole");
+		if (ASSERT(lc, "a 1023-octet value is kept whole"))
+			ASSERT_STR_EQ(lc->hostname, longpath,
+			              "a 1023-octet value is kept whole");
 		sg_errors_free(&le);
 		if (lc)
 			sg_config_unref(lc);
@@ -833,7 +847,8 @@ static void test_errors(void)
 	           MINIMAL "[server]\nbad1 = 1\n[limits]\nidle_timeout = x\n");
 	sg_errors e = {0};
 	sg_config *c = sg_config_load(path, &e);
-	CHECK(c == NULL && e.n == 2, "two problems, got %zu", e.n);
+	ASSERT_NULL(c, "two problems");
+	ASSERT_EQ(e.n, 2, "two problems");
 	sg_errors_free(&e);
 
 	/* The error a listener with tls but no certificate gets points at its
@@ -851,9 +866,11 @@ static void test_errors(void)
 	sg_where w0 = {"/x.conf", 0};
 	sg_errors_add(&e, &w0, "whole file");
 	sg_errors_add(&e, NULL, "no place");
-	CHECK(e.n == 3 && STREQ(e.msg[0], "/x.conf:7: bad thing") &&
-	          STREQ(e.msg[1], "/x.conf: whole file") && STREQ(e.msg[2], "no place"),
-	      "error formats");
+	if (ASSERT_EQ(e.n, 3, "error formats")) {
+		ASSERT_STR_EQ(e.msg[0], "/x.conf:7: bad thing", "error formats");
+		ASSERT_STR_EQ(e.msg[1], "/x.conf: whole file", "error formats");
+		ASSERT_STR_EQ(e.msg[2], "no place", "error formats");
+	}
 	FILE *f = tmpfile();
 	sg_errors_print(&e, f);
 	rewind(f);
@@ -861,10 +878,11 @@ static void test_errors(void)
 	size_t got = fread(out, 1, sizeof out - 1, f);
 	out[got] = '\0';
 	fclose(f);
-	CHECK(STREQ(out, "/x.conf:7: bad thing\n/x.conf: whole file\nno place\n"),
-	      "printed: %s", out);
+	ASSERT_STR_EQ(out, "/x.conf:7: bad thing\n/x.conf: whole file\nno place\n",
+	              "printed");
 	sg_errors_free(&e);
-	CHECK(e.n == 0 && e.msg == NULL, "errors freed");
+	ASSERT_EQ(e.n, 0, "errors freed");
+	ASSERT_NULL(e.msg, "errors freed");
 }
 
 static void test_includes(void)
@@ -884,15 +902,16 @@ static void test_includes(void)
 	put("etc/conf.d/30-ignored.conf.dpkg-old", "[server]\nhostname = old.test\n");
 	sg_config *c = load_ok(main);
 	if (c) {
-		CHECK(STREQ(c->hostname, "nine.test"), "hostname %s", c->hostname);
-		CHECK(c->max_connections == 10, "max_connections %u", c->max_connections);
+		ASSERT_STR_EQ(c->hostname, "nine.test");
+		ASSERT_EQ(c->max_connections, 10);
 		sg_where w = sg_config_where(c, "server", "hostname");
-		CHECK(STREQ(w.file, d9) && w.line == 3, "where hostname: %s:%d",
-		      w.file ? w.file : "-", w.line);
+		ASSERT_STR_EQ(w.file, d9, "where hostname");
+		ASSERT_EQ(w.line, 3, "where hostname");
 		w = sg_config_where(c, "server", "max_connections");
-		CHECK(STREQ(w.file, d10) && w.line == 3, "where max_connections: %s:%d",
-		      w.file ? w.file : "-", w.line);
-		CHECK(STREQ(c->upstream_helo, "nine.test"), "helo follows the final hostname");
+		ASSERT_STR_EQ(w.file, d10, "where max_connections");
+		ASSERT_EQ(w.line, 3, "where max_connections");
+		ASSERT_STR_EQ(c->upstream_helo, "nine.test",
+		              "helo follows the final hostname");
 		sg_config_unref(c);
 	}
 
@@ -902,7 +921,7 @@ static void test_includes(void)
 	put("d/1.conf", "[server]\nhostname = dropin.test\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(STREQ(c->hostname, "main.test"), "hostname %s", c->hostname);
+		ASSERT_STR_EQ(c->hostname, "main.test");
 		sg_config_unref(c);
 	}
 
@@ -917,8 +936,8 @@ static void test_includes(void)
 	put("elsewhere/x.conf", "[limits]\nidle_timeout = 42s\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->max_recipients == 22, "nested include: %u", c->max_recipients);
-		CHECK(c->idle_timeout_ms == 42000, "absolute include");
+		ASSERT_EQ(c->max_recipients, 22, "nested include");
+		ASSERT_EQ(c->idle_timeout_ms, 42000, "absolute include");
 		sg_config_unref(c);
 	}
 
@@ -930,10 +949,14 @@ static void test_includes(void)
 	                      "[listener more]\naddress = 127.0.0.1:2600\ntls = none\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->nlisteners == 2 && c->listeners[0].proxy_protocol == SG_PP_V1 &&
-		          STREQ(c->listeners[0].address, "127.0.0.1:2525") &&
-		          c->listeners[0].tls == SG_TLS_NONE,
-		      "listener changed by name");
+		if (ASSERT_EQ(c->nlisteners, 2, "listener changed by name") &&
+		    ASSERT_EQ(c->listeners[0].proxy_protocol, SG_PP_V1,
+		              "listener changed by name")) {
+			ASSERT_STR_EQ(c->listeners[0].address, "127.0.0.1:2525",
+			              "listener changed by name");
+			ASSERT_EQ(c->listeners[0].tls, SG_TLS_NONE,
+			          "listener changed by name");
+		}
 		sg_config_unref(c);
 	}
 
@@ -954,7 +977,7 @@ static void test_includes(void)
 	put("conf.d/20.conf", "[limits]\nmax_recipients = 4\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->max_recipients == 4, "fixed by the later drop-in");
+		ASSERT_EQ(c->max_recipients, 4, "fixed by the later drop-in");
 		sg_config_unref(c);
 	}
 
@@ -981,30 +1004,34 @@ static void test_server_list(void)
 	put("conf.d/10-noserver.conf", "[upstream]\nidentity = xforward\n");
 	sg_config *c = load_ok(main);
 	if (c) {
-		CHECK(c->nservers == 2 && STREQ(c->servers[0].host, "a.test") &&
-		          STREQ(c->servers[1].host, "b.test") &&
-		          STREQ(c->servers[1].port, "2525"),
-		      "a drop-in without server keeps the list (%zu)", c->nservers);
+		if (ASSERT_EQ(c->nservers, 2,
+		              "a drop-in without server keeps the list")) {
+			ASSERT_STR_EQ(c->servers[0].host, "a.test");
+			ASSERT_STR_EQ(c->servers[1].host, "b.test");
+			ASSERT_STR_EQ(c->servers[1].port, "2525");
+		}
 		sg_config_unref(c);
 	}
 	const char *d20 = put("conf.d/20-servers.conf",
 	                      "[upstream]\nserver = c.test\nserver = d.test\nserver = e.test\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->nservers == 3 && STREQ(c->servers[0].host, "c.test") &&
-		          STREQ(c->servers[1].host, "d.test") &&
-		          STREQ(c->servers[2].host, "e.test"),
-		      "replaced, then appended (%zu)", c->nservers);
-		CHECK(c->nservers == 3 && STREQ(c->servers[1].where.file, d20) &&
-		          c->servers[1].where.line == 3,
-		      "server where");
+		if (ASSERT_EQ(c->nservers, 3, "replaced, then appended")) {
+			ASSERT_STR_EQ(c->servers[0].host, "c.test");
+			ASSERT_STR_EQ(c->servers[1].host, "d.test");
+			ASSERT_STR_EQ(c->servers[2].host, "e.test");
+		}
+		if (ASSERT_EQ(c->nservers, 3, "server where")) {
+			ASSERT_STR_EQ(c->servers[1].where.file, d20, "server where");
+			ASSERT_EQ(c->servers[1].where.line, 3, "server where");
+		}
 		sg_config_unref(c);
 	}
 	put("conf.d/30-one.conf", "[upstream]\nserver = f.test\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->nservers == 1 && STREQ(c->servers[0].host, "f.test"),
-		      "the last file's list wins (%zu)", c->nservers);
+		if (ASSERT_EQ(c->nservers, 1, "the last file's list wins"))
+			ASSERT_STR_EQ(c->servers[0].host, "f.test");
 		sg_config_unref(c);
 	}
 
@@ -1017,10 +1044,11 @@ static void test_server_list(void)
 	put("conf.d/10.conf", "[upstream]\nserver = b.test\n");
 	c = load_ok(main);
 	if (c) {
-		CHECK(c->nservers == 2 && STREQ(c->servers[0].host, "b.test") &&
-		          STREQ(c->servers[1].host, "c.test"),
-		      "drop-in replaced, the includer's later line appended (%zu)",
-		      c->nservers);
+		if (ASSERT_EQ(c->nservers, 2,
+		              "drop-in replaced, the includer's later line appended")) {
+			ASSERT_STR_EQ(c->servers[0].host, "b.test");
+			ASSERT_STR_EQ(c->servers[1].host, "c.test");
+		}
 		sg_config_unref(c);
 	}
 
@@ -1057,18 +1085,18 @@ static void test_sasl_opts(void)
 	                                      {"saslauthd_path", "/run/saslauthd/mux"},
 	                                      {"auxprop_plugin", "sasldb"},
 	                                      {"log_level", "7"}};
-	CHECK(c->nsasl_opts == 5, "nsasl_opts %zu", c->nsasl_opts);
-	for (size_t i = 0; i < 5 && i < c->nsasl_opts; i++)
-		CHECK(STREQ(c->sasl_opts[i].key, want[i][0]) &&
-		          STREQ(c->sasl_opts[i].value, want[i][1]),
-		      "opt %zu: %s = %s", i, c->sasl_opts[i].key, c->sasl_opts[i].value);
-	if (c->nsasl_opts >= 2)
-		CHECK(STREQ(c->sasl_opts[1].where.file, d) &&
-		          c->sasl_opts[1].where.line == 2,
-		      "mech_list where %d", c->sasl_opts[1].where.line);
+	ASSERT_EQ(c->nsasl_opts, 5);
+	for (size_t i = 0; i < 5 && i < c->nsasl_opts; i++) {
+		ASSERT_STR_EQ(c->sasl_opts[i].key, want[i][0], "opt %zu", i);
+		ASSERT_STR_EQ(c->sasl_opts[i].value, want[i][1], "opt %zu", i);
+	}
+	if (c->nsasl_opts >= 2) {
+		ASSERT_STR_EQ(c->sasl_opts[1].where.file, d, "mech_list where");
+		ASSERT_EQ(c->sasl_opts[1].where.line, 2, "mech_list where");
+	}
 	if (c->nsasl_opts >= 1)
-		CHECK(c->sasl_opts[0].where.line == MINIMAL_LINES + 2, "first opt line %d",
-		      c->sasl_opts[0].where.line);
+		ASSERT_EQ(c->sasl_opts[0].where.line, MINIMAL_LINES + 2,
+		          "first opt line");
 	sg_config_unref(c);
 }
 
@@ -1089,6 +1117,5 @@ int main(void)
 	test_sasl_opts();
 	if (tmpdir[0])
 		rm_rf(tmpdir);
-	printf("test_config: %d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	return CHECK_SUMMARY();
 }

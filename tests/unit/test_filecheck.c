@@ -10,6 +10,7 @@
 #include "../../common/config.h"
 #include "../../common/filecheck.h"
 #include "../../common/log.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,20 +19,6 @@
 #include <unistd.h>
 
 #define TEST_PATH_MAX 512
-
-static int failures;
-static int checks;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                       \
-		checks++;                                                              \
-		if (!(cond)) {                                                         \
-			failures++;                                                        \
-			fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fputc('\n', stderr);                                               \
-		}                                                                      \
-	} while (0)
 
 enum { OWNER = 0, SVC = 100, OTHER = 200 };
 
@@ -76,9 +63,9 @@ static void test_mode_rule(void)
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		unsigned got = sg_secret_mode_problems(cases[i].mode, cases[i].owner, SVC,
 		                                       cases[i].svc_in_group);
-		CHECK(got == cases[i].want, "mode %04o owner %u in group %d: 0x%x, want 0x%x",
-		      (unsigned)cases[i].mode, (unsigned)cases[i].owner,
-		      cases[i].svc_in_group, got, cases[i].want);
+		ASSERT_EQ(got, cases[i].want, "mode %04o owner %u in group %d",
+		          (unsigned)cases[i].mode, (unsigned)cases[i].owner,
+		          cases[i].svc_in_group);
 	}
 }
 
@@ -140,33 +127,34 @@ static void test_config_files(void)
 
 	sg_errors e = {0};
 	sg_config *c = sg_config_load(conf, &e);
-	CHECK(c != NULL, "config loads: %s", e.n ? e.msg[0] : "-");
+	ASSERT_NOT_NULL(c, "config loads: %s", e.n ? e.msg[0] : "-");
 	if (!c)
 		return;
 	bool tls_bad = sg_filecheck_config(c, &e);
-	CHECK(!tls_bad, "the TLS files open");
-	CHECK(has(&e, conf, 6, "secret readable by others"), "world-readable key");
-	CHECK(has(&e, conf, 6, "chmod ") && has(&e, conf, 6, "o-rwx"), "its fix");
-	CHECK(e.n == 1, "one problem, got %zu: %s", e.n, e.n ? e.msg[0] : "-");
+	ASSERT(!tls_bad, "the TLS files open");
+	ASSERT(has(&e, conf, 6, "secret readable by others"), "world-readable key");
+	ASSERT(has(&e, conf, 6, "chmod "), "its fix");
+	ASSERT(has(&e, conf, 6, "o-rwx"), "its fix");
+	ASSERT_EQ(e.n, 1, "one problem; first: %s", e.n ? e.msg[0] : "-");
 	sg_errors_free(&e);
 
 	chmod(key, 0600);
 	tls_bad = sg_filecheck_config(c, &e);
-	CHECK(!tls_bad && e.n == 0, "0600 key: %zu problems: %s", e.n,
-	      e.n ? e.msg[0] : "-");
+	ASSERT(!tls_bad, "0600 key");
+	ASSERT_EQ(e.n, 0, "0600 key; first: %s", e.n ? e.msg[0] : "-");
 	sg_errors_free(&e);
 
 	/* a file gone since the config was loaded: its key's line, and the
 	 * TLS context need not be built to say so again */
 	unlink(cert);
 	tls_bad = sg_filecheck_config(c, &e);
-	CHECK(tls_bad, "missing certificate: TLS skipped");
-	CHECK(has(&e, conf, 5, "no such file"),
-	      "missing certificate named at its line");
+	ASSERT(tls_bad, "missing certificate: TLS skipped");
+	ASSERT(has(&e, conf, 5, "no such file"),
+	       "missing certificate named at its line");
 	sg_errors_free(&e);
 	unlink(map);
 	tls_bad = sg_filecheck_config(c, &e);
-	CHECK(has(&e, conf, 10, "senders: no such file"), "missing map");
+	ASSERT(has(&e, conf, 10, "senders: no such file"), "missing map");
 	sg_errors_free(&e);
 	sg_config_unref(c);
 
@@ -180,6 +168,5 @@ int main(void)
 	sg_log_level = SG_LOG_ERROR;
 	test_mode_rule();
 	test_config_files();
-	printf("test_filecheck: %d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	return CHECK_SUMMARY();
 }

@@ -11,20 +11,7 @@
 
 #include "../../common/config.h"
 #include "../../proxy/proxyproto.h"
-
-static int failures;
-static int checks;
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                       \
-		checks++;                                                              \
-		if (!(cond)) {                                                         \
-			failures++;                                                        \
-			fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fputc('\n', stderr);                                               \
-		}                                                                      \
-	} while (0)
+#include "check.h"
 
 static int parse(const void *b, size_t n, int mode, sg_pp_result *r,
                  const char **why)
@@ -56,8 +43,8 @@ static void check_prefixes(const void *h, size_t n, int mode, const char *name)
 		sg_pp_result r;
 		const char *why = NULL;
 		int rc = parse(h, i, mode, &r, &why);
-		CHECK(rc == 0, "%s: prefix of %zu/%zu octets gave %d (%s)", name, i,
-		      n, rc, why ? why : "-");
+		ASSERT_EQ(rc, 0, "%s: prefix of %zu/%zu octets (%s)", name, i, n,
+		          why ? why : "-");
 	}
 }
 
@@ -72,27 +59,28 @@ static void expect_ok(const void *h, size_t n, int mode, const char *name,
 
 	check_prefixes(h, n, mode, name);
 	int rc = parse(h, n, mode, &r, &why);
-	CHECK(rc == (int)n, "%s: got %d, want %zu (%s)", name, rc, n,
-	      why ? why : "-");
+	ASSERT_EQ(rc, (int)n, "%s (%s)", name, why ? why : "-");
 	if (rc <= 0)
 		return;
-	CHECK(r.version == version, "%s: version %d", name, r.version);
+	ASSERT_EQ(r.version, version, "%s", name);
 	const char *s = addr_str(&r.src, a, sizeof a, &p1);
 	const char *d = addr_str(&r.dst, b, sizeof b, &p2);
 	if (!src) {
-		CHECK(r.local, "%s: expected local", name);
+		ASSERT(r.local, "%s: expected local", name);
 		return;
 	}
-	CHECK(!r.local, "%s: unexpected local", name);
-	CHECK(strcmp(s, src) == 0 && p1 == sport, "%s: src %s:%u", name, s, p1);
-	CHECK(strcmp(d, dst) == 0 && p2 == dport, "%s: dst %s:%u", name, d, p2);
+	ASSERT(!r.local, "%s: unexpected local", name);
+	ASSERT_STR_EQ(s, src, "%s", name);
+	ASSERT_EQ(p1, sport, "%s", name);
+	ASSERT_STR_EQ(d, dst, "%s", name);
+	ASSERT_EQ(p2, dport, "%s", name);
 
 	/* Trailing SMTP bytes after the header are not part of it. */
 	unsigned char more[SG_PP_MAX + 32];
 	memcpy(more, h, n);
 	memcpy(more + n, "EHLO x\r\n", 8);
 	rc = parse(more, n + 8, mode, &r, &why);
-	CHECK(rc == (int)n, "%s + EHLO: got %d", name, rc);
+	ASSERT_EQ(rc, (int)n, "%s + EHLO", name);
 }
 
 static void expect_bad(const void *h, size_t n, int mode, const char *name)
@@ -100,8 +88,8 @@ static void expect_bad(const void *h, size_t n, int mode, const char *name)
 	sg_pp_result r;
 	const char *why = NULL;
 	int rc = parse(h, n, mode, &r, &why);
-	CHECK(rc == -1, "%s: got %d, want -1", name, rc);
-	CHECK(rc != -1 || (why && *why), "%s: no reason given", name);
+	ASSERT_EQ(rc, -1, "%s", name);
+	ASSERT(rc != -1 || (why && *why), "%s: no reason given", name);
 }
 
 #define V1(s) (s), sizeof(s) - 1
@@ -130,7 +118,7 @@ static void test_v1(void)
 	const char *longest = "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
 	                      "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 "
 	                      "65535\r\n";
-	CHECK(strlen(longest) == 104, "longest is %zu", strlen(longest));
+	ASSERT_EQ(strlen(longest), 104);
 	expect_ok(longest, strlen(longest), SG_PP_V1, "v1 longest tcp6", 1,
 	          "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535,
 	          "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535);
@@ -179,32 +167,31 @@ static void test_v1(void)
 	memset(big, 'x', sizeof big);
 	memcpy(big, "PROXY UNKNOWN ", 14);
 	sg_pp_result r;
-	CHECK(parse(big, 106, SG_PP_V1, &r, NULL) == 0, "106 octets, no CRLF");
-	CHECK(parse(big, 107, SG_PP_V1, &r, NULL) == -1, "107 octets, no CRLF");
-	CHECK(parse(big, sizeof big, SG_PP_V1, &r, NULL) == -1, "200 octets");
+	ASSERT_EQ(parse(big, 106, SG_PP_V1, &r, NULL), 0, "106 octets, no CRLF");
+	ASSERT_EQ(parse(big, 107, SG_PP_V1, &r, NULL), -1, "107 octets, no CRLF");
+	ASSERT_EQ(parse(big, sizeof big, SG_PP_V1, &r, NULL), -1, "200 octets");
 	/* 107 octets exactly, CRLF last: accepted. */
 	big[105] = '\r';
 	big[106] = '\n';
-	CHECK(parse(big, 107, SG_PP_V1, &r, NULL) == 107, "107 octets with CRLF");
+	ASSERT_EQ(parse(big, 107, SG_PP_V1, &r, NULL), 107, "107 octets with CRLF");
 
 	/* Refused at once, not after more bytes: the first byte of an SMTP
 	 * command, and a bad byte right after a valid prefix. */
-	CHECK(parse("E", 1, SG_PP_ANY, &r, NULL) == -1, "'E' refused at once");
-	CHECK(parse("EHLO client.example\r\n", 21, SG_PP_V1, &r, NULL) == -1,
-	      "EHLO refused");
-	CHECK(parse("PROXY X", 7, SG_PP_V1, &r, NULL) == -1, "PROXY X");
-	CHECK(parse("PROXY TCP4 1x", 13, SG_PP_V1, &r, NULL) == -1, "1x");
-	CHECK(parse("PROXY TCP4 300", 14, SG_PP_V1, &r, NULL) == -1, "300");
-	CHECK(parse("PROXY TCP4 1.2.3.4 5.6.7.8 9999", 31, SG_PP_V1, &r, NULL) ==
-	          0,
-	      "port in progress");
-	CHECK(parse("PROXY TCP4 1.2.3.4 5.6.7.8 999999", 33, SG_PP_V1, &r, NULL) ==
-	          -1,
-	      "6-digit port refused before CRLF");
+	ASSERT_EQ(parse("E", 1, SG_PP_ANY, &r, NULL), -1, "'E' refused at once");
+	ASSERT_EQ(parse("EHLO client.example\r\n", 21, SG_PP_V1, &r, NULL), -1,
+	          "EHLO refused");
+	ASSERT_EQ(parse("PROXY X", 7, SG_PP_V1, &r, NULL), -1, "PROXY X");
+	ASSERT_EQ(parse("PROXY TCP4 1x", 13, SG_PP_V1, &r, NULL), -1, "1x");
+	ASSERT_EQ(parse("PROXY TCP4 300", 14, SG_PP_V1, &r, NULL), -1, "300");
+	ASSERT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 9999", 31, SG_PP_V1, &r, NULL),
+	          0, "port in progress");
+	ASSERT_EQ(
+	    parse("PROXY TCP4 1.2.3.4 5.6.7.8 999999", 33, SG_PP_V1, &r, NULL), -1,
+	    "6-digit port refused before CRLF");
 	/* NULL out and why are allowed. */
-	CHECK(sg_pp_parse((const unsigned char *)"PROXY UNKNOWN\r\n", 15,
-	                  SG_PP_V1, NULL, NULL) == 15,
-	      "NULL out");
+	ASSERT_EQ(sg_pp_parse((const unsigned char *)"PROXY UNKNOWN\r\n", 15,
+	                      SG_PP_V1, NULL, NULL),
+	          15, "NULL out");
 }
 
 static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
@@ -271,7 +258,7 @@ static void test_v2(void)
 
 	/* The longest accepted header is SG_PP_MAX octets in total. */
 	n = v2(b, 0x21, 0x11, a4, sizeof a4, SG_PP_MAX - 16 - sizeof a4);
-	CHECK(n == SG_PP_MAX, "n=%zu", n);
+	ASSERT_EQ(n, SG_PP_MAX);
 	expect_ok(b, n, SG_PP_V2, "v2 at SG_PP_MAX", 2, "192.0.2.1", 56324,
 	          "198.51.100.2", 587);
 	n = v2(b, 0x21, 0x11, a4, sizeof a4, SG_PP_MAX - 16 - sizeof a4 + 1);
@@ -299,8 +286,8 @@ static void test_v2(void)
 	/* A bare CRLF (what a confused client might send first) is a valid
 	 * prefix of the v2 signature, but CRLF + 'E' is not. */
 	sg_pp_result r;
-	CHECK(parse("\r\n", 2, SG_PP_V2, &r, NULL) == 0, "CRLF is a prefix");
-	CHECK(parse("\r\nE", 3, SG_PP_ANY, &r, NULL) == -1, "CRLF E refused");
+	ASSERT_EQ(parse("\r\n", 2, SG_PP_V2, &r, NULL), 0, "CRLF is a prefix");
+	ASSERT_EQ(parse("\r\nE", 3, SG_PP_ANY, &r, NULL), -1, "CRLF E refused");
 	(void)n;
 }
 
@@ -308,6 +295,5 @@ int main(void)
 {
 	test_v1();
 	test_v2();
-	printf("test_proxyproto: %d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	return CHECK_SUMMARY();
 }

@@ -1,5 +1,5 @@
 /* tests/unit/test_sasl_common.h: helpers shared by the test_sasl_*.c unit
- * tests: checks that count, a scratch directory, a configuration written
+ * tests: check.h's assertions, a scratch directory, a configuration written
  * from text, and a real uv loop driving sg_auth_start/step to the callback.
  * Every wait is bounded (alarm), so a hung Cyrus call fails the test. */
 #ifndef TEST_SASL_COMMON_H
@@ -8,6 +8,7 @@
 #include "../../common/config.h"
 #include "../../common/log.h"
 #include "../../sasl/auth.h"
+#include "check.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,45 +19,6 @@
 #include <unistd.h>
 
 #define T_UNUSED __attribute__((unused))
-static int t_fail, t_run;
-
-#define CHECK(cond)                                                            \
-	do {                                                                       \
-		t_run++;                                                               \
-		if (!(cond)) {                                                         \
-			t_fail++;                                                          \
-			fprintf(stderr, "%s:%d: FAIL: %s\n", __FILE__, __LINE__, #cond);  \
-		}                                                                      \
-	} while (0)
-
-#define CHECK_EQ_INT(a, b)                                                     \
-	do {                                                                       \
-		long long a_ = (a), b_ = (b);                                          \
-		t_run++;                                                               \
-		if (a_ != b_) {                                                        \
-			t_fail++;                                                          \
-			fprintf(stderr, "%s:%d: FAIL: %s == %lld, expected %lld\n",        \
-			        __FILE__, __LINE__, #a, a_, b_);                           \
-		}                                                                      \
-	} while (0)
-
-#define CHECK_STR(a, b)                                                        \
-	do {                                                                       \
-		const char *a_ = (a), *b_ = (b);                                       \
-		t_run++;                                                               \
-		if (!a_ || !b_ || strcmp(a_, b_) != 0) {                               \
-			t_fail++;                                                          \
-			fprintf(stderr, "%s:%d: FAIL: %s == \"%s\", expected \"%s\"\n",    \
-			        __FILE__, __LINE__, #a, a_ ? a_ : "(null)",                \
-			        b_ ? b_ : "(null)");                                       \
-		}                                                                      \
-	} while (0)
-
-T_UNUSED static int t_done(const char *name)
-{
-	fprintf(stderr, "%s: %d checks, %d failed\n", name, t_run, t_fail);
-	return t_fail ? 1 : 0;
-}
 
 static char t_dir[256];
 

@@ -18,23 +18,23 @@ static void test_b64(void)
 	    {"foo", "Zm9v"},  {"foob", "Zm9vYg=="},  {"fooba", "Zm9vYmE="},
 	    {"foobar", "Zm9vYmFy"}};
 	for (size_t i = 0; i < sizeof vec / sizeof vec[0]; i++) {
-		CHECK_EQ_INT(sg_b64_encode(vec[i][0], strlen(vec[i][0]), out,
-		                           sizeof out, &n),
-		             0);
-		CHECK_STR(out, vec[i][1]);
-		CHECK_EQ_INT(sg_b64_decode(vec[i][1], strlen(vec[i][1]), out,
-		                           sizeof out, &n),
-		             0);
-		CHECK_EQ_INT(n, strlen(vec[i][0]));
-		CHECK(memcmp(out, vec[i][0], n) == 0);
+		ASSERT_EQ(
+		    sg_b64_encode(vec[i][0], strlen(vec[i][0]), out, sizeof out, &n),
+		    0);
+		ASSERT_STR_EQ(out, vec[i][1]);
+		ASSERT_EQ(
+		    sg_b64_decode(vec[i][1], strlen(vec[i][1]), out, sizeof out, &n),
+		    0);
+		ASSERT_EQ(n, strlen(vec[i][0]));
+		ASSERT_MEM_EQ(out, vec[i][0], n);
 	}
 	/* binary with NULs: PLAIN's "\0alice\0secret" */
 	static const char plain[] = "\0alice\0secret";
-	CHECK_EQ_INT(sg_b64_encode(plain, sizeof plain - 1, out, sizeof out, &n), 0);
-	CHECK_STR(out, "AGFsaWNlAHNlY3JldA==");
-	CHECK_EQ_INT(sg_b64_decode(out, n, out, sizeof out, &n), 0);
-	CHECK_EQ_INT(n, sizeof plain - 1);
-	CHECK(memcmp(out, plain, n) == 0);
+	ASSERT_EQ(sg_b64_encode(plain, sizeof plain - 1, out, sizeof out, &n), 0);
+	ASSERT_STR_EQ(out, "AGFsaWNlAHNlY3JldA==");
+	ASSERT_EQ(sg_b64_decode(out, n, out, sizeof out, &n), 0);
+	ASSERT_EQ(n, sizeof plain - 1);
+	ASSERT_MEM_EQ(out, plain, n);
 
 	/* strictness: each of these is a 501 5.5.2 for the client */
 	static const char *const bad[] = {
@@ -57,15 +57,15 @@ static void test_b64(void)
 		int r = sg_b64_decode(bad[i], strlen(bad[i]), out, sizeof out, &n);
 		if (r != -1)
 			fprintf(stderr, "accepted bad base64 \"%s\"\n", bad[i]);
-		CHECK_EQ_INT(r, -1);
+		ASSERT_EQ(r, -1);
 	}
 	/* a NUL byte inside the input */
-	CHECK_EQ_INT(sg_b64_decode("Zm\0v", 4, out, sizeof out, &n), -1);
+	ASSERT_EQ(sg_b64_decode("Zm\0v", 4, out, sizeof out, &n), -1);
 	/* output bounds */
-	CHECK_EQ_INT(sg_b64_decode("Zm9vYmFy", 8, out, 5, &n), -1);
-	CHECK_EQ_INT(sg_b64_decode("Zm9vYmFy", 8, out, 6, &n), 0);
-	CHECK_EQ_INT(sg_b64_encode("foobar", 6, out, 8, &n), -1); /* no NUL room */
-	CHECK_EQ_INT(sg_b64_encode("foobar", 6, out, 9, &n), 0);
+	ASSERT_EQ(sg_b64_decode("Zm9vYmFy", 8, out, 5, &n), -1);
+	ASSERT_EQ(sg_b64_decode("Zm9vYmFy", 8, out, 6, &n), 0);
+	ASSERT_EQ(sg_b64_encode("foobar", 6, out, 8, &n), -1); /* no NUL room */
+	ASSERT_EQ(sg_b64_encode("foobar", 6, out, 9, &n), 0);
 }
 
 /* Properties over many random inputs (fixed seed, bounded): any byte string
@@ -100,9 +100,9 @@ static void test_b64_properties(void)
 				not_canonical++;
 		}
 	}
-	CHECK_EQ_INT(bad_roundtrip, 0);
-	CHECK_EQ_INT(not_canonical, 0);
-	CHECK(accepted > 100); /* the generator reaches valid, non-empty input */
+	ASSERT_EQ(bad_roundtrip, 0);
+	ASSERT_EQ(not_canonical, 0);
+	ASSERT_GT(accepted, 100); /* the generator reaches valid, non-empty input */
 }
 
 static void test_mech_valid(void)
@@ -113,20 +113,20 @@ static void test_mech_valid(void)
 	                                   "ABCDEFGHIJKLMNOPQRST"};
 	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
 		snprintf(m, sizeof m, "%s", good[i]);
-		CHECK(sg_auth_mech_valid(m));
+		ASSERT(sg_auth_mech_valid(m));
 	}
 	snprintf(m, sizeof m, "cram-md5");
-	CHECK(sg_auth_mech_valid(m));
-	CHECK_STR(m, "CRAM-MD5"); /* uppercased in place */
+	ASSERT(sg_auth_mech_valid(m));
+	ASSERT_STR_EQ(m, "CRAM-MD5"); /* uppercased in place */
 
 	static const char *const bad[] = {"", "ABCDEFGHIJKLMNOPQRSTU" /* 21 */,
 	                                  "PLAIN LOGIN", "PL/AIN", "PLAIN\r",
 	                                  "%n%n%n", "PLAIN=", "ÄPLAIN"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		snprintf(m, sizeof m, "%s", bad[i]);
-		CHECK(!sg_auth_mech_valid(m));
+		ASSERT(!sg_auth_mech_valid(m));
 	}
-	CHECK(!sg_auth_mech_valid(NULL));
+	ASSERT(!sg_auth_mech_valid(NULL));
 }
 
 static void sleep_ms(long ms)
@@ -140,35 +140,35 @@ static void test_ipfail(void)
 	sg_errors errs = {0};
 	sg_config *c = t_config("ip_failure_limit = 3\nip_failure_window = 300ms",
 	                        &errs);
-	CHECK(c != NULL);
+	ASSERT_NOT_NULL(c);
 	if (!c) {
 		sg_errors_print(&errs, stderr);
 		return;
 	}
 	const char *ip = "192.0.2.7", *other = "2001:db8::7";
-	CHECK(!sg_ipfail_over(c, ip));
+	ASSERT(!sg_ipfail_over(c, ip));
 	sg_ipfail_record(c, ip);
 	sg_ipfail_record(c, ip);
-	CHECK(!sg_ipfail_over(c, ip)); /* 2 of 3 */
+	ASSERT(!sg_ipfail_over(c, ip)); /* 2 of 3 */
 	sg_ipfail_record(c, ip);
-	CHECK(sg_ipfail_over(c, ip)); /* 3 of 3 */
-	CHECK(!sg_ipfail_over(c, other)); /* per address */
+	ASSERT(sg_ipfail_over(c, ip));     /* 3 of 3 */
+	ASSERT(!sg_ipfail_over(c, other)); /* per address */
 	sg_ipfail_record(c, other);
-	CHECK(!sg_ipfail_over(c, other));
+	ASSERT(!sg_ipfail_over(c, other));
 	/* IPv6 counts per /64; IPv4-mapped as IPv4 */
 	sg_ipfail_record(c, "2001:db8::8");
 	sg_ipfail_record(c, "2001:db8:0:0:ffff::1");
-	CHECK(sg_ipfail_over(c, "2001:db8::abcd")); /* 3 in 2001:db8::/64 */
-	CHECK(!sg_ipfail_over(c, "2001:db8:0:1::7")); /* the next /64 */
+	ASSERT(sg_ipfail_over(c, "2001:db8::abcd"));   /* 3 in 2001:db8::/64 */
+	ASSERT(!sg_ipfail_over(c, "2001:db8:0:1::7")); /* the next /64 */
 	sg_ipfail_record(c, "::ffff:198.51.100.1");
 	sg_ipfail_record(c, "198.51.100.1");
 	sg_ipfail_record(c, "::ffff:198.51.100.1");
-	CHECK(sg_ipfail_over(c, "198.51.100.1"));
-	CHECK(!sg_ipfail_over(c, "198.51.100.2"));
+	ASSERT(sg_ipfail_over(c, "198.51.100.1"));
+	ASSERT(!sg_ipfail_over(c, "198.51.100.2"));
 	sleep_ms(350); /* the window passes */
-	CHECK(!sg_ipfail_over(c, ip));
+	ASSERT(!sg_ipfail_over(c, ip));
 	sg_ipfail_record(c, ip); /* counts from one again */
-	CHECK(!sg_ipfail_over(c, ip));
+	ASSERT(!sg_ipfail_over(c, ip));
 
 	/* bounded memory: 70000 addresses (more than the table holds) cost no
 	 * failure and the newest are remembered */
@@ -180,17 +180,17 @@ static void test_ipfail(void)
 		sg_ipfail_record(c, buf);
 		sg_ipfail_record(c, buf);
 	}
-	CHECK(sg_ipfail_over(c, "10.1.17.111")); /* one of the last ones */
-	CHECK(!sg_ipfail_over(c, "10.0.0.0"));   /* the oldest: forgotten */
+	ASSERT(sg_ipfail_over(c, "10.1.17.111")); /* one of the last ones */
+	ASSERT(!sg_ipfail_over(c, "10.0.0.0"));   /* the oldest: forgotten */
 	sg_config_unref(c);
 
 	/* 0 = off */
 	c = t_config("ip_failure_limit = 0", &errs);
-	CHECK(c != NULL);
+	ASSERT_NOT_NULL(c);
 	if (c) {
 		for (int i = 0; i < 20; i++)
 			sg_ipfail_record(c, "192.0.2.8");
-		CHECK(!sg_ipfail_over(c, "192.0.2.8"));
+		ASSERT(!sg_ipfail_over(c, "192.0.2.8"));
 		sg_config_unref(c);
 	}
 	sg_errors_free(&errs);
@@ -210,70 +210,74 @@ static void test_sender_map(void)
 	             "bob@example.com   @example.net\n");
 	snprintf(body, sizeof body, "sender_login_map = %s", map);
 	sg_config *c = t_config(body, &errs);
-	CHECK(c != NULL);
+	ASSERT_NOT_NULL(c);
 	if (!c) {
 		sg_errors_print(&errs, stderr);
 		return;
 	}
-	CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), 0);
+	ASSERT_EQ(sg_sender_map_load(c, &errs, true), 0);
 
-	CHECK(sg_sender_allowed(c, "alice", "<alice@example.org>"));
-	CHECK(sg_sender_allowed(c, "alice", "alice@example.org"));
-	CHECK(sg_sender_allowed(c, "alice", "<alice@EXAMPLE.org>")); /* domain */
-	CHECK(!sg_sender_allowed(c, "alice", "<Alice@example.org>")); /* local */
-	CHECK(sg_sender_allowed(c, "alice", "<info@example.org>"));
-	CHECK(sg_sender_allowed(c, "alice", "<sales@example.org>")); /* 2nd line */
-	CHECK(!sg_sender_allowed(c, "alice", "<bob@example.org>"));
-	CHECK(sg_sender_allowed(c, "alice", "<alice@other.test>")); /* =login */
-	CHECK(sg_sender_allowed(c, "alice", "<>"));                   /* bounce */
-	CHECK(sg_sender_allowed(c, "alice", ""));
-	CHECK(sg_sender_allowed(c, "alice", "<@relay.test:alice@example.org>"));
-	CHECK(sg_sender_allowed(c, "printer", "<copier@scan.example.org>"));
-	CHECK(sg_sender_allowed(c, "printer", "<x@SCAN.example.org>"));
-	CHECK(!sg_sender_allowed(c, "printer", "<x@sub.scan.example.org>"));
-	CHECK(!sg_sender_allowed(c, "printer", "<alice@example.org>"));
+	ASSERT(sg_sender_allowed(c, "alice", "<alice@example.org>"));
+	ASSERT(sg_sender_allowed(c, "alice", "alice@example.org"));
+	ASSERT(sg_sender_allowed(c, "alice", "<alice@EXAMPLE.org>"));  /* domain */
+	ASSERT(!sg_sender_allowed(c, "alice", "<Alice@example.org>")); /* local */
+	ASSERT(sg_sender_allowed(c, "alice", "<info@example.org>"));
+	ASSERT(sg_sender_allowed(c, "alice", "<sales@example.org>")); /* 2nd line */
+	ASSERT(!sg_sender_allowed(c, "alice", "<bob@example.org>"));
+	ASSERT(sg_sender_allowed(c, "alice", "<alice@other.test>")); /* =login */
+	ASSERT(sg_sender_allowed(c, "alice", "<>"));                 /* bounce */
+	ASSERT(sg_sender_allowed(c, "alice", ""));
+	ASSERT(sg_sender_allowed(c, "alice", "<@relay.test:alice@example.org>"));
+	ASSERT(sg_sender_allowed(c, "printer", "<copier@scan.example.org>"));
+	ASSERT(sg_sender_allowed(c, "printer", "<x@SCAN.example.org>"));
+	ASSERT(!sg_sender_allowed(c, "printer", "<x@sub.scan.example.org>"));
+	ASSERT(!sg_sender_allowed(c, "printer", "<alice@example.org>"));
 	/* a login with an @: =login means exactly that address */
-	CHECK(sg_sender_allowed(c, "bob@example.com", "<bob@example.com>"));
-	CHECK(sg_sender_allowed(c, "bob@example.com", "<bob@EXAMPLE.COM>"));
-	CHECK(!sg_sender_allowed(c, "bob@example.com", "<bob@example.org>"));
-	CHECK(sg_sender_allowed(c, "bob@example.com", "<anyone@example.net>"));
+	ASSERT(sg_sender_allowed(c, "bob@example.com", "<bob@example.com>"));
+	ASSERT(sg_sender_allowed(c, "bob@example.com", "<bob@EXAMPLE.COM>"));
+	ASSERT(!sg_sender_allowed(c, "bob@example.com", "<bob@example.org>"));
+	ASSERT(sg_sender_allowed(c, "bob@example.com", "<anyone@example.net>"));
 	/* a login with no line of its own: only the "*" rule */
-	CHECK(sg_sender_allowed(c, "carol", "<carol@example.org>"));
-	CHECK(!sg_sender_allowed(c, "carol", "<alice@example.org>"));
+	ASSERT(sg_sender_allowed(c, "carol", "<carol@example.org>"));
+	ASSERT(!sg_sender_allowed(c, "carol", "<alice@example.org>"));
 	/* no login (require_auth = no): the map does not apply */
-	CHECK(sg_sender_allowed(c, NULL, "<alice@example.org>"));
+	ASSERT(sg_sender_allowed(c, NULL, "<alice@example.org>"));
 
 	/* reload: the same file name read again */
 	t_write(map, "alice alice@example.org\n");
-	CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), 0);
-	CHECK(!sg_sender_allowed(c, "alice", "<info@example.org>"));
-	CHECK(!sg_sender_allowed(c, "carol", "<carol@example.org>")); /* no '*' */
-	CHECK_EQ_INT((long long)errs.n, 0);
+	ASSERT_EQ(sg_sender_map_load(c, &errs, true), 0);
+	ASSERT(!sg_sender_allowed(c, "alice", "<info@example.org>"));
+	ASSERT(!sg_sender_allowed(c, "carol", "<carol@example.org>")); /* no '*' */
+	ASSERT_EQ(errs.n, 0);
 	sg_config_unref(c);
 
 	/* errors name MAPFILE:LINE, and a broken map is not installed */
 	t_write(map, "alice alice@example.org\n\nbob\ncarol carol\n");
 	c = t_config(body, &errs);
-	CHECK(c != NULL);
+	ASSERT_NOT_NULL(c);
 	if (c) {
-		CHECK_EQ_INT(sg_sender_map_load(c, &errs, true), -1);
-		CHECK_EQ_INT((long long)errs.n, 2);
+		ASSERT_EQ(sg_sender_map_load(c, &errs, true), -1);
+		ASSERT_EQ(errs.n, 2);
 		char want[600];
 		snprintf(want, sizeof want, "%s:3: ", map);
-		CHECK(errs.n >= 1 && strncmp(errs.msg[0], want, strlen(want)) == 0);
+		if (ASSERT_GE(errs.n, 1))
+			ASSERT(!strncmp(errs.msg[0], want, strlen(want)), "%s",
+			       errs.msg[0]);
 		snprintf(want, sizeof want, "%s:4: ", map);
-		CHECK(errs.n >= 2 && strncmp(errs.msg[1], want, strlen(want)) == 0);
+		if (ASSERT_GE(errs.n, 2))
+			ASSERT(!strncmp(errs.msg[1], want, strlen(want)), "%s",
+			       errs.msg[1]);
 		/* the good map loaded before stays in force */
-		CHECK(sg_sender_allowed(c, "alice", "<alice@example.org>"));
+		ASSERT(sg_sender_allowed(c, "alice", "<alice@example.org>"));
 		sg_config_unref(c);
 	}
 	sg_errors_free(&errs);
 
 	/* no map: everything allowed */
 	c = t_config("", &errs);
-	CHECK(c != NULL);
+	ASSERT_NOT_NULL(c);
 	if (c) {
-		CHECK(sg_sender_allowed(c, "alice", "<anyone@anywhere.test>"));
+		ASSERT(sg_sender_allowed(c, "alice", "<anyone@anywhere.test>"));
 		sg_config_unref(c);
 	}
 	sg_errors_free(&errs);
@@ -289,5 +293,5 @@ int main(void)
 	test_mech_valid();
 	test_ipfail();
 	test_sender_map();
-	return t_done("test_sasl_util");
+	return CHECK_SUMMARY();
 }

@@ -9,17 +9,7 @@
 #include <string.h>
 
 #include "../../proxy/reply.h"
-
-static int failures;
-
-#define CHECK(cond, i)                                                         \
-	do {                                                                       \
-		if (!(cond)) {                                                         \
-			fprintf(stderr, "%s:%d: entry %d: FAILED: %s\n", __FILE__,         \
-			        __LINE__, (int)(i), #cond);                                \
-			failures++;                                                        \
-		}                                                                      \
-	} while (0)
+#include "check.h"
 
 /* "c.s.d": class 2/4/5, subject and detail 1-3 digits (RFC 3463 2) */
 static int enh_ok(const char *e, int code)
@@ -73,30 +63,27 @@ int main(void)
 {
 	for (int i = 0; i < SG_R_COUNT; i++) {
 		const sg_rep_def *d = &sg_rep_table[i];
-		CHECK(d->code >= 200 && d->code <= 599, i); /* also: no gap */
-		CHECK(d->text != NULL, i);
-		CHECK(enh_ok(d->enh, d->code), i);
-		CHECK(d->text && (d->text[0] || d->host), i);
-		/* a reply line must not be able to break the framing */
-		CHECK(d->text && !strpbrk(d->text, "\r\n"), i);
+		ASSERT_GE(d->code, 200, "entry %d", i);
+		ASSERT_LE(d->code, 599, "entry %d", i); /* also: no gap */
+		ASSERT(enh_ok(d->enh, d->code), "entry %d", i);
+		if (ASSERT_NOT_NULL(d->text, "entry %d", i)) {
+			ASSERT(d->text[0] || d->host, "entry %d", i);
+			/* a reply line must not be able to break the framing */
+			ASSERT(!strpbrk(d->text, "\r\n"), "entry %d", i);
+		}
 		/* RFC 5321 4.2.1 / 3.8: 421 names the host */
-		CHECK(d->code != 421 || d->host, i);
+		ASSERT(d->code != 421 || d->host, "entry %d", i);
 	}
 	for (size_t i = 0; i < sizeof contract / sizeof contract[0]; i++) {
 		const sg_rep_def *d = &sg_rep_table[contract[i].r];
-		CHECK(d->code == contract[i].code, contract[i].r);
-		CHECK(d->enh && strcmp(d->enh, contract[i].enh) == 0, contract[i].r);
+		ASSERT_EQ(d->code, contract[i].code, "entry %d", (int)contract[i].r);
+		ASSERT_STR_EQ(d->enh, contract[i].enh, "entry %d", (int)contract[i].r);
 	}
 	/* the greeting: "220 <host> ESMTP" */
-	CHECK(sg_rep_table[SG_R_GREETING].code == 220 &&
-	          sg_rep_table[SG_R_GREETING].host &&
-	          !sg_rep_table[SG_R_GREETING].enh &&
-	          strcmp(sg_rep_table[SG_R_GREETING].text, "ESMTP") == 0,
-	      SG_R_GREETING);
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("test_session_reply: %d replies checked\n", SG_R_COUNT);
-	return 0;
+	const sg_rep_def *g = &sg_rep_table[SG_R_GREETING];
+	ASSERT_EQ(g->code, 220);
+	ASSERT(g->host);
+	ASSERT_NULL(g->enh);
+	ASSERT_STR_EQ(g->text, "ESMTP");
+	return CHECK_SUMMARY();
 }

@@ -6,16 +6,7 @@
 #include <string.h>
 
 #include "../../proxy/smtp_parse.h"
-
-static int failures;
-
-#define CHECK(cond)                                                            \
-	do {                                                                       \
-		if (!(cond)) {                                                         \
-			fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                        \
-		}                                                                      \
-	} while (0)
+#include "check.h"
 
 /* A session-like driver: bounded buffer, feed in pieces, collect results. */
 #define BUFMAX 16384
@@ -34,13 +25,13 @@ static void drain(drv *d, size_t limit)
 		const char *line;
 		size_t ll, used;
 		int r = sg_line_next(&d->st, d->buf, d->len, limit, &line, &ll, &used);
-		CHECK(used <= d->len);
+		ASSERT_LE(used, d->len);
 		if (r == SG_LINE_TOOLONG)
 			d->ntoolong++;
 		else if (r == SG_LINE_NUL)
 			d->nnul++;
 		else if (r == SG_LINE_OK) {
-			CHECK(ll < limit);
+			ASSERT_LT(ll, limit);
 			memcpy(d->last, line, ll < SG_LINE_MAX ? ll : SG_LINE_MAX);
 			d->last[ll < SG_LINE_MAX ? ll : SG_LINE_MAX] = '\0';
 			if (d->nlines < 8)
@@ -54,7 +45,7 @@ static void drain(drv *d, size_t limit)
 		if (r == SG_LINE_NONE && used == 0)
 			return;
 	}
-	CHECK(!"drain did not terminate");
+	ASSERT(!"drain did not terminate");
 }
 
 static void feed(drv *d, const char *p, size_t n, size_t chunk, size_t limit)
@@ -63,7 +54,7 @@ static void feed(drv *d, const char *p, size_t n, size_t chunk, size_t limit)
 		size_t k = n < chunk ? n : chunk;
 		/* the session never lets the buffer overflow: the framer must
 		 * always have consumed enough */
-		CHECK(d->len + k <= BUFMAX);
+		ASSERT_LE(d->len + k, BUFMAX);
 		if (d->len + k > BUFMAX)
 			return;
 		memcpy(d->buf + d->len, p, k);
@@ -96,17 +87,18 @@ static void test_split_reads(void)
 	for (size_t chunk = 1; chunk <= strlen(msg); chunk++) {
 		drv d = {0};
 		feed_str(&d, msg, chunk);
-		CHECK(d.nlines == 2);
-		CHECK(strcmp(d.all[0], "EHLO client.example") == 0);
-		CHECK(strcmp(d.all[1], "MAIL FROM:<a@b>") == 0);
-		CHECK(d.len == 0);
+		ASSERT_EQ(d.nlines, 2);
+		ASSERT_STR_EQ(d.all[0], "EHLO client.example");
+		ASSERT_STR_EQ(d.all[1], "MAIL FROM:<a@b>");
+		ASSERT_EQ(d.len, 0);
 	}
 	/* CR and LF in different reads */
 	drv d = {0};
 	feed_str(&d, "NOOP\r", 100);
-	CHECK(d.nlines == 0);
+	ASSERT_EQ(d.nlines, 0);
 	feed_str(&d, "\n", 100);
-	CHECK(d.nlines == 1 && strcmp(d.last, "NOOP") == 0);
+	ASSERT_EQ(d.nlines, 1);
+	ASSERT_STR_EQ(d.last, "NOOP");
 }
 
 static void test_limit(void)
@@ -116,8 +108,9 @@ static void test_limit(void)
 		drv d = {0};
 		char *l = line_of(SG_LINE_MAX, "\r\n");
 		feed_str(&d, l, chunk);
-		CHECK(d.nlines == 1 && d.ntoolong == 0);
-		CHECK(strlen(d.last) == SG_LINE_MAX - 2);
+		ASSERT_EQ(d.nlines, 1);
+		ASSERT_EQ(d.ntoolong, 0);
+		ASSERT_EQ(strlen(d.last), SG_LINE_MAX - 2);
 		free(l);
 	}
 	/* 4097 octets: one TOOLONG, nothing else, no line leaks through */
@@ -125,9 +118,9 @@ static void test_limit(void)
 		drv d = {0};
 		char *l = line_of(SG_LINE_MAX + 1, "\r\n");
 		feed_str(&d, l, chunk);
-		CHECK(d.ntoolong == 1);
-		CHECK(d.nlines == 0);
-		CHECK(d.len == 0);
+		ASSERT_EQ(d.ntoolong, 1);
+		ASSERT_EQ(d.nlines, 0);
+		ASSERT_EQ(d.len, 0);
 		free(l);
 	}
 	/* bare LF counts the same: 4096 with LF only is fine, 4097 is not */
@@ -135,11 +128,13 @@ static void test_limit(void)
 		drv d = {0};
 		char *l = line_of(SG_LINE_MAX, "\n");
 		feed_str(&d, l, 4096);
-		CHECK(d.nlines == 1 && d.ntoolong == 0);
+		ASSERT_EQ(d.nlines, 1);
+		ASSERT_EQ(d.ntoolong, 0);
 		free(l);
 		l = line_of(SG_LINE_MAX + 1, "\n");
 		feed_str(&d, l, 4096);
-		CHECK(d.nlines == 1 && d.ntoolong == 1);
+		ASSERT_EQ(d.nlines, 1);
+		ASSERT_EQ(d.ntoolong, 1);
 		free(l);
 	}
 }
@@ -153,19 +148,22 @@ static void test_resync(void)
 	memset(chunk, 'A', sizeof chunk);
 	for (int i = 0; i < 100; i++) { /* 100 kB without a line end */
 		feed(&d, chunk, sizeof chunk, sizeof chunk, SG_LINE_MAX);
-		CHECK(d.len < SG_LINE_MAX);
+		ASSERT_LT(d.len, SG_LINE_MAX);
 	}
-	CHECK(d.ntoolong == 1);
-	CHECK(d.nlines == 0);
+	ASSERT_EQ(d.ntoolong, 1);
+	ASSERT_EQ(d.nlines, 0);
 	feed_str(&d, "AAAA\r\nQUIT\r\n", 3);
-	CHECK(d.ntoolong == 1);
-	CHECK(d.nlines == 1 && strcmp(d.last, "QUIT") == 0);
+	ASSERT_EQ(d.ntoolong, 1);
+	ASSERT_EQ(d.nlines, 1);
+	ASSERT_STR_EQ(d.last, "QUIT");
 
 	/* overlong line and the next command in the same read */
 	drv e = {0};
 	char *l = line_of(5000, "\r\nNOOP\r\n");
 	feed_str(&e, l, 16384);
-	CHECK(e.ntoolong == 1 && e.nlines == 1 && strcmp(e.last, "NOOP") == 0);
+	ASSERT_EQ(e.ntoolong, 1);
+	ASSERT_EQ(e.nlines, 1);
+	ASSERT_STR_EQ(e.last, "NOOP");
 	free(l);
 }
 
@@ -175,12 +173,14 @@ static void test_auth_limit(void)
 	drv d = {0};
 	char *l = line_of(SG_AUTH_LINE_MAX, "\r\n");
 	feed(&d, l, strlen(l), 1000, SG_AUTH_LINE_MAX);
-	CHECK(d.ntoolong == 0 && d.nlines == 1);
+	ASSERT_EQ(d.ntoolong, 0);
+	ASSERT_EQ(d.nlines, 1);
 	free(l);
 	drv e = {0};
 	l = line_of(SG_AUTH_LINE_MAX + 1, "\r\n");
 	feed(&e, l, strlen(l), 1000, SG_AUTH_LINE_MAX);
-	CHECK(e.ntoolong == 1 && e.nlines == 0);
+	ASSERT_EQ(e.ntoolong, 1);
+	ASSERT_EQ(e.nlines, 0);
 	free(l);
 }
 
@@ -189,8 +189,9 @@ static void test_nul(void)
 	drv d = {0};
 	const char msg[] = "NO\0OP\r\nNOOP\r\n";
 	feed(&d, msg, sizeof msg - 1, 2, SG_LINE_MAX);
-	CHECK(d.nnul == 1);
-	CHECK(d.nlines == 1 && strcmp(d.last, "NOOP") == 0);
+	ASSERT_EQ(d.nnul, 1);
+	ASSERT_EQ(d.nlines, 1);
+	ASSERT_STR_EQ(d.last, "NOOP");
 }
 
 static void test_pipelined(void)
@@ -199,21 +200,22 @@ static void test_pipelined(void)
 	const char *batch = "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
 	                    "RCPT TO:<c@example.org>\nDATA\r\nRSET";
 	feed_str(&d, batch, 16384);
-	CHECK(d.nlines == 4);
-	CHECK(strcmp(d.all[2], "RCPT TO:<c@example.org>") == 0); /* bare LF */
-	CHECK(strcmp(d.all[3], "DATA") == 0);
-	CHECK(d.len == 4); /* "RSET" waits for its line end */
-	CHECK(!sg_line_pending(&d.st, d.buf, d.len, SG_LINE_MAX));
+	ASSERT_EQ(d.nlines, 4);
+	ASSERT_STR_EQ(d.all[2], "RCPT TO:<c@example.org>"); /* bare LF */
+	ASSERT_STR_EQ(d.all[3], "DATA");
+	ASSERT_EQ(d.len, 4); /* "RSET" waits for its line end */
+	ASSERT(!sg_line_pending(&d.st, d.buf, d.len, SG_LINE_MAX));
 	feed_str(&d, "\r\n", 1);
-	CHECK(d.nlines == 5);
+	ASSERT_EQ(d.nlines, 5);
 
 	sg_lines st = {0};
-	CHECK(sg_line_pending(&st, "A\r\nB", 4, SG_LINE_MAX));
-	CHECK(!sg_line_pending(&st, "AB", 2, SG_LINE_MAX));
+	ASSERT(sg_line_pending(&st, "A\r\nB", 4, SG_LINE_MAX));
+	ASSERT(!sg_line_pending(&st, "AB", 2, SG_LINE_MAX));
 	/* a bare CR is not a line end */
 	drv e = {0};
 	feed_str(&e, "NOOP\rQUIT\r\n", 100);
-	CHECK(e.nlines == 1 && strcmp(e.last, "NOOP\rQUIT") == 0);
+	ASSERT_EQ(e.nlines, 1);
+	ASSERT_STR_EQ(e.last, "NOOP\rQUIT");
 }
 
 static void test_split(void)
@@ -221,18 +223,20 @@ static void test_split(void)
 	char a[] = "mail FROM:<x@y> SIZE=10  ";
 	char *verb, *arg;
 	sg_cmd_split(a, &verb, &arg);
-	CHECK(strcmp(verb, "MAIL") == 0);
-	CHECK(strcmp(arg, "FROM:<x@y> SIZE=10") == 0);
+	ASSERT_STR_EQ(verb, "MAIL");
+	ASSERT_STR_EQ(arg, "FROM:<x@y> SIZE=10");
 	char b[] = "quit";
 	sg_cmd_split(b, &verb, &arg);
-	CHECK(strcmp(verb, "QUIT") == 0 && strcmp(arg, "") == 0);
+	ASSERT_STR_EQ(verb, "QUIT");
+	ASSERT_STR_EQ(arg, "");
 	char c[] = "AUTH   PLAIN AGFsaWNlAHNlY3JldA==";
 	sg_cmd_split(c, &verb, &arg);
-	CHECK(strcmp(verb, "AUTH") == 0);
-	CHECK(strcmp(arg, "PLAIN AGFsaWNlAHNlY3JldA==") == 0);
+	ASSERT_STR_EQ(verb, "AUTH");
+	ASSERT_STR_EQ(arg, "PLAIN AGFsaWNlAHNlY3JldA==");
 	char e[] = "";
 	sg_cmd_split(e, &verb, &arg);
-	CHECK(strcmp(verb, "") == 0 && strcmp(arg, "") == 0);
+	ASSERT_STR_EQ(verb, "");
+	ASSERT_STR_EQ(arg, "");
 }
 
 int main(void)
@@ -244,10 +248,5 @@ int main(void)
 	test_nul();
 	test_pipelined();
 	test_split();
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("test_smtp_parse: all checks passed\n");
-	return 0;
+	return CHECK_SUMMARY();
 }

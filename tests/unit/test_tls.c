@@ -24,27 +24,15 @@
 
 #include "../../common/config.h"
 #include "../../common/tls.h"
+#include "check.h"
 
 /* Pump rounds before a handshake counts as stuck (each round moves all
  * pending bytes both ways; a TLS handshake needs 2-3). */
 #define MAX_ROUNDS 20
 #define PATH_MAX_T 512
 
-static int failures;
-static int checks;
 #define DIR_MAX 64
 static char dir[DIR_MAX];
-
-#define CHECK(cond, ...)                                                       \
-	do {                                                                       \
-		checks++;                                                              \
-		if (!(cond)) {                                                         \
-			failures++;                                                        \
-			fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);    \
-			fprintf(stderr, __VA_ARGS__);                                      \
-			fputc('\n', stderr);                                               \
-		}                                                                      \
-	} while (0)
 
 static void path(char *out, const char *name)
 {
@@ -178,7 +166,7 @@ static void transfer(struct peer *a, struct peer *b)
 		if (n == 0)
 			return;
 		if (b->t)
-			CHECK(sg_tls_feed(b->t, p, n) == 0, "feed");
+			ASSERT_EQ(sg_tls_feed(b->t, p, n), 0, "feed");
 		else
 			BIO_write(b->rb, p, (int)n);
 		if (a->t)
@@ -238,26 +226,26 @@ static void test_handshake_tls13(sg_tls_ctx *sc, sg_tls_ctx *cc)
 {
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = {.t = sg_tls_new_client(cc, "mail.example.test", NULL)};
-	CHECK(s.t && c.t, "engines");
-	CHECK(handshake(&c, &s) == 1, "TLS 1.3 handshake: client %s, server %s",
-	      sg_tls_error(c.t), sg_tls_error(s.t));
-	CHECK(strcmp(sg_tls_version(s.t), "TLSv1.3") == 0, "version %s",
-	      sg_tls_version(s.t));
-	CHECK(strncmp(sg_tls_cipher(s.t), "TLS_", 4) == 0, "cipher %s",
-	      sg_tls_cipher(s.t));
-	CHECK(sg_tls_bits(s.t) >= 128, "bits %u", sg_tls_bits(s.t));
-	CHECK(!sg_tls_resumed(s.t), "first connection is not resumed");
-	CHECK(exchange(s.t, c.t, "220 mail.example.test ESMTP\r\n") == 0,
-	      "server -> client");
-	CHECK(exchange(c.t, s.t, "EHLO client.example\r\n") == 0,
-	      "client -> server");
+	ASSERT_NOT_NULL(s.t, "engines");
+	ASSERT_NOT_NULL(c.t, "engines");
+	ASSERT_EQ(handshake(&c, &s), 1, "TLS 1.3 handshake: client %s, server %s",
+	          sg_tls_error(c.t), sg_tls_error(s.t));
+	ASSERT_STR_EQ(sg_tls_version(s.t), "TLSv1.3");
+	ASSERT(!strncmp(sg_tls_cipher(s.t), "TLS_", 4), "cipher %s",
+	       sg_tls_cipher(s.t));
+	ASSERT_GE(sg_tls_bits(s.t), 128);
+	ASSERT(!sg_tls_resumed(s.t), "first connection is not resumed");
+	ASSERT_EQ(exchange(s.t, c.t, "220 mail.example.test ESMTP\r\n"), 0,
+	          "server -> client");
+	ASSERT_EQ(exchange(c.t, s.t, "EHLO client.example\r\n"), 0,
+	          "client -> server");
 
 	/* close_notify: the server reads "peer closed" (1). */
 	sg_tls_shutdown(c.t);
 	transfer(&c, &s);
 	sg_buf b;
 	sg_buf_init(&b, 1024);
-	CHECK(sg_tls_read(s.t, &b) == 1, "close_notify gives 1");
+	ASSERT_EQ(sg_tls_read(s.t, &b), 1, "close_notify gives 1");
 	sg_buf_free(&b);
 	peer_free(&s);
 	peer_free(&c);
@@ -268,12 +256,12 @@ static void test_bounded_read(sg_tls_ctx *sc, sg_tls_ctx *cc)
 {
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = {.t = sg_tls_new_client(cc, NULL, NULL)};
-	CHECK(handshake(&c, &s) == 1, "handshake");
+	ASSERT_EQ(handshake(&c, &s), 1, "handshake");
 	enum { TOTAL = 40000, MAX = 1000 };
 	static char msg[TOTAL];
 	for (size_t i = 0; i < TOTAL; i++)
 		msg[i] = (char)('a' + i % 26);
-	CHECK(sg_tls_write(c.t, msg, TOTAL) == 0, "write 40000");
+	ASSERT_EQ(sg_tls_write(c.t, msg, TOTAL), 0, "write 40000");
 	transfer(&c, &s);
 	sg_buf got, all;
 	sg_buf_init(&got, MAX);
@@ -281,16 +269,16 @@ static void test_bounded_read(sg_tls_ctx *sc, sg_tls_ctx *cc)
 	int rounds = 0;
 	while (all.len < TOTAL && rounds++ < 2 * TOTAL / MAX) {
 		int r = sg_tls_read(s.t, &got);
-		CHECK(r == 0, "read %d", r);
-		CHECK(got.len <= MAX, "read past max: %zu", got.len);
-		CHECK(got.len > 0, "no progress");
+		ASSERT_EQ(r, 0);
+		ASSERT_LE(got.len, MAX, "read past max");
+		ASSERT_GT(got.len, 0, "no progress");
 		if (got.len == 0 || r != 0)
 			break;
 		sg_buf_append(&all, got.data, got.len);
 		sg_buf_reset(&got);
 	}
-	CHECK(all.len == TOTAL && memcmp(all.data, msg, TOTAL) == 0,
-	      "got %zu of %d in order", all.len, TOTAL);
+	if (ASSERT_EQ(all.len, TOTAL))
+		ASSERT_MEM_EQ(all.data, msg, TOTAL, "in order");
 	sg_buf_free(&got);
 	sg_buf_free(&all);
 	peer_free(&s);
@@ -307,50 +295,54 @@ static void test_read_path(sg_tls_ctx *sc, sg_tls_ctx *cc)
 {
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = {.t = sg_tls_new_client(cc, NULL, NULL)};
-	CHECK(handshake(&c, &s) == 1, "handshake");
+	ASSERT_EQ(handshake(&c, &s), 1, "handshake");
 	static const char *const cmds[] = {"MAIL FROM:<a@example.test>\r\n",
 	                                   "RCPT TO:<b@example.test>\r\n",
 	                                   "DATA\r\n"};
 	char all[128] = "";
 	for (size_t i = 0; i < 3; i++) { /* three records, as a client pipelines */
-		CHECK(sg_tls_write(c.t, cmds[i], strlen(cmds[i])) == 0, "write");
+		ASSERT_EQ(sg_tls_write(c.t, cmds[i], strlen(cmds[i])), 0, "write");
 		strcat(all, cmds[i]);
 	}
 	transfer(&c, &s);
 	sg_buf got;
 	sg_buf_init(&got, 4096);
-	CHECK(sg_tls_read(s.t, &got) == 0, "read");
-	CHECK(got.len == strlen(all) && memcmp(got.data, all, got.len) == 0,
-	      "three records in one read: got %zu of %zu", got.len, strlen(all));
-	CHECK(sg_tls_read(s.t, &got) == 0 && got.len == strlen(all),
-	      "nothing new fed: nothing read");
+	ASSERT_EQ(sg_tls_read(s.t, &got), 0, "read");
+	if (ASSERT_EQ(got.len, strlen(all), "three records in one read"))
+		ASSERT_MEM_EQ(got.data, all, got.len);
+	ASSERT_EQ(sg_tls_read(s.t, &got), 0, "nothing new fed: nothing read");
+	ASSERT_EQ(got.len, strlen(all), "nothing new fed: nothing read");
 
 	/* a stale error of someone else's on this thread's queue */
 	ERR_raise(ERR_LIB_SSL, SSL_R_BAD_LENGTH);
 	sg_buf_reset(&got);
-	CHECK(sg_tls_read(s.t, &got) == 0 && got.len == 0,
-	      "stale error: still no data and no failure");
+	ASSERT_EQ(sg_tls_read(s.t, &got), 0,
+	          "stale error: still no data and no failure");
+	ASSERT_EQ(got.len, 0, "stale error: still no data and no failure");
 	const char *msg = "250 2.0.0 Ok\r\n";
-	CHECK(sg_tls_write(c.t, msg, strlen(msg)) == 0, "write");
+	ASSERT_EQ(sg_tls_write(c.t, msg, strlen(msg)), 0, "write");
 	size_t n = 0;
 	const char *p = sg_tls_out(c.t, &n);
-	CHECK(p && n > 10, "ciphertext");
+	ASSERT_NOT_NULL(p, "ciphertext");
+	ASSERT_GT(n, 10, "ciphertext");
 	if (p && n > 10) {
-		CHECK(sg_tls_feed(s.t, p, n / 2) == 0, "feed half");
-		CHECK(sg_tls_read(s.t, &got) == 0 && got.len == 0,
-		      "half a record: retry, not an error (%s)", sg_tls_error(s.t));
-		CHECK(sg_tls_feed(s.t, p + n / 2, n - n / 2) == 0, "feed rest");
+		ASSERT_EQ(sg_tls_feed(s.t, p, n / 2), 0, "feed half");
+		ASSERT_EQ(sg_tls_read(s.t, &got), 0,
+		          "half a record: retry, not an error (%s)", sg_tls_error(s.t));
+		ASSERT_EQ(got.len, 0, "half a record: retry, not an error (%s)",
+		          sg_tls_error(s.t));
+		ASSERT_EQ(sg_tls_feed(s.t, p + n / 2, n - n / 2), 0, "feed rest");
 		sg_tls_out_consume(c.t, n);
-		CHECK(sg_tls_read(s.t, &got) == 0, "read: %s", sg_tls_error(s.t));
-		CHECK(got.len == strlen(msg) && memcmp(got.data, msg, got.len) == 0,
-		      "whole record read once complete (%zu octets)", got.len);
+		ASSERT_EQ(sg_tls_read(s.t, &got), 0, "read: %s", sg_tls_error(s.t));
+		if (ASSERT_EQ(got.len, strlen(msg), "whole record read once complete"))
+			ASSERT_MEM_EQ(got.data, msg, got.len);
 	}
-	CHECK(exchange(s.t, c.t, "354 go ahead\r\n") == 0,
-	      "write with a stale error queued");
+	ASSERT_EQ(exchange(s.t, c.t, "354 go ahead\r\n"), 0,
+	          "write with a stale error queued");
 	ERR_clear_error();
 
 	/* a forged record: authentication fails, the session is told why */
-	CHECK(sg_tls_write(c.t, msg, strlen(msg)) == 0, "write");
+	ASSERT_EQ(sg_tls_write(c.t, msg, strlen(msg)), 0, "write");
 	p = sg_tls_out(c.t, &n);
 	if (p && n > 0) {
 		char bad[256];
@@ -358,13 +350,13 @@ static void test_read_path(sg_tls_ctx *sc, sg_tls_ctx *cc)
 		memcpy(bad, p, k);
 		bad[k - 1] ^= 0x55; /* last octet of the AEAD tag */
 		sg_tls_out_consume(c.t, n);
-		CHECK(sg_tls_feed(s.t, bad, k) == 0, "feed forged");
+		ASSERT_EQ(sg_tls_feed(s.t, bad, k), 0, "feed forged");
 		sg_buf_reset(&got);
-		CHECK(sg_tls_read(s.t, &got) == -1 && got.len == 0,
-		      "forged record refused");
-		CHECK(strstr(sg_tls_error(s.t), "read failed") != NULL, "error: %s",
-		      sg_tls_error(s.t));
-		CHECK(ERR_peek_error() == 0, "error queue left empty");
+		ASSERT_EQ(sg_tls_read(s.t, &got), -1, "forged record refused");
+		ASSERT_EQ(got.len, 0, "forged record refused");
+		ASSERT_NOT_NULL(strstr(sg_tls_error(s.t), "read failed"), "error: %s",
+		                sg_tls_error(s.t));
+		ASSERT_EQ(ERR_peek_error(), 0, "error queue left empty");
 	}
 	sg_buf_free(&got);
 	peer_free(&s);
@@ -380,12 +372,11 @@ static void test_tls12_and_min_version(sg_tls_ctx *sc)
 	/* TLS 1.2 works against min_version = TLSv1.2 (the default). */
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = raw_client(c12);
-	CHECK(handshake(&c, &s) == 1, "TLS 1.2: %s", sg_tls_error(s.t));
-	CHECK(strcmp(sg_tls_version(s.t), "TLSv1.2") == 0, "version %s",
-	      sg_tls_version(s.t));
-	CHECK(strstr(sg_tls_cipher(s.t), "GCM") ||
-	          strstr(sg_tls_cipher(s.t), "CHACHA"),
-	      "AEAD cipher: %s", sg_tls_cipher(s.t));
+	ASSERT_EQ(handshake(&c, &s), 1, "TLS 1.2: %s", sg_tls_error(s.t));
+	ASSERT_STR_EQ(sg_tls_version(s.t), "TLSv1.2");
+	ASSERT(strstr(sg_tls_cipher(s.t), "GCM") ||
+	           strstr(sg_tls_cipher(s.t), "CHACHA"),
+	       "AEAD cipher: %s", sg_tls_cipher(s.t));
 	SSL_SESSION *sess = SSL_get1_session(c.ssl);
 	peer_free(&s);
 	peer_free(&c);
@@ -394,8 +385,8 @@ static void test_tls12_and_min_version(sg_tls_ctx *sc)
 	s.t = sg_tls_new_server(sc);
 	c = raw_client(c12);
 	SSL_set_session(c.ssl, sess);
-	CHECK(handshake(&c, &s) == 1, "TLS 1.2 resumption handshake");
-	CHECK(sg_tls_resumed(s.t), "TLS 1.2 session id resumed from the cache");
+	ASSERT_EQ(handshake(&c, &s), 1, "TLS 1.2 resumption handshake");
+	ASSERT(sg_tls_resumed(s.t), "TLS 1.2 session id resumed from the cache");
 	SSL_SESSION_free(sess);
 	peer_free(&s);
 	peer_free(&c);
@@ -403,13 +394,14 @@ static void test_tls12_and_min_version(sg_tls_ctx *sc)
 	/* min_version = TLSv1.3 refuses that client, with a reason. */
 	sg_errors errs = {0};
 	sg_tls_ctx *s13 = server_ctx("min_version = TLSv1.3\n", &errs);
-	CHECK(s13, "ctx 1.3: %s", errs.n ? errs.msg[0] : "");
+	ASSERT_NOT_NULL(s13, "ctx 1.3: %s", errs.n ? errs.msg[0] : "");
 	if (s13) {
 		s.t = sg_tls_new_server(s13);
 		c = raw_client(c12);
-		CHECK(handshake(&c, &s) == 0, "TLS 1.2 client vs TLSv1.3 minimum");
-		CHECK(s.hs == -1 && strstr(sg_tls_error(s.t), "protocol"),
-		      "error: %s", sg_tls_error(s.t));
+		ASSERT_EQ(handshake(&c, &s), 0, "TLS 1.2 client vs TLSv1.3 minimum");
+		ASSERT_EQ(s.hs, -1, "error: %s", sg_tls_error(s.t));
+		ASSERT(strstr(sg_tls_error(s.t), "protocol"), "error: %s",
+		       sg_tls_error(s.t));
 		peer_free(&s);
 		peer_free(&c);
 		sg_tls_ctx_unref(s13);
@@ -447,11 +439,10 @@ static void test_ecdsa_selection(sg_tls_ctx *sc)
 		SSL_CTX_set1_sigalgs_list(cx, cases[i].sigalgs);
 		struct peer s = {.t = sg_tls_new_server(sc)};
 		struct peer c = raw_client(cx);
-		CHECK(handshake(&c, &s) == 1, "%s: %s", cases[i].sigalgs,
-		      sg_tls_error(s.t));
+		ASSERT_EQ(handshake(&c, &s), 1, "%s: %s", cases[i].sigalgs,
+		          sg_tls_error(s.t));
 		const char *got = peer_key_type(c.ssl);
-		CHECK(strcmp(got, cases[i].want) == 0, "sigalgs %s: got %s cert",
-		      cases[i].sigalgs, got);
+		ASSERT_STR_EQ(got, cases[i].want, "sigalgs %s", cases[i].sigalgs);
 		peer_free(&s);
 		peer_free(&c);
 		SSL_CTX_free(cx);
@@ -466,10 +457,10 @@ static int second_resumes(sg_tls_ctx *sc, sg_tls_ctx *cc, const char *name)
 	for (int round = 0; round < 2; round++) {
 		struct peer s = {.t = sg_tls_new_server(sc)};
 		struct peer c = {.t = sg_tls_new_client(cc, name, NULL)};
-		CHECK(handshake(&c, &s) == 1, "handshake %d", round);
+		ASSERT_EQ(handshake(&c, &s), 1, "handshake %d", round);
 		/* TLS 1.3 tickets arrive after the handshake: the client
 		 * processes them when it reads. */
-		CHECK(exchange(s.t, c.t, "220 ready\r\n") == 0, "data %d", round);
+		ASSERT_EQ(exchange(s.t, c.t, "220 ready\r\n"), 0, "data %d", round);
 		if (round == 1)
 			resumed = sg_tls_resumed(s.t) && sg_tls_resumed(c.t);
 		peer_free(&s);
@@ -499,19 +490,23 @@ static void test_ticket_with_first_reply(sg_tls_ctx *sc)
 	tickets_seen = 0;
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = raw_client(cx);
-	CHECK(handshake(&c, &s) == 1, "handshake");
+	ASSERT_EQ(handshake(&c, &s), 1, "handshake");
 	char buf[256];
-	CHECK(SSL_read(c.ssl, buf, sizeof buf) <= 0 && tickets_seen == 0,
-	      "no ticket flight of its own after the handshake (%d)", tickets_seen);
-	CHECK(sg_tls_write(s.t, "250 ok\r\n", 8) == 0, "reply");
+	ASSERT_LE(SSL_read(c.ssl, buf, sizeof buf), 0,
+	          "no ticket flight of its own after the handshake");
+	ASSERT_EQ(tickets_seen, 0,
+	          "no ticket flight of its own after the handshake");
+	ASSERT_EQ(sg_tls_write(s.t, "250 ok\r\n", 8), 0, "reply");
 	size_t n = 0;
 	const char *p = sg_tls_out(s.t, &n);
 	BIO_write(c.rb, p, (int)n);
 	sg_tls_out_consume(s.t, n);
-	CHECK(sg_tls_out(s.t, &n) == NULL && n == 0, "one buffer to send");
+	ASSERT_NULL(sg_tls_out(s.t, &n), "one buffer to send");
+	ASSERT_EQ(n, 0, "one buffer to send");
 	int r = SSL_read(c.ssl, buf, sizeof buf);
-	CHECK(r == 8 && memcmp(buf, "250 ok\r\n", 8) == 0, "reply read (%d)", r);
-	CHECK(tickets_seen == 1, "one ticket, with the reply (%d)", tickets_seen);
+	if (ASSERT_EQ(r, 8, "reply read"))
+		ASSERT_MEM_EQ(buf, "250 ok\r\n", 8);
+	ASSERT_EQ(tickets_seen, 1, "one ticket, with the reply");
 	peer_free(&s);
 	peer_free(&c);
 	SSL_CTX_free(cx);
@@ -521,23 +516,23 @@ static void test_resumption(sg_tls_ctx *sc)
 {
 	sg_errors errs = {0};
 	sg_tls_ctx *cc = sg_tls_client_ctx(false, NULL, &errs);
-	CHECK(second_resumes(sc, cc, "mail.example.test") == 1,
-	      "second connection resumed with tickets on");
+	ASSERT_EQ(second_resumes(sc, cc, "mail.example.test"), 1,
+	          "second connection resumed with tickets on");
 	/* A session is only offered to the name it was made for. */
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = {.t = sg_tls_new_client(cc, "other.example.test", NULL)};
-	CHECK(handshake(&c, &s) == 1 && !sg_tls_resumed(s.t),
-	      "no resumption for another name");
+	ASSERT_EQ(handshake(&c, &s), 1, "no resumption for another name");
+	ASSERT(!sg_tls_resumed(s.t), "no resumption for another name");
 	peer_free(&s);
 	peer_free(&c);
 	sg_tls_ctx_unref(cc);
 
 	sg_tls_ctx *noticket = server_ctx("session_tickets = no\n", &errs);
-	CHECK(noticket, "ctx tickets=no");
+	ASSERT_NOT_NULL(noticket, "ctx tickets=no");
 	cc = sg_tls_client_ctx(false, NULL, &errs);
 	if (noticket)
-		CHECK(second_resumes(noticket, cc, "mail.example.test") == 0,
-		      "no TLS 1.3 resumption with session_tickets = no");
+		ASSERT_EQ(second_resumes(noticket, cc, "mail.example.test"), 0,
+		          "no TLS 1.3 resumption with session_tickets = no");
 	sg_tls_ctx_unref(cc);
 	sg_tls_ctx_unref(noticket);
 	sg_errors_free(&errs);
@@ -550,24 +545,26 @@ static void test_verify(sg_tls_ctx *sc)
 	 * get either, depending on its signature algorithms). */
 	char both[PATH_MAX_T];
 	path(both, "both.crt");
-	CHECK(sh("cat %s/rsa.crt %s/ec.crt > %s", dir, dir, both) == 0, "cat");
+	ASSERT_EQ(sh("cat %s/rsa.crt %s/ec.crt > %s", dir, dir, both), 0, "cat");
 	sg_tls_ctx *cc = sg_tls_client_ctx(true, both, &errs);
-	CHECK(cc, "verifying client ctx");
+	ASSERT_NOT_NULL(cc, "verifying client ctx");
 
 	struct peer s = {.t = sg_tls_new_server(sc)};
 	struct peer c = {.t = sg_tls_new_client(cc, "mail.example.test",
 	                                        "mail.example.test")};
-	CHECK(handshake(&c, &s) == 1, "right name verifies: %s",
-	      sg_tls_error(c.t));
+	ASSERT_EQ(handshake(&c, &s), 1, "right name verifies: %s",
+	          sg_tls_error(c.t));
 	peer_free(&s);
 	peer_free(&c);
 
 	s.t = sg_tls_new_server(sc);
 	c.t = sg_tls_new_client(cc, "wrong.example.test", "wrong.example.test");
-	CHECK(handshake(&c, &s) == 0 && c.hs == -1, "wrong name refused");
-	CHECK(strstr(sg_tls_error(c.t), "certificate verify failed") &&
-	          strstr(sg_tls_error(c.t), "hostname mismatch"),
-	      "error: %s", sg_tls_error(c.t));
+	ASSERT_EQ(handshake(&c, &s), 0, "wrong name refused");
+	ASSERT_EQ(c.hs, -1, "wrong name refused");
+	ASSERT(strstr(sg_tls_error(c.t), "certificate verify failed"), "error: %s",
+	       sg_tls_error(c.t));
+	ASSERT(strstr(sg_tls_error(c.t), "hostname mismatch"), "error: %s",
+	       sg_tls_error(c.t));
 	peer_free(&s);
 	peer_free(&c);
 	sg_tls_ctx_unref(cc);
@@ -575,25 +572,29 @@ static void test_verify(sg_tls_ctx *sc)
 	/* An untrusted (self-signed, not in the CA file) chain. */
 	char other[PATH_MAX_T];
 	path(other, "other.crt");
-	CHECK(sh("cd %s && openssl req -x509 -newkey ec -pkeyopt "
-	         "ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt "
-	         "-days 1 -subj /CN=x 2>/dev/null",
-	         dir) == 0,
-	      "other cert");
+	ASSERT_EQ(
+	    sh("cd %s && openssl req -x509 -newkey ec -pkeyopt "
+	       "ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt "
+	       "-days 1 -subj /CN=x 2>/dev/null",
+	       dir),
+	    0, "other cert");
 	cc = sg_tls_client_ctx(true, other, &errs);
 	s.t = sg_tls_new_server(sc);
 	c.t = sg_tls_new_client(cc, "mail.example.test", "mail.example.test");
-	CHECK(handshake(&c, &s) == 0 && c.hs == -1, "untrusted chain refused");
-	CHECK(strstr(sg_tls_error(c.t), "certificate verify failed"), "error: %s",
-	      sg_tls_error(c.t));
+	ASSERT_EQ(handshake(&c, &s), 0, "untrusted chain refused");
+	ASSERT_EQ(c.hs, -1, "untrusted chain refused");
+	ASSERT(strstr(sg_tls_error(c.t), "certificate verify failed"), "error: %s",
+	       sg_tls_error(c.t));
 	peer_free(&s);
 	peer_free(&c);
 	sg_tls_ctx_unref(cc);
 
 	/* A CA file that does not exist is a context error. */
 	cc = sg_tls_client_ctx(true, "/nonexistent/ca.pem", &errs);
-	CHECK(!cc && errs.n == 1 && strstr(errs.msg[0], "/nonexistent/ca.pem"),
-	      "missing CA file: %s", errs.n ? errs.msg[0] : "no error");
+	ASSERT_NULL(cc, "missing CA file");
+	if (ASSERT_EQ(errs.n, 1, "missing CA file"))
+		ASSERT(strstr(errs.msg[0], "/nonexistent/ca.pem"), "error: %s",
+		       errs.msg[0]);
 	sg_tls_ctx_unref(cc);
 	sg_errors_free(&errs);
 }
@@ -638,19 +639,23 @@ static void test_config_errors(void)
 		subst(tls, sizeof tls, cases[i].tmpl);
 		sg_errors errs = {0};
 		sg_config *cfg = load_conf("bad.conf", tls, &errs);
-		CHECK(cfg, "%s: config loads: %s", cases[i].what,
-		      errs.n ? errs.msg[0] : "");
+		ASSERT_NOT_NULL(cfg, "%s: config loads: %s", cases[i].what,
+		                errs.n ? errs.msg[0] : "");
 		if (!cfg) {
 			sg_errors_free(&errs);
 			continue;
 		}
 		sg_tls_ctx *c = sg_tls_server_ctx(cfg, &errs);
 		snprintf(want, sizeof want, "%s:%d: ", conf, cases[i].line);
-		CHECK(!c, "%s: context refused", cases[i].what);
-		CHECK(errs.n == 1 && strncmp(errs.msg[0], want, strlen(want)) == 0 &&
-		          strstr(errs.msg[0], cases[i].msg),
-		      "%s: want \"%s...%s\", got \"%s\"", cases[i].what, want,
-		      cases[i].msg, errs.n ? errs.msg[0] : "no error");
+		ASSERT_NULL(c, "%s: context refused", cases[i].what);
+		if (ASSERT_EQ(errs.n, 1, "%s: first error: %s", cases[i].what,
+		              errs.n ? errs.msg[0] : "none")) {
+			ASSERT(!strncmp(errs.msg[0], want, strlen(want)),
+			       "%s: want \"%s...\", got \"%s\"", cases[i].what, want,
+			       errs.msg[0]);
+			ASSERT(strstr(errs.msg[0], cases[i].msg), "%s: got \"%s\"",
+			       cases[i].what, errs.msg[0]);
+		}
 		sg_tls_ctx_unref(c);
 		sg_config_unref(cfg);
 		sg_errors_free(&errs);
@@ -661,21 +666,21 @@ static void test_plaintext(sg_tls_ctx *sc)
 {
 	sg_tls *s = sg_tls_new_server(sc);
 	const char *ehlo = "EHLO client.example\r\n";
-	CHECK(sg_tls_feed(s, ehlo, strlen(ehlo)) == 0, "feed");
-	CHECK(sg_tls_handshake(s) == -1, "plaintext fails the handshake");
+	ASSERT_EQ(sg_tls_feed(s, ehlo, strlen(ehlo)), 0, "feed");
+	ASSERT_EQ(sg_tls_handshake(s), -1, "plaintext fails the handshake");
 	const char *e = sg_tls_error(s);
-	CHECK(strstr(e, "handshake failed") && strstr(e, "wrong version number") &&
-	          strstr(e, "plaintext on a TLS port"),
-	      "error: %s", e);
+	ASSERT(strstr(e, "handshake failed"), "error: %s", e);
+	ASSERT(strstr(e, "wrong version number"), "error: %s", e);
+	ASSERT(strstr(e, "plaintext on a TLS port"), "error: %s", e);
 	/* The error queue is left empty for the next session on the thread. */
-	CHECK(ERR_peek_error() == 0, "OpenSSL error queue cleared");
+	ASSERT_EQ(ERR_peek_error(), 0, "OpenSSL error queue cleared");
 	sg_tls_free(s);
 
 	/* Garbage after a partial record: still a clean failure, no crash. */
 	s = sg_tls_new_server(sc);
-	CHECK(sg_tls_feed(s, "\x16\x03\x01\x00\x05hello", 10) == 0, "feed");
-	CHECK(sg_tls_handshake(s) == -1, "bogus ClientHello refused: %s",
-	      sg_tls_error(s));
+	ASSERT_EQ(sg_tls_feed(s, "\x16\x03\x01\x00\x05hello", 10), 0, "feed");
+	ASSERT_EQ(sg_tls_handshake(s), -1, "bogus ClientHello refused: %s",
+	          sg_tls_error(s));
 	sg_tls_free(s);
 }
 
@@ -706,7 +711,8 @@ static void test_idle_memory(sg_tls_ctx *sc, sg_tls_ctx *cc)
 	struct mallinfo2 after = mallinfo2();
 	long per = ((long)after.uordblks - (long)before.uordblks) / N;
 	printf("idle memory: %ld bytes of heap per idle server session\n", per);
-	CHECK(per > 0 && per < 19 * 1024, "idle session heap %ld bytes", per);
+	ASSERT_GT(per, 0, "idle session heap");
+	ASSERT_LT(per, 19 * 1024, "idle session heap");
 	for (int i = 0; i < N; i++)
 		peer_free(&s[i]);
 #endif
@@ -729,7 +735,9 @@ int main(void)
 	sg_tls_ctx *cc = sg_tls_client_ctx(false, NULL, &errs);
 	for (size_t i = 0; i < errs.n; i++)
 		fprintf(stderr, "setup: %s\n", errs.msg[i]);
-	CHECK(sc && cc && errs.n == 0, "contexts");
+	ASSERT_NOT_NULL(sc, "contexts");
+	ASSERT_NOT_NULL(cc, "contexts");
+	ASSERT_EQ(errs.n, 0, "contexts");
 	if (sc && cc) {
 		test_handshake_tls13(sc, cc);
 		test_bounded_read(sc, cc);
@@ -747,6 +755,5 @@ int main(void)
 	sg_tls_ctx_unref(cc);
 	sg_errors_free(&errs);
 	sh("rm -rf %s", dir);
-	printf("test_tls: %d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	return CHECK_SUMMARY();
 }

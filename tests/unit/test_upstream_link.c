@@ -13,16 +13,7 @@
 #include "../../common/buf.h"
 #include "../../common/config.h"
 #include "../../upstream/link.h"
-
-static int failures;
-#define CHECK(c)                                                               \
-	do {                                                                       \
-		if (!(c)) {                                                            \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-			        #c);                                                       \
-			failures++;                                                        \
-		}                                                                      \
-	} while (0)
+#include "check.h"
 
 static uv_loop_t *loop;
 
@@ -247,8 +238,8 @@ static void fake_start(fake *f)
 	uv_tcp_init(loop, &f->srv);
 	f->srv.data = f;
 	uv_ip4_addr("127.0.0.1", 0, &a);
-	CHECK(uv_tcp_bind(&f->srv, (struct sockaddr *)&a, 0) == 0);
-	CHECK(uv_listen((uv_stream_t *)&f->srv, 16, fake_accept) == 0);
+	ASSERT_EQ(uv_tcp_bind(&f->srv, (struct sockaddr *)&a, 0), 0);
+	ASSERT_EQ(uv_listen((uv_stream_t *)&f->srv, 16, fake_accept), 0);
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
 	uv_tcp_getsockname(&f->srv, (struct sockaddr *)&ss, &len);
@@ -269,7 +260,7 @@ static void fake_stop(fake *f)
 		uv_run(loop, UV_RUN_ONCE);
 		uv_update_time(loop);
 	}
-	CHECK(f->port == -1);
+	ASSERT_EQ(f->port, -1);
 	sg_buf_free(&f->log);
 	sg_buf_free(&f->data);
 }
@@ -385,9 +376,10 @@ static sg_link *open_ok(sg_config *cfg, got *g)
 {
 	memset(g, 0, sizeof *g);
 	sg_link *l = sg_link_open(loop, cfg, &ID, on_reply, g);
-	CHECK(l != NULL);
+	ASSERT_NOT_NULL(l);
 	wait_for(&g->n, 1);
-	CHECK(g->n == 1 && g->code[0] / 100 == 2);
+	if (ASSERT_EQ(g->n, 1))
+		ASSERT_EQ(g->code[0] / 100, 2);
 	return l;
 }
 
@@ -400,8 +392,11 @@ static void send_message(sg_link *l, const char *body, got *g)
 	for (int i = 0; i < 3; i++)
 		sg_link_command(l, cmds[i], strlen(cmds[i]), on_reply, g);
 	wait_for(&g->n, 3);
-	CHECK(g->n == 3 && g->code[0] == 250 && g->code[1] == 250 &&
-	      g->code[2] == 354);
+	if (ASSERT_EQ(g->n, 3)) {
+		ASSERT_EQ(g->code[0], 250);
+		ASSERT_EQ(g->code[1], 250);
+		ASSERT_EQ(g->code[2], 354);
+	}
 	if (g->code[2] != 354)
 		return;
 	sg_link_data_begin(l, on_reply, g, on_drain);
@@ -410,7 +405,7 @@ static void send_message(sg_link *l, const char *body, got *g)
 	size_t n = sg_link_data_feed(l, body, len, &pause);
 	const char *q = strstr(body, "\r\n.\r\n");
 	size_t want = q ? (size_t)(q - body) + 5 : len;
-	CHECK(n == want);
+	ASSERT_EQ(n, want);
 	wait_for(&g->n, 4);
 }
 
@@ -421,47 +416,60 @@ static void test_xclient(void)
 	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
 	got g;
 	sg_link *l = open_ok(cfg, &g);
-	CHECK(sg_link_alive(l));
-	CHECK(log_has(&f, "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 "
-	                  "PORT=40000 PROTO=ESMTP HELO=client+20helo "
-	                  "LOGIN=alice@example.org\r\nEHLO gate.example\r\n"));
+	ASSERT(sg_link_alive(l));
+	ASSERT(log_has(&f, "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 "
+	                   "PORT=40000 PROTO=ESMTP HELO=client+20helo "
+	                   "LOGIN=alice@example.org\r\nEHLO gate.example\r\n"));
 	/* EHLO, XCLIENT, EHLO again */
-	CHECK(!strncmp(f.log.data, "EHLO gate.example\r\nXCLIENT ", 27));
+	ASSERT(!strncmp(f.log.data, "EHLO gate.example\r\nXCLIENT ", 27));
 
 	send_message(l, "Subject: t\r\n\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n", &g);
-	CHECK(g.n == 4 && g.code[3] == 250);
-	CHECK(!strcmp(g.text[3], "250 2.0.0 Ok: queued as ABC123\r\n"));
-	CHECK(!strcmp(sg_link_last_queue_id(l), "ABC123"));
+	if (ASSERT_EQ(g.n, 4))
+		ASSERT_EQ(g.code[3], 250);
+	ASSERT_STR_EQ(g.text[3], "250 2.0.0 Ok: queued as ABC123\r\n");
+	ASSERT_STR_EQ(sg_link_last_queue_id(l), "ABC123");
 	sg_buf_append(&f.data, "", 1);
-	CHECK(!strncmp(f.data.data, "Received: from client?helo (unknown "
-	                            "[IPv6:2001:db8::7])\r\n\tby gate.example "
-	                            "(saslgate) with ESMTPSA id t1\r\n", 93));
-	CHECK(strstr(f.data.data, "(authenticated sender: alice@example.org)"));
-	CHECK(strstr(f.data.data, "\r\nSubject: t\r\n\r\nhello\r\n..dot\r\n"));
-	CHECK(!strstr(f.data.data, "X-Authenticated-User"));
+	ASSERT(!strncmp(f.data.data,
+	                "Received: from client?helo (unknown "
+	                "[IPv6:2001:db8::7])\r\n\tby gate.example "
+	                "(saslgate) with ESMTPSA id t1\r\n",
+	                93));
+	ASSERT(strstr(f.data.data, "(authenticated sender: alice@example.org)"));
+	ASSERT(strstr(f.data.data, "\r\nSubject: t\r\n\r\nhello\r\n..dot\r\n"));
+	ASSERT(!strstr(f.data.data, "X-Authenticated-User"));
 
 	/* a second message on the same connection; pipelined replies in order */
 	send_message(l, "Subject: 2\r\n\r\nx\r\n.\r\n", &g);
-	CHECK(g.n == 4 && g.code[3] == 250);
-	CHECK(f.nconn == 1 && f.ndots == 2);
+	if (ASSERT_EQ(g.n, 4))
+		ASSERT_EQ(g.code[3], 250);
+	ASSERT_EQ(f.nconn, 1);
+	ASSERT_EQ(f.ndots, 2);
 	/* an empty message: the Received header alone, then the end */
 	send_message(l, ".\r\n", &g);
-	CHECK(g.n == 4 && g.code[3] == 250 && f.ndots == 3);
-	CHECK(f.data.len > 40 && !strncmp(f.data.data, "Received: from ", 15) &&
-	      !memcmp(f.data.data + f.data.len - 2, "\r\n", 2));
-	CHECK(memmem(f.data.data, f.data.len, "\r\n\t; ", 5) &&
-	      !memmem(f.data.data, f.data.len, "\r\n\r\n", 4));
+	if (ASSERT_EQ(g.n, 4)) {
+		ASSERT_EQ(g.code[3], 250);
+		ASSERT_EQ(f.ndots, 3);
+	}
+	if (ASSERT_GT(f.data.len, 40)) {
+		ASSERT(!strncmp(f.data.data, "Received: from ", 15));
+		ASSERT_MEM_EQ(f.data.data + f.data.len - 2, "\r\n", 2);
+		ASSERT(memmem(f.data.data, f.data.len, "\r\n\t; ", 5));
+		ASSERT(!memmem(f.data.data, f.data.len, "\r\n\r\n", 4));
+	}
 	memset(&g, 0, sizeof g);
 	sg_link_command(l, "RSET\r\n", 6, on_reply, &g);
 	sg_link_command(l, "NOOP\r\n", 6, on_reply, &g);
 	sg_link_command(l, "VRFY x\r\n", 8, on_reply, &g);
 	wait_for(&g.n, 3);
-	CHECK(g.n == 3 && g.code[0] == 250 && g.code[1] == 250 &&
-	      g.code[2] == 502);
+	if (ASSERT_EQ(g.n, 3)) {
+		ASSERT_EQ(g.code[0], 250);
+		ASSERT_EQ(g.code[1], 250);
+		ASSERT_EQ(g.code[2], 502);
+	}
 
 	sg_link_close(l);
 	wait_for(&f.nclosed, 1);
-	CHECK(f.nquit == 1);
+	ASSERT_EQ(f.nquit, 1);
 	fake_stop(&f);
 	settle(50); /* links free their config ref from the loop */
 	free(cfg);
@@ -476,17 +484,21 @@ static void test_refused(void)
 	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
 	got g = {0};
 	sg_link *l = sg_link_open(loop, cfg, &ID, on_reply, &g);
-	CHECK(l != NULL);
+	ASSERT_NOT_NULL(l);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 454 && !strncmp(g.text[0], "454 4.7.0", 9));
-	CHECK(!log_has(&f, "MAIL"));
+	if (ASSERT_EQ(g.n, 1)) {
+		ASSERT_EQ(g.code[0], 454);
+		ASSERT(!strncmp(g.text[0], "454 4.7.0", 9));
+	}
+	ASSERT(!log_has(&f, "MAIL"));
 
 	/* XCLIENT not advertised at all */
 	f.ehlo = EHLO_PLAIN;
 	memset(&g, 0, sizeof g);
 	sg_link_open(loop, cfg, &ID, on_reply, &g);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 454);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 454);
 
 	/* identity none needs nothing */
 	cfg->identity = SG_ID_NONE;
@@ -510,9 +522,9 @@ static void test_failover(void)
 	/* refused connection, then the good one */
 	sg_config *cfg = mkcfg(SG_ID_XCLIENT, dead, f.port);
 	sg_link *l = open_ok(cfg, &g);
-	CHECK(f.nconn == 1);
-	CHECK(!strcmp(sg_link_peer(l), servers[1].host) ||
-	      strstr(sg_link_peer(l), ports[1]));
+	ASSERT_EQ(f.nconn, 1);
+	ASSERT(!strcmp(sg_link_peer(l), servers[1].host) ||
+	       strstr(sg_link_peer(l), ports[1]));
 	sg_link_close(l);
 	settle(50); /* links free their config ref from the loop */
 	free(cfg);
@@ -520,7 +532,8 @@ static void test_failover(void)
 	/* a 4xx greeting, then the good one */
 	cfg = mkcfg(SG_ID_XCLIENT, bad.port, f.port);
 	l = open_ok(cfg, &g);
-	CHECK(bad.nconn == 1 && f.nconn == 2);
+	ASSERT_EQ(bad.nconn, 1);
+	ASSERT_EQ(f.nconn, 2);
 	sg_link_close(l);
 	settle(50); /* links free their config ref from the loop */
 	free(cfg);
@@ -530,7 +543,8 @@ static void test_failover(void)
 	memset(&g, 0, sizeof g);
 	sg_link_open(loop, cfg, &ID, on_reply, &g);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 454);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 454);
 	settle(50); /* links free their config ref from the loop */
 	free(cfg);
 	settle(50);
@@ -550,23 +564,28 @@ static void test_aborts(void)
 	/* header mode: our X-Authenticated-User, the client's dropped */
 	send_message(l, "X-Authenticated-User: mallory\r\nSubject: h\r\n\r\nb\r\n"
 	                ".\r\n", &g);
-	CHECK(g.code[3] == 250);
+	ASSERT_EQ(g.code[3], 250);
 	sg_buf_append(&f.data, "", 1);
-	CHECK(strstr(f.data.data, "X-Authenticated-User: alice@example.org\r\n"));
-	CHECK(!strstr(f.data.data, "mallory"));
+	ASSERT(strstr(f.data.data, "X-Authenticated-User: alice@example.org\r\n"));
+	ASSERT(!strstr(f.data.data, "mallory"));
 
 	/* bare LF smuggling: 550, the MTA never sees a final dot */
 	send_message(l, "Subject: s\r\n\r\nx\n.\nMAIL FROM:<e>\r\n\r\n.\r\n", &g);
-	CHECK(g.n == 4 && g.code[3] == 550 && !strncmp(g.text[3], "550 5.5.2", 9));
-	CHECK(f.ndots == 1);
+	if (ASSERT_EQ(g.n, 4)) {
+		ASSERT_EQ(g.code[3], 550);
+		ASSERT(!strncmp(g.text[3], "550 5.5.2", 9));
+	}
+	ASSERT_EQ(f.ndots, 1);
 	settle(50);
-	CHECK(f.nclosed == 1); /* the upstream transaction was dropped */
-	CHECK(!log_has(&f, "MAIL FROM:<e>"));
+	ASSERT_EQ(f.nclosed, 1); /* the upstream transaction was dropped */
+	ASSERT(!log_has(&f, "MAIL FROM:<e>"));
 
 	/* the next message reopens the link (identity again) */
 	send_message(l, "Subject: ok\r\n\r\nfine\r\n.\r\n", &g);
-	CHECK(g.n == 4 && g.code[3] == 250);
-	CHECK(f.nconn == 2 && f.ndots == 2);
+	if (ASSERT_EQ(g.n, 4))
+		ASSERT_EQ(g.code[3], 250);
+	ASSERT_EQ(f.nconn, 2);
+	ASSERT_EQ(f.ndots, 2);
 
 	/* too big: 552 after the client's end, no dot upstream */
 	char *big = malloc(8192);
@@ -575,8 +594,11 @@ static void test_aborts(void)
 		memcpy(big + i, "\r\n", 2);
 	strcpy(big + 8000, "\r\n.\r\n");
 	send_message(l, big, &g);
-	CHECK(g.n == 4 && g.code[3] == 552 && !strncmp(g.text[3], "552 5.3.4", 9));
-	CHECK(f.ndots == 2);
+	if (ASSERT_EQ(g.n, 4)) {
+		ASSERT_EQ(g.code[3], 552);
+		ASSERT(!strncmp(g.text[3], "552 5.3.4", 9));
+	}
+	ASSERT_EQ(f.ndots, 2);
 	free(big);
 
 	sg_link_close(l);
@@ -598,15 +620,16 @@ static void test_loss(void)
 	sg_link_command(l, "MAIL FROM:<a@x>\r\n", 17, on_reply, &g);
 	sg_link_command(l, "DATA\r\n", 6, on_reply, &g);
 	wait_for(&g.n, 2);
-	CHECK(g.code[1] == 354);
+	ASSERT_EQ(g.code[1], 354);
 	sg_link_data_begin(l, on_reply, &g, on_drain);
 	bool pause;
 	sg_link_data_feed(l, "Subject: x\r\n\r\n", 14, &pause);
 	settle(100); /* the fake drops the connection */
 	sg_link_data_feed(l, "rest\r\n.\r\n", 9, &pause);
 	wait_for(&g.n, 3);
-	CHECK(g.n == 3 && g.code[2] / 100 == 4);
-	CHECK(!sg_link_alive(l));
+	if (ASSERT_EQ(g.n, 3))
+		ASSERT_EQ(g.code[2] / 100, 4);
+	ASSERT(!sg_link_alive(l));
 	sg_link_close(l);
 	f.close_in_data = false;
 
@@ -618,7 +641,10 @@ static void test_loss(void)
 	sg_link_command(l, "MAIL FROM:<a@x>\r\n", 17, on_reply, &g);
 	sg_link_command(l, "RCPT TO:<b@x>\r\n", 15, on_reply, &g);
 	wait_for(&g.n, 2);
-	CHECK(g.n == 2 && g.code[0] == 451 && g.code[1] == 451);
+	if (ASSERT_EQ(g.n, 2)) {
+		ASSERT_EQ(g.code[0], 451);
+		ASSERT_EQ(g.code[1], 451);
+	}
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
@@ -634,11 +660,11 @@ static void test_xforward(void)
 	got g;
 	sg_link *l = open_ok(cfg, &g);
 	send_message(l, "Subject: xf\r\n\r\n.\r\n", &g);
-	CHECK(g.code[3] == 250);
-	CHECK(log_has(&f, "XFORWARD NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 "
-	                  "PORT=40000 PROTO=ESMTP HELO=client+20helo "
-	                  "SOURCE=REMOTE\r\nMAIL FROM:<a@example.org>\r\n"));
-	CHECK(!log_has(&f, "XCLIENT"));
+	ASSERT_EQ(g.code[3], 250);
+	ASSERT(log_has(&f, "XFORWARD NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 "
+	                   "PORT=40000 PROTO=ESMTP HELO=client+20helo "
+	                   "SOURCE=REMOTE\r\nMAIL FROM:<a@example.org>\r\n"));
+	ASSERT(!log_has(&f, "XCLIENT"));
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
@@ -671,7 +697,8 @@ static void test_xclient_split(void)
 	got g = {0};
 	sg_link *l = sg_link_open(loop, cfg, &id, on_reply, &g);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 250);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 250);
 	sg_buf_append(&f.log, "", 1);
 	int nx = 0;
 	bool has[6] = {0};
@@ -679,7 +706,8 @@ static void test_xclient_split(void)
 	                                    "PROTO=ESMTP", "HELO=", "LOGIN=uuuuu+3D"};
 	for (char *p = f.log.data; (p = strstr(p, "XCLIENT ")); p++) {
 		char *e = strstr(p, "\r\n");
-		CHECK(e && e - p + 2 <= 512);
+		if (ASSERT(e))
+			ASSERT_LE(e - p + 2, 512);
 		nx++;
 		for (int i = 0; i < 6; i++) {
 			char *a = strstr(p, attrs[i]);
@@ -687,9 +715,9 @@ static void test_xclient_split(void)
 				has[i] = true;
 		}
 	}
-	CHECK(nx >= 2);
+	ASSERT_GE(nx, 2);
 	for (int i = 0; i < 6; i++)
-		CHECK(has[i]);
+		ASSERT(has[i]);
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
@@ -712,8 +740,9 @@ static void test_starttls_guards(void)
 	got g = {0};
 	sg_link_open(loop, cfg, &ID, on_reply, &g);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 454);
-	CHECK(!log_has(&f, "XCLIENT"));
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 454);
+	ASSERT(!log_has(&f, "XCLIENT"));
 	wait_for(&f.nclosed, 1);
 	settle(50);
 
@@ -721,9 +750,9 @@ static void test_starttls_guards(void)
 	f.starttls_reply = "454 4.7.0 TLS not available due to local problem\r\n";
 	cfg->upstream_tls = SG_UTLS_STARTTLS;
 	sg_link *l = open_ok(cfg, &g);
-	CHECK(log_has(&f, "STARTTLS\r\nXCLIENT "));
+	ASSERT(log_has(&f, "STARTTLS\r\nXCLIENT "));
 	/* after XCLIENT's EHLO (STARTTLS offered again) no second STARTTLS */
-	CHECK(log_count(&f, "STARTTLS") == 1);
+	ASSERT_EQ(log_count(&f, "STARTTLS"), 1);
 	sg_link_close(l);
 
 	/* required and refused: fail closed */
@@ -731,7 +760,8 @@ static void test_starttls_guards(void)
 	memset(&g, 0, sizeof g);
 	sg_link_open(loop, cfg, &ID, on_reply, &g);
 	wait_for(&g.n, 1);
-	CHECK(g.n == 1 && g.code[0] == 454);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 454);
 	settle(50);
 	fake_stop(&f);
 	free(cfg);
@@ -762,21 +792,21 @@ static void test_backpressure(void)
 	drains = 0;
 	int pieces = 0;
 	while (!pause && pieces < 64) { /* the kernel holds a few MB at most */
-		CHECK(sg_link_data_feed(l, m, len, &pause) == len);
+		ASSERT_EQ(sg_link_data_feed(l, m, len, &pause), len);
 		pieces++;
 	}
-	CHECK(pause);
+	ASSERT(pause);
 	wait_for(&drains, 1);
-	CHECK(drains == 1);
+	ASSERT_EQ(drains, 1);
 	sg_link_data_feed(l, ".\r\n", 3, &pause);
 	wait_for(&g.n, 3);
-	CHECK(g.code[2] == 250);
+	ASSERT_EQ(g.code[2], 250);
 	/* byte-exact after our Received header: every piece, in order */
 	size_t total = (size_t)pieces * len;
-	CHECK(f.data.len > total);
+	ASSERT_GT(f.data.len, total);
 	for (int i = 0; i < pieces && f.data.len > total; i++)
-		CHECK(!memcmp(f.data.data + f.data.len - total + (size_t)i * len, m,
-		              len));
+		ASSERT_MEM_EQ(f.data.data + f.data.len - total + (size_t)i * len, m,
+		              len);
 	free(m);
 	sg_link_close(l);
 	settle(50);
@@ -802,9 +832,13 @@ static void test_cut_replies(void)
 	sg_link *b = sg_link_open(loop, cfg, &ID, on_reply, &gb);
 	wait_for(&ga.n, 1);
 	wait_for(&gb.n, 1);
-	CHECK(ga.n == 1 && ga.code[0] == 250 && gb.n == 1 && gb.code[0] == 250);
+	if (ASSERT_EQ(ga.n, 1))
+		ASSERT_EQ(ga.code[0], 250);
+	if (ASSERT_EQ(gb.n, 1))
+		ASSERT_EQ(gb.code[0], 250);
 	/* the EHLO reply after XCLIENT was cut too: still parsed whole */
-	CHECK(log_count(&f, "XCLIENT ") == 2 && log_count(&f, "EHLO ") == 4);
+	ASSERT_EQ(log_count(&f, "XCLIENT "), 2);
+	ASSERT_EQ(log_count(&f, "EHLO "), 4);
 	memset(&ga, 0, sizeof ga);
 	memset(&gb, 0, sizeof gb);
 	static const char *cmds[] = {"MAIL FROM:<a@example.org>\r\n",
@@ -815,10 +849,16 @@ static void test_cut_replies(void)
 	}
 	wait_for(&ga.n, 3);
 	wait_for(&gb.n, 3);
-	CHECK(ga.n == 3 && !strcmp(ga.text[0], "250 2.1.0 Ok\r\n") &&
-	      !strcmp(ga.text[1], "250 2.1.5 Ok\r\n") && ga.code[2] == 354);
-	CHECK(gb.n == 3 && !strcmp(gb.text[0], "250 2.1.0 Ok\r\n") &&
-	      !strcmp(gb.text[1], "250 2.1.5 Ok\r\n") && gb.code[2] == 354);
+	if (ASSERT_EQ(ga.n, 3)) {
+		ASSERT_STR_EQ(ga.text[0], "250 2.1.0 Ok\r\n");
+		ASSERT_STR_EQ(ga.text[1], "250 2.1.5 Ok\r\n");
+		ASSERT_EQ(ga.code[2], 354);
+	}
+	if (ASSERT_EQ(gb.n, 3)) {
+		ASSERT_STR_EQ(gb.text[0], "250 2.1.0 Ok\r\n");
+		ASSERT_STR_EQ(gb.text[1], "250 2.1.5 Ok\r\n");
+		ASSERT_EQ(gb.code[2], 354);
+	}
 	bool pause;
 	sg_link_data_begin(a, on_reply, &ga, on_drain);
 	sg_link_data_begin(b, on_reply, &gb, on_drain);
@@ -826,13 +866,15 @@ static void test_cut_replies(void)
 	sg_link_data_feed(b, "y\r\n.\r\n", 6, &pause);
 	wait_for(&ga.n, 4);
 	wait_for(&gb.n, 4);
-	CHECK(ga.n == 4 && !strcmp(ga.text[3], "250 2.0.0 Ok: queued as ABC123\r\n"));
-	CHECK(gb.n == 4 && !strcmp(gb.text[3], "250 2.0.0 Ok: queued as ABC123\r\n"));
-	CHECK(!strcmp(sg_link_last_queue_id(a), "ABC123"));
+	if (ASSERT_EQ(ga.n, 4))
+		ASSERT_STR_EQ(ga.text[3], "250 2.0.0 Ok: queued as ABC123\r\n");
+	if (ASSERT_EQ(gb.n, 4))
+		ASSERT_STR_EQ(gb.text[3], "250 2.0.0 Ok: queued as ABC123\r\n");
+	ASSERT_STR_EQ(sg_link_last_queue_id(a), "ABC123");
 	sg_link_close(a);
 	sg_link_close(b);
 	wait_for(&f.nclosed, 2);
-	CHECK(f.nquit == 2);
+	ASSERT_EQ(f.nquit, 2);
 	fake_stop(&f);
 	settle(50);
 	free(cfg);
@@ -857,11 +899,6 @@ int main(void)
 	uv_close((uv_handle_t *)&tick, NULL);
 	settle(0);
 	uv_run(loop, UV_RUN_DEFAULT);
-	CHECK(uv_loop_close(loop) == 0);
-	if (failures) {
-		fprintf(stderr, "%d failure(s)\n", failures);
-		return 1;
-	}
-	printf("ok\n");
-	return 0;
+	ASSERT_EQ(uv_loop_close(loop), 0);
+	return CHECK_SUMMARY();
 }

@@ -11,16 +11,7 @@
 
 #include "../../upstream/data_scan.h"
 #include "../fuzz/scan_ref.c" /* the scanner before the fast path */
-
-static int failures;
-#define CHECK(c)                                                               \
-	do {                                                                       \
-		if (!(c)) {                                                            \
-			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-			        #c);                                                       \
-			failures++;                                                        \
-		}                                                                      \
-	} while (0)
+#include "check.h"
 
 typedef struct result {
 	sg_buf out;
@@ -48,7 +39,7 @@ static void run(const opts *o, const char *in, size_t len, const size_t *cuts,
 		size_t n = sg_scan_feed(&s, in + prev, end - prev, &r->out);
 		r->consumed += n;
 		if (!s.done)
-			CHECK(n == end - prev);
+			ASSERT_EQ(n, end - prev);
 		prev = end;
 	}
 	r->done = s.done;
@@ -65,11 +56,15 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 	for (size_t cut = 1; cut < len; cut++) {
 		result r;
 		run(o, in, len, &cut, 1, &r);
-		CHECK(r.out.len == whole->out.len &&
-		      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
-		CHECK(r.consumed == whole->consumed && r.done == whole->done &&
-		      r.bad == whole->bad && r.nul == whole->nul &&
-		      r.too_big == whole->too_big && r.size == whole->size);
+		if (ASSERT_EQ(r.out.len, whole->out.len, "cut at %zu", cut))
+			ASSERT_MEM_EQ(r.out.data, whole->out.data, r.out.len, "cut at %zu",
+			              cut);
+		ASSERT_EQ(r.consumed, whole->consumed);
+		ASSERT_EQ(r.done, whole->done);
+		ASSERT_EQ(r.bad, whole->bad);
+		ASSERT_EQ(r.nul, whole->nul);
+		ASSERT_EQ(r.too_big, whole->too_big);
+		ASSERT_EQ(r.size, whole->size);
 		sg_buf_free(&r.out);
 	}
 	size_t *cuts = malloc(len * sizeof *cuts + 1);
@@ -77,29 +72,14 @@ static void scan(const opts *o, const char *in, size_t len, result *whole)
 		cuts[i] = i + 1;
 	result r;
 	run(o, in, len, cuts, len ? len - 1 : 0, &r);
-	CHECK(r.out.len == whole->out.len &&
-	      (!r.out.len || !memcmp(r.out.data, whole->out.data, r.out.len)));
-	CHECK(r.consumed == whole->consumed && r.done == whole->done &&
-	      r.bad == whole->bad && r.nul == whole->nul);
+	if (ASSERT_EQ(r.out.len, whole->out.len, "octet by octet"))
+		ASSERT_MEM_EQ(r.out.data, whole->out.data, r.out.len, "octet by octet");
+	ASSERT_EQ(r.consumed, whole->consumed);
+	ASSERT_EQ(r.done, whole->done);
+	ASSERT_EQ(r.bad, whole->bad);
+	ASSERT_EQ(r.nul, whole->nul);
 	sg_buf_free(&r.out);
 	free(cuts);
-}
-
-static bool out_is(const result *r, const char *want)
-{
-	bool ok = r->out.len == strlen(want) &&
-	          (!r->out.len || !memcmp(r->out.data, want, r->out.len));
-	if (!ok) {
-		fprintf(stderr, "  got [");
-		for (size_t i = 0; i < r->out.len; i++)
-			fprintf(stderr, r->out.data[i] == '\r'   ? "\\r"
-			                : r->out.data[i] == '\n' ? "\\n"
-			                : r->out.data[i] == '\0' ? "\\0"
-			                                          : "%c",
-			        r->out.data[i]);
-		fprintf(stderr, "]\n");
-	}
-	return ok;
 }
 
 /* Nothing the upstream gets can end the data early, carry a bare line end
@@ -134,26 +114,34 @@ static void test_plain(void)
 	const char in[] = "Subject: hi\r\n\r\nbody\r\n..stuffed\r\n.x\r\n"
 	                  ".\r\nMAIL FROM:<next>\r\n";
 	scan(&o, S(in), &r);
-	CHECK(r.done && !r.bad && !r.too_big);
-	CHECK(r.consumed == sizeof in - 1 - strlen("MAIL FROM:<next>\r\n"));
+	ASSERT(r.done);
+	ASSERT(!r.bad);
+	ASSERT(!r.too_big);
+	ASSERT_EQ(r.consumed, sizeof in - 1 - strlen("MAIL FROM:<next>\r\n"));
 	/* dot-stuffing passes through intact; the final ".\r\n" is not copied */
-	CHECK(out_is(&r, "Subject: hi\r\n\r\nbody\r\n..stuffed\r\n.x\r\n"));
-	CHECK(r.size == r.out.len);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "Subject: hi\r\n\r\nbody\r\n..stuffed\r\n.x\r\n");
+	ASSERT_EQ(r.size, r.out.len);
 	sg_buf_free(&r.out);
 
 	/* empty message: the DATA line's CRLF is the first half of <CRLF>.<CRLF> */
 	scan(&o, S(".\r\nQUIT\r\n"), &r);
-	CHECK(r.done && r.consumed == 3 && r.out.len == 0);
+	ASSERT(r.done);
+	ASSERT_EQ(r.consumed, 3);
+	ASSERT_EQ(r.out.len, 0);
 	sg_buf_free(&r.out);
 
 	/* "..\r\n" (a stuffed lone dot) is content, not the end */
 	scan(&o, S("a\r\n..\r\nb\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "a\r\n..\r\nb\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "a\r\n..\r\nb\r\n");
 	sg_buf_free(&r.out);
 
 	/* no end yet: everything consumed, nothing held that matters */
 	scan(&o, S("a\r\nb\r\n"), &r);
-	CHECK(!r.done && r.consumed == 6 && out_is(&r, "a\r\nb\r\n"));
+	ASSERT(!r.done);
+	ASSERT_EQ(r.consumed, 6);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "a\r\nb\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -182,17 +170,18 @@ static void test_smuggling(void)
 		result r;
 		scan(&rej, in, (size_t)n, &r);
 		/* reject: marked bad, and the end is only the real <CRLF>.<CRLF> */
-		CHECK(r.done && r.bad);
-		CHECK(r.consumed == want);
-		CHECK(upstream_safe(&r));
+		ASSERT(r.done);
+		ASSERT(r.bad);
+		ASSERT_EQ(r.consumed, want);
+		ASSERT(upstream_safe(&r));
 		sg_buf_free(&r.out);
 
 		opts norm = {true, false, 0};
 		scan(&norm, in, (size_t)n, &r);
-		CHECK(r.done && !r.bad && r.consumed == want);
-		CHECK(upstream_safe(&r));
-		if (!upstream_safe(&r))
-			fprintf(stderr, "  case %zu\n", i);
+		ASSERT(r.done);
+		ASSERT(!r.bad);
+		ASSERT_EQ(r.consumed, want);
+		ASSERT(upstream_safe(&r), "case %zu", i);
 		sg_buf_free(&r.out);
 	}
 }
@@ -204,12 +193,17 @@ static void test_normalize(void)
 	scan(&o, S("a\nb\rc\r\n\n.\n.\r\nx\r\n.\r\n"), &r);
 	/* bare line ends become CRLF; a "." line after a bare line end (or
 	 * ending in one) is stuffed */
-	CHECK(r.done && out_is(&r, "a\r\nb\r\nc\r\n\r\n..\r\n..\r\nx\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "a\r\nb\r\nc\r\n\r\n..\r\n..\r\nx\r\n");
 	sg_buf_free(&r.out);
 	/* reject mode stops writing at the first bare LF */
 	opts rj = {false, false, 0};
 	scan(&rj, S("a\r\nb\nc\r\n.\r\n"), &r);
-	CHECK(r.done && r.bad && r.out.len <= 4 && !memcmp(r.out.data, "a\r\n", 3));
+	ASSERT(r.done);
+	ASSERT(r.bad);
+	if (ASSERT_LE(r.out.len, 4))
+		ASSERT_MEM_EQ(r.out.data, "a\r\n", 3);
 	sg_buf_free(&r.out);
 }
 
@@ -230,24 +224,26 @@ static void test_strip(void)
 	    "X-Authenticated-User: body text stays\r\n"
 	    ".\r\n";
 	scan(&o, S(in), &r);
-	CHECK(r.done && !r.bad);
-	CHECK(out_is(&r, "Subject: s\r\n"
-	                 "X-Authenticated-Userx: kept\r\n"
-	                 "X-Other: kept\r\n"
-	                 "X-Auth: kept\r\n"
-	                 "\r\n"
-	                 "X-Authenticated-User: body text stays\r\n"));
+	ASSERT(r.done);
+	ASSERT(!r.bad);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "Subject: s\r\n"
+	              "X-Authenticated-Userx: kept\r\n"
+	              "X-Other: kept\r\n"
+	              "X-Auth: kept\r\n"
+	              "\r\n"
+	              "X-Authenticated-User: body text stays\r\n");
 	sg_buf_free(&r.out);
 
 	/* without strip (identity xclient) the field is passed on */
 	opts keep = {false, false, 0};
 	scan(&keep, S("X-Authenticated-User: a\r\n\r\n.\r\n"), &r);
-	CHECK(out_is(&r, "X-Authenticated-User: a\r\n\r\n"));
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "X-Authenticated-User: a\r\n\r\n");
 	sg_buf_free(&r.out);
 
 	/* a header name ending at the line end is flushed, not lost */
 	scan(&o, S("X-Auth\r\nX\r\n\r\n.\r\n"), &r);
-	CHECK(out_is(&r, "X-Auth\r\nX\r\n\r\n"));
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "X-Auth\r\nX\r\n\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -276,13 +272,13 @@ static void test_strip_unstuffed(void)
 			         forged[i]);
 			result r;
 			scan(&o, in, strlen(in), &r);
-			CHECK(r.done && !r.bad);
-			CHECK(out_is(&r, "From: a@example.org\r\nSubject: s\r\n\r\n"
-			                 ".X-Authenticated-User: body\r\n"));
-			if (!out_is(&r, "From: a@example.org\r\nSubject: s\r\n\r\n"
-			                ".X-Authenticated-User: body\r\n"))
-				fprintf(stderr, "  case %zu mode %d\n", i, mode);
-			CHECK(r.size == r.out.len);
+			ASSERT(r.done);
+			ASSERT(!r.bad);
+			ASSERT_BUF_EQ(r.out.data, r.out.len,
+			              "From: a@example.org\r\nSubject: s\r\n\r\n"
+			              ".X-Authenticated-User: body\r\n",
+			              "case %zu mode %d", i, mode);
+			ASSERT_EQ(r.size, r.out.len);
 			sg_buf_free(&r.out);
 		}
 	}
@@ -298,21 +294,26 @@ static void test_strip_unstuffed(void)
 	                    ".Subject: s\r\n"
 	                    "\r\n.\r\n";
 	scan(&o, S(kept), &r);
-	CHECK(r.done && out_is(&r, "..X-Authenticated-User: kept\r\n"
-	                           ".X-Authenticated-Userx: kept\r\n"
-	                           "..\r\n"
-	                           ".Subject: s\r\n"
-	                           "\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "..X-Authenticated-User: kept\r\n"
+	              ".X-Authenticated-Userx: kept\r\n"
+	              "..\r\n"
+	              ".Subject: s\r\n"
+	              "\r\n");
 	sg_buf_free(&r.out);
 
 	/* a stuffed header line after a dropped field is no continuation */
 	scan(&o, S("X-Authenticated-User: a\r\n.x: y\r\n\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, ".x: y\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, ".x: y\r\n\r\n");
 	sg_buf_free(&r.out);
 
 	/* the field name is not recognised without a dot or past the header */
 	scan(&o, S("Subject: s\r\n\r\n.X-Authenticated-User: b\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n.X-Authenticated-User: b\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "Subject: s\r\n\r\n.X-Authenticated-User: b\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -330,8 +331,10 @@ static void test_strip_split(void)
 				size_t cuts[2] = {a, b};
 				result r;
 				run(&o, in, len, cuts, 2, &r);
-				CHECK(r.done && !r.bad && r.consumed == len);
-				CHECK(out_is(&r, want));
+				ASSERT(r.done);
+				ASSERT(!r.bad);
+				ASSERT_EQ(r.consumed, len);
+				ASSERT_BUF_EQ(r.out.data, r.out.len, want);
 				sg_buf_free(&r.out);
 			}
 	}
@@ -346,8 +349,9 @@ static void test_strip_normalized_lines(void)
 	     S("Subject: a\nX-Authenticated-User: b\n\tfold\r.X-AUTHENTICATED-USER"
 	       " : c\rTo: d\n\nbody\r\n.\r\n"),
 	     &r);
-	CHECK(r.done && !r.bad);
-	CHECK(out_is(&r, "Subject: a\r\nTo: d\r\n\r\nbody\r\n"));
+	ASSERT(r.done);
+	ASSERT(!r.bad);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: a\r\nTo: d\r\n\r\nbody\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -372,7 +376,9 @@ static void test_strip_long(void)
 	memcpy(want + w, "\r\n", 3);
 	result r;
 	scan(&o, in, n, &r); /* split at every octet, the name's too */
-	CHECK(r.done && r.out.len == w + 2 && !memcmp(r.out.data, want, w + 2));
+	ASSERT(r.done);
+	if (ASSERT_EQ(r.out.len, w + 2))
+		ASSERT_MEM_EQ(r.out.data, want, w + 2);
 	sg_buf_free(&r.out);
 
 	/* after 300 header lines */
@@ -386,7 +392,9 @@ static void test_strip_long(void)
 	memcpy(want + w, "\r\n", 2);
 	w += 2;
 	scan(&o, in, n, &r);
-	CHECK(r.done && r.out.len == w && !memcmp(r.out.data, want, w));
+	ASSERT(r.done);
+	if (ASSERT_EQ(r.out.len, w))
+		ASSERT_MEM_EQ(r.out.data, want, w);
 	sg_buf_free(&r.out);
 
 	/* the name, more WSP than SG_SCAN_HOLD, then the ':' */
@@ -398,7 +406,8 @@ static void test_strip_long(void)
 		n += (size_t)snprintf(in + n, cap - n,
 		                      ": bob\r\nSubject: s\r\n\r\n.\r\n");
 		scan(&o, in, n, &r);
-		CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n"));
+		ASSERT(r.done);
+		ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: s\r\n\r\n");
 		sg_buf_free(&r.out);
 	}
 	/* ... and without a ':' the line is no field at all: it goes too
@@ -408,11 +417,13 @@ static void test_strip_long(void)
 	n += 2 * SG_SCAN_HOLD;
 	n += (size_t)snprintf(in + n, cap - n, "bob\r\n x\r\nA: b\r\n\r\n.\r\n");
 	scan(&o, in, n, &r);
-	CHECK(r.done && out_is(&r, "A: b\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "A: b\r\n\r\n");
 	sg_buf_free(&r.out);
 	/* a shorter run of blanks without the ':' is kept as it was */
 	scan(&o, S("X-Authenticated-User   bob\r\n\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "X-Authenticated-User   bob\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "X-Authenticated-User   bob\r\n\r\n");
 	sg_buf_free(&r.out);
 	free(in);
 	free(want);
@@ -426,44 +437,58 @@ static void test_nul(void)
 	result r;
 	const char a[] = "Subject: a\r\n\r\nbo\0dy\r\n.\r\nQUIT\r\n";
 	scan(&rej, S(a), &r);
-	CHECK(r.done && r.bad && r.nul);
-	CHECK(r.consumed == sizeof a - 1 - strlen("QUIT\r\n"));
-	CHECK(upstream_safe(&r));
+	ASSERT(r.done);
+	ASSERT(r.bad);
+	ASSERT(r.nul);
+	ASSERT_EQ(r.consumed, sizeof a - 1 - strlen("QUIT\r\n"));
+	ASSERT(upstream_safe(&r));
 	sg_buf_free(&r.out);
 	/* in a dropped header field as well */
 	scan(&rejx, S("X-Authenticated-User: a\0b\r\n\r\nc\r\n.\r\n"), &r);
-	CHECK(r.done && r.bad && r.nul && upstream_safe(&r));
+	ASSERT(r.done);
+	ASSERT(r.bad);
+	ASSERT(r.nul);
+	ASSERT(upstream_safe(&r));
 	sg_buf_free(&r.out);
 	/* "<NUL>.", ".<NUL>" are no end of data: the scan goes on */
 	const char b[] = "Subject: a\r\n\r\n\0.\r\n.\0\r\nx\r\n.\r\nQUIT\r\n";
 	scan(&rej, S(b), &r);
-	CHECK(r.done && r.bad && r.nul);
-	CHECK(r.consumed == sizeof b - 1 - strlen("QUIT\r\n"));
+	ASSERT(r.done);
+	ASSERT(r.bad);
+	ASSERT(r.nul);
+	ASSERT_EQ(r.consumed, sizeof b - 1 - strlen("QUIT\r\n"));
 	sg_buf_free(&r.out);
 	/* a bare LF alone is not a NUL */
 	scan(&rej, S("a\nb\r\n.\r\n"), &r);
-	CHECK(r.done && r.bad && !r.nul);
+	ASSERT(r.done);
+	ASSERT(r.bad);
+	ASSERT(!r.nul);
 	sg_buf_free(&r.out);
 
 	opts norm = {true, false, 0}, normx = {true, true, 0};
 	scan(&norm, S(a), &r);
-	CHECK(r.done && !r.bad && !r.nul);
-	CHECK(out_is(&r, "Subject: a\r\n\r\nbody\r\n"));
-	CHECK(r.size == r.out.len);
+	ASSERT(r.done);
+	ASSERT(!r.bad);
+	ASSERT(!r.nul);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: a\r\n\r\nbody\r\n");
+	ASSERT_EQ(r.size, r.out.len);
 	sg_buf_free(&r.out);
 	/* a line that is a lone dot once the NULs are gone is written stuffed,
 	 * and one whose content begins with a dot keeps that dot */
 	scan(&norm, S(b), &r);
-	CHECK(r.done && out_is(&r, "Subject: a\r\n\r\n..\r\n..\r\nx\r\n"));
-	CHECK(upstream_safe(&r));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: a\r\n\r\n..\r\n..\r\nx\r\n");
+	ASSERT(upstream_safe(&r));
 	sg_buf_free(&r.out);
 	scan(&norm, S("a\r\n\0\0.\0\r\n\0.b\r\n.\0.c\r\n\0\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "a\r\n..\r\n..b\r\n..c\r\n\r\n"));
-	CHECK(r.size == r.out.len);
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "a\r\n..\r\n..b\r\n..c\r\n\r\n");
+	ASSERT_EQ(r.size, r.out.len);
 	sg_buf_free(&r.out);
 	/* NULs inside CRLF or <CRLF>.<CRLF> make neither */
 	scan(&norm, S("a\r\0\n.\r\n\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "a\r\n\r\n..\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "a\r\n\r\n..\r\n\r\n");
 	sg_buf_free(&r.out);
 
 	/* the field is recognised with the NULs removed ... */
@@ -471,16 +496,20 @@ static void test_nul(void)
 	     S("\0X-Authen\0ticated-User: a\r\n.\0X-Authenticated-User: b\r\n"
 	       "\0\tfolded\r\nSubject: s\r\n\r\n.\r\n"),
 	     &r);
-	CHECK(r.done && out_is(&r, "Subject: s\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: s\r\n\r\n");
 	sg_buf_free(&r.out);
 	/* ... and "<NUL>.X-Authenticated-User:" is ".X-Authenticated-User:"
 	 * to the upstream, another field: written stuffed */
 	scan(&normx, S("\0.X-Authenticated-User: a\r\n\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "..X-Authenticated-User: a\r\n\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "..X-Authenticated-User: a\r\n\r\n");
 	sg_buf_free(&r.out);
 	/* a line of NULs is an empty line: the header section ends there */
 	scan(&normx, S("A: b\r\n\0\r\nX-Authenticated-User: c\r\n.\r\n"), &r);
-	CHECK(r.done && out_is(&r, "A: b\r\n\r\nX-Authenticated-User: c\r\n"));
+	ASSERT(r.done);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "A: b\r\n\r\nX-Authenticated-User: c\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -490,13 +519,16 @@ static void test_size(void)
 	result r;
 	/* exactly 20 content octets: fine */
 	scan(&o, S("0123456789abcdef\r\n\r\n.\r\n"), &r);
-	CHECK(r.done && !r.too_big && r.size == 20);
+	ASSERT(r.done);
+	ASSERT(!r.too_big);
+	ASSERT_EQ(r.size, 20);
 	sg_buf_free(&r.out);
 	/* 21: too big; the scan still runs to the real end */
 	scan(&o, S("0123456789abcdefg\r\n\r\nmore\r\n.\r\nQUIT\r\n"), &r);
-	CHECK(r.done && r.too_big);
-	CHECK(r.consumed == strlen("0123456789abcdefg\r\n\r\nmore\r\n.\r\n"));
-	CHECK(r.out.len <= 20);
+	ASSERT(r.done);
+	ASSERT(r.too_big);
+	ASSERT_EQ(r.consumed, strlen("0123456789abcdefg\r\n\r\nmore\r\n.\r\n"));
+	ASSERT_LE(r.out.len, 20);
 	sg_buf_free(&r.out);
 }
 
@@ -516,14 +548,14 @@ static void test_soup(void)
 			opts o = {mode == 1, round % 2 == 0, 0};
 			result r;
 			run(&o, in, n, NULL, 0, &r);
-			CHECK(upstream_safe(&r));
+			ASSERT(upstream_safe(&r));
 			if (r.done) {
 				/* only ever at a real <CRLF>.<CRLF> (or at the start) */
-				CHECK(r.consumed >= 3 &&
-				      !memcmp(in + r.consumed - 3, ".\r\n", 3));
-				CHECK(r.consumed == 3 ||
-				      (r.consumed >= 5 &&
-				       !memcmp(in + r.consumed - 5, "\r\n", 2)));
+				if (ASSERT_GE(r.consumed, 3))
+					ASSERT_MEM_EQ(in + r.consumed - 3, ".\r\n", 3);
+				ASSERT(r.consumed == 3 ||
+				       (r.consumed >= 5 &&
+				        !memcmp(in + r.consumed - 5, "\r\n", 2)));
 			}
 			sg_buf_free(&r.out);
 		}
@@ -580,16 +612,19 @@ static void test_reference(void)
 				take = n - off;
 			ua = sg_scan_feed(&s, in + off, take, &a);
 			ub = ref_scan_feed(&r, in + off, take, &b);
-			CHECK(ua == ub && s.done == r.done);
+			ASSERT_EQ(ua, ub);
+			ASSERT_EQ(s.done, r.done);
 			if (ua != ub)
 				break;
 			off += ua;
 		}
-		CHECK(s.bad == r.bad && s.nul == r.nul && s.too_big == r.too_big &&
-		      s.size == r.size);
+		ASSERT_EQ(s.bad, r.bad);
+		ASSERT_EQ(s.nul, r.nul);
+		ASSERT_EQ(s.too_big, r.too_big);
+		ASSERT_EQ(s.size, r.size);
 		/* past max_size neither output is sent (the link aborts) */
-		if (!s.too_big)
-			CHECK(a.len == b.len && (!a.len || !memcmp(a.data, b.data, a.len)));
+		if (!s.too_big && ASSERT_EQ(a.len, b.len))
+			ASSERT_MEM_EQ(a.data, b.data, a.len);
 		sg_buf_free(&a);
 		sg_buf_free(&b);
 	}
@@ -610,10 +645,5 @@ int main(void)
 	test_size();
 	test_soup();
 	test_reference();
-	if (failures) {
-		fprintf(stderr, "%d failure(s)\n", failures);
-		return 1;
-	}
-	printf("ok\n");
-	return 0;
+	return CHECK_SUMMARY();
 }
