@@ -882,6 +882,8 @@ class FakeUpstream:
         return out
 
     def delivered(self):
+        """Bodies of the messages answered 2xx at their final dot; each is
+        here before that answer leaves, so once the client has its 250."""
         with self.lock:
             return [m.data for m in self.messages
                     if m.complete and m.reply and m.reply.startswith("2")]
@@ -932,7 +934,11 @@ class FakeUpstream:
             r = r(line)
         return r
 
-    def _send(self, c, reply, n=0):
+    def _send(self, c, reply, n=0, record=None):
+        """Answer with reply (after its Stall, if it is one).  record(text),
+        if given, runs before the first octet goes out: what the answer
+        stands for is in the tests' view by the time the client can read
+        it, never after."""
         if isinstance(reply, Stall):
             if self._stopping.wait(reply.seconds):
                 raise _Closed()
@@ -942,6 +948,8 @@ class FakeUpstream:
         if reply == CLOSE:
             raise _Closed()
         reply = reply.replace("{n}", str(n))
+        if record is not None:
+            record(reply)
         lines = reply.split("\n")
         out = []
         for i, l in enumerate(lines):
@@ -1004,22 +1012,31 @@ class FakeUpstream:
                 self._send(c, r)
             elif verb == "DATA":
                 r = _DEFAULT_REPLIES["DATA"] if r is None else r
-                self._send(c, r)
+                msg = Message(n, mail_from, rcpts)
+
+                def go_ahead(text, msg=msg):
+                    if text.startswith("354"):
+                        with self.lock:
+                            self.messages.append(msg)
+
+                self._send(c, r, record=go_ahead)
                 if isinstance(r, Stall):
                     r = r.reply
                 if not (isinstance(r, str) and r.startswith("354")):
                     continue
-                msg = Message(n, mail_from, rcpts)
-                with self.lock:
-                    self.messages.append(msg)
                 self._read_data(c, buf, msg)
                 d = self._pick("DOT", "")
                 d = _DEFAULT_REPLIES["DOT"] if d is None else d
                 with self.lock:
                     nmsg = len(self.messages)
-                self._send(c, d, nmsg)
-                dd = d.reply if isinstance(d, Stall) else d
-                msg.reply = dd.replace("{n}", str(nmsg)) if isinstance(dd, str) else None
+
+                def answered(text, msg=msg):
+                    with self.lock:
+                        msg.reply = text
+
+                # recorded before it is sent: a test that reads delivered()
+                # right after the client's 250 finds the message there
+                self._send(c, d, nmsg, record=answered)
                 mail_from, rcpts = None, []
             elif verb == "RSET":
                 mail_from, rcpts = None, []
