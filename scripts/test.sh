@@ -13,6 +13,10 @@ sh scripts/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 passed=0
 failed=0
 JOBS=$(nproc 2>/dev/null || echo 2)
+# The package test installs, runs and purges the .deb on this machine
+# (tests/integration/test_package.py); this script runs it, a bare ctest
+# does not.
+export SG_PACKAGE_TEST=1
 
 # run_ctest DIR LABEL [ctest args]: adds ctest's counts to the totals.
 # The sanitizer pass leaves out the package test (it builds its own
