@@ -1,0 +1,461 @@
+/* upstream/link_xfer.c
+ *
+ * NAME
+ *   link_xfer - the upstream link in READY: commands, replies, DATA
+ * SUMMARY
+ *   sg_link_command, sg_link_mail, sg_link_data_begin and
+ *   sg_link_data_feed of link.h; the replies in READY (link_ready_reply).
+ * DESCRIPTION
+ *   Commands are queued in order and each gets exactly one reply: the
+ *   upstream's, or a 4xx/5xx of ours (never a 2xx the upstream did not
+ *   send).  They go out in groups when the upstream offers PIPELINING (RFC
+ *   2920; DATA and our XFORWARD end a group), else one at a time.  With
+ *   identity = xforward, the XFORWARD commands go before each MAIL, and a
+ *   refused one fails that MAIL.  A MAIL whose client sent AUTH= carries
+ *   saslgate's own (RFC 4954 5), never the client's value.
+ *
+ *   DATA bytes go through the scanner (data_scan.h) into the worker's
+ *   scratch buffer and from there to the socket.  The Received header goes
+ *   with the first octets of a message and the final dot with its last:
+ *   one write per read from the client, usually.  A message refused
+ *   mid-stream (bare CR/LF, NUL, too big) is aborted by closing the
+ *   upstream connection without the final dot, so the upstream cannot
+ *   deliver a part of it; the link reconnects for the next command. */
+#include "link_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../common/log.h"
+#include "received.h"
+
+/* Replies of ours (code, text); all 4xx/5xx: never a 2xx we did not get. */
+#define R_LOST "451 4.4.2 Upstream connection lost\r\n"
+#define R_XFWD "451 4.7.0 Upstream refused the client identity\r\n"
+#define R_BARE "550 5.5.2 Message rejected: bare CR or LF line ending\r\n"
+/* NUL is no 7bit or 8bit data (RFC 2045 2.7, 2.8); 5.6.0: RFC 3463 */
+#define R_NUL "550 5.6.0 Message contains NUL octets\r\n"
+#define R_BIG "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+
+/* ---- replies of ours ----------------------------------------------------- */
+
+static void defer_fire(uv_timer_t *t)
+{
+	sg_link *l = t->data;
+	while (l->dhead && !l->owner_gone) {
+		deferred *d = l->dhead;
+		l->dhead = d->next;
+		if (!l->dhead)
+			l->dtail = NULL;
+		sg_reply r = {d->code, d->text, d->len};
+		if (d->cb)
+			d->cb(d->arg, &r);
+		free(d);
+	}
+}
+
+/* Deliver text (a whole reply of ours) to cb from the loop, not from inside
+ * the caller's sg_link_* call. */
+static void defer_reply(sg_link *l, sg_link_cb cb, void *arg, const char *text)
+{
+	size_t n = strlen(text);
+	deferred *d = malloc(sizeof *d + n + 1);
+	if (!d)
+		abort(); /* a few bytes; nothing sensible to do without them */
+	d->next = NULL;
+	d->cb = cb;
+	d->arg = arg;
+	d->code = atoi(text);
+	d->len = n;
+	memcpy(d->text, text, n + 1);
+	if (l->dtail)
+		l->dtail->next = d;
+	else
+		l->dhead = d;
+	l->dtail = d;
+	if (l->phase != P_CLOSED)
+		uv_timer_start(&l->defer, defer_fire, 0, 0);
+}
+
+static void call(sg_link *l, sg_link_cb cb, void *arg, const char *text)
+{
+	if (l->owner_gone || !cb)
+		return;
+	sg_reply r = {atoi(text), text, strlen(text)};
+	cb(arg, &r);
+}
+
+/* Every queued command of the session's gets text now. */
+static void fail_pending(sg_link *l, const char *text)
+{
+	pending *p = l->head;
+	l->head = l->tail = NULL;
+	l->inflight = 0;
+	l->barrier_inflight = false;
+	while (p) {
+		pending *n = p->next;
+		if (p->kind == K_USER || p->kind == K_DATA_END)
+			call(l, p->cb, p->arg, text);
+		free(p);
+		p = n;
+	}
+}
+
+void link_became_dead(sg_link *l, const char *why)
+{
+	if (l->phase != P_DEAD)
+		log_warn(link_sid(l), "event=upstream_lost upstream=%s reason=\"%s\"",
+		         l->peer, why);
+	uv_timer_stop(&l->timer);
+	link_conn_close(l);
+	if (l->phase == P_CLOSED)
+		return;
+	l->phase = P_DEAD;
+	l->identity_done = false;
+	if (l->in_data)
+		l->lost = true;
+	fail_pending(l, R_LOST);
+}
+
+/* ---- the command queue --------------------------------------------------- */
+
+static bool is_barrier(const sg_link *l, const pending *p)
+{
+	/* RFC 2920 3.1: DATA ends a group; XFORWARD must be taken before MAIL
+	 * (fail closed), so it is never pipelined with it. */
+	return !l->ehlo.pipelining || p->kind != K_USER ||
+	       !strncasecmp(p->line, "DATA", 4);
+}
+
+/* Take p out of the queue and answer it with text of ours. */
+static void drop_pending(sg_link *l, pending *p, const char *text)
+{
+	pending **pp = &l->head;
+	pending *prev = NULL;
+	while (*pp != p) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	*pp = p->next;
+	if (l->tail == p)
+		l->tail = prev;
+	defer_reply(l, p->cb, p->arg, text);
+	free(p);
+}
+
+void link_pump(sg_link *l)
+{
+	for (pending *p = l->head; p; p = p->next) {
+		if (p->sent)
+			continue;
+		if (l->inflight > 0 && (l->barrier_inflight || !l->ehlo.pipelining))
+			return;
+		if (p->kind == K_USER && l->xforward_refused &&
+		    !strncasecmp(p->line, "MAIL", 4)) {
+			/* fail closed: no transaction without the identity */
+			l->xforward_refused = false;
+			drop_pending(l, p, R_XFWD);
+			link_pump(l);
+			return;
+		}
+		p->sent = true;
+		l->inflight++;
+		if (is_barrier(l, p))
+			l->barrier_inflight = true;
+		if (link_cmd(l, p->line) < 0) {
+			link_became_dead(l, "write failed");
+			return;
+		}
+		link_arm(l, l->cfg->upstream_timeout_ms);
+	}
+}
+
+static pending *enqueue(sg_link *l, int kind, const char *line, size_t len,
+                        sg_link_cb cb, void *arg)
+{
+	pending *p = malloc(sizeof *p + len + 1);
+	if (!p)
+		return NULL;
+	p->next = NULL;
+	p->kind = kind;
+	p->sent = false;
+	p->cb = cb;
+	p->arg = arg;
+	p->len = len;
+	memcpy(p->line, line, len);
+	p->line[len] = '\0';
+	if (l->tail)
+		l->tail->next = p;
+	else
+		l->head = p;
+	l->tail = p;
+	return p;
+}
+
+void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
+                     void *arg)
+{
+	if (l->phase == P_CLOSED || len > UP_CMD_MAX * 8) {
+		defer_reply(l, cb, arg, R_LOST);
+		return;
+	}
+	if (l->cfg->identity == SG_ID_XFORWARD && len >= 4 &&
+	    !strncasecmp(line, "MAIL", 4)) {
+		char x[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+		const char *why = NULL;
+		int nx = sg_xforward_lines(&l->id, l->ehlo.xforward_attrs, x,
+		                           SG_XCLIENT_LINES, &why);
+		if (nx < 0) { /* the upstream's attributes changed since AUTH */
+			log_error(link_sid(l),
+			          "event=upstream_identity_unfit upstream=%s "
+			          "command=XFORWARD reason=\"%s\"", l->peer, why);
+			defer_reply(l, cb, arg, R_UNFIT);
+			return;
+		}
+		for (int i = 0; i < nx; i++)
+			enqueue(l, K_XFORWARD, x[i], strlen(x[i]), NULL, NULL);
+	}
+	if (!enqueue(l, K_USER, line, len, cb, arg)) {
+		defer_reply(l, cb, arg, R_LOST);
+		return;
+	}
+	if (l->phase == P_DEAD) {
+		link_reopen(l);
+		return;
+	}
+	if (l->phase == P_READY)
+		link_pump(l);
+}
+
+void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
+                  sg_link_cb cb, void *arg)
+{
+	/* RFC 4954 5: AUTH= only to a server that offers AUTH (Postfix
+	 * answers 503 5.7.4 otherwise); its value is ours, never the client's */
+	if (!auth_param || !l->ehlo.auth || len < 2) {
+		sg_link_command(l, line, len, cb, arg);
+		return;
+	}
+	sg_buf b;
+	sg_buf_init(&b, 0);
+	int rc = sg_buf_append(&b, line, len - 2);
+	if (rc == 0)
+		/* identity = none passes no user, not even here */
+		rc = sg_identity_mail_auth(&b, l->cfg->identity == SG_ID_NONE
+		                                   ? NULL
+		                                   : l->id.login);
+	if (rc == 0)
+		rc = sg_buf_append(&b, "\r\n", 2);
+	if (rc < 0 || b.len > SG_UPSTREAM_LINE_MAX) {
+		log_error(link_sid(l), "event=upstream_identity_unfit upstream=%s "
+		          "command=MAIL reason=\"%s\"", l->peer,
+		          rc < 0 ? "out of memory"
+		                 : "AUTH= makes the MAIL command too long");
+		defer_reply(l, cb, arg, R_UNFIT);
+	} else {
+		sg_link_command(l, b.data, b.len, cb, arg);
+	}
+	sg_buf_free(&b);
+}
+
+/* ---- replies in READY ---------------------------------------------------- */
+
+void link_ready_reply(sg_link *l, const sg_reply_reader *rr, const char *t)
+{
+	pending *p = l->head;
+	if (!p || !p->sent) {
+		/* e.g. "421 4.4.2 timeout": the upstream is closing */
+		if (l->in_data && !l->lost)
+			log_warn(link_sid(l),
+			         "event=upstream_reply_during_data reply=\"%s\"", t);
+		link_became_dead(l, t);
+		return;
+	}
+	l->head = p->next;
+	if (!l->head)
+		l->tail = NULL;
+	l->inflight--;
+	if (is_barrier(l, p))
+		l->barrier_inflight = false;
+	if (l->inflight > 0)
+		link_arm(l, l->cfg->upstream_timeout_ms);
+	else
+		uv_timer_stop(&l->timer);
+	sg_reply r = {rr->code, rr->text, rr->len};
+	if (p->kind == K_XFORWARD && rr->code / 100 != 2) {
+		log_error(link_sid(l), "event=upstream_identity_refused upstream=%s "
+		                       "command=XFORWARD reply=\"%s\" fix=\"check "
+		                       "smtpd_authorized_xforward_hosts on %s\"",
+		          l->peer, t, l->peer);
+		l->xforward_refused = true;
+	}
+	if (p->kind == K_DATA_END) {
+		sg_reply_queue_id(rr->text, rr->len, l->qid, sizeof l->qid);
+		l->in_data = false;
+	}
+	if (p->kind == K_USER || p->kind == K_DATA_END)
+		if (!l->owner_gone && p->cb)
+			p->cb(p->arg, &r);
+	free(p);
+	if (l->phase == P_READY)
+		link_pump(l);
+}
+
+/* ---- DATA ---------------------------------------------------------------- */
+
+/* The Received header but its date depends only on the link (identity,
+ * hostname, identity mode): made at its first message, then only stamped
+ * (building it whole, five printf-style appends, costs ~19k instructions
+ * a message). */
+static int received_parts(sg_link *l, bool hdr)
+{
+	const sg_config *cfg = l->cfg;
+	sg_buf pre, post;
+	sg_buf_init(&pre, 0);
+	sg_buf_init(&post, 0);
+	int rc = sg_received_parts(&pre, &post, &l->id, cfg->hostname,
+	                           cfg->identity != SG_ID_NONE, hdr);
+	if (rc == 0 && (l->rcv = malloc(pre.len + post.len)) == NULL)
+		rc = -1;
+	if (rc == 0) {
+		memcpy(l->rcv, pre.data, pre.len);
+		memcpy(l->rcv + pre.len, post.data, post.len);
+		l->rcv_pre = pre.len;
+		l->rcv_post = post.len;
+	}
+	sg_buf_free(&pre);
+	sg_buf_free(&post);
+	return rc;
+}
+
+void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg))
+{
+	const sg_config *cfg = l->cfg;
+	bool hdr = cfg->identity == SG_ID_HEADER || cfg->identity == SG_ID_AUTH;
+	l->in_data = true;
+	l->aborted = l->lost = l->paused = l->rcv_due = false;
+	l->done = done;
+	l->done_arg = arg;
+	l->drain = drain;
+	l->qid[0] = '\0';
+	sg_scan_init(&l->scan, cfg->bare_newline == SG_BARE_NORMALIZE, hdr,
+	             cfg->max_message_size);
+	if (l->phase != P_READY) {
+		l->lost = true;
+		return;
+	}
+	if (!l->rcv && received_parts(l, hdr) < 0) {
+		link_became_dead(l, "out of memory");
+		return;
+	}
+	/* The header goes out with the first DATA octets (one write, not
+	 * two: a many-message session's profile is mostly system calls).
+	 * One too long for UP_RCV_ROOM (a long login) goes now. */
+	l->rcv_time = time(NULL);
+	l->rcv_due = true;
+	if (l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM)
+		return;
+	l->rcv_due = false;
+	sg_buf out = link_scratch();
+	if (sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
+	                      l->rcv_post, l->rcv_time) < 0 ||
+	    link_send(l, out.data, out.len) < 0)
+		link_became_dead(l, "write failed");
+}
+
+/* Abort the upstream transaction: close without the final dot, so the
+ * upstream discards what it got (it must not deliver a part). */
+static void abort_upstream(sg_link *l, const char *why)
+{
+	l->aborted = true;
+	log_info(link_sid(l), "event=upstream_abort upstream=%s reason=\"%s\"",
+	         l->peer, why);
+	uv_timer_stop(&l->timer);
+	link_conn_close(l);
+	if (l->phase == P_READY)
+		l->phase = P_DEAD;
+	l->identity_done = false;
+	fail_pending(l, R_LOST);
+}
+
+/* The message is over and refused, or its upstream gone: our reply. */
+static void data_refused(sg_link *l)
+{
+	l->in_data = false;
+	/* NUL octets and bare line ends both: the NUL is named */
+	const char *t = R_LOST;
+	if (l->scan.nul)
+		t = R_NUL;
+	else if (l->scan.bad)
+		t = R_BARE;
+	else if (l->scan.too_big)
+		t = R_BIG;
+	defer_reply(l, l->done, l->done_arg, t);
+}
+
+/* The final ".\r\n" is about to be written (the scanner wrote the last
+ * line's CRLF; this is the <CRLF>.<CRLF>): its reply is the message's. */
+static int data_end_pending(sg_link *l)
+{
+	if (!enqueue(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg))
+		return -1;
+	l->tail->sent = true;
+	l->inflight++;
+	l->barrier_inflight = true;
+	link_arm(l, l->cfg->upstream_timeout_ms);
+	return 0;
+}
+
+size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
+{
+	*pause = false;
+	if (!l->in_data || l->scan.done)
+		return 0;
+	/* Scanned in steps into the worker's scratch buffer and written from
+	 * there (straight into the socket, only the rest copied into a queued
+	 * write).  The client's bytes are copied once more than read (twice
+	 * with TLS, the second being the encryption) and no memory is
+	 * allocated per chunk, nor kept by the link. */
+	size_t used = 0;
+	/* the final dot's reply is pending (ours or the upstream's) */
+	bool dot = false;
+	while (used < len && !l->scan.done) {
+		size_t take = len - used < UP_SCAN_IN ? len - used : UP_SCAN_IN;
+		sg_buf out = link_scratch();
+		if (l->rcv_due && !l->lost) /* the room is reserved for it */
+			sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
+			                  l->rcv_post, l->rcv_time);
+		l->rcv_due = false;
+		used += sg_scan_feed(&l->scan, buf + used, take, &out);
+		if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
+			abort_upstream(l, l->scan.nul ? "NUL in DATA"
+			                  : l->scan.bad ? "bare CR or LF in DATA"
+			                              : "message too big");
+		if (l->aborted || l->lost)
+			continue;
+		/* the end of data goes in the same write as the last octets */
+		if (l->scan.done) {
+			sg_buf_append(&out, ".\r\n", 3);
+			if (data_end_pending(l) < 0) {
+				link_became_dead(l, "out of memory");
+				continue;
+			}
+			/* from here a write failure answers it (fail_pending) */
+			dot = true;
+		}
+		if (out.len && link_send(l, out.data, out.len) < 0)
+			link_became_dead(l, "write failed");
+	}
+	if (l->scan.done) {
+		if (!dot)
+			data_refused(l);
+		return used;
+	}
+	if (l->c && l->wq > UP_WQ_HIGH) {
+		l->paused = true;
+		*pause = true;
+	}
+	return used;
+}
