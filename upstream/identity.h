@@ -52,8 +52,8 @@ int sg_identity_header_value(sg_buf *out, const char *login, bool comment,
 /* NULL when every form that identity mode `mode` (SG_ID_*) writes can carry
  * id->login whole; else why not.  Checked before an upstream is used, so a
  * login that cannot be passed on gets 454 at AUTH and nothing is relayed.
- * (The XCLIENT form also depends on the upstream's attributes: checked
- * again when the commands are made.) */
+ * (The XCLIENT and XFORWARD forms also depend on the upstream's
+ * attributes: checked again when the commands are made.) */
 const char *sg_identity_unfit(const sg_identity *id, int mode);
 
 /* " AUTH=<xtext of login>", or " AUTH=<>" without a login (RFC 4954 5),

@@ -8,7 +8,8 @@
  * account AUTH / nothing) and calls ready.  From then on the session passes
  * MAIL/RCPT/RSET lines through and streams DATA; every reply it gives the
  * client for those comes from the upstream (or is a 4xx/5xx of ours), never
- * a 2xx the upstream did not send. */
+ * a 2xx the upstream did not send.  Implemented by link_connect.c,
+ * link_handshake.c and link_xfer.c (link_int.h). */
 #ifndef SG_UPSTREAM_LINK_H
 #define SG_UPSTREAM_LINK_H
 
@@ -77,15 +78,15 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
 /* DATA: the session sends "DATA\r\n" with sg_link_command; on 354 it answers
  * the client 354 and calls sg_link_data_begin, then feeds every byte the
  * client sends with sg_link_data_feed.  feed scans for end-of-data
- * (<CRLF>.<CRLF>), enforces max_message_size and bare_newline, prepends the
- * Received header (and X-Authenticated-User for identity header/auth,
- * stripping a client-supplied one), and writes upstream.  It returns how
- * many bytes it consumed (all of them until the end of data; the rest after
- * the final dot is the client's next command).  *pause is set when the
- * upstream write queue is above its bound: the session stops reading the
- * client until drain is called.  done is called once with the final reply
- * (upstream's, or 550 5.5.2 / 552 5.3.4 / 451 of ours) when the message is
- * over. */
+ * (<CRLF>.<CRLF>), enforces max_message_size and bare_newline (bare CR/LF,
+ * NUL octets), prepends the Received header (and X-Authenticated-User for
+ * identity header/auth, stripping a client-supplied one), and writes
+ * upstream.  It returns how many bytes it consumed (all of them until the
+ * end of data; the rest after the final dot is the client's next command).
+ * *pause is set when the upstream write queue is above its bound: the
+ * session stops reading the client until drain is called.  done is called
+ * once with the final reply (upstream's, or 550 5.5.2 / 550 5.6.0 /
+ * 552 5.3.4 / 451 of ours) when the message is over. */
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg));
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause);
