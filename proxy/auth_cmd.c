@@ -23,8 +23,8 @@
  * login can forge a key), freed when the exchange ends. */
 static void set_tried(sg_session *s, const char *login)
 {
-	free(s->tried);
-	s->tried = sg_identity_log_dup(login);
+	free(s->auth.tried);
+	s->auth.tried = sg_identity_log_dup(login);
 }
 
 /* The login a response names (len octets at p), for set_tried. */
@@ -38,8 +38,8 @@ static void set_tried_n(sg_session *s, const char *p, size_t len)
 static void log_auth(sg_session *s, const char *result, const char *reason)
 {
 	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s", result,
-	         s->tried && s->tried[0] ? " user=" : "", s->tried ? s->tried : "",
-	         s->client_ip, s->mech,
+	         s->auth.tried && s->auth.tried[0] ? " user=" : "", s->auth.tried ? s->auth.tried : "",
+	         s->client_ip, s->auth.mech,
 	         reason ? " reason=" : "", reason ? reason : "");
 }
 
@@ -54,10 +54,10 @@ static void on_auth_result(void *arg, int result, const char *chal,
 
 static void auth_done_fail(sg_session *s)
 {
-	s->auth_await = false;
-	if (s->auth)
-		sg_auth_reset(s->auth);
-	sg_session_set_str(&s->tried, NULL, 0); /* logged already */
+	s->auth.await = false;
+	if (s->auth.sasl)
+		sg_auth_reset(s->auth.sasl);
+	sg_session_set_str(&s->auth.tried, NULL, 0); /* logged already */
 	sg_session_state(s, SG_ST_READY);
 }
 
@@ -67,11 +67,11 @@ static void on_auth_delay(uv_timer_t *t)
 	sg_session *s = t->data;
 	if (s->closing)
 		return;
-	s->auth_failures++;
+	s->auth.failures++;
 	log_auth(s, "fail", NULL);
 	auth_done_fail(s);
 	sg_reply_send(s, SG_R_AUTH_FAILED);
-	if (s->cfg->max_failures && s->auth_failures >= s->cfg->max_failures) {
+	if (s->cfg->max_failures && s->auth.failures >= s->cfg->max_failures) {
 		sg_reply_send(s, SG_R_TOO_MANY_FAIL);
 		sg_session_close(s, "too many auth failures");
 		return;
@@ -85,23 +85,23 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 	if (s->closing || sg_cmd_hold_sync(s, r))
 		return;
 	if (r->code >= 200 && r->code < 300) {
-		s->authenticated = true; /* s->user was set at SG_AUTH_OK */
-		set_tried(s, s->user); /* for log_auth */
+		s->auth.ok = true; /* s->auth.user was set at SG_AUTH_OK */
+		set_tried(s, s->auth.user); /* for log_auth */
 		sg_session_state(s, SG_ST_READY);
 		log_auth(s, "ok", NULL);
-		sg_session_set_str(&s->tried, NULL, 0);
+		sg_session_set_str(&s->auth.tried, NULL, 0);
 		/* The SASL context is not needed any more (RFC 4954 4: no second
 		 * AUTH; STARTTLS starts over): an idle authenticated session keeps
 		 * only what it uses. */
-		sg_auth_free(s->auth);
-		s->auth = NULL;
+		sg_auth_free(s->auth.sasl);
+		s->auth.sasl = NULL;
 		sg_reply_send(s, SG_R_AUTH_OK);
 		sg_session_resume(s);
 		return;
 	}
 	/* No upstream took the identity: never relay without it (CONTRACT). */
-	s->link = NULL;
-	sg_session_set_str(&s->user, NULL, 0);
+	s->up.link = NULL;
+	sg_session_set_str(&s->auth.user, NULL, 0);
 	log_auth(s, "tempfail", "upstream");
 	auth_done_fail(s);
 	if (r->code >= 400 && r->code < 500 && r->len)
@@ -117,7 +117,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	sg_session *s = arg;
 	if (s->closing)
 		return;
-	const char *who = s->auth ? sg_auth_authcid(s->auth) : NULL;
+	const char *who = s->auth.sasl ? sg_auth_authcid(s->auth.sasl) : NULL;
 	if (who && *who)
 		set_tried(s, who);
 	switch (result) {
@@ -132,17 +132,17 @@ static void on_auth_result(void *arg, int result, const char *chal,
 			break;
 		}
 		b64[n] = '\0';
-		s->auth_await = true;
+		s->auth.await = true;
 		sg_reply_line(s, 334, false, b64); /* "334 " for an empty one */
 		break;
 	}
 	case SG_AUTH_OK: {
 		/* 235 only once an upstream has taken the identity (CONTRACT) */
-		const char *u = sg_auth_user(s->auth);
+		const char *u = sg_auth_user(s->auth.sasl);
 		if (!u)
-			u = sg_auth_authcid(s->auth);
+			u = sg_auth_authcid(s->auth.sasl);
 		if (!u)
-			u = s->tried ? s->tried : "";
+			u = s->auth.tried ? s->auth.tried : "";
 		/* the whole login or nothing (sg_session_set_str would cut) */
 		if (strlen(u) > SG_USER_MAX) {
 			log_auth(s, "tempfail", "login too long");
@@ -150,7 +150,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 			sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
 			break;
 		}
-		sg_session_set_str(&s->user, u, SG_USER_MAX);
+		sg_session_set_str(&s->auth.user, u, SG_USER_MAX);
 		sg_cmd_open_link(s, true, on_auth_link_ready);
 		return;
 	}
@@ -201,8 +201,8 @@ static void sasl_called(sg_session *s, int r)
  * looked at beyond finding the separators. */
 static void note_login(sg_session *s, const char *dec, unsigned n)
 {
-	unsigned step = s->auth_steps++;
-	if (strcmp(s->mech, "PLAIN") == 0) {
+	unsigned step = s->auth.steps++;
+	if (strcmp(s->auth.mech, "PLAIN") == 0) {
 		const char *a = memchr(dec, '\0', n);
 		if (!a)
 			return;
@@ -211,16 +211,16 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 		if (!b || b == a)
 			return;
 		set_tried_n(s, a, (size_t)(b - a));
-	} else if (strcmp(s->mech, "LOGIN") == 0 && step == 0 && n > 0) {
+	} else if (strcmp(s->auth.mech, "LOGIN") == 0 && step == 0 && n > 0) {
 		/* up to a NUL, as Cyrus reads it */
 		set_tried_n(s, dec, strnlen(dec, n));
 	} else if (step == 0 && n > 0 &&
-	           (strcmp(s->mech, "CRAM-MD5") == 0 ||
-	            strncmp(s->mech, "SCRAM-", 6) == 0)) {
+	           (strcmp(s->auth.mech, "CRAM-MD5") == 0 ||
+	            strncmp(s->auth.mech, "SCRAM-", 6) == 0)) {
 		/* CRAM-MD5: "user hexdigest" (RFC 2195); SCRAM: "gs2-header
 		 * n=user,r=nonce" (RFC 5802 7): the login, never a secret */
 		const char *u = dec, *end = dec + n;
-		if (s->mech[0] == 'S') {
+		if (s->auth.mech[0] == 'S') {
 			const char *c1 = memchr(dec, ',', n);
 			const char *c2 = c1 ? memchr(c1 + 1, ',', (size_t)(end - c1 - 1)) : NULL;
 			if (!c2 || end - c2 < 3 || c2[1] != 'n' || c2[2] != '=')
@@ -228,7 +228,7 @@ static void note_login(sg_session *s, const char *dec, unsigned n)
 			u = c2 + 3;
 		}
 		const char *stop = u;
-		while (stop < end && *stop != (s->mech[0] == 'S' ? ',' : ' '))
+		while (stop < end && *stop != (s->auth.mech[0] == 'S' ? ',' : ' '))
 			stop++;
 		if (stop > u)
 			set_tried_n(s, u, strnlen(u, (size_t)(stop - u)));
@@ -247,7 +247,7 @@ static int decode_response(const char *in, size_t len, char *out,
 
 void sg_cmd_auth_response(sg_session *s, char *line, size_t len)
 {
-	s->auth_await = false;
+	s->auth.await = false;
 	/* RFC 4954 4: "*" cancels the exchange */
 	if (len == 1 && line[0] == '*') {
 		log_auth(s, "cancelled", NULL);
@@ -272,7 +272,7 @@ void sg_cmd_auth_response(sg_session *s, char *line, size_t len)
 		return;
 	}
 	s->pending = SG_PEND_SASL;
-	int r = sg_auth_step(s->auth, s->loop, dec, n, on_auth_result, s);
+	int r = sg_auth_step(s->auth.sasl, s->loop, dec, n, on_auth_result, s);
 	explicit_bzero(dec, sizeof dec);
 	sasl_called(s, r);
 }
@@ -280,7 +280,7 @@ void sg_cmd_auth_response(sg_session *s, char *line, size_t len)
 void sg_cmd_auth(sg_session *s, char *arg)
 {
 	/* RFC 4954 4: once per session, not inside a transaction */
-	if (s->authenticated) {
+	if (s->auth.ok) {
 		sg_reply_send(s, SG_R_ALREADY_AUTH);
 		return;
 	}
@@ -304,20 +304,20 @@ void sg_cmd_auth(sg_session *s, char *arg)
 		return;
 	}
 	/* checked before the name reaches Cyrus (CVE-2019-19906 class) */
-	if (strlen(arg) >= sizeof s->mech || !sg_auth_mech_valid(arg)) {
-		snprintf(s->mech, sizeof s->mech, "invalid");
+	if (strlen(arg) >= sizeof s->auth.mech || !sg_auth_mech_valid(arg)) {
+		snprintf(s->auth.mech, sizeof s->auth.mech, "invalid");
 		sg_reply_send(s, SG_R_BAD_MECH);
 		return;
 	}
-	snprintf(s->mech, sizeof s->mech, "%s", arg);
-	sg_session_set_str(&s->tried, NULL, 0);
+	snprintf(s->auth.mech, sizeof s->auth.mech, "%s", arg);
+	sg_session_set_str(&s->auth.tried, NULL, 0);
 	sg_auth *a = sg_session_auth(s);
 	if (!a) {
 		log_auth(s, "tempfail", "no SASL context");
 		sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
 		return;
 	}
-	if (!sg_auth_mech_offered(a, s->mech)) {
+	if (!sg_auth_mech_offered(a, s->auth.mech)) {
 		sg_reply_send(s, SG_R_BAD_MECH);
 		return;
 	}
@@ -339,12 +339,12 @@ void sg_cmd_auth(sg_session *s, char *arg)
 	 * comes and the exchange goes on. */
 	if (has_ir && n == 0)
 		has_ir = false;
-	s->auth_steps = 0;
+	s->auth.steps = 0;
 	if (has_ir)
 		note_login(s, dec, n);
 	sg_session_state(s, SG_ST_AUTH_PENDING);
 	s->pending = SG_PEND_SASL;
-	int r = sg_auth_start(a, s->loop, s->mech, dec, n, has_ir, on_auth_result,
+	int r = sg_auth_start(a, s->loop, s->auth.mech, dec, n, has_ir, on_auth_result,
 	                      s);
 	explicit_bzero(dec, sizeof dec);
 	sasl_called(s, r);

@@ -91,9 +91,9 @@ static const sg_cmd cmd_table[] = {
 
 void sg_cmd_txn_reset(sg_session *s)
 {
-	sg_session_set_str(&s->mail_from, NULL, 0);
-	s->rcpts = 0;
-	s->msg_size = 0;
+	sg_session_set_str(&s->txn.mail_from, NULL, 0);
+	s->txn.rcpts = 0;
+	s->txn.msg_size = 0;
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
 	    s->state == SG_ST_DATA)
 		sg_session_state(s, SG_ST_READY);
@@ -101,7 +101,7 @@ void sg_cmd_txn_reset(sg_session *s)
 
 bool sg_cmd_auth_allowed(const sg_session *s)
 {
-	return s->encrypted || !s->lc->require_tls_for_auth;
+	return s->tls.encrypted || !s->lc->require_tls_for_auth;
 }
 
 /* RFC 5321 2.3.8 / 4.1.1: a command line is printable text; a control
@@ -187,12 +187,12 @@ static void on_upstream_reply(void *arg, const sg_reply *r);
 /* Hold a reply that came back before sg_link_open returned. */
 bool sg_cmd_hold_sync(sg_session *s, const sg_reply *r)
 {
-	if (!s->link_opening)
+	if (!s->up.opening)
 		return false;
-	s->sync_code = r->code;
-	s->sync_text = sg_xmalloc(r->len);
-	s->sync_len = r->len;
-	memcpy(s->sync_text, r->text, r->len);
+	s->up.sync_code = r->code;
+	s->up.sync_text = sg_xmalloc(r->len);
+	s->up.sync_len = r->len;
+	memcpy(s->up.sync_text, r->text, r->len);
 	return true;
 }
 
@@ -201,11 +201,11 @@ void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	sg_identity id;
 	sg_session_fill_identity(s, &id, with_login);
 	s->pending = SG_PEND_LINK_OPEN;
-	s->link_opening = true;
-	s->sync_code = 0;
+	s->up.opening = true;
+	s->up.sync_code = 0;
 	sg_link *l = sg_link_open(s->loop, s->cfg, &id, ready, s);
-	s->link_opening = false;
-	if (!l && !s->sync_code) {
+	s->up.opening = false;
+	if (!l && !s->up.sync_code) {
 		/* no link at all (out of memory): no callback will ever come,
 		 * so answer now rather than leave the client waiting */
 		static const char t[] = "454 4.7.0 Temporary failure: relay unavailable\r\n";
@@ -214,17 +214,17 @@ void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 		ready(s, &r);
 		return;
 	}
-	if (!s->sync_code) {
-		s->link = l;
+	if (!s->up.sync_code) {
+		s->up.link = l;
 		return;
 	}
-	int code = s->sync_code;
-	s->link = code >= 200 && code < 300 ? l : NULL;
-	sg_reply r = {code, s->sync_text, s->sync_len};
-	s->sync_code = 0;
+	int code = s->up.sync_code;
+	s->up.link = code >= 200 && code < 300 ? l : NULL;
+	sg_reply r = {code, s->up.sync_text, s->up.sync_len};
+	s->up.sync_code = 0;
 	ready(s, &r);
-	free(s->sync_text);
-	s->sync_text = NULL;
+	free(s->up.sync_text);
+	s->up.sync_text = NULL;
 }
 
 /* ------------------------------------------- commands sent ahead of turn */
@@ -246,7 +246,7 @@ typedef struct sg_ahead {
 
 static void ahead_unlink(sg_session *s, sg_ahead *a)
 {
-	sg_ahead **pp = &s->ahead_head, *prev = NULL;
+	sg_ahead **pp = &s->up.ahead_head, *prev = NULL;
 	while (*pp && *pp != a) {
 		prev = *pp;
 		pp = &(*pp)->next;
@@ -254,31 +254,31 @@ static void ahead_unlink(sg_session *s, sg_ahead *a)
 	if (!*pp)
 		return;
 	*pp = a->next;
-	if (s->ahead_tail == a)
-		s->ahead_tail = prev;
-	s->ahead_n--;
+	if (s->up.ahead_tail == a)
+		s->up.ahead_tail = prev;
+	s->up.ahead_n--;
 	if (a->st == AH_WAIT)
-		s->ahead_wait--;
-	if (s->ahead_wait == 0)
-		s->ahead_off = 0;
+		s->up.ahead_wait--;
+	if (s->up.ahead_wait == 0)
+		s->up.ahead_off = 0;
 }
 
 void sg_cmd_ahead_drop(sg_session *s)
 {
-	sg_ahead *a = s->ahead_head;
+	sg_ahead *a = s->up.ahead_head;
 	while (a) {
 		sg_ahead *n = a->next;
 		free(a);
 		a = n;
 	}
-	s->ahead_head = s->ahead_tail = NULL;
-	s->ahead_n = s->ahead_wait = 0;
-	s->ahead_off = 0;
+	s->up.ahead_head = s->up.ahead_tail = NULL;
+	s->up.ahead_n = s->up.ahead_wait = 0;
+	s->up.ahead_off = 0;
 }
 
 static sg_ahead *first_waiting(const sg_session *s)
 {
-	sg_ahead *a = s->ahead_head;
+	sg_ahead *a = s->up.ahead_head;
 	while (a && a->st != AH_WAIT)
 		a = a->next;
 	return a;
@@ -287,9 +287,9 @@ static sg_ahead *first_waiting(const sg_session *s)
 static void close_link(sg_session *s)
 {
 	sg_cmd_ahead_drop(s);
-	if (s->link)
-		sg_link_close(s->link);
-	s->link = NULL;
+	if (s->up.link)
+		sg_link_close(s->up.link);
+	s->up.link = NULL;
 }
 
 /* The upstream's reply to a copy refused here.  A 2xx or 354 would be a
@@ -316,13 +316,13 @@ static void orphan_reply(sg_session *s, int code)
 static void ahead_after_line(sg_session *s)
 {
 	sg_ahead *a = first_waiting(s);
-	if (!a || a->seq != s->cmd_seq)
+	if (!a || a->seq != s->up.cmd_seq)
 		return;
 	if (!a->replied) {
-		s->ahead_wait--;
+		s->up.ahead_wait--;
 		a->st = AH_ORPHAN;
-		if (s->ahead_wait == 0)
-			s->ahead_off = 0;
+		if (s->up.ahead_wait == 0)
+			s->up.ahead_off = 0;
 		return;
 	}
 	int code = a->code;
@@ -336,21 +336,21 @@ static void on_ahead_reply(void *arg, const sg_reply *r)
 	sg_session *s = arg;
 	if (s->closing)
 		return;
-	sg_ahead *a = s->ahead_head;
+	sg_ahead *a = s->up.ahead_head;
 	while (a && a->st == AH_WAIT && a->replied)
 		a = a->next;
 	if (!a)
 		return; /* cannot happen: one reply per command, in order */
 	if (a->st == AH_WAIT) {
 		/* before its turn: kept until then */
-		sg_ahead **pp = &s->ahead_head;
+		sg_ahead **pp = &s->up.ahead_head;
 		while (*pp != a)
 			pp = &(*pp)->next;
-		bool tail = s->ahead_tail == a;
+		bool tail = s->up.ahead_tail == a;
 		sg_ahead *c = sg_xrealloc(a, sizeof *a + r->len);
 		*pp = c;
 		if (tail)
-			s->ahead_tail = c;
+			s->up.ahead_tail = c;
 		c->replied = true;
 		c->code = r->code;
 		c->len = r->len;
@@ -365,22 +365,22 @@ static void on_ahead_reply(void *arg, const sg_reply *r)
 		orphan_reply(s, r->code);
 		return;
 	}
-	s->up_verb = v;
+	s->up.verb = v;
 	on_upstream_reply(s, r);
 }
 
 static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 {
-	s->up_verb = v;
+	s->up.verb = v;
 	s->pending = SG_PEND_UPSTREAM;
 	sg_ahead *a = first_waiting(s);
-	if (a && a->seq == s->cmd_seq && a->verb == v) {
+	if (a && a->seq == s->up.cmd_seq && a->verb == v) {
 		/* sent ahead: take that copy (and its reply, if in already) */
 		if (!a->replied) {
 			a->st = AH_TAKEN;
-			s->ahead_wait--;
-			if (s->ahead_wait == 0)
-				s->ahead_off = 0;
+			s->up.ahead_wait--;
+			if (s->up.ahead_wait == 0)
+				s->up.ahead_off = 0;
 			return;
 		}
 		ahead_unlink(s, a);
@@ -394,24 +394,24 @@ static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 		 * would be first): the copies go out before this command, so
 		 * none may stand for a later line */
 		log_warn(s->id, "pipelining: line %u relayed, copy of line %u "
-		         "pending; copies dropped", s->cmd_seq, a->seq);
+		         "pending; copies dropped", s->up.cmd_seq, a->seq);
 		for (sg_ahead *o = a; o; o = o->next)
 			if (o->st == AH_WAIT)
 				o->st = AH_ORPHAN;
-		s->ahead_wait = 0;
-		s->ahead_off = 0;
+		s->up.ahead_wait = 0;
+		s->up.ahead_off = 0;
 	}
 	if (v == V_MAIL)
-		sg_link_mail(s->link, line, len, s->mail_auth, on_upstream_reply, s);
+		sg_link_mail(s->up.link, line, len, s->txn.mail_auth, on_upstream_reply, s);
 	else
-		sg_link_command(s->link, line, len, on_upstream_reply, s);
+		sg_link_command(s->up.link, line, len, on_upstream_reply, s);
 }
 
 static void link_lost(sg_session *s)
 {
-	if (!s->link || sg_link_alive(s->link))
+	if (!s->up.link || sg_link_alive(s->up.link))
 		return;
-	log_info(s->id, "upstream %s lost", sg_link_peer(s->link));
+	log_info(s->id, "upstream %s lost", sg_link_peer(s->up.link));
 	close_link(s);
 	sg_cmd_txn_reset(s);
 }
@@ -422,21 +422,21 @@ static void on_upstream_reply(void *arg, const sg_reply *r)
 	if (s->closing)
 		return;
 	bool ok = r->code >= 200 && r->code < 300;
-	switch (s->up_verb) {
+	switch (s->up.verb) {
 	case V_MAIL:
 		if (ok)
 			sg_session_state(s, SG_ST_MAIL);
 		else
-			sg_session_set_str(&s->mail_from, NULL, 0);
+			sg_session_set_str(&s->txn.mail_from, NULL, 0);
 		break;
 	case V_RCPT:
 		if (ok) {
-			s->rcpts++;
+			s->txn.rcpts++;
 			sg_session_state(s, SG_ST_RCPT);
 		}
 		break;
 	case V_DATA:
-		if (r->code == 354 && sg_link_alive(s->link)) {
+		if (r->code == 354 && sg_link_alive(s->up.link)) {
 			sg_reply_raw(s, r->code, r->text, r->len);
 			sg_session_data_begin(s);
 			sg_session_resume(s);
@@ -463,10 +463,10 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 	if (s->closing || sg_cmd_hold_sync(s, r))
 		return;
 	if (r->code < 200 || r->code >= 300) {
-		s->link = NULL;
-		sg_session_set_str(&s->mail_from, NULL, 0);
-		free(s->pend_line);
-		s->pend_line = NULL;
+		s->up.link = NULL;
+		sg_session_set_str(&s->txn.mail_from, NULL, 0);
+		free(s->up.pend_line);
+		s->up.pend_line = NULL;
 		log_info(s->id, "MAIL: no upstream took the session (%d)", r->code);
 		if (r->code >= 400 && r->code < 500 && r->len)
 			sg_reply_raw(s, r->code, r->text, r->len);
@@ -475,15 +475,15 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 		sg_session_resume(s);
 		return;
 	}
-	char *line = s->pend_line;
-	s->pend_line = NULL;
-	if (!s->link || !line) { /* cannot happen: open_link set the link */
+	char *line = s->up.pend_line;
+	s->up.pend_line = NULL;
+	if (!s->up.link || !line) { /* cannot happen: open_link set the link */
 		free(line);
 		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
 		sg_session_resume(s);
 		return;
 	}
-	relay(s, V_MAIL, line, s->pend_len);
+	relay(s, V_MAIL, line, s->up.pend_len);
 	free(line);
 }
 
@@ -505,8 +505,8 @@ static void drop_reply(void *arg, const sg_reply *r) { (void)arg, (void)r; }
 static bool greet(sg_session *s, const char *arg, bool esmtp)
 {
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT) {
-		if (s->link)
-			sg_link_command(s->link, "RSET\r\n", 6, drop_reply, s);
+		if (s->up.link)
+			sg_link_command(s->up.link, "RSET\r\n", 6, drop_reply, s);
 		sg_cmd_txn_reset(s);
 	}
 	sg_session_set_str(&s->helo, arg, SG_HELO_MAX);
@@ -555,9 +555,9 @@ static void cmd_ehlo(sg_session *s, char *arg)
 	if (caps.dsn)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "DSN");
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "ENHANCEDSTATUSCODES");
-	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls && s->tls_ctx)
+	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls.eng && s->tls.ctx)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "STARTTLS");
-	if (sg_cmd_auth_allowed(s) && !s->authenticated) {
+	if (sg_cmd_auth_allowed(s) && !s->auth.ok) {
 		sg_auth *a = sg_session_auth(s);
 		const char *mechs = a ? sg_auth_mechs(a) : "";
 		if (mechs && *mechs)
@@ -577,11 +577,11 @@ static void cmd_starttls(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_NO_ARGS);
 		return;
 	}
-	if (s->tls) {
+	if (s->tls.eng) {
 		sg_reply_send(s, SG_R_TLS_ACTIVE);
 		return;
 	}
-	if (s->lc->tls != SG_TLS_STARTTLS || !s->tls_ctx) {
+	if (s->lc->tls != SG_TLS_STARTTLS || !s->tls.ctx) {
 		sg_reply_send(s, SG_R_TLS_UNAVAIL);
 		return;
 	}
@@ -683,7 +683,7 @@ static enum sg_rep rcpt_param(sg_session *s, const char *tok,
 static void cmd_mail(sg_session *s, char *arg)
 {
 	/* CONTRACT: MAIL before AUTH where it is required */
-	if (s->lc->require_auth && !s->authenticated) {
+	if (s->lc->require_auth && !s->auth.ok) {
 		sg_reply_send(s, SG_R_AUTH_REQUIRED);
 		return;
 	}
@@ -707,10 +707,10 @@ static void cmd_mail(sg_session *s, char *arg)
 		sg_reply_send(s, bad);
 		return;
 	}
-	if (s->authenticated && !sg_sender_allowed(s->cfg, s->user, addr)) {
+	if (s->auth.ok && !sg_sender_allowed(s->cfg, s->auth.user, addr)) {
 		char from[SG_PATH_MAX + 1], user[SG_USER_LOG_MAX];
 		sg_log_safe(from, sizeof from, addr);
-		sg_identity_log(user, sizeof user, s->user);
+		sg_identity_log(user, sizeof user, s->auth.user);
 		log_info(s->id, "MAIL: from=<%s> not allowed for user=%s", from,
 		         user);
 		sg_reply_send(s, SG_R_NOT_OWNER);
@@ -730,21 +730,21 @@ static void cmd_mail(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_LINE_TOO_LONG);
 		return;
 	}
-	s->mail_auth = had_auth;
+	s->txn.mail_auth = had_auth;
 	/* held for the message's log line, until the transaction ends */
-	sg_session_set_str(&s->mail_from, addr, SG_PATH_MAX);
-	if (s->link && sg_link_alive(s->link)) {
+	sg_session_set_str(&s->txn.mail_from, addr, SG_PATH_MAX);
+	if (s->up.link && sg_link_alive(s->up.link)) {
 		relay(s, V_MAIL, line, (size_t)n);
 		return;
 	}
 	/* First MAIL of an unauthenticated session (require_auth = no), or the
 	 * upstream was lost since: (re)open with the same identity. */
 	close_link(s);
-	free(s->pend_line);
-	s->pend_line = sg_xmalloc((size_t)n);
-	memcpy(s->pend_line, line, (size_t)n);
-	s->pend_len = (size_t)n;
-	sg_cmd_open_link(s, s->authenticated, on_mail_link_ready);
+	free(s->up.pend_line);
+	s->up.pend_line = sg_xmalloc((size_t)n);
+	memcpy(s->up.pend_line, line, (size_t)n);
+	s->up.pend_len = (size_t)n;
+	sg_cmd_open_link(s, s->auth.ok, on_mail_link_ready);
 }
 
 /* "TO:<path> params" checked and made into the line relayed upstream
@@ -783,11 +783,11 @@ static void cmd_rcpt(sg_session *s, char *arg)
 		return;
 	}
 	/* RFC 5321 4.5.3.1.8: 452 when the recipient buffer is full */
-	if (s->cfg->max_recipients && s->rcpts >= s->cfg->max_recipients) {
+	if (s->cfg->max_recipients && s->txn.rcpts >= s->cfg->max_recipients) {
 		sg_reply_send(s, SG_R_TOO_MANY_RCPT);
 		return;
 	}
-	if (!s->link) { /* lost with the transaction: link_lost() reset it */
+	if (!s->up.link) { /* lost with the transaction: link_lost() reset it */
 		sg_reply_send(s, SG_R_NEED_MAIL);
 		return;
 	}
@@ -801,7 +801,7 @@ static void cmd_data(sg_session *s, char *arg)
 		return;
 	}
 	/* RFC 5321 3.3: DATA needs at least one accepted recipient */
-	if (s->state != SG_ST_RCPT || s->rcpts == 0 || !s->link) {
+	if (s->state != SG_ST_RCPT || s->txn.rcpts == 0 || !s->up.link) {
 		sg_reply_send(s, SG_R_NEED_RCPT);
 		return;
 	}
@@ -814,7 +814,7 @@ static void cmd_rset(sg_session *s, char *arg)
 		sg_reply_send(s, SG_R_NO_ARGS);
 		return;
 	}
-	if (s->link && sg_link_alive(s->link)) {
+	if (s->up.link && sg_link_alive(s->up.link)) {
 		relay(s, V_RSET, "RSET\r\n", 6);
 		return;
 	}
@@ -841,7 +841,7 @@ static void cmd_quit(sg_session *s, char *arg)
 
 static void dispatch(sg_session *s, char *line, size_t len)
 {
-	if (s->auth_await) {
+	if (s->auth.await) {
 		sg_cmd_auth_response(s, line, len);
 		return;
 	}
@@ -877,9 +877,9 @@ static void dispatch(sg_session *s, char *line, size_t len)
 
 void sg_cmd_line(sg_session *s, char *line, size_t len)
 {
-	s->cmd_seq++;
+	s->up.cmd_seq++;
 	dispatch(s, line, len);
-	if (s->ahead_head && !s->closing)
+	if (s->up.ahead_head && !s->closing)
 		ahead_after_line(s);
 }
 
@@ -891,14 +891,14 @@ void sg_cmd_line(sg_session *s, char *line, size_t len)
  * group (RFC 2920 3.1): what follows it may be message text. */
 void sg_cmd_ahead(sg_session *s)
 {
-	if (s->closing || s->pending != SG_PEND_UPSTREAM || s->auth_await ||
-	    s->lines.discarding || !s->link || !sg_link_alive(s->link))
+	if (s->closing || s->pending != SG_PEND_UPSTREAM || s->auth.await ||
+	    s->io.lines.discarding || !s->up.link || !sg_link_alive(s->up.link))
 		return;
-	if (s->up_verb != V_MAIL && s->up_verb != V_RCPT)
+	if (s->up.verb != V_MAIL && s->up.verb != V_RCPT)
 		return;
 	unsigned rcpts = 0; /* in flight: taken, waiting, or sent directly */
 	bool taken = false;
-	for (sg_ahead *a = s->ahead_head; a; a = a->next) {
+	for (sg_ahead *a = s->up.ahead_head; a; a = a->next) {
 		if (a->verb == V_DATA && a->st != AH_ORPHAN)
 			return; /* the group is complete */
 		if (a->st == AH_TAKEN)
@@ -906,15 +906,15 @@ void sg_cmd_ahead(sg_session *s)
 		if (a->verb == V_RCPT && a->st != AH_ORPHAN)
 			rcpts++;
 	}
-	if (!taken && s->up_verb == V_RCPT)
+	if (!taken && s->up.verb == V_RCPT)
 		rcpts++;
 	unsigned max = s->cfg->max_recipients;
-	sg_lines st = s->lines;
-	while (s->ahead_n < SG_AHEAD_MAX && s->ahead_off < s->in.len) {
+	sg_lines st = s->io.lines;
+	while (s->up.ahead_n < SG_AHEAD_MAX && s->up.ahead_off < s->io.in.len) {
 		const char *line;
 		size_t len, used;
-		if (sg_line_next(&st, s->in.data + s->ahead_off,
-		                 s->in.len - s->ahead_off, SG_LINE_MAX, &line, &len,
+		if (sg_line_next(&st, s->io.in.data + s->up.ahead_off,
+		                 s->io.in.len - s->up.ahead_off, SG_LINE_MAX, &line, &len,
 		                 &used) != SG_LINE_OK)
 			return;
 		if (has_control(line, len))
@@ -928,14 +928,14 @@ void sg_cmd_ahead(sg_session *s)
 		int n = 0;
 		enum verb v;
 		if (strcmp(verb, "RCPT") == 0) {
-			if (max && s->rcpts + rcpts >= max)
+			if (max && s->txn.rcpts + rcpts >= max)
 				return;
 			if (rcpt_line(s, arg, out, sizeof out, &n) != SG_R_COUNT)
 				return;
 			rcpts++;
 			v = V_RCPT;
 		} else if (strcmp(verb, "DATA") == 0) {
-			if (*arg || (s->rcpts == 0 && rcpts == 0))
+			if (*arg || (s->txn.rcpts == 0 && rcpts == 0))
 				return;
 			n = snprintf(out, sizeof out, "DATA\r\n");
 			v = V_DATA;
@@ -944,23 +944,23 @@ void sg_cmd_ahead(sg_session *s)
 		}
 		explicit_bzero(cmd, len);
 		sg_ahead *a = sg_xcalloc(1, sizeof *a);
-		a->seq = s->cmd_seq + s->ahead_wait + 1;
+		a->seq = s->up.cmd_seq + s->up.ahead_wait + 1;
 		a->verb = v;
 		a->st = AH_WAIT;
-		if (s->ahead_tail)
-			s->ahead_tail->next = a;
+		if (s->up.ahead_tail)
+			s->up.ahead_tail->next = a;
 		else
-			s->ahead_head = a;
-		s->ahead_tail = a;
-		s->ahead_n++;
-		s->ahead_wait++;
-		s->ahead_off += used;
+			s->up.ahead_head = a;
+		s->up.ahead_tail = a;
+		s->up.ahead_n++;
+		s->up.ahead_wait++;
+		s->up.ahead_off += used;
 		log_debug(s->id, "pipelining: line %u (%s) sent ahead", a->seq,
 		          v == V_RCPT ? "RCPT" : "DATA");
-		sg_link_command(s->link, out, (size_t)n, on_ahead_reply, s);
+		sg_link_command(s->up.link, out, (size_t)n, on_ahead_reply, s);
 		/* a reply delivered at once (link lost) changed the session: let
 		 * sg_session_process go round again before sending more */
-		if (s->again || s->closing || !s->link || v == V_DATA)
+		if (s->again || s->closing || !s->up.link || v == V_DATA)
 			return;
 	}
 }

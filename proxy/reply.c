@@ -87,7 +87,7 @@ static bool count_error(sg_session *s, int code)
 	if (++s->errors <= SG_MAX_ERRORS)
 		return true;
 	const sg_rep_def *d = &sg_rep_table[SG_R_TOO_MANY_ERR];
-	sg_buf_appendf(&s->out, "%d %s %s %s\r\n", d->code, d->enh,
+	sg_buf_appendf(&s->io.out, "%d %s %s %s\r\n", d->code, d->enh,
 	               s->cfg->hostname, d->text);
 	sg_session_close(s, "too many errors");
 	return false;
@@ -110,7 +110,7 @@ void sg_reply_send(sg_session *s, enum sg_rep r)
 	if (n < 0 || (size_t)n > sizeof line - 3)
 		n = (int)sizeof line - 3;
 	memcpy(line + n, "\r\n", 2);
-	sg_buf_append(&s->out, line, (size_t)n + 2);
+	sg_buf_append(&s->io.out, line, (size_t)n + 2);
 	log_debug(s->id, "reply: %.*s", n, line);
 }
 
@@ -118,14 +118,14 @@ void sg_reply_line(sg_session *s, int code, bool more, const char *text)
 {
 	if (!more && !count_error(s, code))
 		return;
-	sg_buf_appendf(&s->out, "%d%c%s\r\n", code, more ? '-' : ' ', text);
+	sg_buf_appendf(&s->io.out, "%d%c%s\r\n", code, more ? '-' : ' ', text);
 }
 
 void sg_reply_raw(sg_session *s, int code, const char *text, size_t len)
 {
 	if (!count_error(s, code))
 		return;
-	sg_buf_append(&s->out, text, len);
+	sg_buf_append(&s->io.out, text, len);
 	size_t first = 0;
 	while (first < len && first < 200 && text[first] != '\r' &&
 	       text[first] != '\n')

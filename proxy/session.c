@@ -4,7 +4,7 @@
  * (docs/ARCHITECTURE.md).  Input is read into a bounded buffer (plaintext, or
  * ciphertext fed to the TLS engine and pulled back as plaintext), framed into
  * command lines by smtp_parse.c and dispatched through the command table in
- * commands.c.  Replies collect in s->out and are written once per pipelined
+ * commands.c.  Replies collect in s->io.out and are written once per pipelined
  * group (RFC 2920 3.1).  One command at a time: while an async result (SASL
  * on the thread pool, an upstream reply, the failure delay) is pending no
  * further command is taken from the buffer, which keeps replies in order
@@ -110,12 +110,12 @@ static void on_write(uv_write_t *req, int status)
 {
 	wreq *wr = (wreq *)req;
 	sg_session *s = req->data;
-	s->wq_bytes -= wr->len;
+	s->io.wq_bytes -= wr->len;
 	free(wr);
 	if (status < 0 && !s->closing)
 		sg_session_close(s, "write error");
 	if (s->closing) {
-		if (s->wq_bytes == 0)
+		if (s->io.wq_bytes == 0)
 			finish_close(s);
 		return;
 	}
@@ -131,7 +131,7 @@ static void write_raw(sg_session *s, const char *p, size_t len)
 	 * whose uv__io_stop(POLLOUT) costs an epoll_ctl per write (the S2
 	 * profile: 10 epoll_ctl per message).  Order is kept because we only
 	 * try while the queue is empty. */
-	if (s->wq_bytes == 0) {
+	if (s->io.wq_bytes == 0) {
 		int n = uv_try_write((uv_stream_t *)&s->tcp,
 		                     &(uv_buf_t){.base = (char *)p, .len = len}, 1);
 		if (n > 0) {
@@ -157,37 +157,37 @@ static void write_raw(sg_session *s, const char *p, size_t len)
 			sg_session_close(s, "write error");
 		return;
 	}
-	s->wq_bytes += len;
+	s->io.wq_bytes += len;
 }
 
 static void send_tls_out(sg_session *s)
 {
 	size_t len;
 	const char *p;
-	while (s->tls && (p = sg_tls_out(s->tls, &len)) && len > 0) {
+	while (s->tls.eng && (p = sg_tls_out(s->tls.eng, &len)) && len > 0) {
 		write_raw(s, p, len);
-		sg_tls_out_consume(s->tls, len);
+		sg_tls_out_consume(s->tls.eng, len);
 	}
 }
 
 void sg_session_flush(sg_session *s)
 {
-	if (s->out.len == 0)
+	if (s->io.out.len == 0)
 		return;
-	if (s->tls && !s->encrypted) {
+	if (s->tls.eng && !s->tls.encrypted) {
 		/* mid-handshake: a plaintext reply would corrupt the stream */
-		sg_buf_reset(&s->out);
+		sg_buf_reset(&s->io.out);
 		return;
 	}
-	if (s->tls) {
-		if (sg_tls_write(s->tls, s->out.data, s->out.len) < 0)
-			log_warn(s->id, "tls write failed: %s", sg_tls_error(s->tls));
+	if (s->tls.eng) {
+		if (sg_tls_write(s->tls.eng, s->io.out.data, s->io.out.len) < 0)
+			log_warn(s->id, "tls write failed: %s", sg_tls_error(s->tls.eng));
 		send_tls_out(s);
 	} else {
-		write_raw(s, s->out.data, s->out.len);
+		write_raw(s, s->io.out.data, s->io.out.len);
 	}
 	/* kept for the next reply; freed when the session goes quiet */
-	sg_buf_reset(&s->out);
+	sg_buf_reset(&s->io.out);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -205,17 +205,17 @@ static void on_handle_closed(uv_handle_t *h)
 	if (s->next)
 		s->next->prev = s->prev;
 	w->nsessions--;
-	sg_tls_free(s->tls);
-	sg_buf_free(&s->in);
-	sg_buf_free(&s->out);
-	free(s->pend_line);
+	sg_tls_free(s->tls.eng);
+	sg_buf_free(&s->io.in);
+	sg_buf_free(&s->io.out);
+	free(s->up.pend_line);
 	free(s->helo);
-	free(s->user);
-	free(s->tried);
-	free(s->mail_from);
+	free(s->auth.user);
+	free(s->auth.tried);
+	free(s->txn.mail_from);
 	free(s->qids);
-	if (s->tls_ctx)
-		sg_tls_ctx_unref(s->tls_ctx);
+	if (s->tls.ctx)
+		sg_tls_ctx_unref(s->tls.ctx);
 	sg_config_unref(s->cfg);
 	sg_server_conn_dec();
 	free(s);
@@ -240,11 +240,11 @@ static void log_disconnect(sg_session *s)
 {
 	double secs = (double)(uv_now(s->loop) - s->start_ms) / 1000.0;
 	char tls[160] = "none";
-	if (s->tls && s->encrypted)
-		snprintf(tls, sizeof tls, "%s/%s", sg_tls_version(s->tls),
-		         sg_tls_cipher(s->tls));
+	if (s->tls.eng && s->tls.encrypted)
+		snprintf(tls, sizeof tls, "%s/%s", sg_tls_version(s->tls.eng),
+		         sg_tls_cipher(s->tls.eng));
 	char user[SG_USER_LOG_MAX];
-	sg_identity_log(user, sizeof user, s->authenticated ? s->user : NULL);
+	sg_identity_log(user, sizeof user, s->auth.ok ? s->auth.user : NULL);
 	log_info(s->id,
 	         "event=disconnect client=%s:%u tls=%s user=%s msgs=%u bytes=%llu "
 	         "queue_ids=%s time=%.3f reason=%s",
@@ -257,14 +257,14 @@ static void log_disconnect(sg_session *s)
  * callbacks (auth.h, link.h). */
 static void drop_auth_and_link(sg_session *s)
 {
-	if (s->auth) {
-		sg_auth_free(s->auth);
-		s->auth = NULL;
+	if (s->auth.sasl) {
+		sg_auth_free(s->auth.sasl);
+		s->auth.sasl = NULL;
 	}
 	sg_cmd_ahead_drop(s);
-	if (s->link) {
-		sg_link_close(s->link);
-		s->link = NULL;
+	if (s->up.link) {
+		sg_link_close(s->up.link);
+		s->up.link = NULL;
 	}
 }
 
@@ -281,13 +281,13 @@ void sg_session_close(sg_session *s, const char *reason)
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
 		uv_read_stop((uv_stream_t *)&s->tcp);
-	s->reading = false;
+	s->io.reading = false;
 	sg_session_flush(s);
-	if (s->tls && s->encrypted) {
-		sg_tls_shutdown(s->tls);
+	if (s->tls.eng && s->tls.encrypted) {
+		sg_tls_shutdown(s->tls.eng);
 		send_tls_out(s);
 	}
-	if (s->wq_bytes == 0) {
+	if (s->io.wq_bytes == 0) {
 		finish_close(s);
 		return;
 	}
@@ -319,18 +319,18 @@ static void on_idle(uv_timer_t *t)
  * no transaction. */
 static bool quiet(const sg_session *s)
 {
-	return !s->closing && s->pending == SG_PEND_NONE && s->in.len == 0 &&
-	       s->out.len == 0 && !in_transaction(s);
+	return !s->closing && s->pending == SG_PEND_NONE && s->io.in.len == 0 &&
+	       s->io.out.len == 0 && !in_transaction(s);
 }
 
 /* Give back what a quiet session does not need: the input and reply
  * buffers and OpenSSL's record and BIO buffers (S4: idle sessions). */
 static void trim_now(sg_session *s)
 {
-	sg_buf_shrink(&s->in);
-	sg_buf_shrink(&s->out);
-	if (s->tls)
-		sg_tls_trim(s->tls);
+	sg_buf_shrink(&s->io.in);
+	sg_buf_shrink(&s->io.out);
+	if (s->tls.eng)
+		sg_tls_trim(s->tls.eng);
 }
 
 static void on_trim(uv_timer_t *t)
@@ -351,7 +351,7 @@ void sg_session_idle_rearm(sg_session *s)
 /* ------------------------------------------------------------------ input */
 
 /* One read buffer per worker thread: on_read hands every byte to the TLS
- * engine or to s->in before it returns, so no session holds one and no
+ * engine or to s->io.in before it returns, so no session holds one and no
  * read pays a malloc/free. */
 static __thread char read_chunk[SG_READ_CHUNK];
 
@@ -371,43 +371,43 @@ static void update_reading(sg_session *s)
 {
 	if (uv_is_closing((uv_handle_t *)&s->tcp))
 		return;
-	bool want = !s->closing && !s->eof &&
-	            s->in.len + SG_READ_CHUNK <= s->in.max &&
-	            s->wq_bytes < SG_OUTQ_MAX && !s->data_paused;
-	if (want && !s->reading) {
+	bool want = !s->closing && !s->io.eof &&
+	            s->io.in.len + SG_READ_CHUNK <= s->io.in.max &&
+	            s->io.wq_bytes < SG_OUTQ_MAX && !s->data_paused;
+	if (want && !s->io.reading) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
-			s->reading = true;
-	} else if (!want && s->reading) {
+			s->io.reading = true;
+	} else if (!want && s->io.reading) {
 		uv_read_stop((uv_stream_t *)&s->tcp);
-		s->reading = false;
+		s->io.reading = false;
 	}
 }
 
-/* Pull decrypted bytes into s->in (bounded by its max). */
+/* Pull decrypted bytes into s->io.in (bounded by its max). */
 static void pull_tls(sg_session *s)
 {
-	if (!s->tls || !s->encrypted || s->in.len >= s->in.max)
+	if (!s->tls.eng || !s->tls.encrypted || s->io.in.len >= s->io.in.max)
 		return;
-	int r = sg_tls_read(s->tls, &s->in);
+	int r = sg_tls_read(s->tls.eng, &s->io.in);
 	send_tls_out(s); /* e.g. a KeyUpdate answer */
 	if (r == 1)
-		s->eof = true; /* close_notify: answer what came before it */
+		s->io.eof = true; /* close_notify: answer what came before it */
 	else if (r < 0) {
 		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
-		         s->client_ip, sg_tls_error(s->tls));
+		         s->client_ip, sg_tls_error(s->tls.eng));
 		sg_session_close(s, "tls error");
 	}
 }
 
 static void feed_data(sg_session *s)
 {
-	if (!s->data_active || s->data_paused || s->in.len == 0)
+	if (!s->data_active || s->data_paused || s->io.in.len == 0)
 		return;
 	bool pause = false;
-	size_t n = sg_link_data_feed(s->link, s->in.data, s->in.len, &pause);
-	size_t had = s->in.len;
-	s->msg_size += n;
-	sg_buf_consume(&s->in, n);
+	size_t n = sg_link_data_feed(s->up.link, s->io.in.data, s->io.in.len, &pause);
+	size_t had = s->io.in.len;
+	s->txn.msg_size += n;
+	sg_buf_consume(&s->io.in, n);
 	if (n > 0)
 		sg_session_idle_rearm(s);
 	if (pause && s->data_active)
@@ -441,17 +441,17 @@ static void process_lines(sg_session *s)
 			sg_session_close(s, "shutdown");
 			return;
 		}
-		if (s->in.len == 0)
+		if (s->io.in.len == 0)
 			return;
-		size_t limit = s->auth_await ? SG_AUTH_LINE_MAX : SG_LINE_MAX;
+		size_t limit = s->auth.await ? SG_AUTH_LINE_MAX : SG_LINE_MAX;
 		const char *line;
 		size_t len, used;
-		int st = sg_line_next(&s->lines, s->in.data, s->in.len, limit, &line,
+		int st = sg_line_next(&s->io.lines, s->io.in.data, s->io.in.len, limit, &line,
 		                      &len, &used);
 		/* the lines sent ahead (commands.c) are at the front */
-		s->ahead_off = s->ahead_off > used ? s->ahead_off - used : 0;
+		s->up.ahead_off = s->up.ahead_off > used ? s->up.ahead_off - used : 0;
 		if (st == SG_LINE_NONE) {
-			sg_buf_consume(&s->in, used);
+			sg_buf_consume(&s->io.in, used);
 			if (used == 0)
 				return;
 			continue;
@@ -459,7 +459,7 @@ static void process_lines(sg_session *s)
 		if (st == SG_LINE_OK)
 			memcpy(cmd, line, len);
 		cmd[st == SG_LINE_OK ? len : 0] = '\0';
-		sg_buf_consume(&s->in, used);
+		sg_buf_consume(&s->io.in, used);
 		sg_session_idle_rearm(s);
 		if (st == SG_LINE_TOOLONG) {
 			log_info(s->id, "command line over %zu octets", limit);
@@ -468,10 +468,10 @@ static void process_lines(sg_session *s)
 			sg_reply_send(s, SG_R_NUL);
 		}
 		if (st != SG_LINE_OK) {
-			if (s->auth_await) { /* the exchange cannot go on */
-				s->auth_await = false;
-				if (s->auth)
-					sg_auth_reset(s->auth);
+			if (s->auth.await) { /* the exchange cannot go on */
+				s->auth.await = false;
+				if (s->auth.sasl)
+					sg_auth_reset(s->auth.sasl);
 				sg_session_state(s, SG_ST_READY);
 			}
 			continue;
@@ -502,14 +502,14 @@ void sg_session_process(sg_session *s)
 	/* RFC 2920 3.1: answer a pipelined group in one write, once no more of
 	 * its commands are buffered and none awaits an async result. */
 	bool more = s->state != SG_ST_DATA &&
-	            sg_line_pending(&s->lines, s->in.data, s->in.len,
-	                            s->auth_await ? SG_AUTH_LINE_MAX : SG_LINE_MAX);
+	            sg_line_pending(&s->io.lines, s->io.in.data, s->io.in.len,
+	                            s->auth.await ? SG_AUTH_LINE_MAX : SG_LINE_MAX);
 	if (s->state == SG_ST_DATA || (s->pending == SG_PEND_NONE && !more))
 		sg_session_flush(s);
 	/* Half-closed client: once its last complete command is answered (a
 	 * message it did not finish is dropped with the link). */
-	if (s->eof && s->pending == SG_PEND_NONE &&
-	    (s->state == SG_ST_DATA ? s->in.len == 0 : !more)) {
+	if (s->io.eof && s->pending == SG_PEND_NONE &&
+	    (s->state == SG_ST_DATA ? s->io.in.len == 0 : !more)) {
 		sg_session_close(s, "client closed");
 		return;
 	}
@@ -539,7 +539,7 @@ void sg_session_resume(sg_session *s)
 
 static void do_handshake(sg_session *s)
 {
-	int r = sg_tls_handshake(s->tls);
+	int r = sg_tls_handshake(s->tls.eng);
 	/* Done: OpenSSL's last flight (TLS 1.3 NewSessionTickets) waits for
 	 * the reply to the command that came with the client's Finished
 	 * (usually EHLO), so both leave in one write (issue 9, S1). */
@@ -549,15 +549,15 @@ static void do_handshake(sg_session *s)
 		return;
 	if (r < 0) {
 		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
-		         s->client_ip, sg_tls_error(s->tls));
+		         s->client_ip, sg_tls_error(s->tls.eng));
 		sg_session_close(s, "tls error");
 		return;
 	}
-	s->encrypted = true;
+	s->tls.encrypted = true;
 	s->pending = SG_PEND_NONE;
 	log_info(s->id, "event=tls result=ok client=%s version=%s cipher=%s bits=%u%s",
-	         s->client_ip, sg_tls_version(s->tls), sg_tls_cipher(s->tls),
-	         sg_tls_bits(s->tls), sg_tls_resumed(s->tls) ? " resumed" : "");
+	         s->client_ip, sg_tls_version(s->tls.eng), sg_tls_cipher(s->tls.eng),
+	         sg_tls_bits(s->tls.eng), sg_tls_resumed(s->tls.eng) ? " resumed" : "");
 	if (s->lc->tls == SG_TLS_IMPLICIT)
 		sg_reply_send(s, SG_R_GREETING);
 	sg_session_state(s, SG_ST_HELO);
@@ -570,7 +570,7 @@ static void do_handshake(sg_session *s)
 
 static int tls_begin(sg_session *s)
 {
-	if (!s->tls_ctx || !(s->tls = sg_tls_new_server(s->tls_ctx))) {
+	if (!s->tls.ctx || !(s->tls.eng = sg_tls_new_server(s->tls.ctx))) {
 		log_error(s->id, "event=tls result=fail client=%s reason=no TLS context",
 		          s->client_ip);
 		sg_session_close(s, "tls error");
@@ -586,18 +586,18 @@ void sg_session_starttls(sg_session *s)
 	sg_session_flush(s); /* the 220, in plaintext */
 	/* CVE-2011-0411: whatever the client pipelined after STARTTLS was sent
 	 * in plaintext and must not be executed as if it came over TLS. */
-	if (s->in.len > 0)
+	if (s->io.in.len > 0)
 		log_info(s->id, "STARTTLS: discarded %zu plaintext octets sent "
-		         "after the command", s->in.len);
-	sg_buf_reset(&s->in);
-	s->lines.discarding = false;
+		         "after the command", s->io.in.len);
+	sg_buf_reset(&s->io.in);
+	s->io.lines.discarding = false;
 	/* RFC 3207 4.2: forget everything learnt from the client before. */
 	sg_session_set_str(&s->helo, NULL, 0);
 	s->esmtp = false;
-	s->auth_await = false;
-	s->authenticated = false;
-	sg_session_set_str(&s->user, NULL, 0);
-	sg_session_set_str(&s->tried, NULL, 0);
+	s->auth.await = false;
+	s->auth.ok = false;
+	sg_session_set_str(&s->auth.user, NULL, 0);
+	sg_session_set_str(&s->auth.tried, NULL, 0);
 	drop_auth_and_link(s);
 	sg_cmd_txn_reset(s);
 	tls_begin(s);
@@ -607,8 +607,8 @@ void sg_session_starttls(sg_session *s)
 
 sg_auth *sg_session_auth(sg_session *s)
 {
-	if (s->auth)
-		return s->auth;
+	if (s->auth.sasl)
+		return s->auth.sasl;
 	sg_auth_peer peer = {
 	    .local_ip = s->dest_ip,
 	    .local_port = s->dest_port,
@@ -617,25 +617,25 @@ sg_auth *sg_session_auth(sg_session *s)
 	    .sid = s->id,
 	    .plaintext_ok = !s->lc->require_tls_for_auth,
 	};
-	s->auth = sg_auth_new(s->cfg, &peer);
-	if (s->auth && s->tls && s->encrypted)
-		sg_auth_set_tls(s->auth, sg_tls_bits(s->tls));
-	return s->auth;
+	s->auth.sasl = sg_auth_new(s->cfg, &peer);
+	if (s->auth.sasl && s->tls.eng && s->tls.encrypted)
+		sg_auth_set_tls(s->auth.sasl, sg_tls_bits(s->tls.eng));
+	return s->auth.sasl;
 }
 
 void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login)
 {
 	memset(id, 0, sizeof *id);
 	id->sid = s->id;
-	id->login = with_login ? s->user : NULL;
+	id->login = with_login ? s->auth.user : NULL;
 	id->client_ip = s->client_ip;
 	id->client_port = s->client_port;
 	id->helo = s->helo;
 	id->esmtp = s->esmtp;
-	if (s->tls && s->encrypted) {
-		id->tls_version = sg_tls_version(s->tls);
-		id->tls_cipher = sg_tls_cipher(s->tls);
-		id->tls_bits = sg_tls_bits(s->tls);
+	if (s->tls.eng && s->tls.encrypted) {
+		id->tls_version = sg_tls_version(s->tls.eng);
+		id->tls_cipher = sg_tls_cipher(s->tls.eng);
+		id->tls_bits = sg_tls_bits(s->tls.eng);
 	}
 	id->dest_ip = s->dest_ip;
 	id->dest_port = s->dest_port;
@@ -667,12 +667,12 @@ static void on_data_done(void *arg, const sg_reply *r)
 	bool ok = r->code >= 200 && r->code < 300;
 	if (ok) {
 		s->msgs++;
-		s->bytes += s->msg_size;
-		add_qid(s, sg_link_last_queue_id(s->link));
+		s->bytes += s->txn.msg_size;
+		add_qid(s, sg_link_last_queue_id(s->up.link));
 	}
 	char from[SG_PATH_MAX + 1], user[SG_USER_LOG_MAX];
-	sg_log_safe(from, sizeof from, s->mail_from);
-	sg_identity_log(user, sizeof user, s->authenticated ? s->user : NULL);
+	sg_log_safe(from, sizeof from, s->txn.mail_from);
+	sg_identity_log(user, sizeof user, s->auth.ok ? s->auth.user : NULL);
 	/* the reply text is the upstream's; quotes in it would end ours */
 	char rtext[SG_LOG_REPLY_MAX];
 	size_t rl = first < sizeof rtext - 1 ? first : sizeof rtext - 1;
@@ -682,15 +682,15 @@ static void on_data_done(void *arg, const sg_reply *r)
 	log_info(s->id,
 	         "event=message user=%s from=<%s> rcpts=%u size=%llu upstream=%s "
 	         "reply=\"%s\"",
-	         user, from, s->rcpts,
-	         (unsigned long long)s->msg_size,
-	         s->link ? sg_link_peer(s->link) : "-", rtext);
+	         user, from, s->txn.rcpts,
+	         (unsigned long long)s->txn.msg_size,
+	         s->up.link ? sg_link_peer(s->up.link) : "-", rtext);
 	sg_reply_raw(s, r->code, r->text, r->len);
 	sg_cmd_txn_reset(s);
-	if (s->link && !sg_link_alive(s->link)) {
+	if (s->up.link && !sg_link_alive(s->up.link)) {
 		sg_cmd_ahead_drop(s);
-		sg_link_close(s->link);
-		s->link = NULL;
+		sg_link_close(s->up.link);
+		s->up.link = NULL;
 	}
 	sg_session_resume(s);
 }
@@ -709,9 +709,9 @@ void sg_session_data_begin(sg_session *s)
 	sg_session_state(s, SG_ST_DATA);
 	s->data_active = true;
 	s->data_paused = false;
-	s->msg_size = 0;
+	s->txn.msg_size = 0;
 	sg_session_flush(s); /* the 354 goes out now, whatever follows */
-	sg_link_data_begin(s->link, on_data_done, s, on_data_drain);
+	sg_link_data_begin(s->up.link, on_data_done, s, on_data_drain);
 }
 
 /* ----------------------------------------------------------------- accept */
@@ -721,12 +721,12 @@ static void start_conversation(sg_session *s)
 	if (s->lc->tls == SG_TLS_IMPLICIT) {
 		if (tls_begin(s) < 0)
 			return;
-		if (s->in.len > 0) { /* bytes after a PROXY header: ciphertext */
-			if (sg_tls_feed(s->tls, s->in.data, s->in.len) < 0) {
+		if (s->io.in.len > 0) { /* bytes after a PROXY header: ciphertext */
+			if (sg_tls_feed(s->tls.eng, s->io.in.data, s->io.in.len) < 0) {
 				sg_session_close(s, "out of memory");
 				return;
 			}
-			sg_buf_reset(&s->in);
+			sg_buf_reset(&s->io.in);
 			do_handshake(s);
 		}
 		return;
@@ -740,9 +740,9 @@ static void handle_proxy_header(sg_session *s)
 {
 	sg_pp_result res;
 	const char *why = NULL;
-	int n = sg_pp_parse((const unsigned char *)s->in.data, s->in.len,
+	int n = sg_pp_parse((const unsigned char *)s->io.in.data, s->io.in.len,
 	                    s->lc->proxy_protocol, &res, &why);
-	if (n == 0 && s->in.len < SG_PP_MAX)
+	if (n == 0 && s->io.in.len < SG_PP_MAX)
 		return;
 	if (n <= 0) {
 		log_warn(s->id, "event=proxy result=fail peer=%s:%u reason=%s",
@@ -762,7 +762,7 @@ static void handle_proxy_header(sg_session *s)
 	log_info(s->id, "event=proxy version=%d client=%s:%u via=%s:%u%s",
 	         res.version, s->client_ip, s->client_port, peer, peer_port,
 	         res.local ? " local" : "");
-	sg_buf_consume(&s->in, (size_t)n);
+	sg_buf_consume(&s->io.in, (size_t)n);
 	start_conversation(s);
 }
 
@@ -770,11 +770,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	sg_session *s = st->data;
 	if (nread <= 0 || s->closing) {
-		if (nread == UV_EOF && !s->closing && !s->tls &&
+		if (nread == UV_EOF && !s->closing && !s->tls.eng &&
 		    s->state != SG_ST_GREETING) {
 			/* shutdown(SHUT_WR) after a pipelined batch ("... | nc"):
 			 * answer the commands already here, then close */
-			s->eof = true;
+			s->io.eof = true;
 			update_reading(s);
 			sg_session_process(s);
 			return;
@@ -786,8 +786,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		}
 		return;
 	}
-	if (s->tls) {
-		int r = sg_tls_feed(s->tls, buf->base, (size_t)nread);
+	if (s->tls.eng) {
+		int r = sg_tls_feed(s->tls.eng, buf->base, (size_t)nread);
 		if (r < 0) {
 			sg_session_close(s, "out of memory");
 			return;
@@ -800,7 +800,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			update_reading(s);
 		return;
 	}
-	int r = sg_buf_append(&s->in, buf->base, (size_t)nread);
+	int r = sg_buf_append(&s->io.in, buf->base, (size_t)nread);
 	if (r < 0) { /* cannot happen while update_reading keeps a chunk free */
 		sg_session_close(s, "input overflow");
 		return;
@@ -820,9 +820,9 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	s->loop = &w->loop;
 	s->cfg = sg_config_ref(w->cfg);
 	s->lc = &s->cfg->listeners[l->index];
-	s->tls_ctx = w->tls ? sg_tls_ctx_ref(w->tls) : NULL;
-	sg_buf_init(&s->in, SG_INBUF_MAX);
-	sg_buf_init(&s->out, 0);
+	s->tls.ctx = w->tls ? sg_tls_ctx_ref(w->tls) : NULL;
+	sg_buf_init(&s->io.in, SG_INBUF_MAX);
+	sg_buf_init(&s->io.out, 0);
 	make_sid(s->id);
 	s->start_ms = uv_now(s->loop);
 	s->state = SG_ST_GREETING;

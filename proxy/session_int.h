@@ -66,68 +66,51 @@ enum sg_pending {
 	SG_PEND_TLS,        /* STARTTLS handshake */
 };
 
-typedef struct sg_session {
-	struct sg_session *next, *prev; /* worker's list (server.h) */
-	sg_worker *w;
-	uv_loop_t *loop;
-	uv_tcp_t tcp;
-	uv_timer_t idle;  /* idle_timeout, re-armed per command */
-	/* One timer for three waits that never overlap (issue 9: a timer
-	 * handle is 152 octets per session): failure_delay before a 535 and
-	 * the close linger are never quiet(), and SG_TRIM_DELAY_MS runs only
-	 * while the session is quiet (on_trim checks it again). */
-	uv_timer_t delay;
-	int handles;      /* open handles; freed when the last one closes */
-	char id[SG_SID_LEN + 1];
-
-	sg_config *cfg;              /* own reference */
-	const sg_listener_cfg *lc;   /* &cfg->listeners[index] */
-	sg_tls_ctx *tls_ctx;         /* own reference, may be NULL */
-	sg_tls *tls;
-	bool encrypted;              /* handshake done */
-
-	enum sg_state state;
-	enum sg_pending pending;
+/* The client side's I/O. */
+typedef struct sg_sess_io {
 	sg_lines lines;
 	sg_buf in;  /* plaintext from the client, bounded by SG_INBUF_MAX */
 	sg_buf out; /* replies of the current pipelined group */
 	size_t wq_bytes; /* written to libuv, not yet sent */
 	bool reading;
-	bool in_process; /* re-entrancy guard of sg_session_process */
-	bool again;      /* something changed while in_process */
-	bool closing;
-	bool draining;   /* shutdown: close when the transaction is over */
-	bool data_active, data_paused;
 	bool eof;        /* the client half-closed: finish what it sent, close */
-	const char *close_reason;
-	unsigned errors;
-	uint64_t start_ms;
+} sg_sess_io;
 
-	char client_ip[SG_IP_MAX];
-	unsigned client_port;
-	char dest_ip[SG_IP_MAX];
-	unsigned dest_port;
-	/* Strings below are allocated to their length when set and freed when
-	 * no longer needed, so an idle authenticated session holds only its
-	 * HELO name and login (issue 9, S4); NULL = none. */
-	char *helo;      /* at most SG_HELO_MAX */
-	bool esmtp;
+/* TLS on the client side. */
+typedef struct sg_sess_tls {
+	sg_tls_ctx *ctx; /* own reference, may be NULL */
+	sg_tls *eng;     /* the engine, from STARTTLS or an implicit listener */
+	bool encrypted;  /* handshake done */
+} sg_sess_tls;
 
-	sg_auth *auth;       /* lazily created */
-	bool authenticated;
-	bool auth_await;     /* a 334 was sent: next line is a SASL response */
-	unsigned auth_failures;
+/* AUTH (auth_cmd.c). */
+typedef struct sg_sess_auth {
+	sg_auth *sasl;     /* lazily created; freed once authenticated */
+	bool ok;           /* authenticated: user is the identity */
+	bool await;        /* a 334 was sent: next line is a SASL response */
+	unsigned failures;
 	char *user;  /* authenticated identity (SASL_USERNAME), whole */
 	char *tried; /* login of this AUTH exchange, log form: exchange only */
 	char mech[24];
-	unsigned auth_steps; /* client responses in this exchange */
+	unsigned steps; /* client responses in this exchange */
+} sg_sess_auth;
 
+/* The mail transaction (MAIL to the end of DATA). */
+typedef struct sg_sess_txn {
+	char *mail_from; /* at most SG_PATH_MAX */
+	bool mail_auth;  /* the client's MAIL had AUTH= (replaced by ours) */
+	unsigned rcpts;
+	uint64_t msg_size;
+} sg_sess_txn;
+
+/* The upstream link and the commands in flight on it (commands.c). */
+typedef struct sg_sess_up {
 	sg_link *link;
-	int up_verb;  /* enum in commands.c: which command awaits upstream */
-	/* Pipelining upstream (commands.c): lines sent to the link before
-	 * their turn, oldest first; ahead_off octets at the front of s->in are
-	 * those not yet taken (ahead_wait of them); cmd_seq numbers the lines
-	 * given to sg_cmd_line, so a line's turn is recognised. */
+	int verb; /* enum in commands.c: which command awaits upstream */
+	/* Pipelining upstream: lines sent to the link before their turn,
+	 * oldest first; ahead_off octets at the front of io.in are those not
+	 * yet taken (ahead_wait of them); cmd_seq numbers the lines given to
+	 * sg_cmd_line, so a line's turn is recognised. */
 	struct sg_ahead *ahead_head, *ahead_tail;
 	unsigned ahead_n, ahead_wait;
 	size_t ahead_off;
@@ -136,15 +119,55 @@ typedef struct sg_session {
 	size_t pend_len;
 	/* sg_link_open may call ready before it returns (no server reachable
 	 * at once): the reply is held here and handled after the call. */
-	bool link_opening;
+	bool opening;
 	int sync_code;
 	char *sync_text;
 	size_t sync_len;
+} sg_sess_up;
 
-	char *mail_from; /* during a transaction, at most SG_PATH_MAX */
-	bool mail_auth;  /* the client's MAIL had AUTH= (replaced by ours) */
-	unsigned rcpts;
-	uint64_t msg_size;
+typedef struct sg_session {
+	struct sg_session *next, *prev; /* worker's list (server.h) */
+	sg_worker *w;
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	uv_timer_t idle;  /* idle_timeout, re-armed per command */
+	/* One timer for three waits that never overlap (a timer handle is 152
+	 * octets a session): failure_delay before a 535 and the close linger
+	 * are never quiet(), and SG_TRIM_DELAY_MS runs only while the session
+	 * is quiet (on_trim checks it again). */
+	uv_timer_t delay;
+	int handles;      /* open handles; freed when the last one closes */
+	char id[SG_SID_LEN + 1];
+
+	sg_config *cfg;              /* own reference */
+	const sg_listener_cfg *lc;   /* &cfg->listeners[index] */
+
+	enum sg_state state;
+	enum sg_pending pending;
+	bool in_process; /* re-entrancy guard of sg_session_process */
+	bool again;      /* something changed while in_process */
+	bool closing;
+	bool draining;   /* shutdown: close when the transaction is over */
+	bool data_active, data_paused;
+	const char *close_reason;
+	unsigned errors;
+	uint64_t start_ms;
+
+	char client_ip[SG_IP_MAX];
+	unsigned client_port;
+	char dest_ip[SG_IP_MAX];
+	unsigned dest_port;
+	/* Strings are allocated to their length when set and freed when no
+	 * longer needed, so an idle authenticated session holds only its HELO
+	 * name and login; NULL = none. */
+	char *helo;      /* at most SG_HELO_MAX */
+	bool esmtp;
+
+	sg_sess_io io;
+	sg_sess_tls tls;
+	sg_sess_auth auth;
+	sg_sess_txn txn;
+	sg_sess_up up;
 
 	unsigned msgs;
 	uint64_t bytes;
