@@ -99,7 +99,7 @@ static void on_auth_link_ready(void *arg, const sg_reply *r)
 		sg_session_resume(s);
 		return;
 	}
-	/* No upstream took the identity: never relay without it (CONTRACT). */
+	/* No upstream took the identity: never relay without it. */
 	s->up.link = NULL;
 	sg_session_set_str(&s->auth.user, NULL, 0);
 	log_auth(s, "tempfail", "upstream");
@@ -137,7 +137,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 		break;
 	}
 	case SG_AUTH_OK: {
-		/* 235 only once an upstream has taken the identity (CONTRACT) */
+		/* 235 only once an upstream has taken the identity */
 		const char *u = sg_auth_user(s->auth.sasl);
 		if (!u)
 			u = sg_auth_authcid(s->auth.sasl);

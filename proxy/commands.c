@@ -295,7 +295,7 @@ static void close_link(sg_session *s)
 /* The upstream's reply to a copy refused here.  A 2xx or 354 would be a
  * transaction the client was not told of: cannot happen (see the head of
  * the file), but if it does, drop the upstream transaction with the link,
- * and the command in flight gets a 4xx (CONTRACT: upstream lost). */
+ * and the command in flight gets a 4xx (an upstream lost mid-command). */
 static void orphan_reply(sg_session *s, int code)
 {
 	if (code < 200 || code >= 400)
@@ -682,7 +682,7 @@ static enum sg_rep rcpt_param(sg_session *s, const char *tok,
 
 static void cmd_mail(sg_session *s, char *arg)
 {
-	/* CONTRACT: MAIL before AUTH where it is required */
+	/* MAIL before AUTH where it is required: 530 5.7.0 */
 	if (s->lc->require_auth && !s->auth.ok) {
 		sg_reply_send(s, SG_R_AUTH_REQUIRED);
 		return;

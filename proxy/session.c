@@ -128,8 +128,8 @@ static void write_raw(sg_session *s, const char *p, size_t len)
 		return;
 	/* Nothing queued: write now.  The socket usually takes it all, and
 	 * then there is no request to allocate and no completion callback,
-	 * whose uv__io_stop(POLLOUT) costs an epoll_ctl per write (the S2
-	 * profile: 10 epoll_ctl per message).  Order is kept because we only
+	 * whose uv__io_stop(POLLOUT) costs an epoll_ctl per write (a
+	 * session of many messages would pay ten a message).  Order is kept because we only
 	 * try while the queue is empty. */
 	if (s->io.wq_bytes == 0) {
 		int n = uv_try_write((uv_stream_t *)&s->tcp,
@@ -324,7 +324,7 @@ static bool quiet(const sg_session *s)
 }
 
 /* Give back what a quiet session does not need: the input and reply
- * buffers and OpenSSL's record and BIO buffers (S4: idle sessions). */
+ * buffers and OpenSSL's record and BIO buffers: what an idle session costs. */
 static void trim_now(sg_session *s)
 {
 	sg_buf_shrink(&s->io.in);
@@ -516,7 +516,7 @@ void sg_session_process(sg_session *s)
 	/* Quiet between messages: trim SG_TRIM_DELAY_MS later if it stays so
 	 * (not now: a client with another message sends it at once).  Before
 	 * its first message (after AUTH, say) a session is trimmed at once:
-	 * many never send one soon (S4: idle authenticated sessions). */
+	 * many never send one soon (idle authenticated sessions). */
 	if (quiet(s)) {
 		if (s->msgs > 0)
 			uv_timer_start(&s->delay, on_trim, SG_TRIM_DELAY_MS, 0);
@@ -542,7 +542,7 @@ static void do_handshake(sg_session *s)
 	int r = sg_tls_handshake(s->tls.eng);
 	/* Done: OpenSSL's last flight (TLS 1.3 NewSessionTickets) waits for
 	 * the reply to the command that came with the client's Finished
-	 * (usually EHLO), so both leave in one write (issue 9, S1). */
+	 * (usually EHLO), so both leave in one write. */
 	if (r != 1)
 		send_tls_out(s);
 	if (r == 0)

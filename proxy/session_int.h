@@ -25,8 +25,8 @@
 #define SG_CLOSE_LINGER_MS 2000 /* wait this long for our last reply to go */
 /* Quiet this long between messages before a session gives back its input
  * buffer and TLS record buffers: a client sending its next message at once
- * would only allocate them again (free, cleanse and re-allocate were ~30k
- * instructions a message in S2, issue 9); an idle one is trimmed soon. */
+ * would only allocate them again (free, cleanse and re-allocate cost ~30k
+ * instructions a message); an idle one is trimmed soon. */
 #define SG_TRIM_DELAY_MS 50
 #define SG_HELO_MAX 255        /* RFC 1035 domain name length */
 #define SG_PATH_MAX 256        /* RFC 5321 4.5.3.1.3 reverse/forward path */
