@@ -2,7 +2,7 @@
  *
  * Every entry is a well-formed reply: a 2xx-5xx code, an RFC 3463 enhanced
  * code whose class matches (2.x.x with 2yz ...), a non-empty text unless it
- * is the host-only 250; and the replies CONTRACT.md names carry exactly the
+ * is the host-only 250; and the replies the contract (README, saslgate(8)) names carry exactly the
  * codes it names. */
 #include <ctype.h>
 #include <stdio.h>
@@ -39,7 +39,7 @@ struct want {
 	const char *enh;
 };
 
-/* CONTRACT.md "SMTP behaviour" */
+/* the reply codes the contract fixes (README, saslgate(8)) */
 static const struct want contract[] = {
 	{SG_R_AUTH_OK, 235, "2.7.0"},        {SG_R_AUTH_FAILED, 535, "5.7.8"},
 	{SG_R_BAD_MECH, 504, "5.5.4"},       {SG_R_BAD_B64, 501, "5.5.2"},

@@ -285,7 +285,7 @@ static void test_bounded_read(sg_tls_ctx *sc, sg_tls_ctx *cc)
 	peer_free(&c);
 }
 
-/* The read path as the session uses it (issue 9): one call takes every
+/* The read path as the session uses it: one call takes every
  * record fed so far; a call with nothing new fed returns at once; a record
  * fed in two halves is read once complete; a stale entry another library
  * left on the thread's error queue turns no retry into a failure (the hot
@@ -480,7 +480,7 @@ static int count_ticket(SSL *ssl, SSL_SESSION *sess)
 }
 
 /* TLS 1.3: the server sends one ticket, and only with its first reply
- * (the answer to EHLO), so both leave in one write (issue 9, S1). */
+ * (the answer to EHLO), so both leave in one write. */
 static void test_ticket_with_first_reply(sg_tls_ctx *sc)
 {
 	SSL_CTX *cx = SSL_CTX_new(TLS_client_method());
