@@ -205,15 +205,6 @@ void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	s->up.sync_code = 0;
 	sg_link *l = sg_link_open(s->loop, s->cfg, &id, ready, s);
 	s->up.opening = false;
-	if (!l && !s->up.sync_code) {
-		/* no link at all (out of memory): no callback will ever come,
-		 * so answer now rather than leave the client waiting */
-		static const char t[] = "454 4.7.0 Temporary failure: relay unavailable\r\n";
-		log_error(s->id, "upstream link: out of memory");
-		sg_reply r = {454, t, sizeof t - 1};
-		ready(s, &r);
-		return;
-	}
 	if (!s->up.sync_code) {
 		s->up.link = l;
 		return;

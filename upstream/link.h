@@ -52,7 +52,8 @@ typedef void (*sg_link_cb)(void *arg, const sg_reply *r);
 /* Open a link; identity is copied.  ready gets 2xx once an upstream took the
  * identity, else a 4xx text suitable for the client (454 4.7.0 at AUTH;
  * the log names the upstream, its reply and what to fix).  On error the link
- * is already closed: do not use it after a non-2xx ready. */
+ * is already closed: do not use it after a non-2xx ready.  Never NULL (out
+ * of memory is fatal, common/mem.h). */
 sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
                       const sg_identity *id, sg_link_cb ready, void *arg);
 

@@ -78,8 +78,8 @@ static void set_last_error(sg_link *l, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void set_last_error(sg_link *l, const char *fmt, ...)
 {
-	if (!l->last_error && !(l->last_error = malloc(UP_LAST_ERROR_MAX)))
-		return; /* the log line then says last_error="" */
+	if (!l->last_error)
+		l->last_error = sg_xmalloc(UP_LAST_ERROR_MAX);
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(l->last_error, UP_LAST_ERROR_MAX, fmt, ap);
@@ -182,8 +182,11 @@ static pthread_once_t wb_once = PTHREAD_ONCE_INIT;
 
 static void wb_key_init(void)
 {
-	if (pthread_key_create(&wb_key, free) != 0)
-		abort(); /* start-up; no key means no threads either */
+	if (pthread_key_create(&wb_key, free) != 0) {
+		/* start-up; no key means no threads either */
+		log_error(NULL, "event=fatal reason=\"pthread_key_create failed\"");
+		abort();
+	}
 }
 
 static wbufs *wbufs_get(void)
@@ -191,9 +194,8 @@ static wbufs *wbufs_get(void)
 	if (wb)
 		return wb;
 	pthread_once(&wb_once, wb_key_init);
-	wb = malloc(sizeof *wb);
-	if (wb)
-		pthread_setspecific(wb_key, wb);
+	wb = sg_xmalloc(sizeof *wb);
+	pthread_setspecific(wb_key, wb);
 	return wb;
 }
 
@@ -249,9 +251,7 @@ static int raw_write(sg_link *l, const char *p, size_t n)
 				return 0;
 		}
 	}
-	wreq *w = malloc(sizeof *w + n);
-	if (!w)
-		return -1;
+	wreq *w = sg_xmalloc(sizeof *w + n);
 	w->l = l;
 	w->n = n;
 	memcpy(w->data, p, n);
@@ -438,11 +438,7 @@ static void on_connect(uv_connect_t *req, int status)
 
 static void connect_ai(sg_link *l)
 {
-	conn *c = calloc(1, sizeof *c);
-	if (!c) {
-		link_fail_server(l, "out of memory");
-		return;
-	}
+	conn *c = sg_xcalloc(1, sizeof *c);
 	c->l = l;
 	c->tcp.data = c;
 	c->creq.data = c;
@@ -582,11 +578,7 @@ static void parse_plain(sg_link *l, const char *p, size_t n)
 	bool partial = rr->len > 0 && !rr->complete;
 	if (partial && rr == &wb->rr) {
 		/* a reply cut between reads: keep what we have of it */
-		l->rr = malloc(sizeof *l->rr);
-		if (!l->rr) {
-			link_became_dead(l, "out of memory");
-			return;
-		}
+		l->rr = sg_xmalloc(sizeof *l->rr);
 		*l->rr = wb->rr;
 	} else if (!partial && rr == l->rr) {
 		free(l->rr);
@@ -654,11 +646,8 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
                          const sg_identity *id)
 {
 	/* every later use of wb is on this loop's thread, after this */
-	if (!wbufs_get())
-		return NULL;
-	sg_link *l = calloc(1, sizeof *l);
-	if (!l)
-		return NULL;
+	wbufs_get();
+	sg_link *l = sg_xcalloc(1, sizeof *l);
 	l->loop = loop;
 	l->cfg = sg_config_ref((sg_config *)cfg);
 	l->id = *id;
@@ -705,8 +694,6 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
                       const sg_identity *id, sg_link_cb ready, void *arg)
 {
 	sg_link *l = link_new(loop, cfg, id);
-	if (!l)
-		return NULL;
 	l->ready = ready;
 	l->ready_arg = arg;
 	const char *why = sg_identity_unfit(id, cfg->identity);

@@ -122,11 +122,8 @@ static void start_xclient(sg_link *l)
 	}
 	/* ~4 KiB needed only until the identity is taken (become_ready
 	 * frees it): an idle link must stay small */
-	if (!l->xlines &&
-	    !(l->xlines = malloc(SG_XCLIENT_LINES * sizeof *l->xlines))) {
-		link_fail_server(l, "out of memory");
-		return;
-	}
+	if (!l->xlines)
+		l->xlines = sg_xmalloc(SG_XCLIENT_LINES * sizeof *l->xlines);
 	l->xi = 0;
 	const char *why = NULL;
 	l->nx = sg_xclient_lines(&l->id, l->ehlo.xclient_attrs, l->xlines,
@@ -172,11 +169,7 @@ static bool xforward_fits(sg_link *l)
 static void send_b64(sg_link *l, const char *prefix, const char *p, size_t n)
 {
 	size_t cap = strlen(prefix) + 4 * ((n + 2) / 3) + 3;
-	char *line = malloc(cap + 1);
-	if (!line) {
-		link_fail_server(l, "out of memory");
-		return;
-	}
+	char *line = sg_xmalloc(cap + 1);
 	size_t o = strlen(prefix);
 	memcpy(line, prefix, o);
 	o += (size_t)EVP_EncodeBlock((unsigned char *)line + o,
@@ -205,11 +198,7 @@ static void start_auth(sg_link *l)
 	if (l->ehlo.auth_plain) {
 		/* RFC 4616: authzid NUL authcid NUL passwd */
 		size_t ul = strlen(user), pl = strlen(l->password);
-		char *msg = malloc(ul + pl + 2);
-		if (!msg) {
-			link_fail_server(l, "out of memory");
-			return;
-		}
+		char *msg = sg_xmalloc(ul + pl + 2);
 		msg[0] = '\0';
 		memcpy(msg + 1, user, ul);
 		msg[1 + ul] = '\0';

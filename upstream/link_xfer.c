@@ -60,9 +60,7 @@ static void defer_fire(uv_timer_t *t)
 static void defer_reply(sg_link *l, sg_link_cb cb, void *arg, const char *text)
 {
 	size_t n = strlen(text);
-	deferred *d = malloc(sizeof *d + n + 1);
-	if (!d)
-		abort(); /* a few bytes; nothing sensible to do without them */
+	deferred *d = sg_xmalloc(sizeof *d + n + 1);
 	d->next = NULL;
 	d->cb = cb;
 	d->arg = arg;
@@ -174,9 +172,7 @@ void link_pump(sg_link *l)
 static pending *enqueue(sg_link *l, int kind, const char *line, size_t len,
                         sg_link_cb cb, void *arg)
 {
-	pending *p = malloc(sizeof *p + len + 1);
-	if (!p)
-		return NULL;
+	pending *p = sg_xmalloc(sizeof *p + len + 1);
 	p->next = NULL;
 	p->kind = kind;
 	p->sent = false;
@@ -216,10 +212,7 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
 		for (int i = 0; i < nx; i++)
 			enqueue(l, K_XFORWARD, x[i], strlen(x[i]), NULL, NULL);
 	}
-	if (!enqueue(l, K_USER, line, len, cb, arg)) {
-		defer_reply(l, cb, arg, R_LOST);
-		return;
-	}
+	enqueue(l, K_USER, line, len, cb, arg);
 	if (l->phase == P_DEAD) {
 		link_reopen(l);
 		return;
@@ -250,7 +243,7 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
 	if (rc < 0 || b.len > SG_UPSTREAM_LINE_MAX) {
 		log_error(link_sid(l), "event=upstream_identity_unfit upstream=%s "
 		          "command=MAIL reason=\"%s\"", l->peer,
-		          rc < 0 ? "out of memory"
+		          rc < 0 ? "the login is not xtext-encodable"
 		                 : "AUTH= makes the MAIL command too long");
 		defer_reply(l, cb, arg, R_UNFIT);
 	} else {
@@ -316,9 +309,8 @@ static int received_parts(sg_link *l, bool hdr)
 	sg_buf_init(&post, 0);
 	int rc = sg_received_parts(&pre, &post, &l->id, cfg->hostname,
 	                           cfg->identity != SG_ID_NONE, hdr);
-	if (rc == 0 && (l->rcv = malloc(pre.len + post.len)) == NULL)
-		rc = -1;
 	if (rc == 0) {
+		l->rcv = sg_xmalloc(pre.len + post.len);
 		memcpy(l->rcv, pre.data, pre.len);
 		memcpy(l->rcv + pre.len, post.data, post.len);
 		l->rcv_pre = pre.len;
@@ -347,7 +339,8 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 		return;
 	}
 	if (!l->rcv && received_parts(l, hdr) < 0) {
-		link_became_dead(l, "out of memory");
+		/* cannot happen: sg_identity_unfit refused such a login */
+		link_became_dead(l, "identity unfit for the Received header");
 		return;
 	}
 	/* The header goes out with the first DATA octets (one write, not
@@ -397,15 +390,13 @@ static void data_refused(sg_link *l)
 
 /* The final ".\r\n" is about to be written (the scanner wrote the last
  * line's CRLF; this is the <CRLF>.<CRLF>): its reply is the message's. */
-static int data_end_pending(sg_link *l)
+static void data_end_pending(sg_link *l)
 {
-	if (!enqueue(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg))
-		return -1;
+	enqueue(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg);
 	l->tail->sent = true;
 	l->inflight++;
 	l->barrier_inflight = true;
 	link_arm(l, l->cfg->upstream_timeout_ms);
-	return 0;
 }
 
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
@@ -438,10 +429,7 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		/* the end of data goes in the same write as the last octets */
 		if (l->scan.done) {
 			sg_buf_append(&out, ".\r\n", 3);
-			if (data_end_pending(l) < 0) {
-				link_became_dead(l, "out of memory");
-				continue;
-			}
+			data_end_pending(l);
 			/* from here a write failure answers it (fail_pending) */
 			dot = true;
 		}
