@@ -7,14 +7,14 @@
  * with the same size and verdicts (done, bad, nul, too_big), and write the
  * same output.  The one exception is the output of a message over
  * max_size: the reference itself writes a split-dependent prefix there, and
- * link.c drops the connection without sending it (the message gets 552), so
+ * the link (upstream/link_xfer.c) drops the connection without sending it (the message gets 552), so
  * only the verdicts must agree.
  *
  * Input: byte 0 = options as in fuzz_data_scan.c (bit 0 normalize, bit 1
  * strip X-Authenticated-User, bit 2 max_size = (byte >> 3) * 8), the rest is
  * the DATA.  Each input is fed whole, one octet at a time, and in three
  * pseudo-random splits derived from the input itself (so a finding
- * replays).  It also checks the bound link.c's scratch buffer relies on:
+ * replays).  It also checks the bound the link's scratch buffer relies on:
  * one feed writes at most 2 * its input + SG_SCAN_HOLD + 16 octets. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -65,7 +65,7 @@ static void run_new(const uint8_t *d, size_t n, size_t piece, uint64_t seed,
 		    sg_scan_feed(&s, (const char *)d + o->consumed, take, &o->out);
 		if (used > take || (used < take && !s.done))
 			abort();
-		/* link.c sizes its scratch buffer on this bound (UP_SCAN_OUT) */
+		/* the link sizes its scratch buffer on this bound (UP_SCAN_OUT, link_int.h) */
 		if (o->out.len - before > 2 * take + SG_SCAN_HOLD + 16)
 			abort();
 		o->consumed += used;

@@ -3,7 +3,7 @@
  *
  * Scans 10 MiB of a typical message (a header section, then 76-character
  * body lines, a dot-stuffed line now and then) in 64 KiB pieces, as
- * link.c gets them, with the fast scanner (upstream/data_scan.c) or the
+ * link_connect.c / link_xfer.c gets them, with the fast scanner (upstream/data_scan.c) or the
  * reference model (scan_ref.c, one octet at a time):
  *
  *   cc -O2 -D_GNU_SOURCE -o /tmp/scan_cost tests/fuzz/scan_cost.c \
