@@ -2,9 +2,10 @@
  * the reference model that the differential fuzz target (fuzz_scan_diff.c)
  * and tests/unit/test_upstream_scan.c compare the fast scanner
  * (upstream/data_scan.c, with its SSE2 search and whole-run copies) against.
- * It is the scanner as it was before the fast path, with the same rules
- * added since: X-Authenticated-User recognised after the stuffing dot and
- * with NULs removed, NUL octets refused (reject) or removed (normalize).
+ * The rules: end-of-data only at <CRLF>.<CRLF>; bare CR/LF refused
+ * (reject) or made CRLF (normalize); X-Authenticated-User fields removed as
+ * the upstream reads the line (after the stuffing dot, NULs removed); NUL
+ * octets refused (reject) or removed (normalize).
  *
  * Not built on its own: #include it.  It changes only when the rules do;
  * it is the definition of what the fast scanner must write. */
