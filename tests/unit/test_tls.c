@@ -289,7 +289,7 @@ static void test_bounded_read(sg_tls_ctx *sc, sg_tls_ctx *cc)
  * record fed so far; a call with nothing new fed returns at once; a record
  * fed in two halves is read once complete; a stale entry another library
  * left on the thread's error queue turns no retry into a failure (the hot
- * paths no longer clear the queue); a forged record still fails, with a
+ * paths do not clear the queue); a forged record still fails, with a
  * reason, and leaves the queue empty. */
 static void test_read_path(sg_tls_ctx *sc, sg_tls_ctx *cc)
 {
