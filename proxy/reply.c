@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "session_int.h"
 
 /* The table: one line per reply saslgate makes up itself. */
 const sg_rep_def sg_rep_table[SG_R_COUNT] = {

@@ -9,9 +9,10 @@
 #ifndef SG_PROXY_REPLY_H
 #define SG_PROXY_REPLY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
-#include "session_int.h"
+typedef struct sg_session sg_session; /* proxy/session_int.h */
 
 enum sg_rep {
 	SG_R_GREETING,       /* 220 <host> ESMTP */
