@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,11 +281,15 @@ static void check_sasldb(const sg_config *cfg, sg_errors *env)
 		              "sasldb %s does not exist (create it: saslpasswd2 -f "
 		              "%s -c USER)",
 		              path, path);
-	else if (r == -EACCES || r == -EPERM)
+	else if (r == -EACCES || r == -EPERM) {
+		/* the fix names the user's own group, not its name */
+		const struct passwd *pw = getpwnam(u);
+		const struct group *gr = pw ? getgrgid(pw->pw_gid) : NULL;
 		sg_errors_add(env, &wh,
 		              "sasldb %s is not readable by user %s (chown root:%s "
 		              "and chmod 0640 it)",
-		              path, u, u);
+		              path, u, gr ? gr->gr_name : u);
+	}
 	else if (r < 0)
 		sg_errors_add(env, &wh, "sasldb %s: %s", path, strerror(-r));
 }
