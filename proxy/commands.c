@@ -9,19 +9,18 @@
  * answered with the upstream's reply (upstream/link.h): saslgate never gives
  * a 2xx for something the MTA has not accepted.
  *
- * Pipelining upstream (RFC 2920): commands are still decided one at a time,
- * each once the reply to the one before it is in, so every guard (state,
- * max_recipients, sender checks, the error count) sees exactly what it saw
- * without pipelining.  Only the sending is early: while MAIL or RCPT awaits
- * its reply, the RCPT and DATA lines buffered behind it are handed to the
- * link at once (sg_cmd_ahead).  At its turn a line is decided as always; if
- * it is relayed, the copy sent ahead is taken instead of a new one; if it
- * is refused here, the upstream's reply to the copy is thrown away.  That
- * reply cannot be a 2xx/354 the client does not learn of: the copy is sent
- * only when the command would be relayed if those before it succeed, and
- * when one of those fails the upstream refuses it too (no transaction, no
- * recipient).  Should it happen anyway, the upstream transaction is dropped
- * (fail closed). */
+ * Pipelining (RFC 2920): each line is decided when it is read.  Relayed
+ * lines go into the reply queue (reply_queue.c) and are answered strictly
+ * in order as the upstream's replies come in (sg_cmd_settle).  While
+ * replies are due, the only lines decided are RCPT and DATA that carry on
+ * the transaction in flight; their guards see the state it will have if
+ * the commands before them succeed (txn_state, txn_rcpts), and any other
+ * line, or a guard that would answer it here, waits until the queue is
+ * empty, when it sees exactly the state an unpipelined session would.  At
+ * its turn a relayed command's guard is checked again on the state the
+ * replies before it left (turn_guard): a RCPT behind a MAIL the upstream
+ * refused gets the 503 it would have had unpipelined, and never a 2xx
+ * the upstream gave out of step (the link is then dropped, fail closed). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +30,7 @@
 #include "../upstream/identity.h"
 #include "commands_int.h"
 #include "reply.h"
+#include "reply_queue.h"
 #include "session_int.h"
 
 enum verb {
@@ -48,6 +48,9 @@ enum verb {
 /* Not followed by the client until it has our reply: log its verb only
  * (AUTH carries credentials). */
 #define F_SECRET 0x2
+/* May be decided while replies to relayed commands are due (see the head
+ * of the file). */
+#define F_AHEAD 0x4
 
 typedef struct sg_cmd {
 	const char *verb;
@@ -78,8 +81,8 @@ static const sg_cmd cmd_table[] = {
 	{"AUTH", V_AUTH, sg_cmd_auth, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO,
 	 F_GROUP_END | F_SECRET},
 	{"MAIL", V_MAIL, cmd_mail, ST(SG_ST_READY) | ST_TXN, SG_R_NEED_HELO, 0},
-	{"RCPT", V_RCPT, cmd_rcpt, ST_TXN, SG_R_NEED_MAIL, 0},
-	{"DATA", V_DATA, cmd_data, ST_TXN, SG_R_NEED_MAIL, F_GROUP_END},
+	{"RCPT", V_RCPT, cmd_rcpt, ST_TXN, SG_R_NEED_MAIL, F_AHEAD},
+	{"DATA", V_DATA, cmd_data, ST_TXN, SG_R_NEED_MAIL, F_GROUP_END | F_AHEAD},
 	{"RSET", V_RSET, cmd_rset, ST_SESSION, SG_R_BAD_SEQ, 0},
 	{"NOOP", V_NOOP, cmd_noop, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
 	{"VRFY", V_VRFY, cmd_vrfy, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
@@ -180,9 +183,7 @@ static enum sg_rep parse_path(char **pp, char *out, bool allow_empty)
 	return SG_R_COUNT;
 }
 
-/* -------------------------------------------------------- upstream relay */
-
-static void on_upstream_reply(void *arg, const sg_reply *r);
+/* ---------------------------------------------------------- opening */
 
 /* Hold a reply that came back before sg_link_open returned. */
 bool sg_cmd_hold_sync(sg_session *s, const sg_reply *r)
@@ -218,184 +219,78 @@ void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 	s->up.sync_text = NULL;
 }
 
-/* ------------------------------------------- commands sent ahead of turn */
+/* ------------------------------------------------ relaying and settling */
 
-/* A line handed to the link before its turn. */
-typedef struct sg_ahead {
-	struct sg_ahead *next;
-	unsigned seq;     /* its number among the lines given to sg_cmd_line */
-	enum verb verb;
-	enum { AH_WAIT,   /* its turn has not come */
-	       AH_TAKEN,  /* relayed at its turn: the session awaits the reply */
-	       AH_ORPHAN, /* refused here at its turn: the reply is dropped */
-	} st;
-	bool replied;     /* AH_WAIT only: the reply came before the turn */
-	int code;
-	size_t len;
-	char text[];      /* that reply, when replied */
-} sg_ahead;
-
-static void ahead_unlink(sg_session *s, sg_ahead *a)
+static const sg_cmd *cmd_by_verb(enum verb v)
 {
-	sg_ahead **pp = &s->up.ahead_head, *prev = NULL;
-	while (*pp && *pp != a) {
-		prev = *pp;
-		pp = &(*pp)->next;
-	}
-	if (!*pp)
-		return;
-	*pp = a->next;
-	if (s->up.ahead_tail == a)
-		s->up.ahead_tail = prev;
-	s->up.ahead_n--;
-	if (a->st == AH_WAIT)
-		s->up.ahead_wait--;
-	if (s->up.ahead_wait == 0)
-		s->up.ahead_off = 0;
+	for (size_t i = 0; i < sizeof cmd_table / sizeof cmd_table[0]; i++)
+		if (cmd_table[i].id == v)
+			return &cmd_table[i];
+	return NULL;
 }
 
-void sg_cmd_ahead_drop(sg_session *s)
+/* The transaction state the next line is decided on: the session's, or,
+ * while replies are due, the one they leave if they are all 2xx. */
+static enum sg_state txn_state(const sg_session *s)
 {
-	sg_ahead *a = s->up.ahead_head;
-	while (a) {
-		sg_ahead *n = a->next;
-		free(a);
-		a = n;
+	switch (sg_rq_last(s)) {
+	case V_MAIL:
+		return SG_ST_MAIL;
+	case V_RCPT:
+		return SG_ST_RCPT;
+	default:
+		return s->state;
 	}
-	s->up.ahead_head = s->up.ahead_tail = NULL;
-	s->up.ahead_n = s->up.ahead_wait = 0;
-	s->up.ahead_off = 0;
 }
 
-static sg_ahead *first_waiting(const sg_session *s)
+/* Recipients accepted, and in flight (assumed accepted). */
+static unsigned txn_rcpts(const sg_session *s)
 {
-	sg_ahead *a = s->up.ahead_head;
-	while (a && a->st != AH_WAIT)
-		a = a->next;
-	return a;
+	return s->txn.rcpts + sg_rq_count(s, V_RCPT);
+}
+
+/* A guard's reply.  While replies are due it is not given: the line waits
+ * (sg_cmd_line returns false) and is decided again once they are in. */
+static void refuse(sg_session *s, enum sg_rep r)
+{
+	if (sg_rq_busy(s))
+		s->up.held = true;
+	else
+		sg_reply_send(s, r);
+}
+
+/* RFC 5321 3.3: DATA needs a transaction with a recipient. */
+static enum sg_rep data_guard(enum sg_state st, unsigned rcpts)
+{
+	return st == SG_ST_RCPT && rcpts > 0 ? SG_R_COUNT : SG_R_NEED_RCPT;
+}
+
+/* A relayed command's guard on the state at its turn. */
+static enum sg_rep turn_guard(const sg_session *s, enum verb v)
+{
+	const sg_cmd *c = cmd_by_verb(v);
+	if (c && !(c->states & ST(s->state)))
+		return c->bad_seq;
+	if (v == V_DATA)
+		return data_guard(s->state, s->txn.rcpts);
+	return SG_R_COUNT;
 }
 
 static void close_link(sg_session *s)
 {
-	sg_cmd_ahead_drop(s);
 	if (s->up.link)
 		sg_link_close(s->up.link);
 	s->up.link = NULL;
-}
-
-/* The upstream's reply to a copy refused here.  A 2xx or 354 would be a
- * transaction the client was not told of: cannot happen (see the head of
- * the file), but if it does, drop the upstream transaction with the link,
- * and the command in flight gets a 4xx (an upstream lost mid-command). */
-static void orphan_reply(sg_session *s, int code)
-{
-	if (code < 200 || code >= 400)
-		return;
-	log_warn(s->id, "event=upstream_mismatch reply=%d reason=\"accepted a "
-	         "command refused to the client\" action=\"transaction dropped\"",
-	         code);
-	close_link(s);
-	sg_cmd_txn_reset(s);
-	if (s->pending == SG_PEND_UPSTREAM) {
-		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
-		sg_session_resume(s);
-	}
-}
-
-/* After a line's handler: a copy sent ahead of it that the handler did not
- * take is an orphan now. */
-static void ahead_after_line(sg_session *s)
-{
-	sg_ahead *a = first_waiting(s);
-	if (!a || a->seq != s->up.cmd_seq)
-		return;
-	if (!a->replied) {
-		s->up.ahead_wait--;
-		a->st = AH_ORPHAN;
-		if (s->up.ahead_wait == 0)
-			s->up.ahead_off = 0;
-		return;
-	}
-	int code = a->code;
-	ahead_unlink(s, a);
-	free(a);
-	orphan_reply(s, code);
-}
-
-static void on_ahead_reply(void *arg, const sg_reply *r)
-{
-	sg_session *s = arg;
-	if (s->closing)
-		return;
-	sg_ahead *a = s->up.ahead_head;
-	while (a && a->st == AH_WAIT && a->replied)
-		a = a->next;
-	if (!a)
-		return; /* cannot happen: one reply per command, in order */
-	if (a->st == AH_WAIT) {
-		/* before its turn: kept until then */
-		sg_ahead **pp = &s->up.ahead_head;
-		while (*pp != a)
-			pp = &(*pp)->next;
-		bool tail = s->up.ahead_tail == a;
-		sg_ahead *c = sg_xrealloc(a, sizeof *a + r->len);
-		*pp = c;
-		if (tail)
-			s->up.ahead_tail = c;
-		c->replied = true;
-		c->code = r->code;
-		c->len = r->len;
-		memcpy(c->text, r->text, r->len);
-		return;
-	}
-	enum verb v = a->verb;
-	bool taken = a->st == AH_TAKEN;
-	ahead_unlink(s, a);
-	free(a);
-	if (!taken) {
-		orphan_reply(s, r->code);
-		return;
-	}
-	s->up.verb = v;
-	on_upstream_reply(s, r);
+	sg_rq_abandon(s); /* no reply of the link's will come */
 }
 
 static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 {
-	s->up.verb = v;
-	s->pending = SG_PEND_UPSTREAM;
-	sg_ahead *a = first_waiting(s);
-	if (a && a->seq == s->up.cmd_seq && a->verb == v) {
-		/* sent ahead: take that copy (and its reply, if in already) */
-		if (!a->replied) {
-			a->st = AH_TAKEN;
-			s->up.ahead_wait--;
-			if (s->up.ahead_wait == 0)
-				s->up.ahead_off = 0;
-			return;
-		}
-		ahead_unlink(s, a);
-		sg_reply r = {a->code, a->text, a->len};
-		on_upstream_reply(s, &r);
-		free(a);
-		return;
-	}
-	if (a) {
-		/* cannot happen (copies are sent in line order, this line's
-		 * would be first): the copies go out before this command, so
-		 * none may stand for a later line */
-		log_warn(s->id, "pipelining: line %u relayed, copy of line %u "
-		         "pending; copies dropped", s->up.cmd_seq, a->seq);
-		for (sg_ahead *o = a; o; o = o->next)
-			if (o->st == AH_WAIT)
-				o->st = AH_ORPHAN;
-		s->up.ahead_wait = 0;
-		s->up.ahead_off = 0;
-	}
+	sg_rq_push(s, v);
 	if (v == V_MAIL)
-		sg_link_mail(s->up.link, line, len, s->txn.mail_auth, on_upstream_reply, s);
+		sg_link_mail(s->up.link, line, len, s->txn.mail_auth, sg_rq_on_reply, s);
 	else
-		sg_link_command(s->up.link, line, len, on_upstream_reply, s);
+		sg_link_command(s->up.link, line, len, sg_rq_on_reply, s);
 }
 
 static void link_lost(sg_session *s)
@@ -403,17 +298,35 @@ static void link_lost(sg_session *s)
 	if (!s->up.link || sg_link_alive(s->up.link))
 		return;
 	log_info(s->id, "upstream %s lost", sg_link_peer(s->up.link));
-	close_link(s);
 	sg_cmd_txn_reset(s);
+	close_link(s);
 }
 
-static void on_upstream_reply(void *arg, const sg_reply *r)
+void sg_cmd_settle(sg_session *s, int verb, const sg_reply *r)
 {
-	sg_session *s = arg;
-	if (s->closing)
+	enum verb v = (enum verb)verb;
+	bool ok = r && r->code >= 200 && r->code < 300;
+	enum sg_rep out = turn_guard(s, v);
+	if (out != SG_R_COUNT) {
+		/* decided on replies that did not come: the reply of the state
+		 * they left instead.  The upstream should have refused it too;
+		 * if it accepted, it holds a transaction the client was not
+		 * told of, which goes with the link. */
+		sg_reply_send(s, out);
+		if (r && r->code >= 200 && r->code < 400) {
+			log_warn(s->id, "event=upstream_mismatch reply=%d "
+			         "reason=\"accepted a command refused to the client\" "
+			         "action=\"transaction dropped\"", r->code);
+			sg_cmd_txn_reset(s);
+			close_link(s);
+		}
 		return;
-	bool ok = r->code >= 200 && r->code < 300;
-	switch (s->up.verb) {
+	}
+	if (!r) {
+		sg_reply_send(s, SG_R_UPSTREAM_DOWN);
+		return;
+	}
+	switch (v) {
 	case V_MAIL:
 		if (ok)
 			sg_session_state(s, SG_ST_MAIL);
@@ -430,7 +343,6 @@ static void on_upstream_reply(void *arg, const sg_reply *r)
 		if (r->code == 354 && sg_link_alive(s->up.link)) {
 			sg_reply_raw(s, r->code, r->text, r->len);
 			sg_session_data_begin(s);
-			sg_session_resume(s);
 			return;
 		}
 		break;
@@ -443,7 +355,6 @@ static void on_upstream_reply(void *arg, const sg_reply *r)
 	}
 	sg_reply_raw(s, r->code, r->text, r->len);
 	link_lost(s);
-	sg_session_resume(s);
 }
 
 /* MAIL on a session without a (live) link: open one, then send the held
@@ -476,6 +387,7 @@ static void on_mail_link_ready(void *arg, const sg_reply *r)
 	}
 	relay(s, V_MAIL, line, s->up.pend_len);
 	free(line);
+	sg_session_process(s); /* the RCPTs behind it can go now */
 }
 
 /* ---------------------------------------------------------------- EHLO */
@@ -639,8 +551,8 @@ static enum sg_rep mail_param(sg_session *s, const char *tok,
 /* The MAIL parameters to relay: all but AUTH=, which is never the
  * client's to give (RFC 4954 5: the upstream would record it as the
  * submitter); sg_link_mail adds saslgate's own when the client sent one.
- * *had_auth tells whether it did.  Returns the length written to out. */
-static size_t mail_params_relayed(const char *params, char *out, size_t cap,
+ * *had_auth tells whether it did. */
+static void mail_params_relayed(const char *params, char *out, size_t cap,
                                   bool *had_auth)
 {
 	char copy[SG_LINE_MAX];
@@ -660,7 +572,6 @@ static size_t mail_params_relayed(const char *params, char *out, size_t cap,
 			break; /* cannot happen: out is as long as the line */
 		o += (size_t)n;
 	}
-	return o;
 }
 
 static enum sg_rep rcpt_param(sg_session *s, const char *tok,
@@ -739,8 +650,7 @@ static void cmd_mail(sg_session *s, char *arg)
 }
 
 /* "TO:<path> params" checked and made into the line relayed upstream
- * (out, *n octets).  SG_R_COUNT when fine, else the reply.  No side
- * effects: sg_cmd_ahead uses it on lines before their turn. */
+ * (out, *n octets).  SG_R_COUNT when fine, else the reply. */
 static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
                              int *n)
 {
@@ -770,16 +680,16 @@ static void cmd_rcpt(sg_session *s, char *arg)
 	int n = 0;
 	enum sg_rep bad = rcpt_line(s, arg, line, sizeof line, &n);
 	if (bad != SG_R_COUNT) {
-		sg_reply_send(s, bad);
+		refuse(s, bad);
 		return;
 	}
 	/* RFC 5321 4.5.3.1.8: 452 when the recipient buffer is full */
-	if (s->cfg->max_recipients && s->txn.rcpts >= s->cfg->max_recipients) {
-		sg_reply_send(s, SG_R_TOO_MANY_RCPT);
+	if (s->cfg->max_recipients && txn_rcpts(s) >= s->cfg->max_recipients) {
+		refuse(s, SG_R_TOO_MANY_RCPT);
 		return;
 	}
 	if (!s->up.link) { /* lost with the transaction: link_lost() reset it */
-		sg_reply_send(s, SG_R_NEED_MAIL);
+		refuse(s, SG_R_NEED_MAIL);
 		return;
 	}
 	relay(s, V_RCPT, line, (size_t)n);
@@ -788,12 +698,11 @@ static void cmd_rcpt(sg_session *s, char *arg)
 static void cmd_data(sg_session *s, char *arg)
 {
 	if (*arg) {
-		sg_reply_send(s, SG_R_NO_ARGS);
+		refuse(s, SG_R_NO_ARGS);
 		return;
 	}
-	/* RFC 5321 3.3: DATA needs at least one accepted recipient */
-	if (s->state != SG_ST_RCPT || s->txn.rcpts == 0 || !s->up.link) {
-		sg_reply_send(s, SG_R_NEED_RCPT);
+	if (data_guard(txn_state(s), txn_rcpts(s)) != SG_R_COUNT || !s->up.link) {
+		refuse(s, SG_R_NEED_RCPT);
 		return;
 	}
 	relay(s, V_DATA, "DATA\r\n", 6);
@@ -830,15 +739,29 @@ static void cmd_quit(sg_session *s, char *arg)
 
 /* ------------------------------------------------------------ dispatch */
 
-static void dispatch(sg_session *s, char *line, size_t len)
+/* While replies are due, may this command be decided now?  A RCPT or DATA
+ * carrying on the MAIL/RCPT in flight, on a live link with room in the
+ * queue.  DATA ends a group (RFC 2920 3.1): what follows it may be message
+ * text, read only once its 354 (or refusal) is in. */
+static bool may_decide_ahead(const sg_session *s, const sg_cmd *c)
 {
-	if (s->auth.await) {
+	int last = sg_rq_last(s);
+	return (c->flags & F_AHEAD) && (last == V_MAIL || last == V_RCPT) &&
+	       !sg_rq_full(s) && s->up.link && sg_link_alive(s->up.link);
+}
+
+bool sg_cmd_line(sg_session *s, char *line, size_t len)
+{
+	bool ahead = sg_rq_busy(s);
+	if (s->auth.await && !ahead) {
 		sg_cmd_auth_response(s, line, len);
-		return;
+		return true;
 	}
 	if (has_control(line, len)) {
+		if (ahead)
+			return false;
 		sg_reply_send(s, SG_R_CONTROL);
-		return;
+		return true;
 	}
 	char *verb, *arg;
 	sg_cmd_split(line, &verb, &arg);
@@ -848,110 +771,27 @@ static void dispatch(sg_session *s, char *line, size_t len)
 			c = &cmd_table[i];
 			break;
 		}
+	if (ahead && (!c || !may_decide_ahead(s, c)))
+		return false;
 	if (!c) {
 		char v[32];
 		sg_log_safe(v, sizeof v, verb);
 		log_debug(s->id, "unknown command %s", v);
 		sg_reply_send(s, SG_R_UNKNOWN);
-		return;
+		return true;
 	}
-	log_debug(s->id, "command %s%s", c->verb,
-	          (c->flags & F_SECRET) ? " (...)" : "");
-	if (!(c->states & ST(s->state))) {
-		sg_reply_send(s, c->bad_seq);
-		return;
+	if (!(c->states & ST(txn_state(s)))) {
+		refuse(s, c->bad_seq);
+	} else {
+		c->fn(s, arg);
 	}
-	c->fn(s, arg);
+	if (s->up.held) {
+		s->up.held = false;
+		return false;
+	}
+	log_debug(s->id, "command %s%s%s", c->verb,
+	          (c->flags & F_SECRET) ? " (...)" : "", ahead ? " (pipelined)" : "");
 	if ((c->flags & F_GROUP_END) && s->pending == SG_PEND_NONE && !s->closing)
 		sg_session_flush(s);
-}
-
-void sg_cmd_line(sg_session *s, char *line, size_t len)
-{
-	s->up.cmd_seq++;
-	dispatch(s, line, len);
-	if (s->up.ahead_head && !s->closing)
-		ahead_after_line(s);
-}
-
-/* RCPT and DATA lines behind a MAIL or RCPT that awaits its reply go to
- * the link now, each only if it would be relayed at its turn should every
- * command before it succeed: its own checks pass (the same rcpt_line),
- * max_recipients leaves room even if all RCPTs in flight are accepted, a
- * DATA has at least one recipient accepted or in flight.  DATA ends the
- * group (RFC 2920 3.1): what follows it may be message text. */
-void sg_cmd_ahead(sg_session *s)
-{
-	if (s->closing || s->pending != SG_PEND_UPSTREAM || s->auth.await ||
-	    s->io.lines.discarding || !s->up.link || !sg_link_alive(s->up.link))
-		return;
-	if (s->up.verb != V_MAIL && s->up.verb != V_RCPT)
-		return;
-	unsigned rcpts = 0; /* in flight: taken, waiting, or sent directly */
-	bool taken = false;
-	for (sg_ahead *a = s->up.ahead_head; a; a = a->next) {
-		if (a->verb == V_DATA && a->st != AH_ORPHAN)
-			return; /* the group is complete */
-		if (a->st == AH_TAKEN)
-			taken = true;
-		if (a->verb == V_RCPT && a->st != AH_ORPHAN)
-			rcpts++;
-	}
-	if (!taken && s->up.verb == V_RCPT)
-		rcpts++;
-	unsigned max = s->cfg->max_recipients;
-	sg_lines st = s->io.lines;
-	while (s->up.ahead_n < SG_AHEAD_MAX && s->up.ahead_off < s->io.in.len) {
-		const char *line;
-		size_t len, used;
-		if (sg_line_next(&st, s->io.in.data + s->up.ahead_off,
-		                 s->io.in.len - s->up.ahead_off, SG_LINE_MAX, &line, &len,
-		                 &used) != SG_LINE_OK)
-			return;
-		if (has_control(line, len))
-			return; /* refused at its turn */
-		char cmd[SG_LINE_MAX + 1];
-		memcpy(cmd, line, len);
-		cmd[len] = '\0';
-		char *verb, *arg;
-		sg_cmd_split(cmd, &verb, &arg);
-		char out[SG_RELAY_LINE_MAX];
-		int n = 0;
-		enum verb v;
-		if (strcmp(verb, "RCPT") == 0) {
-			if (max && s->txn.rcpts + rcpts >= max)
-				return;
-			if (rcpt_line(s, arg, out, sizeof out, &n) != SG_R_COUNT)
-				return;
-			rcpts++;
-			v = V_RCPT;
-		} else if (strcmp(verb, "DATA") == 0) {
-			if (*arg || (s->txn.rcpts == 0 && rcpts == 0))
-				return;
-			n = snprintf(out, sizeof out, "DATA\r\n");
-			v = V_DATA;
-		} else {
-			return;
-		}
-		explicit_bzero(cmd, len);
-		sg_ahead *a = sg_xcalloc(1, sizeof *a);
-		a->seq = s->up.cmd_seq + s->up.ahead_wait + 1;
-		a->verb = v;
-		a->st = AH_WAIT;
-		if (s->up.ahead_tail)
-			s->up.ahead_tail->next = a;
-		else
-			s->up.ahead_head = a;
-		s->up.ahead_tail = a;
-		s->up.ahead_n++;
-		s->up.ahead_wait++;
-		s->up.ahead_off += used;
-		log_debug(s->id, "pipelining: line %u (%s) sent ahead", a->seq,
-		          v == V_RCPT ? "RCPT" : "DATA");
-		sg_link_command(s->up.link, out, (size_t)n, on_ahead_reply, s);
-		/* a reply delivered at once (link lost) changed the session: let
-		 * sg_session_process go round again before sending more */
-		if (s->again || s->closing || !s->up.link || v == V_DATA)
-			return;
-	}
+	return true;
 }

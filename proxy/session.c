@@ -25,6 +25,7 @@
 #include "../upstream/identity.h"
 #include "proxyproto.h"
 #include "reply.h"
+#include "reply_queue.h"
 #include "session_int.h"
 
 static const char *const state_name[] = {
@@ -261,7 +262,7 @@ static void drop_auth_and_link(sg_session *s)
 		sg_auth_free(s->auth.sasl);
 		s->auth.sasl = NULL;
 	}
-	sg_cmd_ahead_drop(s);
+	sg_rq_free(s);
 	if (s->up.link) {
 		sg_link_close(s->up.link);
 		s->up.link = NULL;
@@ -329,6 +330,7 @@ static void trim_now(sg_session *s)
 {
 	sg_buf_shrink(&s->io.in);
 	sg_buf_shrink(&s->io.out);
+	sg_rq_trim(s);
 	if (s->tls.eng)
 		sg_tls_trim(s->tls.eng);
 }
@@ -418,6 +420,29 @@ static void feed_data(sg_session *s)
 		s->pending = SG_PEND_DATA_END;
 }
 
+/* Decide the next line while replies to relayed commands are due
+ * (RFC 2920): it is taken only if sg_cmd_line decides it now, else it
+ * stays buffered until they are in.  false: stop reading lines. */
+static bool take_line_ahead(sg_session *s, char *cmd)
+{
+	sg_lines st = s->io.lines;
+	const char *line;
+	size_t len, used;
+	if (sg_line_next(&st, s->io.in.data, s->io.in.len, SG_LINE_MAX, &line,
+	                 &len, &used) != SG_LINE_OK)
+		return false; /* a reply of ours: at its turn */
+	memcpy(cmd, line, len);
+	cmd[len] = '\0';
+	bool taken = sg_cmd_line(s, cmd, len);
+	explicit_bzero(cmd, len);
+	if (!taken || s->closing)
+		return false;
+	s->io.lines = st;
+	sg_buf_consume(&s->io.in, used);
+	sg_session_idle_rearm(s);
+	return true;
+}
+
 static void process_lines(sg_session *s)
 {
 	/* Room for the longest line; the copy is wiped after use because an
@@ -433,8 +458,14 @@ static void process_lines(sg_session *s)
 			feed_data(s);
 			return;
 		}
-		if (s->pending != SG_PEND_NONE || s->state == SG_ST_GREETING ||
-		    s->state == SG_ST_TLS_HANDSHAKE)
+		if (s->state == SG_ST_GREETING || s->state == SG_ST_TLS_HANDSHAKE)
+			return;
+		if (s->pending == SG_PEND_UPSTREAM && s->io.in.len) {
+			if (!take_line_ahead(s, cmd))
+				return;
+			continue;
+		}
+		if (s->pending != SG_PEND_NONE)
 			return;
 		if (s->draining && !in_transaction(s)) {
 			sg_reply_send(s, SG_R_SHUTDOWN);
@@ -448,8 +479,6 @@ static void process_lines(sg_session *s)
 		size_t len, used;
 		int st = sg_line_next(&s->io.lines, s->io.in.data, s->io.in.len, limit, &line,
 		                      &len, &used);
-		/* the lines sent ahead (commands.c) are at the front */
-		s->up.ahead_off = s->up.ahead_off > used ? s->up.ahead_off - used : 0;
 		if (st == SG_LINE_NONE) {
 			sg_buf_consume(&s->io.in, used);
 			if (used == 0)
@@ -476,6 +505,7 @@ static void process_lines(sg_session *s)
 			}
 			continue;
 		}
+		/* decided at once: nothing is due (sg_cmd_line returns true) */
 		sg_cmd_line(s, cmd, len);
 		explicit_bzero(cmd, len);
 	}
@@ -491,10 +521,6 @@ void sg_session_process(sg_session *s)
 	do {
 		s->again = false;
 		process_lines(s);
-		/* waiting on MAIL/RCPT: send the RCPT/DATA lines behind it now
-		 * (RFC 2920); replies it causes at once come round again */
-		if (!s->again && !s->closing)
-			sg_cmd_ahead(s);
 	} while (s->again && !s->closing);
 	s->in_process = false;
 	if (s->closing)
@@ -688,7 +714,6 @@ static void on_data_done(void *arg, const sg_reply *r)
 	sg_reply_raw(s, r->code, r->text, r->len);
 	sg_cmd_txn_reset(s);
 	if (s->up.link && !sg_link_alive(s->up.link)) {
-		sg_cmd_ahead_drop(s);
 		sg_link_close(s->up.link);
 		s->up.link = NULL;
 	}

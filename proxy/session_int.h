@@ -38,9 +38,9 @@
 #define SG_QIDS_MAX 256        /* queue ids listed in the disconnect line */
 #define SG_IP_MAX 46           /* textual IPv4/IPv6 address (INET6_ADDRSTRLEN) */
 #define SG_LOG_REPLY_MAX 512   /* upstream reply quoted in a log line */
-/* RCPT/DATA lines of a pipelined group handed to the link before their turn
- * (commands.c, RFC 2920); past this many the rest wait for their turn. */
-#define SG_AHEAD_MAX 128
+/* Relayed commands awaiting the upstream's reply at most (reply_queue.c,
+ * RFC 2920); a pipelined line past this many waits until they are in. */
+#define SG_RQ_MAX 128
 
 /* Protocol states (docs/ARCHITECTURE.md); sg_session_state() logs each change. */
 enum sg_state {
@@ -106,15 +106,12 @@ typedef struct sg_sess_txn {
 /* The upstream link and the commands in flight on it (commands.c). */
 typedef struct sg_sess_up {
 	sg_link *link;
-	int verb; /* enum in commands.c: which command awaits upstream */
-	/* Pipelining upstream: lines sent to the link before their turn,
-	 * oldest first; ahead_off octets at the front of io.in are those not
-	 * yet taken (ahead_wait of them); cmd_seq numbers the lines given to
-	 * sg_cmd_line, so a line's turn is recognised. */
-	struct sg_ahead *ahead_head, *ahead_tail;
-	unsigned ahead_n, ahead_wait;
-	size_t ahead_off;
-	unsigned cmd_seq;
+	/* Relayed commands whose replies are due, oldest first
+	 * (reply_queue.c): a ring of SG_RQ_MAX verbs, NULL until first used. */
+	unsigned char *rq;
+	unsigned rq_head, rq_n;
+	/* set by a command guard that must not answer yet (commands.c) */
+	bool held;
 	char *pend_line; /* MAIL line held while the link opens */
 	size_t pend_len;
 	/* sg_link_open may call ready before it returns (no server reachable
@@ -195,15 +192,14 @@ void sg_session_data_begin(sg_session *s);
 void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
 
 /* commands.c */
-void sg_cmd_line(sg_session *s, char *line, size_t len);
+/* Decide one client line.  false: not now, leave it buffered; that
+ * happens only while relayed commands await their replies (the line's
+ * reply could depend on theirs) and it is read again once they are in. */
+bool sg_cmd_line(sg_session *s, char *line, size_t len);
 /* Drop transaction state (after RSET, end of DATA, EHLO). */
 void sg_cmd_txn_reset(sg_session *s);
-/* Waiting on the upstream's reply to MAIL or RCPT: hand the RCPT/DATA
- * lines buffered behind it to the link now (RFC 2920); each is still
- * answered at its turn, exactly as if it had been sent then. */
-void sg_cmd_ahead(sg_session *s);
-/* The link is being closed: forget the lines sent ahead (their replies
- * will not come). */
-void sg_cmd_ahead_drop(sg_session *s);
+/* A relayed command's reply at its turn (reply_queue.c): apply it to the
+ * transaction and answer the client.  r NULL: the link is gone. */
+void sg_cmd_settle(sg_session *s, int verb, const sg_reply *r);
 
 #endif

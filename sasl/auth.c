@@ -92,7 +92,8 @@ struct sg_auth {
 	/* the exchange; at most one call in flight */
 	uv_work_t work;
 	bool busy;
-	bool dead;       /* sg_auth_free while busy: the after-cb frees */
+	bool dead;       /* sg_auth_free while busy or in cb: freed after */
+	bool in_cb;      /* the caller's callback is running */
 	bool started;    /* a mechanism runs: sg_auth_step allowed */
 	bool pending_ok; /* Cyrus said OK with data: sent as 334, await "" */
 	int preset;      /* -1: ask Cyrus; else the answer, decided up front */
@@ -439,8 +440,8 @@ void sg_auth_free(sg_auth *a)
 {
 	if (!a)
 		return;
-	if (a->busy) {
-		a->dead = true; /* after_work frees */
+	if (a->busy || a->in_cb) {
+		a->dead = true; /* the completion frees it (call_back) */
 		return;
 	}
 	destroy(a);
@@ -594,6 +595,18 @@ static char *getprop_dup(sasl_conn_t *conn, int prop)
 	return sg_xstrdup(p);
 }
 
+/* Give the caller its result.  The callback may free the context (the
+ * session is done with it): sg_auth_free then only marks it dead, and it
+ * is freed here, after the callback, like one freed while busy. */
+static void call_back(sg_auth *a, int res, const char *out, unsigned outlen)
+{
+	a->in_cb = true;
+	a->cb(a->arg, res, out, outlen);
+	a->in_cb = false;
+	if (a->dead)
+		destroy(a);
+}
+
 static void after_work(uv_work_t *w, int status)
 {
 	sg_auth *a = w->data;
@@ -663,7 +676,7 @@ static void after_work(uv_work_t *w, int status)
 		clear_exchange(a);
 		break;
 	}
-	a->cb(a->arg, res, out, outlen);
+	call_back(a, res, out, outlen);
 }
 
 /* A call that never reached the pool: give back what queue() took. */
@@ -697,14 +710,11 @@ static void pump(void)
 		}
 		/* the loop is going away: the session gets 454, or, gone
 		 * already, its auth object is freed */
-		bool dead = a->dead;
-		sg_auth_cb cb = a->cb;
-		void *arg = a->arg;
 		unqueue_failed(a, r);
-		if (dead)
+		if (a->dead)
 			destroy(a);
-		else if (cb)
-			cb(arg, SG_AUTH_TEMPFAIL, NULL, 0);
+		else if (a->cb)
+			call_back(a, SG_AUTH_TEMPFAIL, NULL, 0);
 	}
 }
 

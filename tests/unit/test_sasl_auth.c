@@ -3,7 +3,7 @@
  * thread pool: PLAIN with and without initial response, wrong password,
  * unknown user, LOGIN both ways, CRAM-MD5 (HMAC computed here), the
  * authorization identity, mechanisms before and after TLS, free while a call
- * is in flight, and the start-up checks of sg_sasl_init. */
+ * is in flight or from its callback, and the start-up checks of sg_sasl_init. */
 #include "test_sasl_common.h"
 
 #include <sasl/sasl.h> /* the client side only, to speak SCRAM/DIGEST */
@@ -389,6 +389,42 @@ static void test_free_in_flight(sg_config *c)
 	ASSERT_EQ(r.calls, 0);
 }
 
+/* The caller frees the context from inside its callback (what a session
+ * does once authenticated): freed after the callback returns, never while
+ * the completion still runs (ASan would report the use). */
+struct free_in_cb {
+	sg_auth *a;
+	int calls, res;
+};
+
+static void on_res_free(void *arg, int res, const char *out, unsigned outlen)
+{
+	struct free_in_cb *f = arg;
+	f->calls++;
+	f->res = res;
+	sg_auth_free(f->a);
+	f->a = NULL;
+}
+
+static void test_free_in_callback(sg_config *c)
+{
+	static const char ok[] = "\0" USER "\0" PASS;
+	static const char bad[] = "\0" USER "\0wrong";
+	const char *resp[] = {ok, bad};
+	size_t len[] = {sizeof ok - 1, sizeof bad - 1};
+	for (int i = 0; i < 2; i++) {
+		struct free_in_cb f = {0};
+		f.a = new_auth(c, true);
+		ASSERT_EQ(sg_auth_start(f.a, &loop, "PLAIN", resp[i], len[i], true,
+		                        on_res_free, &f),
+		          0);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		ASSERT_EQ(f.calls, 1, "case %d", i);
+		ASSERT_EQ(f.res, i == 0 ? SG_AUTH_OK : SG_AUTH_FAIL, "case %d", i);
+		ASSERT_NULL(f.a);
+	}
+}
+
 /* A burst of sessions authenticating at once, more than [sasl] threads:
  * queued on the pool and all served (the backend makes progress). */
 static void test_burst(sg_config *c)
@@ -570,6 +606,7 @@ int main(void)
 	test_mechs(c);
 	test_plaintext_listener(c);
 	test_free_in_flight(c);
+	test_free_in_callback(c);
 	test_burst(c);
 	test_reconfig(c);
 	sg_sasl_done();
