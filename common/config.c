@@ -586,130 +586,10 @@ sg_where sg_config_where(const sg_config *c, const char *section,
 	return none;
 }
 
-static int set_value(struct loader *ld, const struct key *k, void *base,
-                     const char *v)
+/* "bad value ..." for k at the current file:line; returns -1. */
+static int bad_value(struct loader *ld, const struct key *k, const char *v,
+                     const char *why)
 {
-	sg_config *c = ld->c;
-	char *p = (char *)base + k->off;
-	const char *why = NULL;
-	uint64_t u;
-	bool b;
-
-	switch (k->type) {
-	case K_STR:
-		free(*(char **)p);
-		*(char **)p = sg_xstrdup(v);
-		return 0;
-	case K_BOOL:
-		if (sg_parse_bool(v, &b) < 0)
-			goto bad;
-		*(bool *)p = b;
-		return 0;
-	case K_UINT:
-		if (sg_parse_size(v, &u) < 0 || strspn(v, "0123456789") != strlen(v) ||
-		    u > UINT_MAX)
-			goto bad;
-		*(unsigned *)p = (unsigned)u;
-		return 0;
-	case K_DURATION:
-		if (sg_parse_duration_ms(v, &u) < 0)
-			goto bad;
-		*(uint64_t *)p = u;
-		return 0;
-	case K_SIZE:
-		if (sg_parse_size(v, &u) < 0)
-			goto bad;
-		*(uint64_t *)p = u;
-		return 0;
-	case K_ENUM:
-		for (int i = 0; k->names[i]; i++)
-			if (strcasecmp(v, k->names[i]) == 0) {
-				*(int *)p = i;
-				return 0;
-			}
-		goto bad;
-	case K_LOGLEVEL: {
-		int lv = sg_log_level_parse(v);
-		if (lv < 0)
-			goto bad;
-		*(int *)p = lv;
-		return 0;
-	}
-	case K_WORKERS:
-		if (strcasecmp(v, "auto") == 0) {
-			long n = sysconf(_SC_NPROCESSORS_ONLN);
-			*(int *)p = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
-			return 0;
-		}
-		if (sg_parse_size(v, &u) < 0 || strspn(v, "0123456789") != strlen(v) ||
-		    u < 1 || u > 64)
-			goto bad;
-		*(int *)p = (int)u;
-		return 0;
-	case K_TLSVER: {
-		static const struct {
-			const char *n;
-			int v;
-		} vers[] = {{"TLSv1", TLS1_VERSION},
-		            {"TLSv1.0", TLS1_VERSION},
-		            {"TLSv1.1", TLS1_1_VERSION},
-		            {"TLSv1.2", TLS1_2_VERSION},
-		            {"TLSv1.3", TLS1_3_VERSION}};
-		for (size_t i = 0; i < sizeof vers / sizeof vers[0]; i++)
-			if (strcasecmp(v, vers[i].n) == 0) {
-				*(int *)p = vers[i].v;
-				return 0;
-			}
-		goto bad;
-	}
-	case K_SERVER: {
-		char *host, *port;
-		if (sg_parse_hostport(v, "25", &host, &port, &why) < 0)
-			goto bad;
-		if (ld->servers_file != ld->where.file) {
-			for (size_t i = 0; i < c->nservers; i++) {
-				free(c->servers[i].host);
-				free(c->servers[i].port);
-			}
-			c->nservers = 0;
-			ld->servers_file = ld->where.file;
-		}
-		sg_upstream_server *s = c->servers =
-		    sg_xreallocarray(c->servers, c->nservers + 1, sizeof *s);
-		s[c->nservers].host = host;
-		s[c->nservers].port = port;
-		s[c->nservers].where = ld->where;
-		c->nservers++;
-		return 0;
-	}
-	case K_ADDRESS: {
-		sg_listener_cfg *l = base;
-		if (sg_parse_sockaddr(v, &l->addr, &l->addrlen, &why) < 0)
-			goto bad;
-		free(l->address);
-		l->address = sg_xstrdup(v);
-		return 0;
-	}
-	case K_NETS: {
-		sg_listener_cfg *l = base;
-		sg_net *nets;
-		size_t n;
-		char entry[64];
-		if (sg_parse_netlist(v, &nets, &n, entry, sizeof entry, &why) < 0) {
-			sg_errors_add(ld->errs, &ld->where,
-			              "bad entry \"%s\" in %s: %s (expected addresses "
-			              "and prefixes such as 10.0.0.0/8 192.0.2.1 "
-			              "2001:db8::/32)",
-			              entry, k->name, why);
-			return -1;
-		}
-		free(l->trusted);
-		l->trusted = nets;
-		l->ntrusted = n;
-		return 0;
-	}
-	}
-bad:
 	if (k->names) {
 		char list[256] = "";
 		for (int i = 0; k->names[i]; i++) {
@@ -719,21 +599,175 @@ bad:
 		sg_errors_add(ld->errs, &ld->where,
 		              "bad value \"%s\" for %s (expected %s)", v, k->name,
 		              list);
-	} else {
-		static const char *const expect[] = {
-		    [K_BOOL] = "yes or no",
-		    [K_UINT] = "a whole number",
-		    [K_DURATION] = "a duration such as 500ms, 30s, 5m, 1h",
-		    [K_SIZE] = "a size such as 4096, 64k, 50M, 1G",
-		    [K_LOGLEVEL] = "error | warn | info | debug",
-		    [K_WORKERS] = "a number from 1 to 64, or auto",
-		    [K_TLSVER] = "TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3",
-		};
-		sg_errors_add(ld->errs, &ld->where, "bad value \"%s\" for %s: %s", v,
-		              k->name,
-		              why ? why : (expect[k->type] ? expect[k->type] : "invalid"));
+		return -1;
 	}
+	static const char *const expect[] = {
+	    [K_BOOL] = "yes or no",
+	    [K_UINT] = "a whole number",
+	    [K_DURATION] = "a duration such as 500ms, 30s, 5m, 1h",
+	    [K_SIZE] = "a size such as 4096, 64k, 50M, 1G",
+	    [K_LOGLEVEL] = "error | warn | info | debug",
+	    [K_WORKERS] = "a number from 1 to 64, or auto",
+	    [K_TLSVER] = "TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3",
+	};
+	sg_errors_add(ld->errs, &ld->where, "bad value \"%s\" for %s: %s", v,
+	              k->name,
+	              why ? why : (expect[k->type] ? expect[k->type] : "invalid"));
 	return -1;
+}
+
+/* A whole number (digits only, size suffixes refused) up to max. */
+static int parse_count(const char *v, uint64_t max, uint64_t *u)
+{
+	if (sg_parse_size(v, u) < 0 || strspn(v, "0123456789") != strlen(v) ||
+	    *u > max)
+		return -1;
+	return 0;
+}
+
+/* "auto" (the online CPUs, at most 64) or 1..64. */
+static int parse_workers(const char *v, int *out)
+{
+	uint64_t u;
+	if (strcasecmp(v, "auto") == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		*out = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+		return 0;
+	}
+	if (parse_count(v, 64, &u) < 0 || u < 1)
+		return -1;
+	*out = (int)u;
+	return 0;
+}
+
+static int parse_tlsver(const char *v, int *out)
+{
+	static const struct {
+		const char *n;
+		int v;
+	} vers[] = {{"TLSv1", TLS1_VERSION},
+	            {"TLSv1.0", TLS1_VERSION},
+	            {"TLSv1.1", TLS1_1_VERSION},
+	            {"TLSv1.2", TLS1_2_VERSION},
+	            {"TLSv1.3", TLS1_3_VERSION}};
+	for (size_t i = 0; i < sizeof vers / sizeof vers[0]; i++)
+		if (strcasecmp(v, vers[i].n) == 0) {
+			*out = vers[i].v;
+			return 0;
+		}
+	return -1;
+}
+
+/* [upstream] server = host[:port], repeatable: a later file's list
+ * replaces an earlier file's (a drop-in overrides the main file). */
+static int add_server(struct loader *ld, const char *v, const char **why)
+{
+	sg_config *c = ld->c;
+	char *host, *port;
+	if (sg_parse_hostport(v, "25", &host, &port, why) < 0)
+		return -1;
+	if (ld->servers_file != ld->where.file) {
+		for (size_t i = 0; i < c->nservers; i++) {
+			free(c->servers[i].host);
+			free(c->servers[i].port);
+		}
+		c->nservers = 0;
+		ld->servers_file = ld->where.file;
+	}
+	sg_upstream_server *s = c->servers =
+	    sg_xreallocarray(c->servers, c->nservers + 1, sizeof *s);
+	s[c->nservers].host = host;
+	s[c->nservers].port = port;
+	s[c->nservers].where = ld->where;
+	c->nservers++;
+	return 0;
+}
+
+static int set_nets(struct loader *ld, const struct key *k,
+                    sg_listener_cfg *l, const char *v)
+{
+	sg_net *nets;
+	size_t n;
+	char entry[64];
+	const char *why = NULL;
+	if (sg_parse_netlist(v, &nets, &n, entry, sizeof entry, &why) < 0) {
+		sg_errors_add(ld->errs, &ld->where,
+		              "bad entry \"%s\" in %s: %s (expected addresses "
+		              "and prefixes such as 10.0.0.0/8 192.0.2.1 "
+		              "2001:db8::/32)",
+		              entry, k->name, why);
+		return -1;
+	}
+	free(l->trusted);
+	l->trusted = nets;
+	l->ntrusted = n;
+	return 0;
+}
+
+static int set_value(struct loader *ld, const struct key *k, void *base,
+                     const char *v)
+{
+	char *p = (char *)base + k->off;
+	const char *why = NULL;
+	uint64_t u;
+	bool b;
+	int rc = 0;
+
+	switch (k->type) {
+	case K_STR:
+		free(*(char **)p);
+		*(char **)p = sg_xstrdup(v);
+		break;
+	case K_BOOL:
+		if ((rc = sg_parse_bool(v, &b)) == 0)
+			*(bool *)p = b;
+		break;
+	case K_UINT:
+		if ((rc = parse_count(v, UINT_MAX, &u)) == 0)
+			*(unsigned *)p = (unsigned)u;
+		break;
+	case K_DURATION:
+		if ((rc = sg_parse_duration_ms(v, &u)) == 0)
+			*(uint64_t *)p = u;
+		break;
+	case K_SIZE:
+		if ((rc = sg_parse_size(v, &u)) == 0)
+			*(uint64_t *)p = u;
+		break;
+	case K_ENUM:
+		rc = -1;
+		for (int i = 0; k->names[i] && rc < 0; i++)
+			if (strcasecmp(v, k->names[i]) == 0) {
+				*(int *)p = i;
+				rc = 0;
+			}
+		break;
+	case K_LOGLEVEL:
+		rc = sg_log_level_parse(v);
+		if (rc >= 0)
+			*(int *)p = rc;
+		break;
+	case K_WORKERS:
+		rc = parse_workers(v, (int *)p);
+		break;
+	case K_TLSVER:
+		rc = parse_tlsver(v, (int *)p);
+		break;
+	case K_SERVER:
+		rc = add_server(ld, v, &why);
+		break;
+	case K_ADDRESS: {
+		sg_listener_cfg *l = base;
+		if ((rc = sg_parse_sockaddr(v, &l->addr, &l->addrlen, &why)) == 0) {
+			free(l->address);
+			l->address = sg_xstrdup(v);
+		}
+		break;
+	}
+	case K_NETS:
+		return set_nets(ld, k, base, v);
+	}
+	return rc < 0 ? bad_value(ld, k, v, why) : 0;
 }
 
 static void set_default(struct loader *ld, const struct key *k, void *base)

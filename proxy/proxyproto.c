@@ -112,11 +112,75 @@ static void set_addr(struct sockaddr_storage *ss, int fam, const void *a,
 /* The four fields after "PROXY TCP4 " / "PROXY TCP6 ". */
 enum { F_SRC, F_DST, F_SPORT, F_DPORT, F_NFIELDS };
 
+/* The protocol word after "PROXY " (p, avail octets): 0 TCP4, 1 TCP6,
+ * 2 UNKNOWN, -1 none, -2 a prefix of one (more input needed). */
+static int v1_proto(const char *p, size_t avail)
+{
+	static const char *const protos[] = {"TCP4 ", "TCP6 ", "UNKNOWN"};
+	bool partial = false;
+	for (int i = 0; i < 3; i++) {
+		size_t pl = strlen(protos[i]);
+		size_t m = avail < pl ? avail : pl;
+		if (memcmp(p, protos[i], m) != 0)
+			continue;
+		if (m == pl)
+			return i;
+		partial = true;
+	}
+	return partial ? -2 : -1;
+}
+
+/* 2.1: after UNKNOWN the receiver ignores everything up to CRLF and keeps
+ * the connection's own addresses.  UNKNOWN must end there: a space or the
+ * CR follows it.  i is the offset just past "UNKNOWN". */
+static int v1_unknown(const char *s, size_t n, size_t len, size_t i,
+                      sg_pp_result *out, const char **why)
+{
+	if (n > i && s[i] != ' ' && s[i] != '\r')
+		return fail(why, "PROXY v1: unknown protocol");
+	for (; i < n; i++) {
+		if (s[i] == '\n')
+			return fail(why, "PROXY v1: bare LF");
+		if (s[i] != '\r')
+			continue;
+		if (i + 1 >= n)
+			break;
+		if (s[i + 1] != '\n')
+			return fail(why, "PROXY v1: CR without LF");
+		if (out) {
+			memset(out, 0, sizeof *out);
+			out->version = 1;
+			out->local = true;
+		}
+		return (int)(i + 2);
+	}
+	return len >= PP1_MAX ? fail(why, "PROXY v1: header over 107 octets") : 0;
+}
+
+/* One address field (fl octets at f, done: its terminator was seen) into
+ * addr; 1 fine, 0 bad. */
+static int v1_addr(int fam, const char *f, size_t fl, bool done,
+                   unsigned char *addr)
+{
+	size_t amax = fam == AF_INET ? PP1_V4_MAX : PP1_V6_MAX;
+	if (fl > amax || (done && fl == 0))
+		return 0;
+	if (!(fam == AF_INET ? v4_prefix_ok(f, fl, done) : v6_prefix_ok(f, fl)))
+		return 0;
+	if (!done)
+		return 1;
+	char tmp[PP1_V6_MAX + 1];
+	memcpy(tmp, f, fl);
+	tmp[fl] = '\0';
+	return inet_pton(fam, tmp, addr) == 1;
+}
+
 static int parse_v1(const unsigned char *buf, size_t len, sg_pp_result *out,
                     const char **why)
 {
 	const char *s = (const char *)buf;
 	size_t n = len < PP1_MAX ? len : PP1_MAX;
+	const char *too_long = "PROXY v1: header over 107 octets";
 
 	/* "PROXY " */
 	size_t sl = sizeof pp1_sig - 1;
@@ -124,58 +188,18 @@ static int parse_v1(const unsigned char *buf, size_t len, sg_pp_result *out,
 		return fail(why, "not a PROXY protocol v1 header");
 	if (n < sl)
 		return 0;
-
-	/* protocol: "TCP4 ", "TCP6 " or "UNKNOWN" */
-	static const char *const protos[] = {"TCP4 ", "TCP6 ", "UNKNOWN"};
-	const char *p = s + sl;
-	size_t avail = n - sl;
-	int proto = -1;
-	bool partial = false;
-	for (int i = 0; i < 3; i++) {
-		size_t pl = strlen(protos[i]);
-		size_t m = avail < pl ? avail : pl;
-		if (memcmp(p, protos[i], m) != 0)
-			continue;
-		if (m < pl)
-			partial = true;
-		else
-			proto = i;
-	}
+	int proto = v1_proto(s + sl, n - sl);
+	if (proto == -2)
+		return 0;
 	if (proto < 0)
-		return partial ? 0 : fail(why, "PROXY v1: unknown protocol");
-
-	if (proto == 2) {
-		/* 2.1: after UNKNOWN the receiver ignores everything up to CRLF
-		 * and keeps the connection's own addresses.  UNKNOWN must end
-		 * there: a space or the CR follows it. */
-		if (n > sl + 7 && s[sl + 7] != ' ' && s[sl + 7] != '\r')
-			return fail(why, "PROXY v1: unknown protocol");
-		for (size_t i = sl + 7; i < n; i++) {
-			if (s[i] == '\r') {
-				if (i + 1 >= n)
-					break;
-				if (s[i + 1] != '\n')
-					return fail(why, "PROXY v1: CR without LF");
-				if (out) {
-					memset(out, 0, sizeof *out);
-					out->version = 1;
-					out->local = true;
-				}
-				return (int)(i + 2);
-			}
-			if (s[i] == '\n')
-				return fail(why, "PROXY v1: bare LF");
-		}
-		return len >= PP1_MAX ? fail(why, "PROXY v1: header over 107 octets")
-		                      : 0;
-	}
+		return fail(why, "PROXY v1: unknown protocol");
+	if (proto == 2)
+		return v1_unknown(s, n, len, sl + 7, out, why);
 
 	int fam = proto == 0 ? AF_INET : AF_INET6;
-	size_t amax = fam == AF_INET ? PP1_V4_MAX : PP1_V6_MAX;
 	size_t i = sl + 5;
 	unsigned ports[2] = {0, 0};
 	unsigned char addr[2][16];
-
 	for (int f = 0; f < F_NFIELDS; f++) {
 		size_t start = i;
 		char term = f == F_DPORT ? '\r' : ' ';
@@ -183,36 +207,18 @@ static int parse_v1(const unsigned char *buf, size_t len, sg_pp_result *out,
 			i++;
 		bool done = i < n;
 		size_t fl = i - start;
-		if (f <= F_DST) {
-			bool ok = fl <= amax && (done ? fl > 0 : true) &&
-			          (fam == AF_INET ? v4_prefix_ok(s + start, fl, done)
-			                          : v6_prefix_ok(s + start, fl));
-			if (!ok)
-				return fail(why, f == F_SRC
-				                     ? "PROXY v1: bad source address"
-				                     : "PROXY v1: bad destination address");
-			if (done) {
-				char tmp[PP1_V6_MAX + 1];
-				memcpy(tmp, s + start, fl);
-				tmp[fl] = '\0';
-				if (inet_pton(fam, tmp, addr[f]) != 1)
-					return fail(why, f == F_SRC
-					                     ? "PROXY v1: bad source address"
-					                     : "PROXY v1: bad destination "
-					                       "address");
-			}
-		} else if (!port_prefix_ok(s + start, fl, done, &ports[f - F_SPORT])) {
+		if (f <= F_DST && !v1_addr(fam, s + start, fl, done, addr[f]))
+			return fail(why, f == F_SRC ? "PROXY v1: bad source address"
+			                            : "PROXY v1: bad destination address");
+		if (f > F_DST &&
+		    !port_prefix_ok(s + start, fl, done, &ports[f - F_SPORT]))
 			return fail(why, "PROXY v1: bad port");
-		}
 		if (!done)
-			return len >= PP1_MAX
-			           ? fail(why, "PROXY v1: header over 107 octets")
-			           : 0;
+			return len >= PP1_MAX ? fail(why, too_long) : 0;
 		i++; /* the single space, or the CR */
 	}
 	if (i >= n)
-		return len >= PP1_MAX ? fail(why, "PROXY v1: header over 107 octets")
-		                      : 0;
+		return len >= PP1_MAX ? fail(why, too_long) : 0;
 	if (s[i] != '\n')
 		return fail(why, "PROXY v1: CR without LF");
 	if (out) {

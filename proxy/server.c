@@ -339,6 +339,58 @@ static void raise_nofile(void)
 	}
 }
 
+/* Worker i: its loop, wake-up and stop handles, and its own copy of every
+ * listener, bound (SO_REUSEPORT). */
+static int worker_init(struct sg_server *srv, int i, sg_errors *errs)
+{
+	const sg_config *cfg = srv->cfg;
+	sg_worker *w = &srv->workers[i];
+	w->id = i;
+	w->srv = srv;
+	uv_loop_init(&w->loop);
+	w->cfg = sg_config_ref(srv->cfg);
+	w->tls = srv->tls ? sg_tls_ctx_ref(srv->tls) : NULL;
+	uv_async_init(&w->loop, &w->wake, on_wake);
+	w->wake.data = w;
+	uv_timer_init(&w->loop, &w->stop_timer);
+	w->stop_timer.data = w;
+	w->nlisteners = cfg->nlisteners;
+	w->listeners = sg_xcalloc(cfg->nlisteners, sizeof *w->listeners);
+	for (size_t j = 0; j < cfg->nlisteners; j++) {
+		w->listeners[j].index = j;
+		if (bind_listener(w, &w->listeners[j], &cfg->listeners[j], errs) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* After its thread ended: the references it still holds. */
+static void worker_free(sg_worker *w)
+{
+	if (w->new_cfg)
+		sg_config_unref(w->new_cfg);
+	if (w->new_tls)
+		sg_tls_ctx_unref(w->new_tls);
+	sg_config_unref(w->cfg);
+	if (w->tls)
+		sg_tls_ctx_unref(w->tls);
+	free(w->listeners);
+}
+
+/* "ready: saslgate X listening on name=addr/tls[+proxy] ... workers=N" */
+static void log_ready(const sg_config *cfg, int nworkers)
+{
+	char lines[1024] = "";
+	for (size_t j = 0; j < cfg->nlisteners; j++) {
+		size_t n = strlen(lines);
+		snprintf(lines + n, sizeof lines - n, " %s=%s/%s%s", cfg->listeners[j].name,
+		         cfg->listeners[j].address, tls_mode_name[cfg->listeners[j].tls],
+		         cfg->listeners[j].proxy_protocol ? "+proxy" : "");
+	}
+	log_info(NULL, "ready: saslgate %s listening on%s workers=%d", SG_VERSION,
+	         lines, nworkers);
+}
+
 int sg_server_run(sg_config *cfg)
 {
 	struct sg_server srv;
@@ -366,25 +418,9 @@ int sg_server_run(sg_config *cfg)
 
 	srv.nworkers = cfg->workers;
 	srv.workers = sg_xcalloc((size_t)srv.nworkers, sizeof *srv.workers);
-	for (int i = 0; i < srv.nworkers; i++) {
-		sg_worker *w = &srv.workers[i];
-		w->id = i;
-		w->srv = &srv;
-		uv_loop_init(&w->loop);
-		w->cfg = sg_config_ref(cfg);
-		w->tls = srv.tls ? sg_tls_ctx_ref(srv.tls) : NULL;
-		uv_async_init(&w->loop, &w->wake, on_wake);
-		w->wake.data = w;
-		uv_timer_init(&w->loop, &w->stop_timer);
-		w->stop_timer.data = w;
-		w->nlisteners = cfg->nlisteners;
-		w->listeners = sg_xcalloc(cfg->nlisteners, sizeof *w->listeners);
-		for (size_t j = 0; j < cfg->nlisteners; j++) {
-			w->listeners[j].index = j;
-			if (bind_listener(w, &w->listeners[j], &cfg->listeners[j], &errs) < 0)
-				goto fail;
-		}
-	}
+	for (int i = 0; i < srv.nworkers; i++)
+		if (worker_init(&srv, i, &errs) < 0)
+			goto fail;
 	if (drop_privileges(cfg->user) < 0)
 		goto fail;
 
@@ -399,16 +435,7 @@ int sg_server_run(sg_config *cfg)
 	for (int i = 0; i < srv.nworkers; i++)
 		uv_thread_create(&srv.workers[i].thread, worker_main, &srv.workers[i]);
 	sg_upstream_probe(srv.loop, cfg);
-
-	char lines[1024] = "";
-	for (size_t j = 0; j < cfg->nlisteners; j++) {
-		size_t n = strlen(lines);
-		snprintf(lines + n, sizeof lines - n, " %s=%s/%s%s", cfg->listeners[j].name,
-		         cfg->listeners[j].address, tls_mode_name[cfg->listeners[j].tls],
-		         cfg->listeners[j].proxy_protocol ? "+proxy" : "");
-	}
-	log_info(NULL, "ready: saslgate %s listening on%s workers=%d", SG_VERSION,
-	         lines, srv.nworkers);
+	log_ready(cfg, srv.nworkers);
 	sd_notify(0, "READY=1");
 
 	uv_run(srv.loop, UV_RUN_DEFAULT);
@@ -417,17 +444,8 @@ int sg_server_run(sg_config *cfg)
 		uv_loop_close(&srv.workers[i].loop);
 	}
 	log_info(NULL, "stopped");
-	for (int i = 0; i < srv.nworkers; i++) {
-		sg_worker *w = &srv.workers[i];
-		if (w->new_cfg)
-			sg_config_unref(w->new_cfg);
-		if (w->new_tls)
-			sg_tls_ctx_unref(w->new_tls);
-		sg_config_unref(w->cfg);
-		if (w->tls)
-			sg_tls_ctx_unref(w->tls);
-		free(w->listeners);
-	}
+	for (int i = 0; i < srv.nworkers; i++)
+		worker_free(&srv.workers[i]);
 	free(srv.workers);
 	if (srv.tls)
 		sg_tls_ctx_unref(srv.tls);
