@@ -1,5 +1,5 @@
 /* proxy/smtp_parse.c: resumable SMTP command line framer (see smtp_parse.h
- * for the limits and the bare-LF rule). */
+ * for the limits and the bare-LF rule) and the MAIL/RCPT path parser. */
 #include "smtp_parse.h"
 
 #include <ctype.h>
@@ -83,4 +83,60 @@ void sg_cmd_split(char *line, char **verb, char **arg)
 	size_t n = strlen(p);
 	while (n > 0 && p[n - 1] == ' ')
 		p[--n] = '\0';
+}
+
+int sg_path_parse(char **pp, char *out, size_t max, unsigned flags)
+{
+	char *p = *pp;
+	bool bracketed = *p == '<';
+	if (!bracketed && (*p == '\0' || (flags & SG_PATH_STRICT)))
+		return SG_PATH_SYNTAX;
+	if (bracketed)
+		p++;
+	/* RFC 5321 4.1.2 / C: "@a,@b:user@c", the route is to be ignored */
+	if (*p == '@') {
+		char *colon = p + strcspn(p, ":> ");
+		if (*colon != ':')
+			return SG_PATH_BAD; /* "@dom" */
+		p = colon + 1;
+	}
+	char *start = p;
+	bool quoted = false;
+	for (; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c < 0x20 || c == 0x7f)
+			return SG_PATH_BAD;
+		if (quoted && c == '\\' && p[1]) {
+			p++;
+			continue;
+		}
+		if (c == '"') {
+			quoted = !quoted;
+			continue;
+		}
+		if (quoted)
+			continue;
+		if (bracketed ? c == '>' : c == ' ')
+			break;
+		if (c == ' ' || c == '<' || c == '>' || c == ',' || c == ';')
+			return SG_PATH_BAD;
+	}
+	if (quoted || (bracketed && *p != '>'))
+		return SG_PATH_SYNTAX; /* unterminated */
+	size_t n = (size_t)(p - start);
+	if (n == 0 && (!bracketed || !(flags & SG_PATH_NULL_OK)))
+		return SG_PATH_BAD;
+	if (n > max)
+		return SG_PATH_BAD;
+	char *at = memrchr(start, '@', n);
+	if (at && (at == start || at == p - 1))
+		return SG_PATH_BAD; /* "@dom" or "user@" */
+	memcpy(out, start, n);
+	out[n] = '\0';
+	if (bracketed)
+		p++;
+	if (*p && *p != ' ')
+		return SG_PATH_SYNTAX;
+	*pp = p;
+	return SG_PATH_OK;
 }

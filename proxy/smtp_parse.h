@@ -1,4 +1,5 @@
-/* proxy/smtp_parse.h: SMTP command line framing and verb/argument split.
+/* proxy/smtp_parse.h: SMTP command line framing, verb/argument split and
+ * the MAIL/RCPT path.
  *
  * A resumable framer over the session's bounded input buffer: the session
  * appends whatever it read and asks for the next complete line until there
@@ -55,5 +56,27 @@ bool sg_line_pending(const sg_lines *st, const char *buf, size_t len,
  * points at the first non-space after it ("" when none).  line must be
  * NUL-terminated.  Trailing spaces of the argument are removed. */
 void sg_cmd_split(char *line, char **verb, char **arg);
+
+/* The path of MAIL FROM: / RCPT TO: (RFC 5321 4.1.2), what sg_path_parse
+ * says of it. */
+enum sg_path_status {
+	SG_PATH_OK = 0,
+	SG_PATH_SYNTAX, /* missing, unterminated, not followed by a blank:
+	                   501 */
+	SG_PATH_BAD,    /* a control octet, '<' '>' ',' ';' or an unquoted
+	                   blank inside, too long, "@dom", "user@", an empty
+	                   path where none is allowed: 553 5.1.3 */
+};
+#define SG_PATH_NULL_OK 0x1 /* "<>" is a path (the null reverse-path) */
+#define SG_PATH_STRICT 0x2  /* angle brackets required */
+
+/* Parse the path at *pp (the blanks after the colon already skipped) into
+ * out (at most max octets and a NUL): "<addr>" with an obsolete source
+ * route ("<@a,@b:addr>") dropped, or, unless SG_PATH_STRICT, a bare
+ * "addr" as Postfix takes it with strict_rfc821_envelopes = no: up to the
+ * first blank outside a quoted string, the same checks.  A bare address
+ * is never empty, so never the null sender.  On SG_PATH_OK *pp points
+ * after the path, at "" or at the blank before the parameters. */
+int sg_path_parse(char **pp, char *out, size_t max, unsigned flags);
 
 #endif

@@ -1,12 +1,15 @@
 /* tests/unit/test_smtp_parse.c: the command line framer (proxy/smtp_parse.c):
  * split reads, the 4096-octet limit on both sides, resync after an overlong
- * line, NUL octets, bare LF, pipelined batches, verb/argument split. */
+ * line, NUL octets, bare LF, pipelined batches, verb/argument split; the
+ * MAIL/RCPT path parser, with and without angle brackets. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../proxy/smtp_parse.h"
 #include "check.h"
+
+#define SG_TEST_PATH_MAX 256 /* SG_PATH_MAX, proxy/session_int.h */
 
 /* A session-like driver: bounded buffer, feed in pieces, collect results. */
 #define BUFMAX 16384
@@ -239,6 +242,83 @@ static void test_split(void)
 	ASSERT_STR_EQ(arg, "");
 }
 
+/* One path: its status, and on SG_PATH_OK the address and what follows. */
+static void path_case(const char *in, unsigned flags, int want,
+                      const char *addr, const char *rest)
+{
+	char buf[600], out[SG_TEST_PATH_MAX + 1] = "";
+	snprintf(buf, sizeof buf, "%s", in);
+	char *p = buf;
+	int got = sg_path_parse(&p, out, SG_TEST_PATH_MAX, flags);
+	if (!ASSERT_EQ(got, want, "%s", in))
+		return;
+	if (want != SG_PATH_OK) {
+		ASSERT_PTR_EQ(p, buf, "%s", in); /* *pp untouched on a refusal */
+		return;
+	}
+	ASSERT_STR_EQ(out, addr, "%s", in);
+	ASSERT_STR_EQ(p, rest, "%s", in);
+}
+
+static void test_path(void)
+{
+	const unsigned N = SG_PATH_NULL_OK, S = SG_PATH_STRICT;
+	/* RFC 5321 4.1.2 paths */
+	path_case("<a@b.example>", 0, SG_PATH_OK, "a@b.example", "");
+	path_case("<a@b.example> SIZE=10", 0, SG_PATH_OK, "a@b.example",
+	          " SIZE=10");
+	path_case("<>", N, SG_PATH_OK, "", "");
+	path_case("<> BODY=7BIT", N | S, SG_PATH_OK, "", " BODY=7BIT");
+	path_case("<>", 0, SG_PATH_BAD, NULL, NULL); /* RCPT TO:<> */
+	path_case("<@r1,@r2:a@b.example>", 0, SG_PATH_OK, "a@b.example", "");
+	path_case("<\"a b>\"@b.example>", 0, SG_PATH_OK, "\"a b>\"@b.example",
+	          "");
+	path_case("<a>", 0, SG_PATH_OK, "a", ""); /* Postfix takes it too */
+	path_case("<a@b.example", 0, SG_PATH_SYNTAX, NULL, NULL);
+	path_case("<a@b.example>SIZE=1", 0, SG_PATH_SYNTAX, NULL, NULL);
+	path_case("<a b@c.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<a<b@c.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<a,b@c.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<a\tb@c.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<@b.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<a@>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("<\"a@b.example>", 0, SG_PATH_SYNTAX, NULL, NULL);
+
+	/* without angle brackets: Postfix's strict_rfc821_envelopes = no */
+	path_case("a@b.example", 0, SG_PATH_OK, "a@b.example", "");
+	path_case("a@b.example SIZE=10 BODY=8BITMIME", N, SG_PATH_OK,
+	          "a@b.example", " SIZE=10 BODY=8BITMIME");
+	path_case("\"a b\"@c.example NOTIFY=NEVER", 0, SG_PATH_OK,
+	          "\"a b\"@c.example", " NOTIFY=NEVER");
+	path_case("@r1:a@b.example", 0, SG_PATH_OK, "a@b.example", "");
+	path_case("", N, SG_PATH_SYNTAX, NULL, NULL); /* "MAIL FROM:" */
+	path_case("@b.example", N, SG_PATH_BAD, NULL, NULL);
+	path_case("a@", N, SG_PATH_BAD, NULL, NULL);
+	path_case("a@b.example>", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("a<b@c.example", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("a;b@c.example", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("a@b\x7f.example", 0, SG_PATH_BAD, NULL, NULL);
+	path_case("\"a b@c.example", 0, SG_PATH_SYNTAX, NULL, NULL);
+	path_case("@r1:", N, SG_PATH_BAD, NULL, NULL); /* never a null sender */
+	/* strict: the brackets are required */
+	path_case("a@b.example", S, SG_PATH_SYNTAX, NULL, NULL);
+	path_case("a@b.example SIZE=1", N | S, SG_PATH_SYNTAX, NULL, NULL);
+	path_case("<a@b.example>", S, SG_PATH_OK, "a@b.example", "");
+
+	/* the length bound, both forms */
+	char big[SG_TEST_PATH_MAX + 16];
+	memset(big, 'x', sizeof big);
+	big[SG_TEST_PATH_MAX - 2] = '@';
+	big[SG_TEST_PATH_MAX] = '\0'; /* exactly max octets */
+	path_case(big, 0, SG_PATH_OK, big, "");
+	big[SG_TEST_PATH_MAX] = 'y';
+	big[SG_TEST_PATH_MAX + 1] = '\0';
+	path_case(big, 0, SG_PATH_BAD, NULL, NULL);
+	char br[sizeof big + 2];
+	snprintf(br, sizeof br, "<%s>", big);
+	path_case(br, 0, SG_PATH_BAD, NULL, NULL);
+}
+
 int main(void)
 {
 	test_split_reads();
@@ -248,5 +328,6 @@ int main(void)
 	test_nul();
 	test_pipelined();
 	test_split();
+	test_path();
 	return CHECK_SUMMARY();
 }
