@@ -8,5 +8,8 @@
 #include "reply_parse.h"
 
 void sg_upstream_caps_set(const sg_ehlo *e);
+/* A link's own EHLO (not the probe's): its SIZE, when it names one, is the
+ * upstream's limit now.  peer names it in the log line of a change. */
+void sg_upstream_caps_size(const sg_ehlo *e, const char *peer);
 
 #endif
