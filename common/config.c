@@ -411,6 +411,12 @@ static const struct key keys[] = {
      NULL, "on SIGTERM, how long sessions may finish before 421"},
     {"server", "log_level", K_LOGLEVEL, C(log_level), "info", NULL,
      "error | warn | info | debug"},
+    {"server", "resolve_client", K_BOOL, C(resolve_client), "no", NULL,
+     "look the client's address up (reverse DNS, forward-confirmed) for "
+     "XCLIENT/XFORWARD NAME= and the Received header; no: NAME=[UNAVAILABLE]"},
+    {"server", "strict_envelope", K_BOOL, C(strict_envelope), "no", NULL,
+     "\"yes\": MAIL FROM / RCPT TO without <angle brackets> get 501; "
+     "\"no\": taken and relayed as <addr>"},
 
     {"listener", "address", K_ADDRESS, 0, NULL, NULL,
      "address:port to listen on, e.g. 0.0.0.0:587 or [::]:587 (required)"},
@@ -438,7 +444,8 @@ static const struct key keys[] = {
     {"tls", "min_version", K_TLSVER, C(tls_min_version), "TLSv1.2", NULL,
      "TLSv1 | TLSv1.1 | TLSv1.2 | TLSv1.3"},
     {"tls", "ciphers", K_STR, C(tls_ciphers), "", NULL,
-     "OpenSSL cipher list for TLS 1.2 and below (empty: OpenSSL default)"},
+     "OpenSSL cipher list for TLS 1.2 and below (empty: ECDHE with AES-GCM "
+     "or ChaCha20-Poly1305 only, Mozilla \"intermediate\")"},
     {"tls", "session_tickets", K_BOOL, C(tls_session_tickets), "yes", NULL,
      "RFC 5077 session tickets for resumption"},
 
@@ -485,13 +492,15 @@ static const struct key keys[] = {
      "waiting for any upstream reply (RFC 5321 4.5.3.2 suggests minutes)"},
 
     {"limits", "max_message_size", K_SIZE, C(max_message_size), "50M", NULL,
-     "advertised in SIZE, enforced while streaming (552 5.3.4)"},
+     "advertised in SIZE (or the upstream's SIZE when smaller), enforced "
+     "while streaming (552 5.3.4)"},
     {"limits", "max_recipients", K_UINT, C(max_recipients), "100", NULL,
      "RCPTs per message; past it 452 4.5.3"},
     {"limits", "idle_timeout", K_DURATION, C(idle_timeout_ms), "5m", NULL,
      "no command for this long: 421 4.4.2 and close"},
-    {"limits", "bare_newline", K_ENUM, C(bare_newline), "reject", bare_modes,
-     "bare CR or LF in DATA: reject (550 5.5.2) | normalize (to CRLF)"},
+    {"limits", "bare_newline", K_ENUM, C(bare_newline), "normalize",
+     bare_modes,
+     "bare CR or LF in DATA: normalize (to CRLF) | reject (550 5.5.2)"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 

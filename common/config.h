@@ -82,6 +82,8 @@ typedef struct sg_config {
 	unsigned max_connections;
 	uint64_t shutdown_timeout_ms;
 	int log_level;
+	bool resolve_client; /* reverse lookup of each client (proxy/client_name.h) */
+	bool strict_envelope; /* MAIL/RCPT paths need their angle brackets */
 
 	/* [listener NAME] */
 	sg_listener_cfg *listeners;

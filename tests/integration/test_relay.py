@@ -147,7 +147,7 @@ def smuggle_body(sep):
 @pytest.mark.parametrize("sep", SMUGGLE, ids=[repr(s)[2:-1] for s in SMUGGLE])
 def test_smuggling_rejected(workdir, keys, start_saslgate, start_fake_upstream, sep):
     up = start_fake_upstream()
-    sg = gate(start_saslgate, workdir, keys, up.port)
+    sg = gate(start_saslgate, workdir, keys, up.port, limits={"bare_newline": "reject"})
     with Raw(sg.port("plain")) as r:
         login(r)
         rep = transaction(r, smuggle_body(sep))
@@ -186,7 +186,7 @@ def test_smuggling_normalized_is_one_message(workdir, keys, start_saslgate,
 
 def test_smuggling_through_postfix(workdir, keys, start_saslgate, start_postfix):
     pf = start_postfix()
-    sg = gate(start_saslgate, workdir, keys, pf.port)
+    sg = gate(start_saslgate, workdir, keys, pf.port, limits={"bare_newline": "reject"})
     with Raw(sg.port("plain")) as r:
         login(r)
         rep = transaction(r, smuggle_body(b"\n.\r\n"))

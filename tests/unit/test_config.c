@@ -475,7 +475,7 @@ static void test_every_key(void)
 	    "max_connections = 77\n"
 	    "shutdown_timeout = 1500ms\n"
 	    "log_level = debug\n"
-	    "\n"
+	    "strict_envelope = yes\n"
 	    "[listener a]\n"
 	    "address = 127.0.0.1:2525\n"
 	    "tls = implicit\n"
@@ -527,7 +527,7 @@ static void test_every_key(void)
 	    "max_message_size = 10M\n"
 	    "max_recipients = 7\n"
 	    "idle_timeout = 90\n"
-	    "bare_newline = normalize\n",
+	    "bare_newline = reject\n",
 	    map, pwfile);
 	sg_config *c = load_ok(path);
 	if (!c)
@@ -539,6 +539,7 @@ static void test_every_key(void)
 	ASSERT_EQ(c->max_connections, 77, "max_connections");
 	ASSERT_EQ(c->shutdown_timeout_ms, 1500, "shutdown_timeout");
 	ASSERT_EQ(c->log_level, SG_LOG_DEBUG, "log_level");
+	ASSERT(c->strict_envelope, "strict_envelope");
 
 	ASSERT_EQ(c->nlisteners, 2);
 	if (c->nlisteners == 2) {
@@ -630,7 +631,7 @@ static void test_every_key(void)
 	ASSERT_EQ(c->max_recipients, 7, "max_recipients");
 	ASSERT_EQ(c->idle_timeout_ms, 90000,
 	          "idle_timeout (bare number = seconds)");
-	ASSERT_EQ(c->bare_newline, SG_BARE_NORMALIZE, "bare_newline");
+	ASSERT_EQ(c->bare_newline, SG_BARE_REJECT, "bare_newline");
 
 	sg_where w = sg_config_where(c, "server", "workers");
 	ASSERT_STR_EQ(w.file, path, "where workers");
@@ -663,6 +664,7 @@ static void test_defaults(void)
 	ASSERT_EQ(c->max_connections, 10000, "max_connections");
 	ASSERT_EQ(c->shutdown_timeout_ms, 30000, "shutdown_timeout");
 	ASSERT_EQ(c->log_level, SG_LOG_INFO, "log_level");
+	ASSERT(!c->strict_envelope, "strict_envelope");
 	if (ASSERT_EQ(c->nlisteners, 1, "listener defaults")) {
 		ASSERT(c->listeners[0].require_auth, "listener defaults");
 		ASSERT(c->listeners[0].require_tls_for_auth, "listener defaults");
@@ -688,7 +690,7 @@ static void test_defaults(void)
 	ASSERT_EQ(c->max_message_size, 50ULL << 20, "limits");
 	ASSERT_EQ(c->max_recipients, 100, "limits");
 	ASSERT_EQ(c->idle_timeout_ms, 300000, "limits");
-	ASSERT_EQ(c->bare_newline, SG_BARE_REJECT, "limits");
+	ASSERT_EQ(c->bare_newline, SG_BARE_NORMALIZE, "limits");
 	sg_where w = sg_config_where(c, "limits", "idle_timeout");
 	ASSERT_EQ(w.line, 0, "an unset key has line 0");
 	sg_config_unref(c);
