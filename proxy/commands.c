@@ -199,6 +199,10 @@ bool sg_cmd_hold_sync(sg_session *s, const sg_reply *r)
 
 void sg_cmd_open_link(sg_session *s, bool with_login, sg_link_cb ready)
 {
+	/* the client's name is still being looked up: this call comes again
+	 * once it is in (or not in time) */
+	if (sg_session_name_wait(s, with_login, ready))
+		return;
 	sg_identity id;
 	sg_session_fill_identity(s, &id, with_login);
 	s->pending = SG_PEND_LINK_OPEN;

@@ -23,6 +23,8 @@
 
 #include "../common/log.h"
 #include "../upstream/identity.h"
+#include "client_name.h"
+#include "commands_int.h"
 #include "proxyproto.h"
 #include "reply.h"
 #include "reply_queue.h"
@@ -211,6 +213,7 @@ static void on_handle_closed(uv_handle_t *h)
 	sg_buf_free(&s->io.out);
 	free(s->up.pend_line);
 	free(s->helo);
+	free(s->name.name);
 	free(s->auth.user);
 	free(s->auth.tried);
 	free(s->txn.mail_from);
@@ -278,6 +281,10 @@ void sg_session_close(sg_session *s, const char *reason)
 	sg_session_state(s, SG_ST_CLOSING);
 	uv_timer_stop(&s->idle);
 	uv_timer_stop(&s->delay); /* also a pending trim */
+	/* a running lookup cannot be stopped: it frees itself, unheard */
+	sg_name_cancel(s->name.q);
+	s->name.q = NULL;
+	s->name.wait = NULL;
 	drop_auth_and_link(s);
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
@@ -629,6 +636,84 @@ void sg_session_starttls(sg_session *s)
 	tls_begin(s);
 }
 
+/* ------------------------------------------------ the client's host name */
+
+/* The link open that waited for the name goes on (sg_cmd_open_link). */
+static void name_wait_over(sg_session *s)
+{
+	sg_link_cb ready = s->name.wait;
+	if (!ready)
+		return;
+	s->name.wait = NULL;
+	uv_timer_stop(&s->delay);
+	sg_cmd_open_link(s, s->name.with_login, ready);
+}
+
+static void on_name(void *arg, int result, const char *name)
+{
+	sg_session *s = arg;
+	s->name.q = NULL; /* freed by client_name.c after this call */
+	if (result == SG_NAME_OK)
+		s->name.name = sg_xstrdup(name);
+	s->name.temp = result == SG_NAME_TEMP;
+	log_debug(s->id, "event=client_name client=%s name=%s", s->client_ip,
+	          result == SG_NAME_OK     ? name
+	          : result == SG_NAME_TEMP ? "[TEMPUNAVAIL]"
+	                                   : "[UNAVAILABLE]");
+	name_wait_over(s);
+}
+
+/* [server] resolve_client: look the client up as soon as its address is
+ * known (after the PROXY header, if any), so the name is usually in when
+ * a link opens; without it NAME= is [UNAVAILABLE]. */
+static void name_start(sg_session *s)
+{
+	if (!s->cfg->resolve_client)
+		return;
+	s->name.q = sg_name_start(s->loop, s->client_ip,
+	                          sg_name_slots(s->cfg->sasl_threads), on_name, s);
+}
+
+/* The name did not come in time: [TEMPUNAVAIL], as for a resolver that
+ * answered "try again" (Postfix XCLIENT_README). */
+static void name_give_up(sg_session *s)
+{
+	log_info(s->id, "event=client_name client=%s name=[TEMPUNAVAIL] "
+	         "reason=\"no answer from the resolver within %ums\"",
+	         s->client_ip, SG_NAME_WAIT_MS);
+	sg_name_cancel(s->name.q);
+	s->name.q = NULL;
+	s->name.temp = true;
+}
+
+static void on_name_wait(uv_timer_t *t)
+{
+	sg_session *s = t->data;
+	if (s->closing || !s->name.wait)
+		return;
+	name_give_up(s);
+	name_wait_over(s);
+}
+
+bool sg_session_name_wait(sg_session *s, bool with_login, sg_link_cb ready)
+{
+	if (!s->name.q)
+		return false;
+	uint64_t age = sg_name_age(s->name.q);
+	if (age >= SG_NAME_WAIT_MS) {
+		name_give_up(s);
+		return false;
+	}
+	s->pending = SG_PEND_LINK_OPEN;
+	s->name.wait = ready;
+	s->name.with_login = with_login;
+	/* the delay timer is free: the session is not quiet (a trim it had
+	 * armed is given up), not in a failure delay, not closing */
+	s->delay.data = s;
+	uv_timer_start(&s->delay, on_name_wait, SG_NAME_WAIT_MS - age, 0);
+	return true;
+}
+
 /* -------------------------------------------------- SASL, identity, DATA */
 
 sg_auth *sg_session_auth(sg_session *s)
@@ -656,6 +741,8 @@ void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login)
 	id->login = with_login ? s->auth.user : NULL;
 	id->client_ip = s->client_ip;
 	id->client_port = s->client_port;
+	id->client_name = s->name.name;
+	id->client_name_temp = s->name.temp;
 	id->helo = s->helo;
 	id->esmtp = s->esmtp;
 	if (s->tls.eng && s->tls.encrypted) {
@@ -783,6 +870,7 @@ static void handle_proxy_header(sg_session *s)
 		addr_text(&res.src, s->client_ip, sizeof s->client_ip,
 		          &s->client_port);
 		addr_text(&res.dst, s->dest_ip, sizeof s->dest_ip, &s->dest_port);
+		name_start(s);
 	}
 	log_info(s->id, "event=proxy version=%d client=%s:%u via=%s:%u%s",
 	         res.version, s->client_ip, s->client_port, peer, peer_port,
@@ -907,8 +995,10 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	}
 	sg_session_idle_rearm(s);
 	update_reading(s);
-	if (s->lc->proxy_protocol == SG_PP_NO)
+	if (s->lc->proxy_protocol == SG_PP_NO) {
+		name_start(s);
 		start_conversation(s);
+	}
 }
 
 /* ------------------------------------------------------------------ drain */

@@ -12,6 +12,7 @@
 #include "../common/tls.h"
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
+#include "client_name.h"
 #include "server.h"
 #include "smtp_parse.h"
 
@@ -122,16 +123,28 @@ typedef struct sg_sess_up {
 	size_t sync_len;
 } sg_sess_up;
 
+/* The client's host name ([server] resolve_client; client_name.h). */
+typedef struct sg_sess_name {
+	sg_name_lookup *q; /* while the lookup runs */
+	char *name;  /* forward-confirmed, allocated to its length; NULL: none */
+	bool temp;   /* the lookup failed for now: [TEMPUNAVAIL] */
+	/* a link open waiting for the lookup's answer: its ready callback and
+	 * with_login (sg_session_name_wait) */
+	sg_link_cb wait;
+	bool with_login;
+} sg_sess_name;
+
 typedef struct sg_session {
 	struct sg_session *next, *prev; /* worker's list (server.h) */
 	sg_worker *w;
 	uv_loop_t *loop;
 	uv_tcp_t tcp;
 	uv_timer_t idle;  /* idle_timeout, re-armed per command */
-	/* One timer for three waits that never overlap (a timer handle is 152
-	 * octets a session): failure_delay before a 535 and the close linger
-	 * are never quiet(), and SG_TRIM_DELAY_MS runs only while the session
-	 * is quiet (on_trim checks it again). */
+	/* One timer for four waits that never overlap (a timer handle is 152
+	 * octets a session): failure_delay before a 535, a link open waiting
+	 * for the client's name and the close linger are never quiet(), and
+	 * SG_TRIM_DELAY_MS runs only while the session is quiet (on_trim
+	 * checks it again). */
 	uv_timer_t delay;
 	int handles;      /* open handles; freed when the last one closes */
 	char id[SG_SID_LEN + 1];
@@ -165,6 +178,7 @@ typedef struct sg_session {
 	sg_sess_auth auth;
 	sg_sess_txn txn;
 	sg_sess_up up;
+	sg_sess_name name;
 
 	unsigned msgs;
 	uint64_t bytes;
@@ -190,6 +204,11 @@ sg_auth *sg_session_auth(sg_session *s);
 /* 354 relayed: stream the following bytes upstream. */
 void sg_session_data_begin(sg_session *s);
 void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
+/* Called first by sg_cmd_open_link: true when the client's name is still
+ * being looked up, and the open waits for it (at most SG_NAME_WAIT_MS from
+ * the lookup's start), then goes on with sg_cmd_open_link(s, with_login,
+ * ready). */
+bool sg_session_name_wait(sg_session *s, bool with_login, sg_link_cb ready);
 
 /* commands.c */
 /* Decide one client line.  false: not now, leave it buffered; that

@@ -1,7 +1,8 @@
 /* upstream/identity.c: every outward form of the identity (identity.h).
  *
- * Postfix XCLIENT_README: NAME is the client host name or [UNAVAILABLE];
- * ADDR is the IPv4 address or "IPV6:" + the IPv6 address; PROTO is SMTP or
+ * Postfix XCLIENT_README: NAME is the client host name (verified: the
+ * session sends only a forward-confirmed one, proxy/client_name.h),
+ * [UNAVAILABLE], or [TEMPUNAVAIL] when its lookup failed for now; ADDR is the IPv4 address or "IPV6:" + the IPv6 address; PROTO is SMTP or
  * ESMTP only (Postfix 3.7 answers "501 5.5.4 Bad PROTO syntax" to ESMTPSA;
  * it derives ESMTPA/ESMTPSA itself from LOGIN and its TLS state); LOGIN is
  * the SASL login name, which Postfix's permit_sasl_authenticated honours.
@@ -31,6 +32,14 @@ static void addr_value(const sg_identity *id, char *out, size_t cap)
 	else
 		snprintf(out, cap, "%s%s", strchr(id->client_ip, ':') ? "IPV6:" : "",
 		         id->client_ip);
+}
+
+/* NAME=: the same three values for XCLIENT and XFORWARD (XFORWARD_README). */
+static const char *name_value(const sg_identity *id)
+{
+	if (id->client_name && *id->client_name)
+		return id->client_name;
+	return id->client_name_temp ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]";
 }
 
 /* Pack "NAME=xtext(value)" of the attributes in attrs that have a value
@@ -103,9 +112,7 @@ int sg_xclient_lines(const sg_identity *id, unsigned attrs,
 	snprintf(dport, sizeof dport, "%u", id->dest_port);
 	addr_value(id, addr, sizeof addr);
 	const attr a[] = {
-	    {SG_XA_NAME, "NAME",
-	     id->client_name && *id->client_name ? id->client_name
-	                                         : "[UNAVAILABLE]"},
+	    {SG_XA_NAME, "NAME", name_value(id)},
 	    {SG_XA_ADDR, "ADDR", addr},
 	    {SG_XA_PORT, "PORT", id->client_port ? port : "[UNAVAILABLE]"},
 	    {SG_XA_PROTO, "PROTO", id->esmtp ? "ESMTP" : "SMTP"},
@@ -126,9 +133,7 @@ int sg_xforward_lines(const sg_identity *id, unsigned attrs,
 	snprintf(port, sizeof port, "%u", id->client_port);
 	addr_value(id, addr, sizeof addr);
 	const attr a[] = {
-	    {SG_XA_NAME, "NAME",
-	     id->client_name && *id->client_name ? id->client_name
-	                                         : "[UNAVAILABLE]"},
+	    {SG_XA_NAME, "NAME", name_value(id)},
 	    {SG_XA_ADDR, "ADDR", addr},
 	    {SG_XA_PORT, "PORT", id->client_port ? port : NULL},
 	    {SG_XA_PROTO, "PROTO", id->esmtp ? "ESMTP" : "SMTP"},
@@ -138,6 +143,28 @@ int sg_xforward_lines(const sg_identity *id, unsigned attrs,
 	};
 	return pack("XFORWARD", a, sizeof a / sizeof a[0], attrs, lines, max,
 	            why);
+}
+
+int sg_identity_ehlo(char *out, size_t cap, const sg_identity *id,
+                     const char *fallback, const char **why)
+{
+	const char *h = id->helo;
+	size_t n = h ? strlen(h) : 0;
+	*why = NULL;
+	if (n == 0)
+		*why = "the client gave no HELO name";
+	else if (n > SG_HELO_NAME_MAX)
+		*why = "the client's HELO name is longer than 255 octets";
+	for (size_t i = 0; i < n && !*why; i++)
+		if ((unsigned char)h[i] < 0x21 || (unsigned char)h[i] > 0x7e)
+			*why = "the client's HELO name is not one word of "
+			       "printable ASCII";
+	int w = snprintf(out, cap, "EHLO %s\r\n", *why ? fallback : h);
+	if (w < 0 || (size_t)w >= cap) {
+		*why = "the EHLO line does not fit";
+		return -1;
+	}
+	return *why ? 1 : 0;
 }
 
 /* Length of the UTF-8 sequence at p (RFC 3629: shortest form, no

@@ -2,7 +2,8 @@
  *
  * The one place that writes the authenticated login (and the client's
  * address, HELO name, ...) in a form another program reads:
- *   - XCLIENT attributes (Postfix XCLIENT_README), LOGIN among them;
+ *   - XCLIENT attributes (Postfix XCLIENT_README), LOGIN among them, and
+ *     the EHLO after them, which carries the client's HELO name;
  *   - XFORWARD attributes (Postfix XFORWARD_README);
  *   - the user in the Received header's "(authenticated sender: ...)"
  *     comment and in "X-Authenticated-User:";
@@ -25,6 +26,9 @@
 #define SG_XCLIENT_LINES 10     /* one per attribute at worst */
 /* RFC 5322 2.1.1: a header line is at most 998 octets without its CRLF */
 #define SG_HEADER_LINE_MAX 998
+/* RFC 1035 2.3.4: the longest HELO name sent on (the session takes no
+ * longer one) */
+#define SG_HELO_NAME_MAX 255
 
 /* XCLIENT (or, with xforward, XFORWARD) commands for id, sending the
  * SG_XA_* attributes in attrs that have a value, packed into as few
@@ -39,6 +43,18 @@ int sg_xclient_lines(const sg_identity *id, unsigned attrs,
 int sg_xforward_lines(const sg_identity *id, unsigned attrs,
                       char lines[][SG_XCLIENT_LINE_MAX + 1], int max,
                       const char **why);
+
+/* The EHLO saslgate sends after XCLIENT (Postfix answers XCLIENT as a new
+ * greeting and expects a new EHLO): "EHLO <the client's HELO name>\r\n",
+ * so the upstream's Received line and HELO restrictions see the client's
+ * name, not saslgate's (nginx's mail proxy does the same).  EHLO even when
+ * the client said HELO: the link needs the upstream's extensions.  The
+ * client's name is sent as it gave it, which the session checked (one word
+ * of printable ASCII, at most SG_HELO_NAME_MAX octets); a name that is
+ * missing or not so gives "EHLO <fallback>" ([upstream] helo) with *why
+ * set.  0: the client's name, 1: the fallback, -1: cap too small. */
+int sg_identity_ehlo(char *out, size_t cap, const sg_identity *id,
+                     const char *fallback, const char **why);
 
 /* Append login as a header value to out: inside a comment (the Received
  * header's "(authenticated sender: ...)": '(', ')' and '\' as quoted-pairs,

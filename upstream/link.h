@@ -26,7 +26,8 @@ typedef struct sg_identity {
 	const char *login;      /* authorized SASL identity; NULL = none */
 	const char *client_ip;  /* after PROXY protocol */
 	unsigned client_port;
-	const char *client_name; /* reverse DNS if known, else NULL */
+	const char *client_name; /* forward-confirmed reverse DNS, else NULL */
+	bool client_name_temp;  /* no name because the lookup failed for now */
 	const char *helo;       /* client's EHLO/HELO argument */
 	bool esmtp;             /* EHLO (true) or HELO */
 	const char *tls_version; /* NULL when plaintext */

@@ -11,7 +11,8 @@
  *   (required: a link without it fails), then EHLO again over TLS (RFC
  *   3207 4.2).  Then the identity, as the identity setting says:
  *    - xclient: XCLIENT commands with the whole identity (identity.h),
- *      any 2xx takes them, then EHLO again (Postfix XCLIENT_README);
+ *      any 2xx takes them, then EHLO again (Postfix XCLIENT_README), this
+ *      time with the client's own HELO name (sg_identity_ehlo);
  *    - xforward: checked here (offered, and every attribute fits), sent
  *      later before each MAIL (link_xfer.c);
  *    - auth: AUTH PLAIN or LOGIN as the service account, over TLS or to a
@@ -71,6 +72,28 @@ static void send_ehlo(sg_link *l)
 {
 	char line[UP_CMD_MAX];
 	snprintf(line, sizeof line, "EHLO %s\r\n", l->cfg->upstream_helo);
+	l->phase = P_EHLO;
+	link_cmd(l, line);
+	link_arm(l, l->cfg->upstream_timeout_ms);
+}
+
+/* After XCLIENT: EHLO as the client, so the upstream's Received line and
+ * HELO restrictions see its name; saslgate's own when the client's cannot
+ * be sent (logged). */
+static void send_client_ehlo(sg_link *l)
+{
+	char line[UP_CMD_MAX];
+	const char *why = NULL;
+	int rc = sg_identity_ehlo(line, sizeof line, &l->id,
+	                          l->cfg->upstream_helo, &why);
+	if (rc != 0)
+		log_warn(link_sid(l), "event=upstream_helo_fallback upstream=%s "
+		         "helo=%s reason=\"%s\"", l->peer, l->cfg->upstream_helo,
+		         why);
+	if (rc < 0) {
+		send_ehlo(l);
+		return;
+	}
 	l->phase = P_EHLO;
 	link_cmd(l, line);
 	link_arm(l, l->cfg->upstream_timeout_ms);
@@ -417,7 +440,7 @@ static void xclient_reply(sg_link *l, int code, const char *t)
 	/* XCLIENT_README: the server answers like a new greeting; the
 	 * client must say EHLO again and read the extensions anew. */
 	l->identity_done = true;
-	send_ehlo(l);
+	send_client_ehlo(l);
 }
 
 /* AUTH PLAIN: 235.  AUTH LOGIN: 334, user, 334, password, 235. */
@@ -472,6 +495,8 @@ void link_handshake_reply(sg_link *l, const sg_reply_reader *rr,
 			link_fail_server(l, "EHLO: %s", t);
 			return;
 		}
+		if (!l->probe) /* the upstream's limit now (caps.h) */
+			sg_upstream_caps_size(&l->ehlo, l->peer);
 		after_ehlo(l);
 		return;
 	case P_STARTTLS:

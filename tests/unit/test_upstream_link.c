@@ -417,6 +417,8 @@ static void test_xclient(void)
 	got g;
 	sg_link *l = open_ok(cfg, &g);
 	ASSERT(sg_link_alive(l));
+	/* a HELO name with a space cannot be an EHLO argument: after XCLIENT
+	 * saslgate's own (logged), the client's in HELO= all the same */
 	ASSERT(log_has(&f, "XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 "
 	                   "PORT=40000 PROTO=ESMTP HELO=client+20helo "
 	                   "LOGIN=alice@example.org\r\nEHLO gate.example\r\n"));
@@ -645,6 +647,50 @@ static void test_loss(void)
 		ASSERT_EQ(g.code[0], 451);
 		ASSERT_EQ(g.code[1], 451);
 	}
+	sg_link_close(l);
+	settle(50);
+	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
+	free(cfg);
+}
+
+/* After XCLIENT the EHLO carries the client's HELO name (the upstream's
+ * Received line and HELO restrictions see the client); the first EHLO is
+ * saslgate's.  A client that said HELO gets EHLO upstream too (PROTO=SMTP
+ * tells the upstream which it used). */
+static void test_xclient_client_ehlo(void)
+{
+	fake f;
+	fake_start(&f);
+	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
+	sg_identity id = ID;
+	id.helo = "client.example";
+	id.client_name = "mx.example.org";
+	got g = {0};
+	sg_link *l = sg_link_open(loop, cfg, &id, on_reply, &g);
+	wait_for(&g.n, 1);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 250);
+	ASSERT(!strncmp(f.log.data, "EHLO gate.example\r\nXCLIENT ", 27));
+	ASSERT(log_has(&f, "XCLIENT NAME=mx.example.org ADDR=IPV6:2001:db8::7 "
+	                   "PORT=40000 PROTO=ESMTP HELO=client.example "
+	                   "LOGIN=alice@example.org\r\nEHLO client.example\r\n"));
+	ASSERT_EQ(log_count(&f, "EHLO "), 2);
+	sg_link_close(l);
+	settle(50);
+
+	sg_buf_reset(&f.log);
+	id.esmtp = false;
+	id.client_name = NULL;
+	id.client_name_temp = true;
+	memset(&g, 0, sizeof g);
+	l = sg_link_open(loop, cfg, &id, on_reply, &g);
+	wait_for(&g.n, 1);
+	if (ASSERT_EQ(g.n, 1))
+		ASSERT_EQ(g.code[0], 250);
+	ASSERT(log_has(&f, "XCLIENT NAME=[TEMPUNAVAIL] ADDR=IPV6:2001:db8::7 "
+	                   "PORT=40000 PROTO=SMTP HELO=client.example "
+	                   "LOGIN=alice@example.org\r\nEHLO client.example\r\n"));
 	sg_link_close(l);
 	settle(50);
 	fake_stop(&f);
@@ -887,6 +933,7 @@ int main(void)
 	uv_timer_init(loop, &tick);
 	uv_timer_start(&tick, on_tick, 10, 10);
 	test_xclient();
+	test_xclient_client_ehlo();
 	test_refused();
 	test_failover();
 	test_aborts();

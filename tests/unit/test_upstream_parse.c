@@ -380,6 +380,74 @@ static void test_identity_commands(void)
 	ASSERT_EQ(sg_xforward_lines(&f, fa, lines, SG_XCLIENT_LINES, &why), -1);
 }
 
+/* NAME=: the confirmed name, [TEMPUNAVAIL] when the lookup failed for
+ * now, else [UNAVAILABLE]; the same for XFORWARD (proxy/client_name.h). */
+static void test_identity_name(void)
+{
+	char lines[SG_XCLIENT_LINES][SG_XCLIENT_LINE_MAX + 1];
+	const char *why = NULL;
+	sg_identity id = {.client_ip = "192.0.2.1", .esmtp = true};
+	ASSERT_EQ(sg_xclient_lines(&id, SG_XA_NAME, lines, 1, &why), 1);
+	ASSERT_STR_EQ(lines[0], "XCLIENT NAME=[UNAVAILABLE]\r\n");
+	id.client_name_temp = true;
+	ASSERT_EQ(sg_xclient_lines(&id, SG_XA_NAME, lines, 1, &why), 1);
+	ASSERT_STR_EQ(lines[0], "XCLIENT NAME=[TEMPUNAVAIL]\r\n");
+	ASSERT_EQ(sg_xforward_lines(&id, SG_XA_NAME, lines, 1, &why), 1);
+	ASSERT_STR_EQ(lines[0], "XFORWARD NAME=[TEMPUNAVAIL]\r\n");
+	id.client_name = "mx.example.org";
+	ASSERT_EQ(sg_xclient_lines(&id, SG_XA_NAME, lines, 1, &why), 1);
+	ASSERT_STR_EQ(lines[0], "XCLIENT NAME=mx.example.org\r\n");
+	ASSERT_EQ(sg_xforward_lines(&id, SG_XA_NAME, lines, 1, &why), 1);
+	ASSERT_STR_EQ(lines[0], "XFORWARD NAME=mx.example.org\r\n");
+}
+
+/* The EHLO after XCLIENT: the client's HELO name as it gave it, else the
+ * fallback, with a reason. */
+static void test_identity_ehlo(void)
+{
+	char line[512];
+	const char *why = NULL;
+	sg_identity id = {.helo = "client.example", .esmtp = false};
+	ASSERT_EQ(sg_identity_ehlo(line, sizeof line, &id, "gate.example", &why),
+	          0);
+	ASSERT_STR_EQ(line, "EHLO client.example\r\n");
+	ASSERT_NULL(why);
+	/* an address literal, quotes, a backslash: one word, sent as it is */
+	id.helo = "[192.0.2.7]";
+	ASSERT_EQ(sg_identity_ehlo(line, sizeof line, &id, "gate.example", &why),
+	          0);
+	ASSERT_STR_EQ(line, "EHLO [192.0.2.7]\r\n");
+	id.helo = "quo\"te\\";
+	ASSERT_EQ(sg_identity_ehlo(line, sizeof line, &id, "gate.example", &why),
+	          0);
+	ASSERT_STR_EQ(line, "EHLO quo\"te\\\r\n");
+	char longest[300];
+	memset(longest, 'h', 255);
+	longest[255] = '\0';
+	id.helo = longest;
+	ASSERT_EQ(sg_identity_ehlo(line, sizeof line, &id, "gate.example", &why),
+	          0);
+	ASSERT_EQ(strlen(line), 5u + 255u + 2u);
+
+	/* 256 octets, and names the session would not have taken */
+	longest[255] = 'h';
+	longest[256] = '\0';
+	const char *const unusable[] = {NULL, "", "two words", "tab\there",
+	                                "ctl\x01", "\xc3\xa9t\xc3\xa9", longest};
+	for (size_t i = 0; i < sizeof unusable / sizeof unusable[0]; i++) {
+		id.helo = unusable[i];
+		why = NULL;
+		ASSERT_EQ(sg_identity_ehlo(line, sizeof line, &id, "gate.example",
+		                           &why),
+		          1, "case %zu", i);
+		ASSERT_STR_EQ(line, "EHLO gate.example\r\n", "case %zu", i);
+		ASSERT_NOT_NULL(why, "case %zu", i);
+	}
+	/* no room for the line: -1, never a cut command */
+	id.helo = "client.example";
+	ASSERT_EQ(sg_identity_ehlo(line, 10, &id, "gate.example", &why), -1);
+}
+
 /* Header forms of the login: exact, or refused. */
 static void test_identity_header(void)
 {
@@ -609,6 +677,8 @@ static void test_received_same_as_before(void)
 int main(void)
 {
 	test_identity_commands();
+	test_identity_name();
+	test_identity_ehlo();
 	test_identity_header();
 	test_identity_other_forms();
 	test_xtext();
