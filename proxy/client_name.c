@@ -44,7 +44,7 @@ static __thread unsigned t_running, t_slots;
 
 static void pump(void);
 
-/* ---- pure rules ------------------------------------------------------------ */
+/* ---- pure rules --------------------------------------------------------- */
 
 int sg_name_error_result(int st)
 {
@@ -131,7 +131,7 @@ unsigned sg_name_slots(unsigned sasl_threads)
 	return (t + 1) / 2;
 }
 
-/* ---- the lookup -------------------------------------------------------------- */
+/* ---- the lookup --------------------------------------------------------- */
 
 static void destroy(sg_name_lookup *q)
 {
@@ -270,7 +270,7 @@ void sg_name_cancel(sg_name_lookup *q)
 	q->cb = NULL;
 	if (q->running) {
 		/* a request not yet taken by a pool thread is cancelled: its
-		 * callback then comes with UV_ECANCELED and frees q */
+		 * callback then comes with UV_EAI_CANCELED and frees q */
 		uv_cancel(q->step == STEP_FORWARD ? (uv_req_t *)&q->req.ai
 		                                  : (uv_req_t *)&q->req.ni);
 		return;

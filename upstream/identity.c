@@ -2,8 +2,9 @@
  *
  * Postfix XCLIENT_README: NAME is the client host name (verified: the
  * session sends only a forward-confirmed one, proxy/client_name.h),
- * [UNAVAILABLE], or [TEMPUNAVAIL] when its lookup failed for now; ADDR is the IPv4 address or "IPV6:" + the IPv6 address; PROTO is SMTP or
- * ESMTP only (Postfix 3.7 answers "501 5.5.4 Bad PROTO syntax" to ESMTPSA;
+ * [UNAVAILABLE], or [TEMPUNAVAIL] when its lookup failed for now; ADDR is
+ * the IPv4 address or "IPV6:" + the IPv6 address; PROTO is SMTP or ESMTP
+ * only (Postfix 3.7 answers "501 5.5.4 Bad PROTO syntax" to ESMTPSA;
  * it derives ESMTPA/ESMTPSA itself from LOGIN and its TLS state); LOGIN is
  * the SASL login name, which Postfix's permit_sasl_authenticated honours.
  * Values are xtext so a client-chosen HELO or login cannot add attributes.
