@@ -35,7 +35,7 @@
 
 enum verb {
 	V_EHLO, V_HELO, V_STARTTLS, V_AUTH, V_MAIL, V_RCPT, V_DATA, V_RSET,
-	V_NOOP, V_VRFY, V_QUIT, V_HELP,
+	V_NOOP, V_VRFY, V_QUIT, V_HELP, V_BDAT,
 };
 
 #define ST(x) (1u << (x))
@@ -72,6 +72,7 @@ static void cmd_noop(sg_session *s, char *arg);
 static void cmd_vrfy(sg_session *s, char *arg);
 static void cmd_quit(sg_session *s, char *arg);
 static void cmd_help(sg_session *s, char *arg);
+static void cmd_bdat(sg_session *s, char *arg);
 
 static const sg_cmd cmd_table[] = {
 	{"EHLO", V_EHLO, cmd_ehlo, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
@@ -88,6 +89,8 @@ static const sg_cmd cmd_table[] = {
 	{"VRFY", V_VRFY, cmd_vrfy, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
 	{"QUIT", V_QUIT, cmd_quit, ST_SESSION, SG_R_BAD_SEQ, F_GROUP_END},
 	{"HELP", V_HELP, cmd_help, ST_SESSION, SG_R_BAD_SEQ, 0},
+	/* every state that reads lines: a refused BDAT's octets are read too */
+	{"BDAT", V_BDAT, cmd_bdat, ST_SESSION, SG_R_BAD_SEQ, 0},
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -97,6 +100,7 @@ void sg_cmd_txn_reset(sg_session *s)
 	sg_session_set_str(&s->txn.mail_from, NULL, 0);
 	s->txn.rcpts = 0;
 	s->txn.msg_size = 0;
+	sg_session_bdat_reset(s);
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
 	    s->state == SG_ST_DATA)
 		sg_session_state(s, SG_ST_READY);
@@ -127,60 +131,27 @@ static bool param_is(const char *tok, const char *key)
 	return strncasecmp(tok, key, n) == 0 && (tok[n] == '\0' || tok[n] == '=');
 }
 
-/* Parse "<path>" at *pp into out (angle brackets and an obsolete source
- * route removed).  Returns SG_R_COUNT when fine, else the reply: 501 for a
- * missing or unterminated path, 553 5.1.3 for a bad address. */
-static enum sg_rep parse_path(char **pp, char *out, bool allow_empty)
+/* The path at *pp into out (smtp_parse.h: sg_path_parse).  Without
+ * [server] strict_envelope, "MAIL FROM:user@example.org" is taken as
+ * Postfix takes it (strict_rfc821_envelopes = no): printers, scanners and
+ * old scripts send it so, and it goes upstream as "<user@example.org>".
+ * Returns SG_R_COUNT when fine, else the reply: 501 for a missing or
+ * unterminated path (or a bare one when strict), 553 5.1.3 for a bad
+ * address. */
+static enum sg_rep parse_path(const sg_session *s, char **pp, char *out,
+                              bool allow_empty)
 {
-	char *p = *pp;
-	if (*p != '<')
-		return SG_R_SYNTAX;
-	p++;
-	/* RFC 5321 4.1.2 / C: "@a,@b:user@c", the route is to be ignored */
-	if (*p == '@') {
-		char *colon = strchr(p, ':');
-		if (!colon)
-			return SG_R_BAD_ADDR;
-		p = colon + 1;
-	}
-	char *start = p;
-	bool quoted = false;
-	for (; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-		if (c < 0x20 || c == 0x7f)
-			return SG_R_BAD_ADDR;
-		if (quoted && c == '\\' && p[1]) {
-			p++;
-			continue;
-		}
-		if (c == '"') {
-			quoted = !quoted;
-			continue;
-		}
-		if (quoted)
-			continue;
-		if (c == '>')
-			break;
-		if (c == ' ' || c == '<' || c == ',' || c == ';')
-			return SG_R_BAD_ADDR;
-	}
-	if (*p != '>')
-		return SG_R_SYNTAX;
-	size_t n = (size_t)(p - start);
-	if (n == 0 && !allow_empty)
+	unsigned flags = allow_empty ? SG_PATH_NULL_OK : 0;
+	if (s->cfg->strict_envelope)
+		flags |= SG_PATH_STRICT;
+	switch (sg_path_parse(pp, out, SG_PATH_MAX, flags)) {
+	case SG_PATH_OK:
+		return SG_R_COUNT;
+	case SG_PATH_BAD:
 		return SG_R_BAD_ADDR;
-	if (n > SG_PATH_MAX)
-		return SG_R_BAD_ADDR;
-	char *at = memrchr(start, '@', n);
-	if (at && (at == start || at == p - 1))
-		return SG_R_BAD_ADDR; /* "@dom" or "user@" */
-	memcpy(out, start, n);
-	out[n] = '\0';
-	p++;
-	if (*p && *p != ' ')
+	default:
 		return SG_R_SYNTAX;
-	*pp = p;
-	return SG_R_COUNT;
+	}
 }
 
 /* ---------------------------------------------------------- opening */
@@ -418,6 +389,7 @@ static bool greet(sg_session *s, const char *arg, bool esmtp)
 	}
 	sg_session_set_str(&s->helo, arg, SG_HELO_MAX);
 	s->esmtp = esmtp;
+	s->bdat.offered = false; /* until this EHLO's reply offers it */
 	sg_session_state(s, SG_ST_READY);
 	return true;
 }
@@ -451,8 +423,10 @@ static void cmd_ehlo(sg_session *s, char *arg)
 	int n = 0;
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "%s", s->cfg->hostname);
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "PIPELINING");
+	/* RFC 1870: never more than the upstream takes */
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "SIZE %llu",
-	         (unsigned long long)s->cfg->max_message_size);
+	         (unsigned long long)sg_size_limit(s->cfg->max_message_size,
+	                                           caps.size));
 	/* the contract promises 8BITMIME; MAIL refuses BODY=8BITMIME only when
 	 * a probed upstream lacks it */
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "8BITMIME");
@@ -461,6 +435,11 @@ static void cmd_ehlo(sg_session *s, char *arg)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "SMTPUTF8");
 	if (caps.dsn)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "DSN");
+	/* RFC 3030: relayed as BDAT, or as DATA by a link whose upstream
+	 * lacks it after all (a failover server) */
+	if (caps.chunking)
+		snprintf(lines[n++], SG_EHLO_LINE_MAX, "CHUNKING");
+	s->bdat.offered = caps.chunking;
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "ENHANCEDSTATUSCODES");
 	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls.eng && s->tls.ctx)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "STARTTLS");
@@ -531,7 +510,9 @@ static enum sg_rep mail_param(sg_session *s, const char *tok,
 		unsigned long long sz = strtoull(v, &end, 10);
 		if (*end)
 			return SG_R_SYNTAX;
-		if (s->cfg->max_message_size && sz > s->cfg->max_message_size)
+		/* the limit EHLO advertised */
+		uint64_t max = sg_size_limit(s->cfg->max_message_size, caps->size);
+		if (max && sz > max)
 			return SG_R_TOO_BIG;
 		return SG_R_COUNT;
 	}
@@ -606,7 +587,7 @@ static void cmd_mail(sg_session *s, char *arg)
 	while (*p == ' ') /* tolerated, as Postfix does */
 		p++;
 	char addr[SG_PATH_MAX + 1];
-	enum sg_rep bad = parse_path(&p, addr, true);
+	enum sg_rep bad = parse_path(s, &p, addr, true);
 	if (bad == SG_R_COUNT)
 		bad = check_params(s, p, mail_param);
 	if (bad != SG_R_COUNT) {
@@ -653,8 +634,9 @@ static void cmd_mail(sg_session *s, char *arg)
 	sg_cmd_open_link(s, s->auth.ok, on_mail_link_ready);
 }
 
-/* "TO:<path> params" checked and made into the line relayed upstream
- * (out, *n octets).  SG_R_COUNT when fine, else the reply. */
+/* "TO:<path> params" (or a bare path, parse_path) checked and made into
+ * the line relayed upstream (out, *n octets).  SG_R_COUNT when fine, else
+ * the reply. */
 static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
                              int *n)
 {
@@ -664,7 +646,7 @@ static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
 	while (*p == ' ')
 		p++;
 	char addr[SG_PATH_MAX + 1];
-	enum sg_rep bad = parse_path(&p, addr, false);
+	enum sg_rep bad = parse_path(s, &p, addr, false);
 	if (bad == SG_R_COUNT)
 		bad = check_params(s, p, rcpt_param);
 	if (bad != SG_R_COUNT)
@@ -726,6 +708,97 @@ static void cmd_rset(sg_session *s, char *arg)
 	sg_reply_send(s, SG_R_OK);
 }
 
+/* ---------------------------------------------------------------- BDAT */
+
+/* "chunk-size [LAST]" (RFC 3030 2).  1: fine; 0: the size is read but
+ * what follows it is not " LAST"; -1: no size (not all digits, or past
+ * 2^64 - 1). */
+static int bdat_args(const char *arg, uint64_t *size, bool *last)
+{
+	const char *p = arg;
+	uint64_t v = 0;
+	*last = false;
+	if (*p < '0' || *p > '9')
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	*size = v;
+	if (*p == '\0')
+		return 1;
+	if (*p != ' ')
+		return -1; /* "10x": the size is not the digits alone */
+	while (*p == ' ')
+		p++;
+	if (strcasecmp(p, "LAST") != 0)
+		return 0;
+	*last = true;
+	return 1;
+}
+
+/* The message fails with one of our replies (sg_session_bdat_fail). */
+static void bdat_fail_with(sg_session *s, enum sg_rep r)
+{
+	char text[512];
+	size_t n = sg_reply_text(s, r, text, sizeof text);
+	sg_session_bdat_fail(s, text, n);
+}
+
+static void bdat_refused_log(sg_session *s, uint64_t size, const char *why)
+{
+	log_info(s->id, "event=bdat_refused size=%llu reason=\"%s\"",
+	         (unsigned long long)size, why);
+}
+
+/* RFC 3030: BDAT <size> [LAST].  Whatever its reply, the size octets after
+ * the line are the chunk's: they are read as such, never as commands
+ * (sg_session_bdat_chunk), and the reply comes once they are in.  A chunk
+ * of a transaction that is refused fails the message (RFC 3030 4.2): the
+ * later chunks are dropped, each answered with that failure, until RSET
+ * or the LAST ends the transaction. */
+static void cmd_bdat(sg_session *s, char *arg)
+{
+	uint64_t size = 0;
+	bool last = false;
+	int syn = bdat_args(arg, &size, &last);
+	if (syn < 0) {
+		/* the octets that follow cannot be told from commands */
+		bdat_refused_log(s, 0, "chunk size unreadable");
+		sg_reply_send(s, SG_R_BDAT_SIZE);
+		sg_session_close(s, "BDAT syntax");
+		return;
+	}
+	if (!s->bdat.offered) {
+		bdat_refused_log(s, size, "CHUNKING not offered");
+		sg_session_bdat_chunk(s, size, last, SG_R_NO_CHUNKING);
+		return;
+	}
+	/* RFC 3030 3: as DATA, a transaction with a recipient */
+	if (s->state != SG_ST_RCPT || s->txn.rcpts == 0) {
+		bdat_refused_log(s, size, "no transaction with a recipient");
+		sg_session_bdat_chunk(s, size, last, s->state == SG_ST_MAIL
+		                                         ? SG_R_NEED_RCPT
+		                                         : SG_R_NEED_MAIL);
+		return;
+	}
+	if (syn == 0) {
+		bdat_refused_log(s, size, "syntax");
+		bdat_fail_with(s, SG_R_BDAT_SYNTAX);
+		sg_session_bdat_chunk(s, size, false, SG_R_COUNT);
+		return;
+	}
+	if (!s->bdat.txn && (!s->up.link || !sg_link_alive(s->up.link))) {
+		bdat_refused_log(s, size, "upstream lost");
+		bdat_fail_with(s, SG_R_UPSTREAM_DOWN);
+	}
+	if (!s->bdat.txn)
+		sg_session_bdat_begin(s);
+	sg_session_bdat_chunk(s, size, last, SG_R_COUNT);
+}
+
 /* ---------------------------------------------------------- the others */
 
 static void cmd_noop(sg_session *s, char *arg) { sg_reply_send(s, SG_R_OK); }
@@ -761,7 +834,9 @@ bool sg_cmd_line(sg_session *s, char *line, size_t len)
 		sg_cmd_auth_response(s, line, len);
 		return true;
 	}
-	if (has_control(line, len)) {
+	/* a BDAT line is framed by its size even when refused: its parser
+	 * refuses the control octets */
+	if (has_control(line, len) && strncasecmp(line, "BDAT ", 5) != 0) {
 		if (ahead)
 			return false;
 		sg_reply_send(s, SG_R_CONTROL);
@@ -786,6 +861,9 @@ bool sg_cmd_line(sg_session *s, char *line, size_t len)
 	}
 	if (!(c->states & ST(txn_state(s)))) {
 		refuse(s, c->bad_seq);
+	} else if (s->bdat.txn && (c->id == V_RCPT || c->id == V_DATA)) {
+		/* RFC 3030 3: BDAT carries the rest of the transaction */
+		refuse(s, SG_R_AFTER_BDAT);
 	} else {
 		c->fn(s, arg);
 	}

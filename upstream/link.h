@@ -6,9 +6,9 @@
  * [upstream] servers in order (names resolved on the thread pool), says EHLO,
  * optional STARTTLS, hands over the identity (XCLIENT / XFORWARD / service
  * account AUTH / nothing) and calls ready.  From then on the session passes
- * MAIL/RCPT/RSET lines through and streams DATA; every reply it gives the
- * client for those comes from the upstream (or is a 4xx/5xx of ours), never
- * a 2xx the upstream did not send.  Implemented by link_connect.c,
+ * MAIL/RCPT/RSET lines through and streams DATA or BDAT chunks; every reply
+ * it gives the client for those comes from the upstream (or is a 4xx/5xx of
+ * ours), never a 2xx the upstream did not send.  Implemented by link_connect.c,
  * link_handshake.c and link_xfer.c (link_int.h). */
 #ifndef SG_UPSTREAM_LINK_H
 #define SG_UPSTREAM_LINK_H
@@ -93,6 +93,31 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg));
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause);
 
+/* BDAT (RFC 3030): a message in the client's chunks, with DATA's limits,
+ * headers and policies: the octets are dot-stuffed (bdat.h) and go through
+ * the same scanner.  Relayed as BDAT when this upstream offers CHUNKING,
+ * else as DATA (sent by begin; no octet goes before its 354).
+ *   begin: the session accepted the message's first chunk; done and drain
+ *     as for DATA.
+ *   feed: the chunks' octets, raw; last: buf ends the LAST chunk.  Returns
+ *     how many it took.  *pause: stop feeding until drain, and nothing
+ *     past the count was taken (with last: not the end either).  Without
+ *     *pause, all of buf was taken, and with last the message is over:
+ *     done is called once with the final reply (the upstream's to its
+ *     final dot or BDAT LAST, or a refusal: 550 5.5.2 / 550 5.6.0 /
+ *     552 5.3.4 / 451, or the upstream's refusal of a chunk or the DATA).
+ *   status: after a chunk that was not the LAST, NULL while the message
+ *     goes on, else the reply it failed with (text valid until cancel).
+ *   cancel: the message is given up (RSET, a refused chunk, a failure):
+ *     nothing of it is delivered, done is not called.  A command while a
+ *     chunked message is open (RSET) cancels it first. */
+void sg_link_bdat_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg));
+size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
+                         bool *pause);
+const char *sg_link_bdat_status(const sg_link *l);
+void sg_link_bdat_cancel(sg_link *l);
+
 /* Upstream queue id from the last final reply ("queued as ABC123"), or "". */
 const char *sg_link_last_queue_id(sg_link *l);
 /* host:port of the upstream this link talks to. */
@@ -103,8 +128,10 @@ bool sg_link_alive(sg_link *l);
 void sg_link_close(sg_link *l);
 
 /* EHLO honesty: what the upstream offers, probed at start and on reload
- * (sg_upstream_probe) and cached.  Read by the session when it builds its
- * EHLO reply.  Before the first probe answers, all false. */
+ * (sg_upstream_probe) and cached; size is also taken from each link's own
+ * EHLO, so a changed limit upstream shows without a reload.  Read by the
+ * session when it builds its EHLO reply.  Before the first probe answers,
+ * all false. */
 typedef struct sg_upstream_caps {
 	bool probed;
 	bool eightbitmime, smtputf8, dsn, pipelining, chunking;
@@ -113,5 +140,15 @@ typedef struct sg_upstream_caps {
 
 void sg_upstream_probe(uv_loop_t *loop, const sg_config *cfg);
 sg_upstream_caps sg_upstream_caps_get(void);
+
+/* The message size limit a session advertises (EHLO SIZE), checks at MAIL
+ * SIZE= and enforces in DATA (552 5.3.4): max_message_size, or the
+ * upstream's SIZE when that is smaller, so a message the upstream would
+ * refuse at its end is refused before it is uploaded.  0 on either side
+ * is no limit (RFC 1870 4: "SIZE 0"; upstream: none advertised). */
+static inline uint64_t sg_size_limit(uint64_t ours, uint64_t upstream)
+{
+	return upstream && (!ours || upstream < ours) ? upstream : ours;
+}
 
 #endif

@@ -1,10 +1,10 @@
 /* upstream/link_xfer.c
  *
  * NAME
- *   link_xfer - the upstream link in READY: commands, replies, DATA
+ *   link_xfer - the upstream link in READY: commands, replies, DATA, BDAT
  * SUMMARY
- *   sg_link_command, sg_link_mail, sg_link_data_begin and
- *   sg_link_data_feed of link.h; the replies in READY (link_ready_reply).
+ *   sg_link_command, sg_link_mail, sg_link_data_begin, sg_link_data_feed
+ *   and sg_link_bdat_* of link.h; the replies in READY (link_ready_reply).
  * DESCRIPTION
  *   Commands are queued in order and each gets exactly one reply: the
  *   upstream's, or a 4xx/5xx of ours (never a 2xx the upstream did not
@@ -20,7 +20,19 @@
  *   one write per read from the client, usually.  A message refused
  *   mid-stream (bare CR/LF, NUL, too big) is aborted by closing the
  *   upstream connection without the final dot, so the upstream cannot
- *   deliver a part of it; the link reconnects for the next command. */
+ *   deliver a part of it; the link reconnects for the next command.
+ *
+ *   BDAT (RFC 3030): the client's chunks are dot-stuffed (bdat.h) and go
+ *   through the same scanner, so a chunked message gets DATA's limits,
+ *   Received header, X-Authenticated-User stripping and bare CR/LF and NUL
+ *   policy.  To an upstream that offers CHUNKING each step's output goes
+ *   un-stuffed as a BDAT of its own (pipelined when PIPELINING is offered,
+ *   else one at a time), and the end as BDAT LAST, whose reply is the
+ *   message's; any chunk the upstream refuses fails the message.  To one
+ *   that does not (a failover server the probe did not see), DATA is sent
+ *   and the output goes as it is after the 354.  A chunked message that
+ *   fails or is given up is aborted like a refused DATA: the connection
+ *   closes, so the upstream holds no part of it. */
 #include "link_int.h"
 
 #include <stdlib.h>
@@ -28,6 +40,7 @@
 #include <strings.h>
 
 #include "../common/log.h"
+#include "bdat.h"
 #include "received.h"
 
 /* Replies of ours (code, text); all 4xx/5xx: never a 2xx we did not get. */
@@ -37,6 +50,12 @@
 /* NUL is no 7bit or 8bit data (RFC 2045 2.7, 2.8); 5.6.0: RFC 3463 */
 #define R_NUL "550 5.6.0 Message contains NUL octets\r\n"
 #define R_BIG "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+
+static void bdat_wake(sg_link *l);
+static void bdat_data_reply(sg_link *l, const sg_reply_reader *rr,
+                            const char *t);
+static void bdat_refused(sg_link *l, const sg_reply_reader *rr, const char *t);
+static void bdat_over(sg_link *l);
 
 /* ---- replies of ours ----------------------------------------------------- */
 
@@ -114,6 +133,7 @@ void link_became_dead(sg_link *l, const char *why)
 	if (l->in_data)
 		l->lost = true;
 	fail_pending(l, R_LOST);
+	bdat_wake(l);
 }
 
 /* ---- the command queue --------------------------------------------------- */
@@ -121,7 +141,10 @@ void link_became_dead(sg_link *l, const char *why)
 static bool is_barrier(const sg_link *l, const pending *p)
 {
 	/* RFC 2920 3.1: DATA ends a group; XFORWARD must be taken before MAIL
-	 * (fail closed), so it is never pipelined with it. */
+	 * (fail closed), so it is never pipelined with it.  RFC 3030 4.2:
+	 * BDAT chunks may be pipelined (the LAST is K_DATA_END). */
+	if (p->kind == K_BDAT)
+		return !l->ehlo.pipelining;
 	return !l->ehlo.pipelining || p->kind != K_USER ||
 	       !strncasecmp(p->line, "DATA", 4);
 }
@@ -192,6 +215,8 @@ static pending *enqueue(sg_link *l, int kind, const char *line, size_t len,
 void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
                      void *arg)
 {
+	/* RSET between chunks (RFC 3030 4.2) gives the chunked message up */
+	sg_link_bdat_cancel(l);
 	if (l->phase == P_CLOSED || len > UP_CMD_MAX * 8) {
 		defer_reply(l, cb, arg, R_LOST);
 		return;
@@ -283,9 +308,14 @@ void link_ready_reply(sg_link *l, const sg_reply_reader *rr, const char *t)
 		          l->peer, t, l->peer);
 		l->xforward_refused = true;
 	}
+	if (p->kind == K_BDAT_DATA)
+		bdat_data_reply(l, rr, t);
+	else if (p->kind == K_BDAT && rr->code / 100 != 2)
+		bdat_refused(l, rr, t);
 	if (p->kind == K_DATA_END) {
 		sg_reply_queue_id(rr->text, rr->len, l->qid, sizeof l->qid);
 		l->in_data = false;
+		bdat_over(l);
 	}
 	if (p->kind == K_USER || p->kind == K_DATA_END)
 		if (!l->owner_gone && p->cb)
@@ -293,6 +323,7 @@ void link_ready_reply(sg_link *l, const sg_reply_reader *rr, const char *t)
 	free(p);
 	if (l->phase == P_READY)
 		link_pump(l);
+	bdat_wake(l);
 }
 
 /* ---- DATA ---------------------------------------------------------------- */
@@ -321,8 +352,11 @@ static int received_parts(sg_link *l, bool hdr)
 	return rc;
 }
 
-void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
-                        void (*drain)(void *arg))
+/* A message starts (DATA's 354, or the client's first chunk): the scanner,
+ * the Received header due with its first octets.  false: no upstream to
+ * write to (lost is set). */
+static bool message_begin(sg_link *l, sg_link_cb done, void *arg,
+                          void (*drain)(void *arg))
 {
 	const sg_config *cfg = l->cfg;
 	bool hdr = cfg->identity == SG_ID_HEADER || cfg->identity == SG_ID_AUTH;
@@ -332,23 +366,38 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 	l->done_arg = arg;
 	l->drain = drain;
 	l->qid[0] = '\0';
+	/* the limit this link's EHLO named: a message past it gets our 552
+	 * at once, not the upstream's after the whole upload */
 	sg_scan_init(&l->scan, cfg->bare_newline == SG_BARE_NORMALIZE, hdr,
-	             cfg->max_message_size);
+	             sg_size_limit(cfg->max_message_size,
+	                           l->ehlo.has_size ? l->ehlo.size : 0));
 	if (l->phase != P_READY) {
 		l->lost = true;
-		return;
+		return false;
 	}
 	if (!l->rcv && received_parts(l, hdr) < 0) {
 		/* cannot happen: sg_identity_unfit refused such a login */
 		link_became_dead(l, "identity unfit for the Received header");
-		return;
+		return false;
 	}
+	l->rcv_time = time(NULL);
+	l->rcv_due = true;
+	return true;
+}
+
+/* Does the Received header fit the room kept for it in a step's output? */
+static bool received_fits(const sg_link *l)
+{
+	return l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM;
+}
+
+void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg))
+{
 	/* The header goes out with the first DATA octets (one write, not
 	 * two: a many-message session's profile is mostly system calls).
 	 * One too long for UP_RCV_ROOM (a long login) goes now. */
-	l->rcv_time = time(NULL);
-	l->rcv_due = true;
-	if (l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM)
+	if (!message_begin(l, done, arg, drain) || received_fits(l))
 		return;
 	l->rcv_due = false;
 	sg_buf out = link_scratch();
@@ -359,8 +408,9 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 }
 
 /* Abort the upstream transaction: close without the final dot, so the
- * upstream discards what it got (it must not deliver a part). */
-static void abort_upstream(sg_link *l, const char *why)
+ * upstream discards what it got (it must not deliver a part).  Commands
+ * still pending get text. */
+static void abort_upstream(sg_link *l, const char *why, const char *text)
 {
 	l->aborted = true;
 	log_info(link_sid(l), "event=upstream_abort upstream=%s reason=\"%s\"",
@@ -370,22 +420,31 @@ static void abort_upstream(sg_link *l, const char *why)
 	if (l->phase == P_READY)
 		l->phase = P_DEAD;
 	l->identity_done = false;
-	fail_pending(l, R_LOST);
+	fail_pending(l, text);
+}
+
+/* Why the message failed: the upstream's refusal of a chunk, a refusal of
+ * the scanner's, or the upstream gone. */
+static const char *refusal(const sg_link *l)
+{
+	if (l->bdat_err)
+		return l->bdat_err;
+	/* NUL octets and bare line ends both: the NUL is named */
+	if (l->scan.nul)
+		return R_NUL;
+	if (l->scan.bad)
+		return R_BARE;
+	if (l->scan.too_big)
+		return R_BIG;
+	return R_LOST;
 }
 
 /* The message is over and refused, or its upstream gone: our reply. */
 static void data_refused(sg_link *l)
 {
 	l->in_data = false;
-	/* NUL octets and bare line ends both: the NUL is named */
-	const char *t = R_LOST;
-	if (l->scan.nul)
-		t = R_NUL;
-	else if (l->scan.bad)
-		t = R_BARE;
-	else if (l->scan.too_big)
-		t = R_BIG;
-	defer_reply(l, l->done, l->done_arg, t);
+	defer_reply(l, l->done, l->done_arg, refusal(l));
+	bdat_over(l);
 }
 
 /* The final ".\r\n" is about to be written (the scanner wrote the last
@@ -423,7 +482,7 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		if (!l->aborted && !l->lost && (l->scan.bad || l->scan.too_big))
 			abort_upstream(l, l->scan.nul ? "NUL in DATA"
 			                  : l->scan.bad ? "bare CR or LF in DATA"
-			                              : "message too big");
+			                              : "message too big", R_LOST);
 		if (l->aborted || l->lost)
 			continue;
 		/* the end of data goes in the same write as the last octets */
@@ -446,4 +505,258 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		*pause = true;
 	}
 	return used;
+}
+
+/* ---- BDAT (RFC 3030) ----------------------------------------------------- */
+
+/* Client octets stuffed per step: SG_STUFF_MAX of them is within
+ * UP_SCAN_IN, and the scanner's output for that, with the BDAT line in
+ * front and the end of data after, within the scratch buffer. */
+#define UP_BDAT_IN (UP_SCAN_IN / 2)
+/* Room kept before a step's output for "BDAT <n> LAST\r\n". */
+#define UP_BDAT_HDR 32
+
+static __thread char stuffed[SG_STUFF_MAX(UP_BDAT_IN)];
+
+/* The message can no longer be delivered: its octets are dropped. */
+static bool bdat_failed(const sg_link *l)
+{
+	return l->lost || l->aborted || l->bdat_err;
+}
+
+/* No octet may go now: DATA's 354 is not in, or the BDAT sent last
+ * awaits its reply (no PIPELINING). */
+static bool bdat_blocked(const sg_link *l)
+{
+	if (!l->in_data || !l->bdat || bdat_failed(l))
+		return false;
+	return l->bdat_wait ||
+	       (l->bdat_up && !l->ehlo.pipelining && l->inflight > 0);
+}
+
+/* The session was told to pause for a reply: resume it once that is in
+ * (or the message failed).  Only from the loop (a reply, a loss, a
+ * timeout), never from inside sg_link_bdat_feed. */
+static void bdat_wake(sg_link *l)
+{
+	if (!l->bdat_held || bdat_blocked(l))
+		return;
+	l->bdat_held = false;
+	if (l->drain && !l->owner_gone)
+		l->drain(l->done_arg);
+}
+
+/* The chunked message is over (delivered, refused or given up). */
+static void bdat_over(sg_link *l)
+{
+	l->bdat = l->bdat_up = l->bdat_wait = false;
+	free(l->bdat_err);
+	l->bdat_err = NULL;
+}
+
+/* The upstream refused the message (a chunk, or the DATA for it): that is
+ * the message's reply, and the upstream's transaction is aborted. */
+static void bdat_fail(sg_link *l, const sg_reply_reader *rr, const char *t)
+{
+	log_info(link_sid(l), "event=upstream_bdat_refused upstream=%s "
+	         "reply=\"%s\"", l->peer, t);
+	l->bdat_err = sg_xstrndup(rr->text, rr->len);
+	if (!l->aborted && !l->lost)
+		abort_upstream(l, "upstream refused the chunked message",
+		               l->bdat_err);
+}
+
+static void bdat_refused(sg_link *l, const sg_reply_reader *rr, const char *t)
+{
+	if (l->in_data && l->bdat && !bdat_failed(l))
+		bdat_fail(l, rr, t);
+}
+
+static void bdat_data_reply(sg_link *l, const sg_reply_reader *rr,
+                            const char *t)
+{
+	if (!l->in_data || !l->bdat || bdat_failed(l))
+		return;
+	l->bdat_wait = false;
+	if (rr->code != 354) {
+		bdat_fail(l, rr, t);
+		return;
+	}
+	l->rcv_time = time(NULL); /* the Received date: when the 354 came */
+}
+
+/* A command of ours that was just written (sent, in flight). */
+static void bdat_sent(sg_link *l, int kind, const char *line, size_t len,
+                      sg_link_cb cb, void *arg)
+{
+	pending *p = enqueue(l, kind, line, len, cb, arg);
+	p->sent = true;
+	l->inflight++;
+	if (is_barrier(l, p))
+		l->barrier_inflight = true;
+	link_arm(l, l->cfg->upstream_timeout_ms);
+}
+
+/* A step's output buffer: the scratch, with room for the BDAT line. */
+static sg_buf bdat_out(const sg_link *l)
+{
+	sg_buf out = link_scratch();
+	if (l->bdat_up)
+		out.len = UP_BDAT_HDR;
+	return out;
+}
+
+/* Write a step's output; fin: it ends the message (the scanner has seen
+ * the end of data), whose reply goes to done.  Queued only once written,
+ * so a failed write leaves nothing pending: data_refused answers. */
+static void bdat_write(sg_link *l, sg_buf *out, bool fin)
+{
+	if (!l->bdat_up) {
+		if (fin)
+			sg_buf_append(out, ".\r\n", 3);
+		if (out->len && link_send(l, out->data, out->len) < 0) {
+			link_became_dead(l, "write failed");
+			if (fin)
+				data_refused(l);
+			return;
+		}
+		if (fin)
+			bdat_sent(l, K_DATA_END, ".\r\n", 3, l->done, l->done_arg);
+		return;
+	}
+	size_t n = sg_unstuff(&l->unstuff, out->data + UP_BDAT_HDR,
+	                      out->len - UP_BDAT_HDR);
+	if (n == 0 && !fin)
+		return;
+	char line[UP_BDAT_HDR];
+	int h = snprintf(line, sizeof line, "BDAT %zu%s\r\n", n,
+	                 fin ? " LAST" : "");
+	char *start = out->data + UP_BDAT_HDR - h;
+	memcpy(start, line, (size_t)h);
+	log_debug(link_sid(l), "event=upstream_send upstream=%s line=\"%.*s\"",
+	          l->peer, h - 2, line);
+	if (link_send(l, start, (size_t)h + n) < 0) {
+		link_became_dead(l, "write failed");
+		if (fin)
+			data_refused(l);
+		return;
+	}
+	if (fin)
+		bdat_sent(l, K_DATA_END, line, (size_t)h, l->done, l->done_arg);
+	else
+		bdat_sent(l, K_BDAT, line, (size_t)h, NULL, NULL);
+}
+
+/* One step: stuffed octets p[0..n) through the scanner and out; fin adds
+ * the end of data. */
+static void bdat_step(sg_link *l, const char *p, size_t n, bool fin)
+{
+	if (l->lost || l->bdat_err) {
+		if (fin)
+			data_refused(l);
+		return;
+	}
+	sg_buf out = bdat_out(l);
+	if (l->rcv_due && !l->aborted) {
+		l->rcv_due = false;
+		sg_received_stamp(&out, l->rcv, l->rcv_pre, l->rcv + l->rcv_pre,
+		                  l->rcv_post, l->rcv_time);
+		if (!received_fits(l)) { /* a long login: a write of its own */
+			bdat_write(l, &out, false);
+			if (l->lost) {
+				if (fin)
+					data_refused(l);
+				return;
+			}
+			out = bdat_out(l);
+		}
+	}
+	/* a scanner that refused writes nothing more; it goes on counting
+	 * and naming (a NUL after a bare LF is named) as for DATA */
+	sg_scan_feed(&l->scan, p, n, &out);
+	if (fin) {
+		const char *end = sg_stuff_end(&l->stuff);
+		sg_scan_feed(&l->scan, end, strlen(end), &out);
+	}
+	if (!l->aborted && (l->scan.bad || l->scan.too_big ||
+	                    (fin && !l->scan.done)))
+		abort_upstream(l, l->scan.nul ? "NUL in BDAT"
+		                  : l->scan.bad ? "bare CR or LF in BDAT"
+		                  : l->scan.too_big ? "message too big"
+		                              : "no end of data", R_LOST);
+	if (l->aborted) {
+		if (fin)
+			data_refused(l);
+		return;
+	}
+	bdat_write(l, &out, fin);
+}
+
+void sg_link_bdat_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg))
+{
+	bdat_over(l);
+	l->bdat = true;
+	l->bdat_held = false;
+	sg_stuff_init(&l->stuff);
+	sg_unstuff_init(&l->unstuff);
+	if (!message_begin(l, done, arg, drain))
+		return;
+	l->bdat_up = l->ehlo.chunking;
+	if (l->bdat_up)
+		return;
+	log_info(link_sid(l), "event=bdat_as_data upstream=%s "
+	         "reason=\"the upstream does not offer CHUNKING\"", l->peer);
+	enqueue(l, K_BDAT_DATA, "DATA\r\n", 6, NULL, NULL);
+	l->bdat_wait = true;
+	link_pump(l);
+}
+
+size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
+                         bool *pause)
+{
+	*pause = false;
+	l->bdat_held = false;
+	if (!l->in_data || !l->bdat)
+		return len; /* cannot happen: fed only while the message is open */
+	size_t used = 0;
+	for (;;) {
+		if (bdat_blocked(l)) {
+			l->bdat_held = true;
+			*pause = true;
+			return used;
+		}
+		size_t take = len - used < UP_BDAT_IN ? len - used : UP_BDAT_IN;
+		bool fin = last && used + take == len;
+		size_t n = sg_stuff(&l->stuff, buf + used, take, stuffed);
+		used += take;
+		bdat_step(l, stuffed, n, fin);
+		if (fin)
+			return used; /* over: done is called */
+		if (used == len)
+			break;
+	}
+	if (l->in_data && l->c && l->wq > UP_WQ_HIGH) {
+		l->paused = true;
+		*pause = true;
+	}
+	return used;
+}
+
+const char *sg_link_bdat_status(const sg_link *l)
+{
+	if (!l->in_data || !l->bdat)
+		return R_LOST; /* cannot happen: asked only while it is open */
+	return bdat_failed(l) ? refusal(l) : NULL;
+}
+
+void sg_link_bdat_cancel(sg_link *l)
+{
+	if (!l->in_data || !l->bdat)
+		return;
+	if (!l->aborted && !l->lost)
+		abort_upstream(l, "chunked message given up", R_LOST);
+	l->in_data = false;
+	l->bdat_held = false;
+	bdat_over(l);
 }

@@ -344,7 +344,7 @@ def test_auth_success_then_rules(workdir, env, start_saslgate):
         r.expect(250, "MAIL FROM:<alice@example.org> SIZE=100")
         r.expect(503, "MAIL FROM:<alice@example.org>")      # nested
         assert r.cmd("RCPT TO:<bob@example.net> FOO=BAR").text.startswith("555 5.5.4")
-        assert r.cmd("RCPT TO:bob@example.net").text.startswith("501 5.5.4")
+        assert r.cmd("RCPT TO:<bob@example.net").text.startswith("501 5.5.4")
         assert r.cmd("RCPT TO:<bob@@>").code == 553
         r.expect(503, "DATA")                               # no recipient yet
         r.expect(250, "RCPT TO:<bob@example.net>")
@@ -957,7 +957,7 @@ def test_pipelined_group_with_refusals_answers_as_before(workdir, start_saslgate
         # bad syntax in the middle, then max_recipients (2): the upstream
         # sees exactly the two recipients the client was told were accepted
         r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b1@example.net>\r\n"
-               b"RCPT TO:b2@example.net\r\nRCPT TO:<b3@example.net>\r\n"
+               b"RCPT TO:<b2@example.net\r\nRCPT TO:<b3@example.net>\r\n"
                b"RCPT TO:<b4@example.net>\r\nDATA\r\n")
         replies = [r.reply() for _ in range(6)]
         assert [x.code for x in replies] == [250, 250, 501, 250, 452, 354], replies
