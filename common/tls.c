@@ -57,6 +57,17 @@
 #define SG_TLS_FEED_CHUNK (1 << 20)
 /* Server-side session cache entries (TLS 1.2 session ids). */
 #define SG_TLS_SESS_CACHE 10240
+/* TLS 1.2 suites when [tls] ciphers is empty: Mozilla's "intermediate"
+ * profile (https://wiki.mozilla.org/Security/Server_Side_TLS) without its
+ * DHE suites, which would need DH parameters of our own.  Every suite is
+ * forward secret (ECDHE) and AEAD (GCM, ChaCha20-Poly1305): no CBC, so
+ * nothing for LUCKY13 (CVE-2013-0169) or POODLE-style padding oracles.  In
+ * Mozilla's order (ECDSA before RSA for each cipher); TLS 1.3 suites are
+ * OpenSSL's own (all of them forward secret and AEAD). */
+#define SG_TLS_DEFAULT_CIPHERS                                                 \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"           \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"           \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 /* Client role: sessions remembered for resumption, one per upstream name. */
 #define SG_TLS_CLIENT_SLOTS 8
 #define SG_TLS_NAME_MAX 256
@@ -288,6 +299,28 @@ static int load_pair(SSL_CTX *ssl, const sg_config *cfg, const char *ckey,
 	return 0;
 }
 
+/* The TLS 1.2 (and below) suites: [tls] ciphers when set, a site with
+ * legacy clients widening the list, else SG_TLS_DEFAULT_CIPHERS. */
+static void set_ciphers(SSL_CTX *ssl, const sg_config *cfg, sg_errors *errs)
+{
+	bool own = cfg->tls_ciphers && *cfg->tls_ciphers;
+	const char *ciphers = own ? cfg->tls_ciphers : SG_TLS_DEFAULT_CIPHERS;
+	if (SSL_CTX_set_cipher_list(ssl, ciphers) != 1) {
+		sg_where w = sg_config_where(cfg, "tls", "ciphers");
+		cfg_error(errs, &w, "bad cipher list", ciphers);
+	}
+	/* The default suites are TLS 1.2's: a lower min_version would change
+	 * nothing, and its clients would fail with "no shared cipher".  OpenSSL
+	 * 3 allows TLS 1.0 and 1.1 only at security level 0. */
+	if (!own && cfg->tls_min_version < TLS1_2_VERSION) {
+		sg_where w = sg_config_where(cfg, "tls", "min_version");
+		sg_errors_add(errs, &w,
+		              "min_version below TLSv1.2 needs [tls] ciphers (the "
+		              "default suites are TLS 1.2 only), e.g. ciphers = "
+		              "DEFAULT:@SECLEVEL=0");
+	}
+}
+
 sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 {
 	ERR_clear_error();
@@ -299,9 +332,12 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 	}
 
 	/* RFC 7457 / CVE-2012-4929 (CRIME): no TLS compression.  Client
-	 * renegotiation is a DoS vector (CVE-2011-1473) and not needed. */
+	 * renegotiation is a DoS vector (CVE-2011-1473) and not needed.  Our
+	 * cipher order wins over the client's, except that a client whose
+	 * first choice is ChaCha20 (no AES hardware: phones) gets it. */
 	SSL_CTX_set_options(ssl, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-	                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+	                             SSL_OP_CIPHER_SERVER_PREFERENCE |
+	                             SSL_OP_PRIORITIZE_CHACHA);
 	/* no SSL_MODE_RELEASE_BUFFERS: freeing and cleansing the record
 	 * buffers after every record is the hot path of a big message; an
 	 * idle session gives them back in sg_tls_trim (SSL_free_buffers) */
@@ -310,11 +346,7 @@ sg_tls_ctx *sg_tls_server_ctx(const sg_config *cfg, sg_errors *errs)
 	if (SSL_CTX_set_min_proto_version(ssl, cfg->tls_min_version) != 1)
 		cfg_error(errs, &wv, "unsupported min_version", NULL);
 
-	if (cfg->tls_ciphers && *cfg->tls_ciphers &&
-	    SSL_CTX_set_cipher_list(ssl, cfg->tls_ciphers) != 1) {
-		sg_where w = sg_config_where(cfg, "tls", "ciphers");
-		cfg_error(errs, &w, "bad cipher list", cfg->tls_ciphers);
-	}
+	set_ciphers(ssl, cfg, errs);
 
 	/* Resumption saves a full handshake per reconnecting client (MUAs
 	 * reconnect often).  The cache serves TLS 1.2 session ids; tickets
@@ -411,6 +443,10 @@ sg_tls_ctx *sg_tls_client_ctx(bool verify, const char *ca_file,
 	/* no SSL_MODE_RELEASE_BUFFERS: freeing and cleansing the record
 	 * buffers after every record is the hot path of a big message; an
 	 * idle session gives them back in sg_tls_trim (SSL_free_buffers) */
+	/* OpenSSL's default suites, not SG_TLS_DEFAULT_CIPHERS: the upstream
+	 * is the site's own MTA on its own network, often older than the
+	 * clients (an Exchange or IIS with CBC suites only); the floor we
+	 * insist on there is TLS 1.2. */
 	SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION);
 	SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_CLIENT |
 	                                        SSL_SESS_CACHE_NO_INTERNAL_STORE);
