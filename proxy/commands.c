@@ -5,9 +5,11 @@
  * smtpd's command table.  Handlers are ladders of guard clauses: each guard
  * gives one reply (reply.c) and returns; the action comes last.
  *
- * Everything that concerns a message (MAIL, RCPT, DATA, RSET once linked) is
- * answered with the upstream's reply (upstream/link.h): saslgate never gives
- * a 2xx for something the MTA has not accepted.
+ * Everything that concerns a message (MAIL, RCPT, DATA, BDAT's LAST chunk,
+ * RSET once linked) is answered with the upstream's reply
+ * (upstream/link.h): saslgate never gives a 2xx for something the MTA has
+ * not accepted; a BDAT chunk before the LAST gets a 250 of ours, which
+ * accepts no mail (RFC 3030 2).
  *
  * Pipelining (RFC 2920): each line is decided when it is read.  Relayed
  * lines go into the reply queue (reply_queue.c) and are answered strictly

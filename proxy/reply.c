@@ -25,6 +25,10 @@ const sg_rep_def sg_rep_table[SG_R_COUNT] = {
 	                        true},
 	[SG_R_IDLE] = {421, "4.4.2", "Idle timeout, closing connection", true},
 	[SG_R_SHUTDOWN] = {421, "4.3.2", "Service shutting down", true},
+	/* the octets that follow cannot be told from commands (RFC 3030 2) */
+	[SG_R_BDAT_SIZE] = {421, "4.5.4",
+	                    "BDAT chunk size unreadable, closing connection",
+	                    true},
 	[SG_R_TLS_UNAVAIL] = {454, "4.7.0", "TLS not available", false},
 	[SG_R_AUTH_TEMPFAIL] = {454, "4.7.0",
 	                        "Temporary authentication failure", false},
@@ -49,9 +53,15 @@ const sg_rep_def sg_rep_table[SG_R_COUNT] = {
 	                      "AUTH not permitted during a mail transaction",
 	                      false},
 	[SG_R_TLS_ACTIVE] = {503, "5.5.1", "TLS already active", false},
+	[SG_R_NO_CHUNKING] = {503, "5.5.1", "BDAT without CHUNKING, use DATA",
+	                      false},
+	[SG_R_AFTER_BDAT] = {503, "5.5.1", "Not allowed after BDAT, send RSET",
+	                     false},
 	[SG_R_SYNTAX] = {501, "5.5.4", "Syntax error in parameters", false},
 	[SG_R_HELO_SYNTAX] = {501, "5.5.4", "Syntax: EHLO hostname", false},
 	[SG_R_NO_ARGS] = {501, "5.5.4", "No parameters allowed", false},
+	[SG_R_BDAT_SYNTAX] = {501, "5.5.4", "Syntax: BDAT chunk-size [LAST]",
+	                      false},
 	[SG_R_BAD_B64] = {501, "5.5.2", "Invalid base64 data", false},
 	[SG_R_AUTH_CANCEL] = {501, "5.7.0", "Authentication cancelled", false},
 	[SG_R_BAD_MECH] = {504, "5.5.4", "Unrecognized authentication type",
@@ -94,11 +104,9 @@ static bool count_error(sg_session *s, int code)
 	return false;
 }
 
-void sg_reply_send(sg_session *s, enum sg_rep r)
+size_t sg_reply_text(sg_session *s, enum sg_rep r, char *buf, size_t cap)
 {
 	const sg_rep_def *d = &sg_rep_table[r];
-	if (!count_error(s, d->code))
-		return;
 	char line[512];
 	int n = snprintf(line, sizeof line, "%d", d->code);
 	if (d->enh)
@@ -111,8 +119,19 @@ void sg_reply_send(sg_session *s, enum sg_rep r)
 	if (n < 0 || (size_t)n > sizeof line - 3)
 		n = (int)sizeof line - 3;
 	memcpy(line + n, "\r\n", 2);
-	sg_buf_append(&s->io.out, line, (size_t)n + 2);
-	log_debug(s->id, "reply: %.*s", n, line);
+	size_t len = (size_t)n + 2 < cap ? (size_t)n + 2 : cap;
+	memcpy(buf, line, len);
+	return len;
+}
+
+void sg_reply_send(sg_session *s, enum sg_rep r)
+{
+	if (!count_error(s, sg_rep_table[r].code))
+		return;
+	char line[512];
+	size_t n = sg_reply_text(s, r, line, sizeof line);
+	sg_buf_append(&s->io.out, line, n);
+	log_debug(s->id, "reply: %.*s", (int)n - 2, line);
 }
 
 void sg_reply_line(sg_session *s, int code, bool more, const char *text)
@@ -120,6 +139,13 @@ void sg_reply_line(sg_session *s, int code, bool more, const char *text)
 	if (!more && !count_error(s, code))
 		return;
 	sg_buf_appendf(&s->io.out, "%d%c%s\r\n", code, more ? '-' : ' ', text);
+}
+
+void sg_reply_again(sg_session *s, const char *text, size_t len)
+{
+	if (s->closing)
+		return;
+	sg_buf_append(&s->io.out, text, len);
 }
 
 void sg_reply_raw(sg_session *s, int code, const char *text, size_t len)

@@ -28,6 +28,7 @@ enum sg_rep {
 	SG_R_TOO_MANY_FAIL,  /* 421 4.7.0 after max_failures */
 	SG_R_IDLE,           /* 421 4.4.2 */
 	SG_R_SHUTDOWN,       /* 421 4.3.2 */
+	SG_R_BDAT_SIZE,      /* 421 4.5.4 */
 	SG_R_TLS_UNAVAIL,    /* 454 4.7.0 */
 	SG_R_AUTH_TEMPFAIL,  /* 454 4.7.0 */
 	SG_R_AUTH_IP_LIMIT,  /* 454 4.7.0 */
@@ -45,9 +46,12 @@ enum sg_rep {
 	SG_R_ALREADY_AUTH,   /* 503 5.5.1 */
 	SG_R_AUTH_IN_TXN,    /* 503 5.5.1 */
 	SG_R_TLS_ACTIVE,     /* 503 5.5.1 */
+	SG_R_NO_CHUNKING,    /* 503 5.5.1 */
+	SG_R_AFTER_BDAT,     /* 503 5.5.1 */
 	SG_R_SYNTAX,         /* 501 5.5.4 */
 	SG_R_HELO_SYNTAX,    /* 501 5.5.4 */
 	SG_R_NO_ARGS,        /* 501 5.5.4 */
+	SG_R_BDAT_SYNTAX,    /* 501 5.5.4 */
 	SG_R_BAD_B64,        /* 501 5.5.2 */
 	SG_R_AUTH_CANCEL,    /* 501 5.7.0 */
 	SG_R_BAD_MECH,       /* 504 5.5.4 */
@@ -77,5 +81,11 @@ void sg_reply_send(sg_session *s, enum sg_rep r);
 void sg_reply_line(sg_session *s, int code, bool more, const char *text);
 /* A complete reply from the upstream (lines with CRLF), passed through. */
 void sg_reply_raw(sg_session *s, int code, const char *text, size_t len);
+/* One of ours as its text (CRLF included) in buf; returns its length. */
+size_t sg_reply_text(sg_session *s, enum sg_rep r, char *buf, size_t cap);
+/* A failure given once already, again for a BDAT chunk discarded after it
+ * (RFC 3030 4.2): not counted again toward the error limit, so a client
+ * that pipelined its chunks is not closed for the one failure. */
+void sg_reply_again(sg_session *s, const char *text, size_t len);
 
 #endif

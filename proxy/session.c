@@ -218,6 +218,7 @@ static void on_handle_closed(uv_handle_t *h)
 	free(s->auth.tried);
 	free(s->txn.mail_from);
 	free(s->qids);
+	free(s->bdat.fail);
 	if (s->tls.ctx)
 		sg_tls_ctx_unref(s->tls.ctx);
 	sg_config_unref(s->cfg);
@@ -427,6 +428,8 @@ static void feed_data(sg_session *s)
 		s->pending = SG_PEND_DATA_END;
 }
 
+static bool feed_chunk(sg_session *s);
+
 /* Decide the next line while replies to relayed commands are due
  * (RFC 2920): it is taken only if sg_cmd_line decides it now, else it
  * stays buffered until they are in.  false: stop reading lines. */
@@ -464,6 +467,11 @@ static void process_lines(sg_session *s)
 		if (s->state == SG_ST_DATA) {
 			feed_data(s);
 			return;
+		}
+		if (s->bdat.chunk) {
+			if (!feed_chunk(s))
+				return;
+			continue;
 		}
 		if (s->state == SG_ST_GREETING || s->state == SG_ST_TLS_HANDSHAKE)
 			return;
@@ -533,16 +541,18 @@ void sg_session_process(sg_session *s)
 	if (s->closing)
 		return;
 	/* RFC 2920 3.1: answer a pipelined group in one write, once no more of
-	 * its commands are buffered and none awaits an async result. */
-	bool more = s->state != SG_ST_DATA &&
+	 * its commands are buffered and none awaits an async result.  Message
+	 * octets (DATA, a BDAT chunk) are no commands. */
+	bool streaming = s->state == SG_ST_DATA || s->bdat.chunk;
+	bool more = !streaming &&
 	            sg_line_pending(&s->io.lines, s->io.in.data, s->io.in.len,
 	                            s->auth.await ? SG_AUTH_LINE_MAX : SG_LINE_MAX);
-	if (s->state == SG_ST_DATA || (s->pending == SG_PEND_NONE && !more))
+	if (streaming || (s->pending == SG_PEND_NONE && !more))
 		sg_session_flush(s);
 	/* Half-closed client: once its last complete command is answered (a
 	 * message it did not finish is dropped with the link). */
 	if (s->io.eof && s->pending == SG_PEND_NONE &&
-	    (s->state == SG_ST_DATA ? s->io.in.len == 0 : !more)) {
+	    (streaming ? s->io.in.len == 0 : !more)) {
 		sg_session_close(s, "client closed");
 		return;
 	}
@@ -767,13 +777,11 @@ static void add_qid(sg_session *s, const char *qid)
 	s->qids = p;
 }
 
-static void on_data_done(void *arg, const sg_reply *r)
+/* The message's final reply (DATA's end, BDAT LAST): logged, given (again:
+ * a failure a chunk already got, not counted twice), the transaction
+ * over. */
+static void message_over(sg_session *s, const sg_reply *r, bool again)
 {
-	sg_session *s = arg;
-	if (s->closing)
-		return;
-	s->data_active = false;
-	s->data_paused = false;
 	size_t first = 0;
 	while (first < r->len && r->text[first] != '\r' && r->text[first] != '\n')
 		first++;
@@ -798,12 +806,25 @@ static void on_data_done(void *arg, const sg_reply *r)
 	         user, from, s->txn.rcpts,
 	         (unsigned long long)s->txn.msg_size,
 	         s->up.link ? sg_link_peer(s->up.link) : "-", rtext);
-	sg_reply_raw(s, r->code, r->text, r->len);
+	if (again)
+		sg_reply_again(s, r->text, r->len);
+	else
+		sg_reply_raw(s, r->code, r->text, r->len);
 	sg_cmd_txn_reset(s);
 	if (s->up.link && !sg_link_alive(s->up.link)) {
 		sg_link_close(s->up.link);
 		s->up.link = NULL;
 	}
+}
+
+static void on_data_done(void *arg, const sg_reply *r)
+{
+	sg_session *s = arg;
+	if (s->closing)
+		return;
+	s->data_active = false;
+	s->data_paused = false;
+	message_over(s, r, false);
 	sg_session_resume(s);
 }
 
@@ -824,6 +845,141 @@ void sg_session_data_begin(sg_session *s)
 	s->txn.msg_size = 0;
 	sg_session_flush(s); /* the 354 goes out now, whatever follows */
 	sg_link_data_begin(s->up.link, on_data_done, s, on_data_drain);
+}
+
+/* --------------------------------------------------------- BDAT chunks */
+
+void sg_session_bdat_begin(sg_session *s)
+{
+	s->bdat.txn = true;
+	s->bdat.open = true;
+	s->data_paused = false;
+	s->txn.msg_size = 0;
+	sg_link_bdat_begin(s->up.link, on_data_done, s, on_data_drain);
+}
+
+void sg_session_bdat_chunk(sg_session *s, uint64_t size, bool last,
+                           enum sg_rep refused)
+{
+	sg_sess_bdat *b = &s->bdat;
+	b->chunk = true;
+	b->size = b->left = size;
+	/* a refused LAST ends nothing: a failed message waits for RSET or a
+	 * LAST that is one */
+	b->last = last && refused == SG_R_COUNT;
+	b->refused = refused;
+}
+
+void sg_session_bdat_fail(sg_session *s, const char *text, size_t len)
+{
+	sg_sess_bdat *b = &s->bdat;
+	b->txn = true;
+	if (!b->fail)
+		b->fail = sg_xstrndup(text, len); /* text may be the link's */
+	if (b->open && s->up.link)
+		sg_link_bdat_cancel(s->up.link);
+	b->open = false;
+	s->data_paused = false; /* nothing more goes to the link */
+}
+
+void sg_session_bdat_reset(sg_session *s)
+{
+	sg_sess_bdat *b = &s->bdat;
+	if (b->open && s->up.link)
+		sg_link_bdat_cancel(s->up.link);
+	if (b->txn)
+		s->data_paused = false;
+	b->open = b->txn = false;
+	free(b->fail);
+	b->fail = NULL;
+}
+
+/* A chunk whose octets were dropped is over: its reply. */
+static void chunk_dropped(sg_session *s)
+{
+	sg_sess_bdat *b = &s->bdat;
+	if (b->refused != SG_R_COUNT) {
+		sg_reply_send(s, b->refused);
+		return;
+	}
+	if (!b->fail) { /* no transaction left to add it to */
+		sg_reply_send(s, SG_R_NEED_MAIL);
+		return;
+	}
+	sg_reply r = {atoi(b->fail), b->fail, strlen(b->fail)};
+	if (b->last)
+		message_over(s, &r, true);
+	else
+		sg_reply_again(s, r.text, r.len);
+}
+
+/* A chunk (not the LAST) is all in the message: 250, which accepts no
+ * mail (RFC 3030 2), or the failure the message met meanwhile. */
+static void chunk_taken(sg_session *s)
+{
+	char down[512];
+	const char *err = down;
+	if (s->up.link)
+		err = sg_link_bdat_status(s->up.link);
+	else
+		down[sg_reply_text(s, SG_R_UPSTREAM_DOWN, down, sizeof down - 1)] =
+		    '\0';
+	if (err) {
+		sg_session_bdat_fail(s, err, strlen(err));
+		sg_reply_raw(s, atoi(s->bdat.fail), s->bdat.fail,
+		             strlen(s->bdat.fail));
+		return;
+	}
+	char text[64];
+	snprintf(text, sizeof text, "2.0.0 %llu octets received",
+	         (unsigned long long)s->bdat.size);
+	sg_reply_line(s, 250, false, text);
+}
+
+/* The octets of the BDAT chunk being read (RFC 3030): into the message, or
+ * dropped (a refused chunk, a failed message); never read as commands.
+ * true: the chunk is over and answered, the next line may be read. */
+static bool feed_chunk(sg_session *s)
+{
+	sg_sess_bdat *b = &s->bdat;
+	size_t avail = s->io.in.len < b->left ? s->io.in.len : (size_t)b->left;
+	if (b->refused != SG_R_COUNT || b->fail || !b->open) {
+		sg_buf_consume(&s->io.in, avail);
+		b->left -= avail;
+		if (avail > 0)
+			sg_session_idle_rearm(s);
+		if (b->left > 0)
+			return false;
+		b->chunk = false;
+		chunk_dropped(s);
+		return true;
+	}
+	bool fin = b->last && avail == b->left;
+	if (s->data_paused)
+		return false;
+	if (avail > 0 || fin) {
+		bool pause = false;
+		size_t n = sg_link_bdat_feed(s->up.link, s->io.in.data, avail, fin,
+		                             &pause);
+		sg_buf_consume(&s->io.in, n);
+		s->txn.msg_size += n;
+		b->left -= n;
+		if (n > 0)
+			sg_session_idle_rearm(s);
+		if (pause)
+			s->data_paused = true;
+		if (fin && !pause) { /* the link ends it: done has the reply */
+			b->chunk = false;
+			b->open = false;
+			s->pending = SG_PEND_DATA_END;
+			return false;
+		}
+	}
+	if (b->left > 0 || b->last)
+		return false;
+	b->chunk = false;
+	chunk_taken(s);
+	return true;
 }
 
 /* ----------------------------------------------------------------- accept */

@@ -13,6 +13,7 @@
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
 #include "client_name.h"
+#include "reply.h"
 #include "server.h"
 #include "smtp_parse.h"
 
@@ -123,6 +124,22 @@ typedef struct sg_sess_up {
 	size_t sync_len;
 } sg_sess_up;
 
+/* BDAT (RFC 3030): a chunked message, and the chunk being read. */
+typedef struct sg_sess_bdat {
+	bool offered;   /* CHUNKING was in the EHLO reply this session got */
+	/* The transaction is a chunked message: it stays in SG_ST_RCPT, and
+	 * only BDAT, RSET and the commands outside transactions are taken
+	 * until its LAST chunk is answered. */
+	bool txn;
+	bool open;      /* the link carries it (sg_link_bdat_begin) */
+	char *fail;     /* the reply it failed with, for every later chunk */
+	/* the chunk whose octets are being read: never commands */
+	bool chunk;
+	bool last;
+	uint64_t size, left;
+	enum sg_rep refused; /* SG_R_COUNT, or its reply (octets dropped) */
+} sg_sess_bdat;
+
 /* The client's host name ([server] resolve_client; client_name.h). */
 typedef struct sg_sess_name {
 	sg_name_lookup *q; /* while the lookup runs */
@@ -179,6 +196,7 @@ typedef struct sg_session {
 	sg_sess_txn txn;
 	sg_sess_up up;
 	sg_sess_name name;
+	sg_sess_bdat bdat;
 
 	unsigned msgs;
 	uint64_t bytes;
@@ -203,6 +221,19 @@ void sg_session_starttls(sg_session *s);
 sg_auth *sg_session_auth(sg_session *s);
 /* 354 relayed: stream the following bytes upstream. */
 void sg_session_data_begin(sg_session *s);
+/* BDAT: the message's first chunk was accepted: the link carries it from
+ * here (sg_link_bdat_begin). */
+void sg_session_bdat_begin(sg_session *s);
+/* BDAT: the size octets after the line are the chunk's, never commands.
+ * refused: SG_R_COUNT to take them into the message, else the chunk's
+ * reply, given once they are dropped. */
+void sg_session_bdat_chunk(sg_session *s, uint64_t size, bool last,
+                           enum sg_rep refused);
+/* BDAT: the chunked message failed with text (a reply): the link's part
+ * is given up, and every later chunk up to the LAST gets text. */
+void sg_session_bdat_fail(sg_session *s, const char *text, size_t len);
+/* BDAT: the transaction is over (RSET, the LAST answered, EHLO). */
+void sg_session_bdat_reset(sg_session *s);
 void sg_session_fill_identity(sg_session *s, sg_identity *id, bool with_login);
 /* Called first by sg_cmd_open_link: true when the client's name is still
  * being looked up, and the open waits for it (at most SG_NAME_WAIT_MS from

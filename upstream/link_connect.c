@@ -114,6 +114,7 @@ static void maybe_free(sg_link *l)
 	free(l->xlines);
 	free(l->last_error);
 	free(l->rcv);
+	free(l->bdat_err);
 	free((char *)l->id.sid);
 	free((char *)l->id.login);
 	free((char *)l->id.client_ip);

@@ -5,7 +5,8 @@
  *                     connection's bytes in and out, close, the probe
  *   link_handshake.c  greeting, EHLO, STARTTLS, the identity hand-over
  *                     (XCLIENT, XFORWARD check, service-account AUTH), READY
- *   link_xfer.c       the command queue and pipelining, MAIL AUTH=, DATA
+ *   link_xfer.c       the command queue and pipelining, MAIL AUTH=, DATA,
+ *                     BDAT
  *
  * A link is a linear chain of phases, nginx-mail style, each named so a log
  * line says where an upstream failed:
@@ -29,6 +30,7 @@
 #include "../common/buf.h"
 #include "../common/config.h"
 #include "../common/tls.h"
+#include "bdat.h"
 #include "data_scan.h"
 #include "identity.h"
 #include "link.h"
@@ -71,9 +73,12 @@ enum phase {
 };
 
 /* A queued command (link_xfer.c).  K_USER: the session's, answered through
- * cb; K_XFORWARD: ours, before a MAIL; K_DATA_END: the final dot, whose
- * reply is the message's. */
-enum kind { K_USER, K_XFORWARD, K_DATA_END };
+ * cb; K_XFORWARD: ours, before a MAIL; K_DATA_END: the final dot or BDAT
+ * LAST, whose reply is the message's; K_BDAT: a chunk of ours (RFC 3030),
+ * whose refusal fails the message; K_BDAT_DATA: the DATA that relays a
+ * chunked message to an upstream without CHUNKING, whose 354 lets its
+ * octets go; K_RSET: ours, ending a chunked message given up. */
+enum kind { K_USER, K_XFORWARD, K_DATA_END, K_BDAT, K_BDAT_DATA, K_RSET };
 
 typedef struct pending {
 	struct pending *next;
@@ -163,6 +168,15 @@ struct sg_link {
 	void *done_arg;
 	void (*drain)(void *arg);
 	char qid[UP_QID_MAX];
+
+	/* BDAT: the message is the client's chunks (sg_link_bdat_*) */
+	bool bdat;
+	bool bdat_up;   /* relayed as BDAT: this upstream offers CHUNKING */
+	bool bdat_wait; /* DATA sent for it, its 354 not in yet */
+	bool bdat_held; /* the session was told to pause until a reply */
+	char *bdat_err; /* the upstream's refusal of a chunk or of the DATA */
+	sg_stuffer stuff;
+	sg_unstuffer unstuff;
 };
 
 static inline const char *link_sid(const sg_link *l) { return l->id.sid; }

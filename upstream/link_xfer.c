@@ -56,6 +56,8 @@ static void bdat_data_reply(sg_link *l, const sg_reply_reader *rr,
                             const char *t);
 static void bdat_refused(sg_link *l, const sg_reply_reader *rr, const char *t);
 static void bdat_over(sg_link *l);
+static void bdat_give_up(sg_link *l, bool rset_follows);
+static void abort_upstream(sg_link *l, const char *why, const char *text);
 
 /* ---- replies of ours ----------------------------------------------------- */
 
@@ -216,7 +218,7 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
                      void *arg)
 {
 	/* RSET between chunks (RFC 3030 4.2) gives the chunked message up */
-	sg_link_bdat_cancel(l);
+	bdat_give_up(l, len >= 4 && !strncasecmp(line, "RSET", 4));
 	if (l->phase == P_CLOSED || len > UP_CMD_MAX * 8) {
 		defer_reply(l, cb, arg, R_LOST);
 		return;
@@ -312,6 +314,9 @@ void link_ready_reply(sg_link *l, const sg_reply_reader *rr, const char *t)
 		bdat_data_reply(l, rr, t);
 	else if (p->kind == K_BDAT && rr->code / 100 != 2)
 		bdat_refused(l, rr, t);
+	else if (p->kind == K_RSET && rr->code / 100 != 2)
+		/* what the upstream holds is not known: start afresh */
+		abort_upstream(l, "upstream refused RSET", R_LOST);
 	if (p->kind == K_DATA_END) {
 		sg_reply_queue_id(rr->text, rr->len, l->qid, sizeof l->qid);
 		l->in_data = false;
@@ -750,13 +755,24 @@ const char *sg_link_bdat_status(const sg_link *l)
 	return bdat_failed(l) ? refusal(l) : NULL;
 }
 
-void sg_link_bdat_cancel(sg_link *l)
+/* The chunked message is given up before its end: nothing of it may be
+ * delivered.  A BDAT upstream, at a command boundary, gets an RSET (RFC
+ * 3030 4.2; ours, unless the session's comes next); an upstream in DATA
+ * is aborted (one whose message failed was aborted then). */
+static void bdat_give_up(sg_link *l, bool rset_follows)
 {
 	if (!l->in_data || !l->bdat)
 		return;
-	if (!l->aborted && !l->lost)
+	if (!l->aborted && !l->lost && !l->bdat_up)
 		abort_upstream(l, "chunked message given up", R_LOST);
+	else if (!l->aborted && !l->lost && !rset_follows) {
+		enqueue(l, K_RSET, "RSET\r\n", 6, NULL, NULL);
+		if (l->phase == P_READY)
+			link_pump(l);
+	}
 	l->in_data = false;
 	l->bdat_held = false;
 	bdat_over(l);
 }
+
+void sg_link_bdat_cancel(sg_link *l) { bdat_give_up(l, false); }

@@ -31,6 +31,7 @@ struct sg_link {
 	bool lost;
 	bool closed;      /* sg_link_close, or a ready that was not 2xx */
 	bool in_data;     /* between data_begin and the end of data */
+	bool bdat;        /* in_data is a chunked message (sg_link_bdat_*) */
 	int eod;          /* end-of-data matcher: see data_feed */
 	sg_link_cb ready;
 	void *ready_arg;
@@ -311,6 +312,7 @@ void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
 		fprintf(stderr, "scripted link: command on a closed link\n");
 		return;
 	}
+	sg_link_bdat_cancel(l); /* link.h: a command gives it up */
 	record(l->d, l, line, len, cb, arg);
 }
 
@@ -383,6 +385,44 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		record(l->d, l, NULL, 0, l->done, l->done_arg);
 	}
 	return i;
+}
+
+/* BDAT: the chunks' octets are recorded as they come (raw, d->data); the
+ * LAST records the end, whose reply is the message's, as for DATA. */
+void sg_link_bdat_begin(sg_link *l, sg_link_cb done, void *arg,
+                        void (*drain)(void *arg))
+{
+	sg_link_data_begin(l, done, arg, drain);
+	l->bdat = l->in_data;
+}
+
+size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
+                         bool *pause)
+{
+	*pause = false;
+	if (!l->in_data || !l->bdat || l->closed) {
+		l->d->misuse++;
+		fprintf(stderr, "scripted link: BDAT octets without a message\n");
+		return len;
+	}
+	sg_buf_append(&l->d->data, buf, len);
+	if (last) {
+		l->in_data = l->bdat = false;
+		l->d->ndata_end++;
+		record(l->d, l, NULL, 0, l->done, l->done_arg);
+	}
+	return len;
+}
+
+const char *sg_link_bdat_status(const sg_link *l)
+{
+	return l->lost ? DRV_LOST : NULL;
+}
+
+void sg_link_bdat_cancel(sg_link *l)
+{
+	if (l->in_data && l->bdat)
+		l->in_data = l->bdat = false;
 }
 
 const char *sg_link_last_queue_id(sg_link *l) { return l->d->qid; }
