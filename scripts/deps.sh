@@ -8,6 +8,7 @@ PKGS="build-essential cmake pkg-config git ca-certificates
 libuv1-dev libssl-dev libsasl2-dev libinih-dev libsystemd-dev
 openssl ssl-cert sasl2-bin libsasl2-modules libsasl2-modules-db
 postfix swaks python3 python3-pytest haproxy fail2ban testssl.sh
+msmtp curl s-nail libio-socket-ssl-perl libauthen-sasl-perl
 clang-14 libfuzzer-14-dev libclang-rt-14-dev
 debhelper devscripts lintian fakeroot dpkg-dev systemd valgrind"
 
