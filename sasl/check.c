@@ -199,10 +199,12 @@ static void check_saslauthd(const sg_config *cfg, sg_errors *env)
 
 	if (stat(path, &st) < 0 && errno == ENOENT) {
 		sg_errors_add(env, &w,
-		              "saslauthd socket %s does not exist: is saslauthd "
-		              "running? (Debian: package sasl2-bin, MECHANISMS in "
-		              "/etc/default/saslauthd, socket /run/saslauthd/mux; "
-		              "Postfix' chrooted copy is "
+		              "saslauthd socket %s does not exist: saslauthd is "
+		              "not running (Debian: package sasl2-bin; set "
+		              "START=yes in /etc/default/saslauthd, then "
+		              "systemctl enable saslauthd && systemctl restart "
+		              "saslauthd; the socket is /run/saslauthd/mux, "
+		              "Postfix' chrooted copy "
 		              "/var/spool/postfix/var/run/saslauthd/mux)",
 		              path);
 		return;
