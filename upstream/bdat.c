@@ -11,36 +11,29 @@ void sg_stuff_init(sg_stuffer *st)
 	st->crlf = true;
 }
 
-/* Offset of the first CR or LF in p[0..n), or n. */
-static size_t find_cr_lf(const char *p, size_t n)
-{
-	const char *cr = memchr(p, '\r', n);
-	const char *lf = memchr(p, '\n', cr ? (size_t)(cr - p) : n);
-	if (lf)
-		return (size_t)(lf - p);
-	return cr ? (size_t)(cr - p) : n;
-}
-
 size_t sg_stuff(sg_stuffer *st, const char *in, size_t len, char *out)
 {
 	size_t i = 0, o = 0;
+	bool cr = st->cr; /* the octet before in[i] was a CR */
 	while (i < len) {
 		if (st->bol && in[i] == '.')
 			out[o++] = '.';
-		/* the rest of the line, its CR or LF included */
-		size_t k = i + find_cr_lf(in + i, len - i);
-		st->bol = k < len;
-		if (k < len)
-			k++;
+		st->bol = false;
+		/* the rest of the line, its LF included */
+		const char *lf = memchr(in + i, '\n', len - i);
+		size_t k = lf ? (size_t)(lf - in) + 1 : len;
 		memcpy(out + o, in + i, k - i);
 		o += k - i;
+		if (lf) /* a line start only after CRLF (see bdat.h) */
+			st->bol = k - i >= 2 ? in[k - 2] == '\r' : cr;
+		cr = in[k - 1] == '\r';
 		i = k;
 	}
 	if (len > 0) {
 		bool lf = in[len - 1] == '\n';
 		bool before_cr = len >= 2 ? in[len - 2] == '\r' : st->cr;
 		st->crlf = lf && before_cr;
-		st->cr = in[len - 1] == '\r';
+		st->cr = cr;
 	}
 	return o;
 }

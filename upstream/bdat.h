@@ -7,11 +7,11 @@
  * would (RFC 5321 4.5.2: a '.' that begins a line gets another '.'),
  * scanned, and, for an upstream that takes BDAT, un-stuffed again.
  *
- *  - sg_stuff: a line starts at the message start and after every CR and
- *    every LF, so no line the scanner or the upstream may see (whatever
- *    they take for a line end) begins with a lone '.'; the stuffed octets
- *    therefore never hold an end-of-data (<CRLF>.<CRLF>), and the scanner
- *    only sees the one saslgate appends at BDAT LAST.
+ *  - sg_stuff: a line starts at the message start and after every CRLF,
+ *    which is where the scanner takes a leading '.' for stuffing (after a
+ *    bare CR or LF it takes it for content and stuffs it itself), so the
+ *    stuffed octets never hold an end-of-data (<CRLF>.<CRLF>) and the
+ *    scanner only sees the one saslgate appends at BDAT LAST.
  *  - sg_unstuff: the scanner's output has CRLF line ends only, and every
  *    line of it that begins with a '.' begins with a stuffing dot (the
  *    scanner writes a content dot at a line start stuffed), which is

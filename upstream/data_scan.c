@@ -7,8 +7,10 @@
  * one end-of-data, <CRLF>.<CRLF> (RFC 5321 4.1.1.4), and never hands the
  * upstream a byte sequence that the upstream could read as an end-of-data
  * anywhere else: a bare LF or bare CR is either a reason to reject the whole
- * message or rewritten to CRLF, and in the latter case a lone "." line that
- * did not come from a clean <CRLF>.<CRLF> is written dot-stuffed ("..").
+ * message or rewritten to CRLF, and in the latter case the line after it
+ * is taken as not stuffed: its leading '.' is content and written stuffed,
+ * so a lone "." line that did not come from a clean <CRLF>.<CRLF> is
+ * written as "..".
  * NUL octets likewise: an upstream that handles lines as C strings reads
  * "<NUL>." as a lone dot, so they are refused or removed, never forwarded.
  *
@@ -181,7 +183,7 @@ static bool at_bol(sg_scan *s, sg_buf *out, char c)
 		s->lead_nul = true;
 		return true;
 	}
-	if (c == '.' && !s->lead_nul) {
+	if (c == '.' && !s->lead_nul && s->bol_clean) {
 		/* a stuffing dot, or the end of data: decided by what follows */
 		s->state = S_DOT;
 		return true;
@@ -197,11 +199,24 @@ static bool at_bol(sg_scan *s, sg_buf *out, char c)
 		return true;
 	}
 	if (c == '.') {
-		/* NULs, then a dot: not stuffing but content, which the NULs'
-		 * removal would bring to the line start, so it is stuffed */
+		/* A dot of the content, written stuffed: after NULs (their
+		 * removal brings it to the line start), or at the start of a
+		 * line that began after a bare CR or LF.  Clients that send
+		 * bare line ends (curl uploading an LF-only file) stuff only
+		 * after CRLF, so such a line is sent as it is and its dot is
+		 * text; it can be neither stuffing nor an end of data.  In the
+		 * header section ".X-Authenticated-User:" goes all the same:
+		 * no such field reaches the upstream in any spelling. */
 		s->stripping = false;
-		put(s, out, "..", 2);
 		s->line_len = 2;
+		if (s->in_header && s->strip_xauth) {
+			memcpy(s->hold, "..", 2);
+			s->nhold = 2;
+			s->hold_dot = 2;
+			s->state = S_HDR;
+			return true;
+		}
+		put(s, out, "..", 2);
 		s->state = S_TEXT;
 		return true;
 	}

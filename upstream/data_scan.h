@@ -5,10 +5,14 @@
  *  - end-of-data only at <CRLF>.<CRLF> (the data starts at a line start);
  *  - bare LF / bare CR line ends are never forwarded as line ends: with
  *    reject the message is marked bad (nothing more is written) but the scan
- *    goes on to the real <CRLF>.<CRLF>; with normalize they become CRLF and a
- *    lone "." line that is not the real end is written as ".." so the
- *    upstream cannot see an end-of-data the client did not send (SMTP
- *    smuggling, Dec 2023: "\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r");
+ *    goes on to the real <CRLF>.<CRLF>; with normalize they become CRLF, and
+ *    a line that begins after a bare one is taken as not dot-stuffed (a
+ *    client that sends bare line ends, curl uploading an LF-only file,
+ *    stuffs only after CRLF): its leading '.' is content and is written
+ *    stuffed, so a lone "." line that is not the real end is written as
+ *    ".." and the upstream cannot see an end-of-data the client did not
+ *    send (SMTP smuggling, Dec 2023: "\n.\n", "\n.\r\n", "\r.\r\n",
+ *    "\r\n.\r");
  *  - dot-stuffed lines pass through intact (the upstream un-stuffs);
  *  - NUL octets are never forwarded: with reject the message is marked bad
  *    and nul (its own reply) and the scan goes on as for a bare LF; with
@@ -53,7 +57,8 @@ typedef struct sg_scan {
 	bool done;         /* <CRLF>.<CRLF> seen */
 	char hold[SG_SCAN_HOLD];
 	size_t nhold;
-	bool hold_dot;     /* hold[0] is the line's stuffing dot */
+	unsigned char hold_dot; /* dots before the held name: 1, the line's
+	                           stuffing dot; 2, a content dot stuffed */
 } sg_scan;
 
 void sg_scan_init(sg_scan *s, bool normalize, bool strip_xauth,

@@ -36,7 +36,7 @@ typedef struct ref_scan {
 	bool done;         /* <CRLF>.<CRLF> seen */
 	char hold[REF_SCAN_HOLD];
 	size_t nhold;
-	bool hold_dot;     /* hold[0] is the stuffing dot */
+	unsigned hold_dot; /* dots before the held name (stuffing; content, stuffed) */
 } ref_scan;
 
 enum {
@@ -122,8 +122,8 @@ static void ref_lone_dot(ref_scan *s, sg_buf *out, bool clean)
  * name and only blanks filling the hold count as the field (fail closed). */
 static int ref_hdr_match(const ref_scan *s)
 {
-	const char *h = s->hold + (s->hold_dot ? 1 : 0);
-	size_t nh = s->nhold - (s->hold_dot ? 1 : 0);
+	const char *h = s->hold + s->hold_dot;
+	size_t nh = s->nhold - s->hold_dot;
 	size_t n = sizeof ref_XAUTH - 1;
 	for (size_t i = 0; i < nh; i++) {
 		unsigned char c = (unsigned char)h[i];
@@ -173,11 +173,20 @@ static void ref_at_bol(ref_scan *s, sg_buf *out, char c)
 		s->lead_nul = true;
 		return;
 	}
-	if (c == '.' && s->lead_nul) {
-		/* NULs, then a dot of the content: written stuffed */
+	if (c == '.' && (s->lead_nul || !s->bol_clean)) {
+		/* NULs, then a dot, or a dot after a bare line end: content,
+		 * written stuffed; held in the header section, where
+		 * ".X-Authenticated-User:" is dropped too */
 		s->stripping = false;
-		ref_put(s, out, "..", 2);
 		s->line_len = 2;
+		if (s->in_header && s->strip_xauth) {
+			s->hold[0] = s->hold[1] = '.';
+			s->nhold = 2;
+			s->hold_dot = 2;
+			s->state = RS_HDR;
+			return;
+		}
+		ref_put(s, out, "..", 2);
 		s->state = RS_TEXT;
 		return;
 	}

@@ -340,18 +340,42 @@ static void test_strip_split(void)
 	}
 }
 
-/* In normalize mode a line ending in a bare LF or CR is a line too. */
+/* In normalize mode a line ending in a bare LF or CR is a line too.  A
+ * line that begins after a bare line end is not dot-stuffed (clients that
+ * send bare line ends stuff only after CRLF), so its leading '.' is
+ * content (written stuffed); ".X-Authenticated-User:" there is dropped
+ * all the same, as is any spelling of the field, while ".Other:" stays. */
 static void test_strip_normalized_lines(void)
 {
 	opts o = {true, true, 0};
 	result r;
 	scan(&o,
-	     S("Subject: a\nX-Authenticated-User: b\n\tfold\r.X-AUTHENTICATED-USER"
-	       " : c\rTo: d\n\nbody\r\n.\r\n"),
+	     S("Subject: a\nX-Authenticated-User: b\n\tfold\rX-AUTHENTICATED-USER"
+	       " : c\r.X-Authenticated-User: d\n\tfold\r.Other: e\rTo: d\n\n"
+	       "body\r\n.\r\n"),
 	     &r);
 	ASSERT(r.done);
 	ASSERT(!r.bad);
-	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: a\r\nTo: d\r\n\r\nbody\r\n");
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "Subject: a\r\n..Other: e\r\nTo: d\r\n\r\nbody\r\n");
+	sg_buf_free(&r.out);
+}
+
+/* A line after a bare line end keeps its leading dots (curl sends an
+ * LF-only file as it is and stuffs only after CRLF); a clean line's
+ * first dot is stuffing. */
+static void test_dot_after_bare_line_end(void)
+{
+	opts o = {true, false, 0};
+	result r;
+	scan(&o,
+	     S("a\n.lead\n..two\n.\n.\r\nx\r.cr\r\n.clean\r\n..\r\n.\r\n"),
+	     &r);
+	ASSERT(r.done);
+	ASSERT(!r.bad);
+	ASSERT_BUF_EQ(r.out.data, r.out.len,
+	              "a\r\n..lead\r\n...two\r\n..\r\n..\r\nx\r\n..cr\r\n"
+	              ".clean\r\n..\r\n");
 	sg_buf_free(&r.out);
 }
 
@@ -499,11 +523,12 @@ static void test_nul(void)
 	ASSERT(r.done);
 	ASSERT_BUF_EQ(r.out.data, r.out.len, "Subject: s\r\n\r\n");
 	sg_buf_free(&r.out);
-	/* ... and "<NUL>.X-Authenticated-User:" is ".X-Authenticated-User:"
-	 * to the upstream, another field: written stuffed */
+	/* ... and "<NUL>.X-Authenticated-User:", which the upstream would
+	 * store as ".X-Authenticated-User:", goes too (no spelling of the
+	 * field passes) */
 	scan(&normx, S("\0.X-Authenticated-User: a\r\n\r\n.\r\n"), &r);
 	ASSERT(r.done);
-	ASSERT_BUF_EQ(r.out.data, r.out.len, "..X-Authenticated-User: a\r\n\r\n");
+	ASSERT_BUF_EQ(r.out.data, r.out.len, "\r\n");
 	sg_buf_free(&r.out);
 	/* a line of NULs is an empty line: the header section ends there */
 	scan(&normx, S("A: b\r\n\0\r\nX-Authenticated-User: c\r\n.\r\n"), &r);
@@ -640,6 +665,7 @@ int main(void)
 	test_strip_unstuffed();
 	test_strip_split();
 	test_strip_normalized_lines();
+	test_dot_after_bare_line_end();
 	test_strip_long();
 	test_nul();
 	test_size();
