@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # Convenience targets; the build itself is CMake (CONTRACT.md).
 .PHONY: all test demo deb deb-stock clean
 all:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/buf.c: bounded growable buffers. */
 #include "buf.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/buf.h: a growable byte buffer with a hard bound.
  *
  * Every buffer that holds client or upstream input has a named maximum, and

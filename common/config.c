@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/config.c: the configuration loader.
  *
  * libinih does the lexing; a reader of ours feeds it one line at a time so we

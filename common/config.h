@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/config.h: the configuration of saslgate, as loaded from the INI file.
  *
  * One table of keys (config.c: section, name, type, default, doc) drives the

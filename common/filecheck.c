@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/filecheck.c: `saslgate -t` opens the daemon's files as the
  * daemon's user and checks the modes of its secrets; sg_call_as_user runs
  * the other checks that must be made as that user (filecheck.h). */

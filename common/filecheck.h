@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/filecheck.h: the file checks of `saslgate -t`.
  *
  * The daemon binds as root and then becomes [server] user, and it reads

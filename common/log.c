@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/log.c: one writer for every log line.
  *
  * Lines go to stderr in one write(2) each so lines of different worker

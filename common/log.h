@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/log.h: leveled logging to stderr (journald picks it up).
  *
  * Every line a session writes carries its session id, so an admin can grep one

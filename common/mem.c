@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/mem.c: allocation that never returns NULL (mem.h). */
 #include "mem.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/mem.h: memory allocation for saslgate: out of memory is fatal.
  *
  * As in Postfix (mymalloc(3)): a daemon that cannot get a few hundred

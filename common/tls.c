@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/tls.c: the TLS engine of common/tls.h, OpenSSL 3 over memory BIOs.
  *
  * OpenSSL never touches a socket: the session feeds ciphertext into a memory

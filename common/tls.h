@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* common/tls.h: TLS over memory BIOs, for both sides of the proxy.
  *
  * The network I/O is libuv's; OpenSSL only ever sees memory BIOs.  A session

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/auth_cmd.c: the AUTH command (RFC 4954), apart from the other
  * commands as Postfix keeps smtpd_sasl_proto.c apart from smtpd.c.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/client_name.c: the client's forward-confirmed host name
  * (client_name.h).
  *

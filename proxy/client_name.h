@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/client_name.h: the client's host name, for XCLIENT/XFORWARD NAME=
  * and the Received header ([server] resolve_client).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/commands.c: the client-side SMTP commands.
  *
  * ONE table maps each verb to its handler, the states it is allowed in (and

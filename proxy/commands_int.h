@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/commands_int.h: what the client-side command files (commands.c,
  * auth_cmd.c) share.  Internal to proxy/. */
 #ifndef SG_PROXY_COMMANDS_INT_H

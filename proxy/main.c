@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/main.c: the command line of saslgate (README.md, "Running").
  *
  *   saslgate [-c FILE] [-t] [-V] [-h]

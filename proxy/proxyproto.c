@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/proxyproto.c: HAProxy PROXY protocol v1 and v2 parser (proxyproto.h).
  *
  * Spec: haproxy doc/proxy-protocol.txt.  The parser is strict and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/proxyproto.h: HAProxy PROXY protocol v1 (text) and v2 (binary).
  *
  * A pure, incremental parser: the session calls it with everything received

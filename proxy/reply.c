@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/reply.c: the reply table and the single reply writer (reply.h). */
 #include "reply.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/reply.h: every reply saslgate itself gives a client, and the one
  * writer for all replies (ours and the upstream's).
  *

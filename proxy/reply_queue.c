@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/reply_queue.c: the commands relayed upstream whose replies are
  * still due, oldest first (RFC 2920 pipelining).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/reply_queue.h: the relayed commands awaiting the upstream's reply
  * (reply_queue.c).  Internal to proxy/. */
 #ifndef SG_PROXY_REPLY_QUEUE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/server.c: workers, listeners, signals, reload and shutdown.
  *
  * Threads: the main thread runs a small loop that owns the signals, the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/server.h: workers (one libuv loop per thread) and their listeners.
  *
  * Every worker binds its own copy of each listener with SO_REUSEPORT, so the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/session.c: one client connection, from accept to close.
  *
  * The session owns its socket, TLS engine, SASL context and upstream link

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/session.h: one client connection, from accept to close.
  *
  * The session owns its socket, its TLS engine, its SASL context and its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/session_int.h: the session struct and the functions session.c,
  * commands.c and reply.c share.  Nothing outside proxy/ includes this. */
 #ifndef SG_PROXY_SESSION_INT_H

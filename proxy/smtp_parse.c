@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/smtp_parse.c: resumable SMTP command line framer (see smtp_parse.h
  * for the limits and the bare-LF rule) and the MAIL/RCPT path parser. */
 #include "smtp_parse.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* proxy/smtp_parse.h: SMTP command line framing, verb/argument split and
  * the MAIL/RCPT path.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/auth.c: the glue between the session and Cyrus SASL (sasl/auth.h).
  *
  * The only file that drives Cyrus: sasl_server_init with our getopt and log

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/auth.h: SMTP AUTH (RFC 4954) on Cyrus SASL, as the session sees it.
  *
  * sasl/ is the only place that includes <sasl/sasl.h>.  The session never sees

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/b64.c: strict base64 for SMTP AUTH (RFC 4954 section 4, RFC 4648).
  *
  * Why our own and not sasl_decode64: RFC 4954 says a server that gets a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/check.c: the [sasl] options as Cyrus sees them, and the start-up
  * checks behind `saslgate -t` for them.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/ipfail.c: per-client-address AUTH failure limit ([sasl]
  * ip_failure_limit within ip_failure_window).
  *

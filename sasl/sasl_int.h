@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/sasl_int.h: what the files of sasl/ share among themselves.
  *
  * Not an interface for other folders (they use sasl/auth.h).  Nothing here

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* sasl/sendermap.c: [sasl] sender_login_map, which MAIL FROM addresses an
  * authenticated login may use (the reverse of Postfix'
  * smtpd_sender_login_maps, read from one plain file).

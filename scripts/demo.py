@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-2-Clause
 """scripts/demo.py: saslgate in front of a real local upstream, ready for swaks.
 
 Starts, all on 127.0.0.1 and all under ./demo/:

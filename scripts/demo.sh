@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # scripts/demo.sh: README's demo command.  Installs what is missing, builds
 # saslgate, and runs it on 127.0.0.1:1587 in front of a private Postfix that
 # stores every accepted message under demo/mail/ (scripts/demo.py).

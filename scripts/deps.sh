@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # scripts/deps.sh: install the Debian 12 packages saslgate needs to build,
 # test and demo.  Idempotent: installs only what is missing.  Needs root
 # (uses sudo when not root).

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # scripts/test.sh: README's test command.  Installs what is missing, builds
 # saslgate twice (warnings as errors; ASan+UBSan+LeakSanitizer), runs every
 # test in both builds (C unit tests, process tests with real Postfix,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/bdat.c: dot-stuffing a chunked message for the DATA scanner and
  * removing it again for a BDAT upstream (bdat.h). */
 #include "bdat.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/bdat.h: BDAT chunks (RFC 3030) to and from DATA's wire format,
  * pure code (fuzzable).
  *

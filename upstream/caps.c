@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/caps.c: what the upstream offers, shared by all workers.
  *
  * The probe runs on one loop and writes; every worker's sessions read when

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/caps.h: the cached upstream capabilities (EHLO honesty).
  * Internal to upstream/: the probe (sg_upstream_probe) stores, any worker
  * reads (sg_upstream_caps_get in link.h). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/data_scan.c: end-of-data, bare CR/LF, NUL and header scanning
  * of DATA.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/data_scan.h: the DATA byte scanner, pure code (fuzzable).
  *
  * Walks the client's DATA bytes once, in pieces of any size, and writes what

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/identity.c: every outward form of the identity (identity.h).
  *
  * Postfix XCLIENT_README: NAME is the client host name (verified: the

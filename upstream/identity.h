@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/identity.h: every outward form of the client's identity.
  *
  * The one place that writes the authenticated login (and the client's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/link.h: the connection to the internal MTA, as the session sees it.
  *
  * upstream/ is the only place that speaks SMTP to the MTA.  A link is opened

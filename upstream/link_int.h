@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/link_int.h: the upstream link's state and the functions its
  * three files share.  Internal to upstream/: the session sees only link.h.
  *

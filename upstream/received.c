@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/received.c: the Received (and X-Authenticated-User) header.
  *
  * Shape, as Postfix writes it so log and header readers know it:

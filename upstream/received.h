@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/received.h: the trace header saslgate prepends to each message.
  *
  * Pure code (no I/O) so its format is unit-tested: RFC 5321 4.4 Received

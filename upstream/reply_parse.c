@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/reply_parse.c: resumable SMTP reply reader and EHLO parser.
  *
  * Reply syntax (RFC 5321 4.2): every line is three digits, then '-' on all

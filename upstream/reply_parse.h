@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/reply_parse.h: the upstream's SMTP replies, parsed without I/O.
  *
  * Pure code (no libuv, no sockets) so it can be unit-tested and fuzzed:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/xtext.c: xtext (RFC 1891 section 4) for XCLIENT/XFORWARD values.
  *
  * xtext = *( xchar / hexchar ); xchar is any octet 33..126 except '+' and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* upstream/xtext.h: xtext encoding (RFC 1891 section 4 / RFC 3461) for the
  * XCLIENT and XFORWARD attribute values.  The single serializer of those
  * values (docs/ARCHITECTURE.md, "Identity": XCLIENT/xtext has one serializer). */

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-2-Clause
 # tests/bench/anchors.sh: saslgate inside the shared anchor rig, in one run
 # with the anchors it was measured against (nginx's mail proxy, Postfix
 # submission + before-queue proxy filter), so one table compares them all.

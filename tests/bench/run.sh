@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-2-Clause
 # tests/bench/run.sh: saslgate's own benchmark, side by side with nginx's mail proxy.
 #
 # Reproduces the performance issue's table on any Debian box (as root):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/bench/sgload.c: saslgate's SMTP submission load generator.
  *
  * It drives an SMTP submission server (saslgate, or nginx/Postfix/... for

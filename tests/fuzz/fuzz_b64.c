@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_b64.c: libFuzzer target for the strict base64 codec of
  * the AUTH exchange (sasl/b64.c, RFC 4648) and the xtext encoder of the
  * XCLIENT/XFORWARD values (upstream/xtext.c, RFC 1891 4).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_bdat.c: libFuzzer target for a chunked message's path
  * through the link (upstream/link_xfer.c): the BDAT stuffer and un-stuffer
  * (upstream/bdat.c) around the DATA scanner (upstream/data_scan.c).

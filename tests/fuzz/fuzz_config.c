@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_config.c: libFuzzer target for the configuration loader
  * (common/config.c on libinih): the input is written to a file in a private
  * temporary folder and loaded like `saslgate -t` would.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_data_scan.c: libFuzzer target for the DATA scanner
  * (upstream/data_scan.c), the code that decides where a message ends.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_identity.c: libFuzzer target for the identity serializer
  * (upstream/identity.c, upstream/received.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_proxyproto.c: libFuzzer target for the PROXY protocol
  * parser (proxy/proxyproto.c), in every mode.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_reply_parse.c: libFuzzer target for the upstream reply
  * reader, EHLO parser and queue-id extractor (upstream/reply_parse.c).
  *

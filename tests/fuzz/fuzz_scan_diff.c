@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_scan_diff.c: differential libFuzzer target for the DATA
  * scanner: upstream/data_scan.c (with its SSE2 fast path) against
  * tests/fuzz/scan_ref.c (the same rules, one octet at a time).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_smtp_parse.c: libFuzzer target for the SMTP command line
  * framer and verb split (proxy/smtp_parse.c).
  *

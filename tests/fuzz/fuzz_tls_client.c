@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_tls_client.c: libFuzzer target for the client side of the
  * TLS engine (common/tls.c), as used for STARTTLS to the upstream MTA:
  * arbitrary bytes as the server's answer to our ClientHello, fed in two

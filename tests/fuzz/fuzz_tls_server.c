@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/fuzz_tls_server.c: libFuzzer target for the server side of the
  * TLS engine (common/tls.c): arbitrary bytes as the first flight of a client
  * (ClientHello and whatever follows), fed in two pieces.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # tests/fuzz/run.sh: build the libFuzzer targets (tests/fuzz/fuzz_*.c) with
 # clang in build-fuzz/, replay every seed corpus (tests/fuzz/corpus/<target>/,
 # which also holds the regression inputs of past crashes), then fuzz each

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/scan_cost.c: instructions per DATA octet of the scanner, for
  * callgrind (repeatable, unlike wall-clock time on a shared box).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/fuzz/scan_ref.c: the DATA scanner's rules, one octet at a time:
  * the reference model that the differential fuzz target (fuzz_scan_diff.c)
  * and tests/unit/test_upstream_scan.c compare the fast scanner

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """pytest fixtures of the saslgate process tests (see sgtest.py's docstring).
 
 Every `start_*` fixture is a factory; whatever it started is stopped at

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """sgtest: the process-test harness of saslgate (real binary, real parts).
 
 Everything listens on 127.0.0.1 on a free high port, every wait is bounded,

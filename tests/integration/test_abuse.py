@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Abuse tests (issue 8): saslgate survives hostile clients.
 
 Each test starts its own saslgate (sasldb users, FakeUpstream or a private

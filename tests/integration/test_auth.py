@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of SMTP AUTH through Cyrus SASL (sasl/): the real binary,
 real Cyrus SASL with a real sasldb or a real saslauthd, real clients
 (smtplib, swaks), and fail2ban-regex on the log the run wrote.

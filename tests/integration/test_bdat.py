@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of BDAT (RFC 3030 CHUNKING) through saslgate.
 
 saslgate offers CHUNKING when the probed upstream does, reads each chunk's

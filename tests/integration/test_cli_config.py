@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """The command line and the configuration file, as CONTRACT.md "Build and
 run" and "Configuration file" describe them, seen from outside: exit codes,
 `FILE:LINE: message` lines naming the right file and line (also inside an

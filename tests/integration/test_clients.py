@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Real Debian submission clients through saslgate to a real Postfix.
 
 One saslgate serves the module: a STARTTLS listener (the "587" of the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of what the upstream learns of the client's host: its
 HELO name and its DNS name.
 

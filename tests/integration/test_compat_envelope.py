@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of the defaults that let saslgate stand in front of any MTA
 for clients that bend RFC 5321: envelope addresses without angle brackets
 ([server] strict_envelope = no), bare LF line ends in DATA ([limits]

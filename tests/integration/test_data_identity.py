@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of what the DATA scanner (upstream/data_scan.c) hands a real
 Postfix: client-supplied X-Authenticated-User fields and NUL octets.
 

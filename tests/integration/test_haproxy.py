@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """tests/integration/test_haproxy.py: scale-out behind a real HAProxy.
 
 Two saslgate instances, listeners with `proxy_protocol = v2`, behind

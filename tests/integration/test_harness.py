@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Self-tests of the harness (sgtest.py) without saslgate: they prove that
 the real parts (Postfix with XCLIENT, smtp-sink, saslauthd, saslpasswd2,
 openssl, swaks) are installed and behave as the saslgate tests assume."""

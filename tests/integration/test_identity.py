@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of identity integrity: the user saslgate names upstream is
 the whole login Cyrus SASL reports, or nothing is relayed.
 

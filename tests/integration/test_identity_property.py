@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Seeded randomized property test of identity integrity, through every
 identity mode (xclient, xforward, header, auth, none) against recording
 upstreams.

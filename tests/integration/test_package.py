@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """The Debian package and the configuration it ships, as an admin meets them.
 
 test_package_lifecycle builds the packages with packaging/build-deb.sh

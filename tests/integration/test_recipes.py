@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Issue 10: the five deployment recipes of docs/deployments.md, each played
 end to end with real parts.
 

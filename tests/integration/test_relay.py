@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of the upstream side (upstream/): identity hand-over to a
 real Postfix, fail-closed behaviour, SMTP smuggling payloads, byte-exact
 streaming, the size limit, failover and upstream faults.

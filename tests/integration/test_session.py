@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """Process tests of the client-side SMTP session (proxy/session.c,
 commands.c, reply.c, smtp_parse.c): what a client sees, in transcripts.
 

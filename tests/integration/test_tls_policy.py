@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 """The TLS policy a client meets (common/tls.c), seen from outside with
 `openssl s_client` and testssl.sh, on a STARTTLS and an implicit listener:
 

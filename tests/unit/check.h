@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/check.h: the assertions of the C unit tests, after libuv's
  * test/task.h.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/driver.c: the session engine in-process (driver.h).
  *
  * A worker and one listener set up as proxy/server.c does it, minus the

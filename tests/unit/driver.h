@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/driver.h: the real session engine (proxy/session.c,
  * commands.c, reply.c, ...) driven in-process, on a libuv loop of the test,
  * against a scripted upstream link (scripted_link.c).

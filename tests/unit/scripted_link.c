@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/scripted_link.c: upstream/link.h played by the test.
  *
  * Every function of link.h the proxy uses, for the driver's tests

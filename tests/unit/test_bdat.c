@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_bdat.c: the BDAT stuffer and un-stuffer (upstream/bdat.c)
  * with the DATA scanner between them, as upstream/link_xfer.c uses them.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_bdat_session.c: BDAT (RFC 3030) as a client sees it,
  * through the real session code (driver.h) and a scripted upstream link.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_client_name.c: the client's host name (proxy/client_name.c).
  *
  * The pure rules (which resolver errors are temporary, which names Postfix

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_config.c: the configuration loader (common/config.c).
  *
  * Writes small configuration trees into a temporary directory and checks

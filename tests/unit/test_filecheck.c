@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_filecheck.c: the file checks of `saslgate -t`
  * (common/filecheck.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_pipeline.c: what a client sees of pipelining (RFC 2920)
  * and of the command guards, through the real session code (driver.h) and
  * a scripted upstream link.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_proxyproto.c: PROXY protocol v1/v2 parser (proxy/proxyproto.c).
  *
  * Valid headers of every kind parse to the right addresses and length; every

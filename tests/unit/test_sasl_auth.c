@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_sasl_auth.c: sg_auth_* against real Cyrus SASL with a real
  * sasldb (made by saslpasswd2), driven through a real uv loop and libuv's
  * thread pool: PLAIN with and without initial response, wrong password,

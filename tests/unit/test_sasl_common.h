@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_sasl_common.h: helpers shared by the test_sasl_*.c unit
  * tests: check.h's assertions, a scratch directory, a configuration written
  * from text, and a real uv loop driving sg_auth_start/step to the callback.

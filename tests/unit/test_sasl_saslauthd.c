@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_sasl_saslauthd.c: sg_auth_* with pwcheck_method =
  * saslauthd against a real saslauthd (-a shadow, a throwaway system user
  * made with useradd + chpasswd, its own socket directory), then:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_sasl_util.c: the parts of sasl/ that do not need Cyrus:
  * strict base64 (RFC 4648), the mechanism-name check (RFC 4954,
  * CVE-2019-19906 class), the per-address failure limiter and the

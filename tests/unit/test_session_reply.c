@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_session_reply.c: the client reply table (proxy/reply.c).
  *
  * Every entry is a well-formed reply: a 2xx-5xx code, an RFC 3463 enhanced

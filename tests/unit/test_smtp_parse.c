@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_smtp_parse.c: the command line framer (proxy/smtp_parse.c):
  * split reads, the 4096-octet limit on both sides, resync after an overlong
  * line, NUL octets, bare LF, pipelined batches, verb/argument split; the

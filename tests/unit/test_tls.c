@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_tls.c: the TLS engine (common/tls.c) over memory BIOs.
  *
  * Throwaway RSA and ECDSA certificates are made with the openssl CLI in a

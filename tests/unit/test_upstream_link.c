@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_upstream_link.c: the upstream link's state machine against
  * a scripted fake MTA on 127.0.0.1 (same libuv loop): XCLIENT hand-over and
  * its refusal (fail closed), failover, in-step replies, DATA streaming with

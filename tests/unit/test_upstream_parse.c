@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_upstream_parse.c: xtext, the upstream reply reader, the
  * EHLO extension parser, queue ids and the Received header format. */
 #include <stdio.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* tests/unit/test_upstream_scan.c: the DATA scanner (upstream/data_scan.c).
  *
  * Every input is checked whole, split at every byte position, and fed one
