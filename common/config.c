@@ -375,6 +375,7 @@ enum ktype {
 	K_WORKERS,
 	K_TLSVER,
 	K_SERVER, /* [upstream] server: repeatable */
+	K_PSERVER, /* [policy] server: repeatable */
 	K_ADDRESS, /* [listener] address */
 	K_NETS     /* [listener] proxy_trusted_networks */
 };
@@ -395,6 +396,8 @@ static const char *const id_modes[] = {"xclient", "xforward", "header",
                                        "auth",    "none",     NULL};
 static const char *const utls_modes[] = {"none", "starttls", "required", NULL};
 static const char *const bare_modes[] = {"reject", "normalize", NULL};
+static const char *const policy_ats[] = {"rcpt", "data", "end_of_data", NULL};
+static const char *const policy_defaults[] = {"defer", "dunno", NULL};
 
 #define C(f) offsetof(sg_config, f)
 #define L(f) offsetof(sg_listener_cfg, f)
@@ -502,6 +505,28 @@ static const struct key keys[] = {
     {"limits", "bare_newline", K_ENUM, C(bare_newline), "normalize",
      bare_modes,
      "bare CR or LF in DATA: normalize (to CRLF) | reject (550 5.5.2)"},
+
+    {"policy", "server", K_PSERVER, 0, NULL, NULL,
+     "inet:HOST:PORT or unix:PATH of a Postfix policy server "
+     "(SMTPD_POLICY_README); repeatable, tried in order (none: no checks)"},
+    {"policy", "at", K_ENUM, C(policy_at), "rcpt", policy_ats,
+     "rcpt (each RCPT, before it is relayed) | data (DATA, before it is "
+     "relayed; CHUNKING is then not offered) | end_of_data (not supported "
+     "yet: refused)"},
+    {"policy", "timeout", K_DURATION, C(policy_timeout_ms), "2s", NULL,
+     "a check's whole time, every server tried included"},
+    {"policy", "default_action", K_ENUM, C(policy_default), "defer",
+     policy_defaults,
+     "no server answered in time: defer (451 4.3.5) | dunno (carry on "
+     "unchecked)"},
+
+    {"metrics", "address", K_STR, C(metrics_address), "", NULL,
+     "address:port of the Prometheus endpoint (GET /metrics), e.g. "
+     "127.0.0.1:9465; empty: off.  Read at start only (a reload that "
+     "changes it asks for a restart)"},
+    {"metrics", "public", K_BOOL, C(metrics_public), "no", NULL,
+     "\"yes\" allows a metrics address that is not loopback (the counters "
+     "show traffic and upstream names; no authentication)"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 
@@ -536,6 +561,7 @@ struct loader {
 	 * earlier file built ("a later value overrides an earlier one"); later
 	 * ones in the same file append to it */
 	const char *servers_file;
+	const char *policy_file; /* the same for [policy] server */
 	/* libinih's line buffer is INI_MAX_LINE (200) octets in Debian's
 	 * build; a longer "key = value" line is handed to it with the value
 	 * replaced by "\001<n>", and the handler swaps the real value back */
@@ -546,7 +572,7 @@ struct loader {
 static bool known_section(const char *name)
 {
 	static const char *const plain[] = {"server", "tls", "sasl", "upstream",
-	                                    "limits"};
+	                                    "limits", "policy", "metrics"};
 	for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
 		if (strcmp(name, plain[i]) == 0)
 			return true;
@@ -693,6 +719,54 @@ static int add_server(struct loader *ld, const char *v, const char **why)
 	return 0;
 }
 
+static void policy_servers_free(sg_config *c)
+{
+	for (size_t i = 0; i < c->npolicy_servers; i++) {
+		free(c->policy_servers[i].spec);
+		free(c->policy_servers[i].host);
+		free(c->policy_servers[i].port);
+		free(c->policy_servers[i].path);
+	}
+	c->npolicy_servers = 0;
+}
+
+/* [policy] server = inet:host:port | unix:/path, repeatable: a later
+ * file's list replaces an earlier file's, as [upstream] server. */
+static int add_policy_server(struct loader *ld, const char *v,
+                             const char **why)
+{
+	sg_config *c = ld->c;
+	sg_policy_server ps = {0};
+	if (strncmp(v, "unix:", 5) == 0) {
+		if (v[5] != '/') {
+			*why = "unix: needs an absolute path";
+			return -1;
+		}
+		ps.path = sg_xstrdup(v + 5);
+	} else if (strncmp(v, "inet:", 5) == 0) {
+		if (!strrchr(v + 5, ':') || strrchr(v + 5, ']') > strrchr(v + 5, ':')) {
+			*why = "inet: needs HOST:PORT";
+			return -1;
+		}
+		if (sg_parse_hostport(v + 5, "0", &ps.host, &ps.port, why) < 0)
+			return -1;
+	} else {
+		*why = "expected inet:HOST:PORT or unix:PATH";
+		return -1;
+	}
+	if (ld->policy_file != ld->where.file) {
+		policy_servers_free(c);
+		ld->policy_file = ld->where.file;
+	}
+	ps.spec = sg_xstrdup(v);
+	ps.where = ld->where;
+	c->policy_servers = sg_xreallocarray(c->policy_servers,
+	                                     c->npolicy_servers + 1,
+	                                     sizeof *c->policy_servers);
+	c->policy_servers[c->npolicy_servers++] = ps;
+	return 0;
+}
+
 static int set_nets(struct loader *ld, const struct key *k,
                     sg_listener_cfg *l, const char *v)
 {
@@ -765,6 +839,9 @@ static int set_value(struct loader *ld, const struct key *k, void *base,
 		break;
 	case K_SERVER:
 		rc = add_server(ld, v, &why);
+		break;
+	case K_PSERVER:
+		rc = add_policy_server(ld, v, &why);
 		break;
 	case K_ADDRESS: {
 		sg_listener_cfg *l = base;
@@ -841,6 +918,7 @@ static void do_include(struct loader *ld, const char *pattern)
 	}
 	sg_where saved = ld->where;
 	const char *saved_sf = ld->servers_file;
+	const char *saved_pf = ld->policy_file;
 	for (size_t i = 0; i < g.gl_pathc; i++) {
 		ld->depth++;
 		if (load_file(ld, g.gl_pathv[i]) < 0)
@@ -852,6 +930,8 @@ static void do_include(struct loader *ld, const char *pattern)
 	/* server lines after the include add to what the drop-ins built */
 	if (ld->servers_file != saved_sf)
 		ld->servers_file = ld->where.file;
+	if (ld->policy_file != saved_pf)
+		ld->policy_file = ld->where.file;
 	globfree(&g);
 }
 
@@ -1031,6 +1111,65 @@ static int load_file(struct loader *ld, const char *path)
 	return 0;
 }
 
+static void validate_policy(struct loader *ld)
+{
+	sg_config *c = ld->c;
+	if (c->policy_at == SG_POLICY_AT_END_OF_DATA) {
+		sg_where w = sg_config_where(c, "policy", "at");
+		sg_errors_add(ld->errs, &w,
+		              "[policy] at = end_of_data is not supported yet "
+		              "(use rcpt or data)");
+	}
+	if (c->policy_timeout_ms == 0) {
+		sg_where w = sg_config_where(c, "policy", "timeout");
+		sg_errors_add(ld->errs, &w, "[policy] timeout must be above 0");
+	}
+}
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104 */
+static bool loopback(const struct sockaddr_storage *ss)
+{
+	static const uint8_t v6lo[16] = {[15] = 1};
+	static const uint8_t mapped[12] = {[10] = 0xff, [11] = 0xff};
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+	}
+	const uint8_t *b = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+	return memcmp(b, v6lo, 16) == 0 ||
+	       (memcmp(b, mapped, 12) == 0 && b[12] == 127);
+}
+
+/* [metrics] address parses, and is loopback unless public = yes: the
+ * endpoint has no authentication. */
+static void validate_metrics(struct loader *ld)
+{
+	sg_config *c = ld->c;
+	if (!*c->metrics_address)
+		return;
+	sg_where w = sg_config_where(c, "metrics", "address");
+	const char *why = NULL;
+	if (sg_parse_sockaddr(c->metrics_address, &c->metrics_addr,
+	                      &c->metrics_addrlen, &why) < 0) {
+		sg_errors_add(ld->errs, &w, "[metrics] address %s: %s",
+		              c->metrics_address, why ? why : "bad address");
+		return;
+	}
+	if (!loopback(&c->metrics_addr) && !c->metrics_public)
+		sg_errors_add(ld->errs, &w,
+		              "[metrics] address %s is not loopback: set "
+		              "[metrics] public = yes to serve it there",
+		              c->metrics_address);
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].address &&
+		    c->listeners[i].addrlen == c->metrics_addrlen &&
+		    memcmp(&c->listeners[i].addr, &c->metrics_addr,
+		           c->metrics_addrlen) == 0)
+			sg_errors_add(ld->errs, &w,
+			              "[metrics] address is [listener %s]'s",
+			              c->listeners[i].name);
+}
+
 static void validate(struct loader *ld)
 {
 	sg_config *c = ld->c;
@@ -1127,6 +1266,8 @@ static void validate(struct loader *ld)
 		sg_where w = sg_config_where(c, "upstream", "connect_timeout");
 		sg_errors_add(ld->errs, &w, "connect_timeout must be above 0");
 	}
+	validate_policy(ld);
+	validate_metrics(ld);
 }
 
 sg_config *sg_config_load(const char *path, sg_errors *errs)
@@ -1199,6 +1340,8 @@ void sg_config_unref(sg_config *c)
 		free(c->servers[i].port);
 	}
 	free(c->servers);
+	policy_servers_free(c);
+	free(c->policy_servers);
 	for (size_t i = 0; i < c->nsasl_opts; i++) {
 		free(c->sasl_opts[i].key);
 		free(c->sasl_opts[i].value);

@@ -28,6 +28,11 @@ enum sg_identity_mode {
 };
 enum sg_up_tls { SG_UTLS_NONE = 0, SG_UTLS_STARTTLS, SG_UTLS_REQUIRED };
 enum sg_bare_newline { SG_BARE_REJECT = 0, SG_BARE_NORMALIZE };
+/* [policy] at: where the policy server is asked (Postfix protocol_state) */
+enum sg_policy_at { SG_POLICY_AT_RCPT = 0, SG_POLICY_AT_DATA,
+	            SG_POLICY_AT_END_OF_DATA };
+/* [policy] default_action: no server answered in time */
+enum sg_policy_default { SG_POLICY_DEFAULT_DEFER = 0, SG_POLICY_DEFAULT_DUNNO };
 
 /* Where a value came from, for "FILE:LINE: message" errors after loading. */
 typedef struct sg_where {
@@ -65,6 +70,15 @@ typedef struct sg_upstream_server {
 	char *port; /* numeric string */
 	sg_where where;
 } sg_upstream_server;
+
+/* [policy] server: "inet:HOST:PORT" or "unix:PATH" (Postfix's forms). */
+typedef struct sg_policy_server {
+	char *spec; /* as written, for the log */
+	char *host; /* inet: name or address, brackets removed; unix: NULL */
+	char *port;
+	char *path; /* unix: the socket; inet: NULL */
+	sg_where where;
+} sg_policy_server;
 
 typedef struct sg_kv {
 	char *key;
@@ -130,6 +144,19 @@ typedef struct sg_config {
 	unsigned max_recipients;
 	uint64_t idle_timeout_ms;
 	int bare_newline; /* enum sg_bare_newline */
+
+	/* [policy]: none without a server (proxy/policy.h) */
+	sg_policy_server *policy_servers;
+	size_t npolicy_servers;
+	int policy_at;      /* enum sg_policy_at */
+	uint64_t policy_timeout_ms;
+	int policy_default; /* enum sg_policy_default */
+
+	/* [metrics]: the Prometheus endpoint (proxy/metrics_http.h) */
+	char *metrics_address; /* "" = off */
+	struct sockaddr_storage metrics_addr;
+	socklen_t metrics_addrlen;
+	bool metrics_public; /* a non-loopback address is allowed */
 
 	/* bookkeeping: every key's origin, interned file names */
 	struct sg_where_entry *wheres;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/metrics.h"
 #include "../upstream/identity.h"
 #include "commands_int.h"
 #include "reply.h"
@@ -42,6 +43,11 @@ static void log_auth(sg_session *s, const char *result, const char *reason)
 	         s->auth.tried && s->auth.tried[0] ? " user=" : "", s->auth.tried ? s->auth.tried : "",
 	         s->client_ip, s->auth.mech,
 	         reason ? " reason=" : "", reason ? reason : "");
+	sg_metrics_auth(s->auth.mech,
+	                *result == 'o'   ? SG_MA_OK
+	                : *result == 'f' ? SG_MA_FAIL
+	                                 : SG_MA_TEMPFAIL,
+	                uv_hrtime() - s->auth.t0);
 }
 
 
@@ -311,6 +317,7 @@ void sg_cmd_auth(sg_session *s, char *arg)
 		return;
 	}
 	snprintf(s->auth.mech, sizeof s->auth.mech, "%s", arg);
+	s->auth.t0 = uv_hrtime();
 	sg_session_set_str(&s->auth.tried, NULL, 0);
 	sg_auth *a = sg_session_auth(s);
 	if (!a) {

@@ -22,8 +22,10 @@
 #include "../common/filecheck.h"
 #include "../common/log.h"
 #include "../common/mem.h"
+#include "../common/metrics.h"
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
+#include "metrics_http.h"
 #include "session.h"
 
 #include <errno.h>
@@ -78,6 +80,7 @@ bool sg_server_proxy_refused(const sg_listener_cfg *lc,
 	         "event=proxy_refused client=%s:%u listener=%s reason=\"peer not "
 	         "in proxy_trusted_networks\"",
 	         ip, port, lc->name);
+	sg_metrics_rejected(lc->name, SG_MJ_PROXY);
 	return true;
 }
 
@@ -139,6 +142,8 @@ static void worker_begin_stop(sg_worker *w)
 		return;
 	w->stopping = true;
 	close_listeners(w);
+	sg_mhttp_stop(w->metrics);
+	w->metrics = NULL;
 	uv_update_time(&w->loop);
 	w->stop_started = uv_now(&w->loop);
 	sg_session_drain_all(w, false);
@@ -209,6 +214,7 @@ static void on_wake(uv_async_t *a)
 static void worker_main(void *arg)
 {
 	sg_worker *w = arg;
+	sg_metrics_bind(w->id); /* its own counting slot */
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
@@ -280,6 +286,10 @@ static void reload(struct sg_server *srv)
 			         "listen there",
 			         nc->listeners[j].name, nc->listeners[j].address);
 	}
+	if (strcmp(nc->metrics_address, srv->cfg->metrics_address) != 0)
+		log_warn(NULL, "reload: [metrics] address changed to \"%s\": restart "
+		         "saslgate to serve metrics there",
+		         nc->metrics_address);
 	sg_log_level = nc->log_level;
 	hand_over(srv, nc, nt, false);
 	sg_config_unref(srv->cfg);
@@ -362,7 +372,7 @@ static int worker_init(struct sg_server *srv, int i, sg_errors *errs)
 		if (bind_listener(w, &w->listeners[j], &cfg->listeners[j], errs) < 0)
 			return -1;
 	}
-	return 0;
+	return sg_mhttp_start(&w->loop, cfg, &w->metrics, errs);
 }
 
 /* After its thread ended: the references it still holds. */

@@ -33,6 +33,7 @@ typedef struct sg_worker {
 	sg_tls_ctx *tls; /* current server TLS context, NULL when no [tls] */
 	sg_listener *listeners;
 	size_t nlisteners;
+	struct sg_mhttp *metrics; /* its [metrics] listener, NULL when off */
 	uv_async_t wake;       /* main thread -> worker: reload or stop */
 	uv_timer_t stop_timer; /* polls sessions during shutdown */
 	uint64_t stop_started;  /* loop time the shutdown began */

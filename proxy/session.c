@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "../common/log.h"
+#include "../common/metrics.h"
 #include "../upstream/identity.h"
 #include "client_name.h"
 #include "commands_int.h"
@@ -222,6 +223,7 @@ static void on_handle_closed(uv_handle_t *h)
 	free(s->bdat.fail);
 	if (s->tls.ctx)
 		sg_tls_ctx_unref(s->tls.ctx);
+	sg_metrics_closed(s->lc->name);
 	sg_config_unref(s->cfg);
 	sg_server_conn_dec();
 	free(s);
@@ -257,6 +259,7 @@ static void log_disconnect(sg_session *s)
 	         s->client_ip, s->client_port, tls, user, s->msgs,
 	         (unsigned long long)s->bytes, s->qids ? s->qids : "-", secs,
 	         s->close_reason ? s->close_reason : "-");
+	sg_metrics_session(s->lc->name, false);
 }
 
 /* Forget the SASL exchange and the upstream link; both drop their pending
@@ -594,6 +597,7 @@ static void do_handshake(sg_session *s)
 	if (r < 0) {
 		log_warn(s->id, "event=tls result=fail client=%s reason=%s",
 		         s->client_ip, sg_tls_error(s->tls.eng));
+		sg_metrics_tls(s->lc->name, false);
 		sg_session_close(s, "tls error");
 		return;
 	}
@@ -602,6 +606,7 @@ static void do_handshake(sg_session *s)
 	log_info(s->id, "event=tls result=ok client=%s version=%s cipher=%s bits=%u%s",
 	         s->client_ip, sg_tls_version(s->tls.eng), sg_tls_cipher(s->tls.eng),
 	         sg_tls_bits(s->tls.eng), sg_tls_resumed(s->tls.eng) ? " resumed" : "");
+	sg_metrics_tls(s->lc->name, true);
 	if (s->lc->tls == SG_TLS_IMPLICIT)
 		sg_reply_send(s, SG_R_GREETING);
 	sg_session_state(s, SG_ST_HELO);
@@ -617,6 +622,7 @@ static int tls_begin(sg_session *s)
 	if (!s->tls.ctx || !(s->tls.eng = sg_tls_new_server(s->tls.ctx))) {
 		log_error(s->id, "event=tls result=fail client=%s reason=no TLS context",
 		          s->client_ip);
+		sg_metrics_tls(s->lc->name, false);
 		sg_session_close(s, "tls error");
 		return -1;
 	}
@@ -807,6 +813,7 @@ static void message_over(sg_session *s, const sg_reply *r, bool again)
 	         user, from, s->txn.rcpts,
 	         (unsigned long long)s->txn.msg_size,
 	         s->up.link ? sg_link_peer(s->up.link) : "-", rtext);
+	sg_metrics_message(ok, s->txn.msg_size);
 	if (again)
 		sg_reply_again(s, r->text, r->len);
 	else
@@ -1109,6 +1116,7 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 	w->sessions = s;
 	w->nsessions++;
 	unsigned count = sg_server_conn_inc(); /* dec in on_handle_closed */
+	sg_metrics_accept(s->lc->name);
 
 	int r = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->tcp);
 	if (r < 0) {
@@ -1136,9 +1144,11 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 
 	log_info(s->id, "event=connect client=%s:%u listener=%s", s->client_ip,
 	         s->client_port, s->lc->name);
+	sg_metrics_session(s->lc->name, true);
 	if (s->cfg->max_connections && count > s->cfg->max_connections) {
 		log_warn(s->id, "event=reject client=%s reason=max_connections (%u)",
 		         s->client_ip, s->cfg->max_connections);
+		sg_metrics_rejected(s->lc->name, SG_MJ_MAXCONN);
 		/* on an implicit-TLS port a plaintext reply would be noise; behind
 		 * a PROXY-protocol balancer the 421 reaches the client all the same */
 		if (s->lc->tls != SG_TLS_IMPLICIT)

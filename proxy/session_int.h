@@ -96,6 +96,7 @@ typedef struct sg_sess_auth {
 	char *tried; /* login of this AUTH exchange, log form: exchange only */
 	char mech[24];
 	unsigned steps; /* client responses in this exchange */
+	uint64_t t0;    /* uv_hrtime() at the AUTH command (metrics) */
 } sg_sess_auth;
 
 /* The mail transaction (MAIL to the end of DATA). */

@@ -680,6 +680,11 @@ static void after_work(uv_work_t *w, int status)
 	call_back(a, res, out, outlen);
 }
 
+unsigned sg_auth_inflight(void)
+{
+	return __atomic_load_n(&g_inflight, __ATOMIC_RELAXED);
+}
+
 /* A call that never reached the pool: give back what queue() took. */
 static void unqueue_failed(sg_auth *a, int r)
 {

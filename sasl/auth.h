@@ -58,6 +58,9 @@ void sg_auth_set_tls(sg_auth *a, unsigned ssf);
  * under pwcheck_method = saslauthd. */
 const char *sg_auth_mechs(sg_auth *a);
 
+/* Cyrus calls queued or running on the pool, every loop (for metrics). */
+unsigned sg_auth_inflight(void);
+
 /* RFC 4954 mechanism name syntax: 1-20 of A-Z 0-9 - _ (checked before the
  * name reaches Cyrus: CVE-2019-19906 class).  Uppercases in place. */
 bool sg_auth_mech_valid(char *mech);

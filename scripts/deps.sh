@@ -12,7 +12,8 @@ postfix swaks python3 python3-pytest haproxy fail2ban testssl.sh
 msmtp curl s-nail libio-socket-ssl-perl libauthen-sasl-perl
 clang-14 libfuzzer-14-dev libclang-rt-14-dev
 debhelper devscripts lintian fakeroot dpkg-dev systemd valgrind
-python3-seccomp ufw autopkgtest debootstrap systemd-container"
+python3-seccomp ufw autopkgtest debootstrap systemd-container
+prometheus"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

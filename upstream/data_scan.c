@@ -34,6 +34,8 @@
  * octet-at-a-time model of these rules, tests/fuzz/scan_ref.c. */
 #include "data_scan.h"
 
+#include "../common/metrics.h"
+
 #include <ctype.h>
 #include <string.h>
 #if defined(__SSE2__) && !defined(SG_SCAN_NO_SSE2)
@@ -435,9 +437,10 @@ size_t sg_scan_feed(sg_scan *s, const char *in, size_t len, sg_buf *out)
 			int m = hdr_match(s);
 			if (m == 0)
 				break;
-			if (m > 0)
+			if (m > 0) {
 				s->stripping = true;
-			else
+				sg_metrics_stripped();
+			} else
 				put(s, out, s->hold, s->nhold);
 			s->nhold = 0;
 			s->state = S_TEXT;

@@ -34,6 +34,7 @@
 #include <strings.h>
 
 #include "../common/log.h"
+#include "../common/metrics.h"
 
 #define UP_READ_BUF 65536            /* one read from the socket */
 #define UP_PLAIN_MAX (4 * SG_REPLY_MAX) /* decrypted bytes not yet parsed */
@@ -313,6 +314,7 @@ static void on_timeout(uv_timer_t *t)
 void link_arm(sg_link *l, uint64_t ms)
 {
 	uv_timer_start(&l->timer, on_timeout, ms ? ms : 1, 0);
+	l->t_armed = uv_hrtime(); /* a reply is due from now */
 }
 
 /* ---- failover ------------------------------------------------------------ */
@@ -339,6 +341,7 @@ static void fail_all(sg_link *l)
 	          "event=upstream_unavailable servers=%zu last_error=\"%s\"%s",
 	          l->cfg->nservers, l->last_error ? l->last_error : "",
 	          l->probe ? " action=probe" : "");
+	sg_metrics_unavailable();
 	if (l->was_ready) {
 		l->phase = P_DEAD;
 		link_became_dead(l, "reopen failed");
@@ -368,6 +371,7 @@ static void next_target(sg_link *l)
 {
 	if (l->ai && l->ai->ai_next) {
 		l->ai = l->ai->ai_next;
+		sg_metrics_failover();
 		connect_ai(l);
 		return;
 	}
@@ -380,6 +384,7 @@ static void next_target(sg_link *l)
 		fail_all(l);
 		return;
 	}
+	sg_metrics_failover();
 	start_server(l);
 }
 
@@ -394,6 +399,7 @@ void link_fail_server(sg_link *l, const char *fmt, ...)
 	log_warn(link_sid(l),
 	         "event=upstream_fail upstream=%s action=%s reason=\"%s\"",
 	         l->peer, phase_name[l->phase], why);
+	sg_metrics_upstream_fail(l->peer);
 	uv_timer_stop(&l->timer);
 	link_conn_close(l);
 	l->identity_done = false;
@@ -528,6 +534,7 @@ static void got_reply(sg_link *l, const sg_reply_reader *rr)
 	log_debug(link_sid(l),
 	          "event=upstream_reply upstream=%s action=%s reply=\"%s\"",
 	          l->peer, phase_name[l->phase], t);
+	sg_metrics_reply(l->peer, rr->code, uv_hrtime() - l->t_armed);
 	if (l->phase != P_READY) {
 		link_handshake_reply(l, rr, t);
 		return;

@@ -130,6 +130,7 @@ struct sg_link {
 
 	conn *c;
 	uv_timer_t timer; /* connect / reply timeout */
+	uint64_t t_armed;  /* uv_hrtime() when it was last armed (metrics) */
 	uv_timer_t defer; /* delivers deferred replies */
 	sg_reply_reader *rr; /* only while a reply is cut between reads */
 	sg_tls_ctx *tls_ctx;

@@ -41,6 +41,7 @@
 #include <strings.h>
 
 #include "../common/log.h"
+#include "../common/metrics.h"
 #include "bdat.h"
 #include "received.h"
 
@@ -445,10 +446,20 @@ static const char *refusal(const sg_link *l)
 	return R_LOST;
 }
 
+/* refusal()'s reason, for saslgate_data_refusals_total */
+static enum sg_mrefusal refusal_reason(const sg_link *l)
+{
+	if (l->bdat_err)
+		return SG_MR_UPSTREAM;
+	return l->scan.nul ? SG_MR_NUL : l->scan.bad ? SG_MR_BARE
+	       : l->scan.too_big ? SG_MR_SIZE : SG_MR_UPSTREAM;
+}
+
 /* The message is over and refused, or its upstream gone: our reply. */
 static void data_refused(sg_link *l)
 {
 	l->in_data = false;
+	sg_metrics_refusal(refusal_reason(l));
 	defer_reply(l, l->done, l->done_arg, refusal(l));
 	bdat_over(l);
 }
