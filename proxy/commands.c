@@ -104,6 +104,7 @@ void sg_cmd_txn_reset(sg_session *s)
 	s->txn.rcpts = 0;
 	s->txn.msg_size = 0;
 	sg_session_bdat_reset(s);
+	sg_policy_txn_reset(s);
 	if (s->state == SG_ST_MAIL || s->state == SG_ST_RCPT ||
 	    s->state == SG_ST_DATA)
 		sg_session_state(s, SG_ST_READY);
@@ -269,6 +270,11 @@ static void relay(sg_session *s, enum verb v, const char *line, size_t len)
 		sg_link_mail(s->up.link, line, len, s->txn.mail_auth, sg_rq_on_reply, s);
 	else
 		sg_link_command(s->up.link, line, len, sg_rq_on_reply, s);
+}
+
+void sg_cmd_policy_pass(sg_session *s, int verb, const char *line, size_t len)
+{
+	relay(s, (enum verb)verb, line, len);
 }
 
 static void link_lost(sg_session *s)
@@ -440,9 +446,11 @@ static void cmd_ehlo(sg_session *s, char *arg)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "DSN");
 	/* RFC 3030: relayed as BDAT, or as DATA by a link whose upstream
 	 * lacks it after all (a failover server) */
-	if (caps.chunking)
+	/* a BDAT message has no DATA to check, nor a header to PREPEND to */
+	bool chunking = caps.chunking && s->cfg->npolicy_servers == 0;
+	if (chunking)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "CHUNKING");
-	s->bdat.offered = caps.chunking;
+	s->bdat.offered = chunking;
 	snprintf(lines[n++], SG_EHLO_LINE_MAX, "ENHANCEDSTATUSCODES");
 	if (s->lc->tls == SG_TLS_STARTTLS && !s->tls.eng && s->tls.ctx)
 		snprintf(lines[n++], SG_EHLO_LINE_MAX, "STARTTLS");
@@ -638,17 +646,17 @@ static void cmd_mail(sg_session *s, char *arg)
 }
 
 /* "TO:<path> params" (or a bare path, parse_path) checked and made into
- * the line relayed upstream (out, *n octets).  SG_R_COUNT when fine, else
+ * the line relayed upstream (out, *n octets), the path into addr
+ * (SG_PATH_MAX + 1 octets).  SG_R_COUNT when fine, else
  * the reply. */
 static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
-                             int *n)
+                             int *n, char *addr)
 {
 	if (strncasecmp(arg, "TO:", 3) != 0)
 		return SG_R_SYNTAX;
 	char *p = arg + 3;
 	while (*p == ' ')
 		p++;
-	char addr[SG_PATH_MAX + 1];
 	enum sg_rep bad = parse_path(s, &p, addr, false);
 	if (bad == SG_R_COUNT)
 		bad = check_params(s, p, rcpt_param);
@@ -665,9 +673,9 @@ static enum sg_rep rcpt_line(sg_session *s, char *arg, char *out, size_t cap,
 
 static void cmd_rcpt(sg_session *s, char *arg)
 {
-	char line[SG_RELAY_LINE_MAX];
+	char line[SG_RELAY_LINE_MAX], addr[SG_PATH_MAX + 1];
 	int n = 0;
-	enum sg_rep bad = rcpt_line(s, arg, line, sizeof line, &n);
+	enum sg_rep bad = rcpt_line(s, arg, line, sizeof line, &n, addr);
 	if (bad != SG_R_COUNT) {
 		refuse(s, bad);
 		return;
@@ -681,6 +689,8 @@ static void cmd_rcpt(sg_session *s, char *arg)
 		refuse(s, SG_R_NEED_MAIL);
 		return;
 	}
+	if (sg_policy_holds(s, SG_POLICY_AT_RCPT, V_RCPT, addr, line, (size_t)n))
+		return;
 	relay(s, V_RCPT, line, (size_t)n);
 }
 
@@ -694,6 +704,8 @@ static void cmd_data(sg_session *s, char *arg)
 		refuse(s, SG_R_NEED_RCPT);
 		return;
 	}
+	if (sg_policy_holds(s, SG_POLICY_AT_DATA, V_DATA, NULL, "DATA\r\n", 6))
+		return;
 	relay(s, V_DATA, "DATA\r\n", 6);
 }
 
@@ -826,6 +838,13 @@ static void cmd_quit(sg_session *s, char *arg)
 static bool may_decide_ahead(const sg_session *s, const sg_cmd *c)
 {
 	int last = sg_rq_last(s);
+	/* [policy]: the checked command waits for the replies before it, and
+	 * costs a round trip (its check is made on the state they leave) */
+	int at = s->cfg->policy_at;
+	if (s->cfg->npolicy_servers &&
+	    ((c->id == V_RCPT && at == SG_POLICY_AT_RCPT) ||
+	     (c->id == V_DATA && at == SG_POLICY_AT_DATA)))
+		return false;
 	return (c->flags & F_AHEAD) && (last == V_MAIL || last == V_RCPT) &&
 	       !sg_rq_full(s) && s->up.link && sg_link_alive(s->up.link);
 }

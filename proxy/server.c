@@ -26,6 +26,7 @@
 #include "../sasl/auth.h"
 #include "../upstream/link.h"
 #include "metrics_http.h"
+#include "policy.h"
 #include "session.h"
 
 #include <errno.h>
@@ -160,6 +161,7 @@ static void drain_poll(uv_timer_t *t)
 		sg_session_drain_all(w, true);
 	if (w->nsessions == 0) {
 		uv_timer_stop(t);
+		sg_policy_shutdown(&w->loop); /* its kept connections */
 		uv_close((uv_handle_t *)&w->stop_timer, NULL);
 		uv_close((uv_handle_t *)&w->wake, NULL);
 	}

@@ -291,6 +291,7 @@ void sg_session_close(sg_session *s, const char *reason)
 	s->name.q = NULL;
 	s->name.wait = NULL;
 	drop_auth_and_link(s);
+	sg_policy_session_end(s); /* a check in flight ends unheard */
 	log_disconnect(s);
 	if (!uv_is_closing((uv_handle_t *)&s->tcp))
 		uv_read_stop((uv_stream_t *)&s->tcp);
@@ -852,6 +853,7 @@ void sg_session_data_begin(sg_session *s)
 	s->data_paused = false;
 	s->txn.msg_size = 0;
 	sg_session_flush(s); /* the 354 goes out now, whatever follows */
+	sg_policy_data_begin(s); /* its PREPEND headers, before the link's */
 	sg_link_data_begin(s->up.link, on_data_done, s, on_data_drain);
 }
 

@@ -67,6 +67,7 @@ enum sg_pending {
 	SG_PEND_UPSTREAM,   /* the reply to a relayed command */
 	SG_PEND_DATA_END,   /* end-of-data seen, final reply awaited */
 	SG_PEND_TLS,        /* STARTTLS handshake */
+	SG_PEND_POLICY,     /* a [policy] server's verdict (policy_cmd.c) */
 };
 
 /* The client side's I/O. */
@@ -142,6 +143,17 @@ typedef struct sg_sess_bdat {
 	enum sg_rep refused; /* SG_R_COUNT, or its reply (octets dropped) */
 } sg_sess_bdat;
 
+/* [policy] (policy_cmd.c): the check in flight, the line it holds back,
+ * and the headers its PREPEND actions add to the message. */
+typedef struct sg_sess_policy {
+	struct sg_policy_query *q;
+	char *line; /* the RCPT or DATA line to relay once passed */
+	size_t len;
+	int verb;
+	char *rcpt; /* its recipient, for the log */
+	char *prepend; /* "Name: value\r\n"..., for this transaction */
+} sg_sess_policy;
+
 /* The client's host name ([server] resolve_client; client_name.h). */
 typedef struct sg_sess_name {
 	sg_name_lookup *q; /* while the lookup runs */
@@ -199,6 +211,7 @@ typedef struct sg_session {
 	sg_sess_up up;
 	sg_sess_name name;
 	sg_sess_bdat bdat;
+	sg_sess_policy pol;
 
 	unsigned msgs;
 	uint64_t bytes;

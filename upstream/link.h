@@ -92,6 +92,10 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
  * 552 5.3.4 / 451 of ours) when the message is over. */
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg));
+/* Header lines (each "Name: value\r\n", no line starting with '.') for
+ * the next sg_link_data_begin's message, written before its Received
+ * header ([policy] PREPEND); copied; a second call replaces them. */
+void sg_link_data_header(sg_link *l, const char *lines, size_t len);
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause);
 
 /* BDAT (RFC 3030): a message in the client's chunks, with DATA's limits,

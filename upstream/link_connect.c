@@ -116,6 +116,7 @@ static void maybe_free(sg_link *l)
 	free(l->xlines);
 	free(l->last_error);
 	free(l->rcv);
+	free(l->prepend);
 	free(l->bdat_err);
 	free((char *)l->id.sid);
 	free((char *)l->id.login);

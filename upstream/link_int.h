@@ -163,6 +163,8 @@ struct sg_link {
 	bool paused;
 	sg_scan scan;
 	char *rcv;    /* Received header without its date: pre, then post */
+	char *prepend; /* header lines for the next message (link.h) */
+	size_t prepend_len;
 	size_t rcv_pre, rcv_post;
 	bool rcv_due;    /* Received not written yet: goes with the first octets */
 	time_t rcv_time; /* its date: when the 354 came */

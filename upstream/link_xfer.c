@@ -398,13 +398,30 @@ static bool received_fits(const sg_link *l)
 	return l->rcv_pre + l->rcv_post + SG_RECEIVED_DATE_MAX <= UP_RCV_ROOM;
 }
 
+void sg_link_data_header(sg_link *l, const char *lines, size_t len)
+{
+	free(l->prepend);
+	l->prepend = sg_xmalloc(len);
+	memcpy(l->prepend, lines, len);
+	l->prepend_len = len;
+}
+
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg))
 {
+	/* this message's, whatever becomes of it */
+	char *pre = l->prepend;
+	size_t pre_len = l->prepend_len;
+	l->prepend = NULL;
 	/* The header goes out with the first DATA octets (one write, not
 	 * two: a many-message session's profile is mostly system calls).
-	 * One too long for UP_RCV_ROOM (a long login) goes now. */
-	if (!message_begin(l, done, arg, drain) || received_fits(l))
+	 * One too long for UP_RCV_ROOM (a long login) goes now, and so does
+	 * one behind PREPEND headers, which go first. */
+	bool begun = message_begin(l, done, arg, drain);
+	if (begun && pre && link_send(l, pre, pre_len) < 0)
+		link_became_dead(l, "write failed");
+	free(pre);
+	if (!begun || (!pre && received_fits(l)) || l->phase != P_READY)
 		return;
 	l->rcv_due = false;
 	sg_buf out = link_scratch();
