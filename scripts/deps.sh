@@ -13,7 +13,7 @@ msmtp curl s-nail libio-socket-ssl-perl libauthen-sasl-perl
 clang-14 libfuzzer-14-dev libclang-rt-14-dev
 debhelper devscripts lintian fakeroot dpkg-dev systemd valgrind
 python3-seccomp ufw autopkgtest debootstrap systemd-container
-prometheus"
+prometheus postfwd policyd-rate-limit"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
