@@ -83,6 +83,11 @@ static unsigned intern(int d, const char *s)
 	return i;
 }
 
+void sg_metrics_declare(enum sg_mlabel d, const char *value)
+{
+	intern(d, value);
+}
+
 /* ---- hooks -------------------------------------------------------------- */
 
 unsigned sg_metrics_bucket(uint64_t ns)

@@ -82,6 +82,11 @@ extern const double sg_metrics_bounds[SG_M_BUCKETS];
 /* The calling thread counts into worker slot i (0 <= i < SG_M_SLOTS-1). */
 void sg_metrics_bind(int i);
 
+/* A label value known before its first event (a listener's name, an
+ * upstream server's host:port): its series are shown from the start, at
+ * 0, as Prometheus advises for a label value that is known. */
+void sg_metrics_declare(enum sg_mlabel d, const char *value);
+
 /* ---- hooks (each one line where the event is logged) ---- */
 void sg_metrics_accept(const char *listener);      /* TCP accepted */
 void sg_metrics_closed(const char *listener);      /* its socket closed */

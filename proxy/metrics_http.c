@@ -70,9 +70,21 @@ static size_t bare_len(const sg_http_req *r, size_t off, size_t lf)
 	return lf > off && r->buf[lf - 1] == '\r' ? lf - off - 1 : lf - off;
 }
 
+/* Octets that cannot begin a request line (a TLS ClientHello, a stray
+ * SMTP client): 400 before the line is whole. */
+static bool bad_method(const sg_http_req *r)
+{
+	for (size_t i = 0; i < r->len && r->buf[i] != ' '; i++)
+		if (!tchar(r->buf[i]))
+			return true;
+	return false;
+}
+
 static int decide(sg_http_req *r)
 {
 	size_t lf = line_end(r, 0);
+	if (bad_method(r))
+		return 400;
 	if (lf == r->len)
 		return r->len == SG_HTTP_MAX ? 400 : 0;
 	bool get = false, metrics = false;

@@ -70,6 +70,22 @@ static const char *const tls_mode_name[] = {"none", "starttls", "implicit"};
 
 /* ------------------------------------------------------------- listeners */
 
+/* Every listener and upstream server gets its series at 0 from the start
+ * (the upstream as the link names it: host:port, [v6]:port). */
+static void declare_metrics(const sg_config *cfg)
+{
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		sg_metrics_declare(SG_ML_LISTENER, cfg->listeners[i].name);
+	for (size_t i = 0; i < cfg->nservers; i++) {
+		const sg_upstream_server *u = &cfg->servers[i];
+		bool v6 = strchr(u->host, ':') != NULL;
+		char peer[300];
+		snprintf(peer, sizeof peer, "%s%s%s:%s", v6 ? "[" : "", u->host,
+		         v6 ? "]" : "", u->port);
+		sg_metrics_declare(SG_ML_UPSTREAM, peer);
+	}
+}
+
 bool sg_server_proxy_refused(const sg_listener_cfg *lc,
                              const struct sockaddr *peer, const char *sid,
                              const char *ip, unsigned port)
@@ -293,6 +309,7 @@ static void reload(struct sg_server *srv)
 		         "saslgate to serve metrics there",
 		         nc->metrics_address);
 	sg_log_level = nc->log_level;
+	declare_metrics(nc);
 	hand_over(srv, nc, nt, false);
 	sg_config_unref(srv->cfg);
 	srv->cfg = nc;
@@ -429,6 +446,7 @@ int sg_server_run(sg_config *cfg)
 		sg_errors_free(&errs);
 	}
 
+	declare_metrics(cfg);
 	srv.nworkers = cfg->workers;
 	srv.workers = sg_xcalloc((size_t)srv.nworkers, sizeof *srv.workers);
 	for (int i = 0; i < srv.nworkers; i++)
