@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from sgtest import (HOST, Raw, T, _ini, default_config, free_port, make_cert, make_sasldb,
-                    plain_b64, run_saslgate, smtp, wait_for)
+                    plain_b64, refused_port, run_saslgate, smtp, wait_for)
 
 USER, PW = "alice", "Al1ce-metr1cs.pw"
 SECRETS = {USER: PW}
@@ -140,7 +140,9 @@ def log_counts(log):
 
 def test_counters_match_the_log(start_saslgate, start_postfix, workdir, keys):
     pf = start_postfix()
-    sg, mport = gate(start_saslgate, workdir, keys, pf.port)
+    dead = refused_port()  # the first server: every link fails over
+    sg, mport = gate(start_saslgate, workdir, keys, pf.port,
+                     upstream={"server": ["%s:%d" % (HOST, dead), "%s:%d" % (HOST, pf.port)]})
     plain, sub = sg.port("plain"), sg.port("submission")
     good_session(plain)
     good_session(plain)
@@ -168,6 +170,11 @@ def test_counters_match_the_log(start_saslgate, start_postfix, workdir, keys):
     assert auths == sum(v for k, v in m.items()
                         if k.startswith("saslgate_auth_duration_seconds_count"))
     assert m["saslgate_sasl_queue_depth"] == 0
+    fails = len(re.findall(r"event=upstream_fail upstream=%s:%d " % (HOST, dead), log))
+    assert fails >= 4  # the probe's and each AUTH's link
+    assert m['saslgate_upstream_connect_failures_total{upstream="%s:%d"}' % (HOST, dead)] == fails
+    assert m["saslgate_upstream_failovers_total"] == fails
+    assert m["saslgate_upstream_unavailable_total"] == 0
     assert m['saslgate_build_info{version="0.1.0"}'] == 1
     (workdir / "scrape.txt").write_text(text)
 
