@@ -22,16 +22,37 @@ static uv_loop_t loop;
 static char user[32];
 static const char pass[] = "Tr0ub4dor &3";
 static pid_t sad_pid = -1;
+static char sad_sock[700]; /* its socket */
 static bool user_made;
+
+/* Stop saslauthd (its process group: master and workers).  SIGTERM, then
+ * SIGKILL after 5 s: saslauthd's signal handler calls syslog(), and a
+ * signal that lands while the master is inside syslog() deadlocks it on
+ * glibc's syslog lock, so it may never exit on SIGTERM. */
+static void stop_saslauthd(void)
+{
+	if (sad_pid <= 0)
+		return;
+	kill(-sad_pid, SIGTERM);
+	for (int i = 0; i < 50; i++) {
+		if (waitpid(sad_pid, NULL, WNOHANG) == sad_pid) {
+			sad_pid = -1;
+			return;
+		}
+		struct timespec ts = {0, 100 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	fprintf(stderr, "saslauthd ignored SIGTERM for 5 s: killed\n");
+	kill(-sad_pid, SIGKILL);
+	waitpid(sad_pid, NULL, 0);
+	sad_pid = -1;
+	unlink(sad_sock); /* what its own exit would have removed */
+}
 
 static void cleanup(void)
 {
 	char cmd[128];
-	if (sad_pid > 0) {
-		kill(-sad_pid, SIGTERM); /* its process group: master + workers */
-		waitpid(sad_pid, NULL, 0);
-		sad_pid = -1;
-	}
+	stop_saslauthd();
 	if (user_made) {
 		snprintf(cmd, sizeof cmd, "userdel '%s' 2>/dev/null", user);
 		if (system(cmd) != 0)
@@ -60,8 +81,7 @@ static bool wait_for_socket(const char *path, bool present)
 
 static bool start_saslauthd(const char *dir)
 {
-	char sock[700];
-	snprintf(sock, sizeof sock, "%s/mux", dir);
+	snprintf(sad_sock, sizeof sad_sock, "%s/mux", dir);
 	pid_t pid = fork();
 	if (pid < 0)
 		return false;
@@ -78,7 +98,7 @@ static bool start_saslauthd(const char *dir)
 	}
 	setpgid(pid, pid);
 	sad_pid = pid;
-	return wait_for_socket(sock, true);
+	return wait_for_socket(sad_sock, true);
 }
 
 static sg_auth *new_auth(sg_config *c, const char *sid)
@@ -340,9 +360,7 @@ int main(void)
 	test_hanging_backend(c);
 
 	/* saslauthd stops: its socket goes away */
-	kill(-sad_pid, SIGTERM);
-	waitpid(sad_pid, NULL, 0);
-	sad_pid = -1;
+	stop_saslauthd();
 	ASSERT(wait_for_socket(sock, false));
 	ASSERT_EQ(plain(c, user, pass, NULL, 0), SG_AUTH_TEMPFAIL);
 	ASSERT_EQ(plain(c, user, "wrong", NULL, 0), SG_AUTH_TEMPFAIL);
