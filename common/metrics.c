@@ -410,7 +410,7 @@ void sg_metrics_render(const sg_metrics_snapshot *s, sg_buf *out)
 	render_messages(s, out);
 	render_upstream(s, out);
 	family(out, "saslgate_policy_results_total", "counter",
-	       "policy service results, per action");
-	per_label(out, s, "saslgate_policy_results_total", "action",
+	       "policy service decisions, per result");
+	per_label(out, s, "saslgate_policy_results_total", "result",
 	          SG_ML_ACTION, s->sum.policy, 1, NULL);
 }

@@ -101,8 +101,9 @@ void sg_metrics_failover(void);
 void sg_metrics_unavailable(void);
 void sg_metrics_refusal(enum sg_mrefusal why);
 void sg_metrics_stripped(void);
-/* A policy result (proxy/policy.c), e.g. "dunno", "reject", "defer",
- * "error"; counted in saslgate_policy_results_total{action}. */
+/* A policy decision as its event=policy line logs it (proxy/policy_cmd.c):
+ * "continue", "refuse", "default_defer" or "default_dunno"; counted in
+ * saslgate_policy_results_total{result}. */
 void sg_metrics_policy(const char *action);
 
 /* Sum every slot into snap (label names included); the caller adds the

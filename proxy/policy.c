@@ -23,8 +23,6 @@
 #define SID_MAX 16
 #define WHY_MAX 200
 
-void (*sg_policy_observer)(const char *result);
-
 typedef struct pool pool;
 typedef struct pconn pconn;
 

@@ -56,9 +56,4 @@ void sg_policy_cancel(sg_policy_query *q);
  * connections, end its queries; the loop can then end. */
 void sg_policy_shutdown(uv_loop_t *loop);
 
-/* A counter hook for metrics: called once per decision with the result
- * (as logged: "continue", "refuse", "default_defer", "default_dunno").
- * NULL (the default): nothing.  Set before the workers start. */
-extern void (*sg_policy_observer)(const char *result);
-
 #endif

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/metrics.h"
 #include "../upstream/identity.h"
 #include "commands_int.h"
 #include "policy.h"
@@ -110,8 +111,7 @@ static void log_decision(sg_session *s, const char *server, const char *action,
 	         "action=\"%s\" result=%s reply=\"%s\"%s%s%s",
 	         server, at_name[s->cfg->policy_at], from, to, user, act, result,
 	         rep, why ? " reason=\"" : "", why ? why : "", why ? "\"" : "");
-	if (sg_policy_observer)
-		sg_policy_observer(result);
+	sg_metrics_policy(result);
 }
 
 static void held_free(sg_session *s)

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.skipif(
     reason="needs policyd-rate-limit and postfwd (scripts/deps.sh)")
 
 
-def gate(start_saslgate, workdir, upstream_port, policy):
+def gate(start_saslgate, workdir, upstream_port, policy, **sections):
     db = make_sasldb(workdir / "sasldb2", USERS, realm="sg.test")
-    cfg = default_config(workdir, upstream_port=upstream_port, sasldb=db, policy=policy)
+    cfg = default_config(workdir, upstream_port=upstream_port, sasldb=db, policy=policy,
+                         **sections)
     return start_saslgate(cfg, secrets=USERS)
 
 
@@ -119,8 +120,10 @@ def test_rate_limit_per_login(workdir, start_saslgate, start_postfix, stack):
     prl, sock = rate_limit_daemon(workdir, 3, 60)
     stack.append(prl)
     pf = start_postfix()
+    mport = free_port()
     sg = gate(start_saslgate, workdir, pf.port,
-              {"server": "unix:%s" % sock, "at": "rcpt", "timeout": "5s"})
+              {"server": "unix:%s" % sock, "at": "rcpt", "timeout": "5s"},
+              metrics={"address": "127.0.0.1:%d" % mport})
     c = client(sg, "alice")
     for i in range(3):
         seen = send(c, "alice@example.org", ["bob@example.net"])
@@ -141,6 +144,12 @@ def test_rate_limit_per_login(workdir, start_saslgate, start_postfix, stack):
         'reply="450 4.7.1 Rate limit reach, retry later"' in lines[3]
     assert "user=bob" in lines[4] and 'action="dunno" result=continue' in lines[4]
     assert "server=unix:%s at=rcpt from=<alice@example.org> to=<bob@example.net>" % sock in lines[0]
+    # the same decisions, counted
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=T(5)) as r:
+        scrape = r.read().decode()
+    assert 'saslgate_policy_results_total{result="continue"} 4' in scrape, scrape
+    assert 'saslgate_policy_results_total{result="refuse"} 1' in scrape, scrape
 
 
 POSTFWD_RULES = """\

@@ -89,7 +89,7 @@ static void test_render(void)
 	ASSERT(has_line(&b, "saslgate_message_bytes_total 1234"));
 	ASSERT(has_line(&b, "saslgate_data_refusals_total{reason=\"bare_newline\"} 0"));
 	ASSERT(has_line(&b, "saslgate_sasl_queue_depth 9"));
-	ASSERT(has_line(&b, "saslgate_policy_results_total{action=\"other\"} 5"));
+	ASSERT(has_line(&b, "saslgate_policy_results_total{result=\"other\"} 5"));
 	ASSERT(has_line(&b, "# TYPE saslgate_upstream_reply_duration_seconds histogram"));
 	ASSERT(b.len > 0 && b.data[b.len - 1] == '\n');
 	sg_buf_free(&b);
