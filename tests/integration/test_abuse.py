@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""Abuse tests (issue 8): saslgate survives hostile clients.
+"""Abuse tests: saslgate survives hostile clients.
 
 Each test starts its own saslgate (sasldb users, FakeUpstream or a private
 Postfix behind it) and, while it abuses the daemon from 127.0.0.1 (or

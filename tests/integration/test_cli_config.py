@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""The command line and the configuration file, as CONTRACT.md "Build and
-run" and "Configuration file" describe them, seen from outside: exit codes,
+"""The command line and the configuration file, as README ("Running",
+"Configuration") and saslgate(8)/saslgate.conf(5) describe them, seen from outside: exit codes,
 `FILE:LINE: message` lines naming the right file and line (also inside an
 included drop-in), include order, nothing bound by -t, a broken reload
 keeping the running configuration, and -t opening the daemon's files as

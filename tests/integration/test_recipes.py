@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""Issue 10: the five deployment recipes of docs/deployments.md, each played
+"""The five deployment recipes of docs/deployments.md, each played
 end to end with real parts.
 
 Each test copies the shipped example drop-in (conf.d/examples/*.conf) into a

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-"""Upstream faults (issue 8): whatever the MTA behind saslgate does (refuses
+"""Upstream faults: whatever the MTA behind saslgate does (refuses
 the connection, stalls longer than [upstream] connect_timeout / timeout,
 closes the connection, answers 4xx at the end of data, drops the connection
 in the middle of DATA), the client gets a 4xx for the command in flight,
