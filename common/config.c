@@ -511,8 +511,8 @@ static const struct key keys[] = {
      "(SMTPD_POLICY_README); repeatable, tried in order (none: no checks)"},
     {"policy", "at", K_ENUM, C(policy_at), "rcpt", policy_ats,
      "rcpt (each RCPT, before it is relayed) | data (DATA, before it is "
-     "relayed; CHUNKING is then not offered) | end_of_data (not supported "
-     "yet: refused)"},
+     "relayed) | end_of_data (the message's end, before the upstream gets "
+     "it); CHUNKING is not offered with a policy server"},
     {"policy", "timeout", K_DURATION, C(policy_timeout_ms), "2s", NULL,
      "a check's whole time, every server tried included"},
     {"policy", "default_action", K_ENUM, C(policy_default), "defer",
@@ -1114,12 +1114,6 @@ static int load_file(struct loader *ld, const char *path)
 static void validate_policy(struct loader *ld)
 {
 	sg_config *c = ld->c;
-	if (c->policy_at == SG_POLICY_AT_END_OF_DATA) {
-		sg_where w = sg_config_where(c, "policy", "at");
-		sg_errors_add(ld->errs, &w,
-		              "[policy] at = end_of_data is not supported yet "
-		              "(use rcpt or data)");
-	}
 	if (c->policy_timeout_ms == 0) {
 		sg_where w = sg_config_where(c, "policy", "timeout");
 		sg_errors_add(ld->errs, &w, "[policy] timeout must be above 0");

@@ -31,6 +31,9 @@ void sg_policy_txn_reset(sg_session *s);   /* PREPEND headers dropped */
 void sg_policy_session_end(sg_session *s); /* closing: the check forgotten */
 /* DATA's 354: the PREPEND headers go to the link for this message. */
 void sg_policy_data_begin(sg_session *s);
+/* The link holds the end of data (at = end_of_data): ask the policy
+ * server (SG_PEND_POLICY), then sg_session_data_release or _refuse. */
+void sg_policy_end_of_data(sg_session *s);
 
 /* auth_cmd.c: the AUTH command, and a client's line during an exchange. */
 void sg_cmd_auth(sg_session *s, char *arg);

@@ -5,12 +5,19 @@
  * (SG_PEND_POLICY) while the policy server is asked, as Postfix asks at
  * smtpd_recipient_restrictions / smtpd_data_restrictions time; then it is
  * relayed (sg_cmd_policy_pass) or answered with the policy's reply.
+ * With at = end_of_data (smtpd_end_of_data_restrictions) the message is
+ * relayed but for its end, which the link holds (sg_link_data_hold_end)
+ * while the server is asked with protocol_state=END-OF-MESSAGE and the
+ * message's size; then the end goes (the upstream's reply is the
+ * message's) or the message is given up upstream and the client gets the
+ * policy's reply.  A message the scanner refused is not checked.
  * Every decision is one event=policy log line.
  *
  * The attributes are those of SMTPD_POLICY_README that saslgate knows;
  * the ones it cannot know are sent empty, as Postfix sends an unknown
- * value (queue_id: the upstream assigns it after DATA; size: the MAIL
- * SIZE= is not kept; recipient at DATA).
+ * value (queue_id: the upstream assigns it after DATA; size before the
+ * end of data: the MAIL SIZE= is not kept; recipient at DATA and at the
+ * end of data).
  *
  * Actions (policy_proto.c, README "Stopping a stolen password"):
  *   OK, DUNNO, DEFER_IF_REJECT     relay the command
@@ -21,7 +28,9 @@
  *                                  the session, as in Postfix
  *   WARN text                      logged, relay
  *   PREPEND header                 the header goes before the message's
- *                                  Received header, relay
+ *                                  Received header, relay; at the end
+ *                                  of data (the header is sent) logged
+ *                                  as ignored, relay
  *   HOLD DISCARD FILTER REDIRECT BCC INFO DELAY SHUTDOWN, and anything
  *                                  else: logged as ignored, relay
  * No answer in time from any server: [policy] default_action (defer:
@@ -50,7 +59,13 @@ static const char *nz(const char *s) { return s ? s : ""; }
 static int encode(sg_session *s, const char *state, const char *rcpt,
                   sg_buf *out, const char **bad)
 {
-	char count[16], port[8], sport[8], bits[8], instance[40];
+	char count[16], port[8], sport[8], bits[8], instance[40], size[24];
+	/* the message's octets as the client sent them, known at its end
+	 * (counted with the end of data: <CRLF>.<CRLF> less its CRLF) */
+	uint64_t octets = s->txn.msg_size >= 3 ? s->txn.msg_size - 3 : 0;
+	snprintf(size, sizeof size, "%llu",
+	         strcmp(state, "END-OF-MESSAGE") == 0
+	             ? (unsigned long long)octets : 0ULL);
 	snprintf(count, sizeof count, "%u",
 	         strcmp(state, "RCPT") == 0 ? 0 : s->txn.rcpts);
 	snprintf(port, sizeof port, "%u", s->client_port);
@@ -77,7 +92,7 @@ static int encode(sg_session *s, const char *state, const char *rcpt,
 	    {"sasl_method", s->auth.ok ? s->auth.mech : ""},
 	    {"sasl_username", s->auth.ok ? nz(s->auth.user) : ""},
 	    {"sasl_sender", ""},
-	    {"size", "0"},
+	    {"size", size},
 	    {"encryption_protocol", tls ? sg_tls_version(s->tls.eng) : ""},
 	    {"encryption_cipher", tls ? sg_tls_cipher(s->tls.eng) : ""},
 	    {"encryption_keysize", bits},
@@ -122,9 +137,15 @@ static void held_free(sg_session *s)
 	s->pol.rcpt = NULL;
 }
 
-/* Carry on: the held line goes upstream. */
+/* Carry on: the held line goes upstream (at the end of data: the end). */
 static void pass(sg_session *s)
 {
+	if (s->pol.eod) {
+		s->pol.eod = false;
+		held_free(s);
+		sg_session_data_release(s);
+		return;
+	}
 	char *line = s->pol.line;
 	size_t len = s->pol.len;
 	s->pol.line = NULL;
@@ -139,7 +160,12 @@ static void pass(sg_session *s)
 static void refuse_with(sg_session *s, int code, const char *text)
 {
 	held_free(s);
-	sg_reply_raw(s, code, text, strlen(text));
+	if (s->pol.eod) { /* the message's final reply; upstream: given up */
+		s->pol.eod = false;
+		sg_session_data_refuse(s, code, text);
+	} else {
+		sg_reply_raw(s, code, text, strlen(text));
+	}
 	if (code == 421 || code == 521) {
 		sg_session_flush(s);
 		sg_session_close(s, "policy");
@@ -166,6 +192,11 @@ static void on_answer(sg_session *s, const sg_policy_result *r)
 		refuse_with(s, v->code, v->text);
 		return;
 	case SG_POL_PREPEND:
+		if (s->pol.eod) { /* the header went with the message's start */
+			log_decision(s, r->server, r->action, "continue", "",
+			             "action ignored: the header is already sent");
+			break;
+		}
 		add_prepend(s, v->text);
 		log_decision(s, r->server, r->action, "continue", "", NULL);
 		break;
@@ -203,34 +234,50 @@ static void on_policy(void *arg, const sg_policy_result *r)
 	refuse_with(s, 451, R_POLICY_FAIL);
 }
 
+/* Encode and send the request for state; false: it cannot be written
+ * (a value with a line end), logged, nothing sent. */
+static bool ask(sg_session *s, const char *state, const char *rcpt)
+{
+	sg_buf req;
+	sg_buf_init(&req, 0);
+	const char *bad = NULL;
+	if (encode(s, state, rcpt, &req, &bad) < 0) {
+		char why[96];
+		snprintf(why, sizeof why, "%s has a line end: request not sent", bad);
+		log_decision(s, "-", "-", "refuse", R_POLICY_FAIL, why);
+		sg_buf_free(&req);
+		return false;
+	}
+	s->pending = SG_PEND_POLICY;
+	s->pol.q = sg_policy_ask(s->loop, s->cfg, s->id, req.data, req.len,
+	                         on_policy, s);
+	sg_buf_free(&req);
+	return true;
+}
+
 bool sg_policy_holds(sg_session *s, int at, int verb, const char *rcpt,
                      const char *line, size_t len)
 {
 	if (s->cfg->npolicy_servers == 0 || s->cfg->policy_at != at)
 		return false;
 	sg_session_set_str(&s->pol.rcpt, rcpt, SG_PATH_MAX);
-	sg_buf req;
-	sg_buf_init(&req, 0);
-	const char *bad = NULL;
-	if (encode(s, at == SG_POLICY_AT_RCPT ? "RCPT" : "DATA", rcpt, &req,
-	           &bad) < 0) {
-		char why[96];
-		snprintf(why, sizeof why, "%s has a line end: request not sent", bad);
-		log_decision(s, "-", "-", "refuse", R_POLICY_FAIL, why);
+	if (!ask(s, at == SG_POLICY_AT_RCPT ? "RCPT" : "DATA", rcpt)) {
 		held_free(s);
 		sg_reply_raw(s, 451, R_POLICY_FAIL, strlen(R_POLICY_FAIL));
-		sg_buf_free(&req);
 		return true;
 	}
 	s->pol.line = sg_xmalloc(len);
 	memcpy(s->pol.line, line, len);
 	s->pol.len = len;
 	s->pol.verb = verb;
-	s->pending = SG_PEND_POLICY;
-	s->pol.q = sg_policy_ask(s->loop, s->cfg, s->id, req.data, req.len,
-	                         on_policy, s);
-	sg_buf_free(&req);
 	return true;
+}
+
+void sg_policy_end_of_data(sg_session *s)
+{
+	s->pol.eod = true;
+	if (!ask(s, "END-OF-MESSAGE", NULL))
+		refuse_with(s, 451, R_POLICY_FAIL);
 }
 
 void sg_policy_txn_reset(sg_session *s)
@@ -243,6 +290,7 @@ void sg_policy_session_end(sg_session *s)
 {
 	sg_policy_cancel(s->pol.q);
 	s->pol.q = NULL;
+	s->pol.eod = s->pol.end_seen = false;
 	held_free(s);
 	sg_policy_txn_reset(s);
 }

@@ -416,6 +416,10 @@ static void pull_tls(sg_session *s)
 
 static void feed_data(sg_session *s)
 {
+	/* the end of data is held for the policy: what follows it is the
+	 * client's next command, read once the message is over */
+	if (s->pending == SG_PEND_POLICY)
+		return;
 	if (!s->data_active || s->data_paused || s->io.in.len == 0)
 		return;
 	bool pause = false;
@@ -431,6 +435,10 @@ static void feed_data(sg_session *s)
 	 * client's next command, read once the final reply is in. */
 	if (s->data_active && n < had)
 		s->pending = SG_PEND_DATA_END;
+	if (s->pol.end_seen) { /* the size is known now */
+		s->pol.end_seen = false;
+		sg_policy_end_of_data(s);
+	}
 }
 
 static bool feed_chunk(sg_session *s);
@@ -846,6 +854,30 @@ static void on_data_drain(void *arg)
 	sg_session_process(s);
 }
 
+/* The link holds the end of data (sg_link_data_hold_end): called from
+ * inside sg_link_data_feed, so the check starts once feed_data has
+ * counted the octets. */
+static void on_data_end_seen(void *arg)
+{
+	sg_session *s = arg;
+	s->pol.end_seen = true;
+}
+
+void sg_session_data_release(sg_session *s)
+{
+	s->pending = SG_PEND_DATA_END;
+	sg_link_data_finish(s->up.link);
+}
+
+void sg_session_data_refuse(sg_session *s, int code, const char *text)
+{
+	sg_link_data_abort(s->up.link);
+	s->data_active = false;
+	s->data_paused = false;
+	sg_reply r = {code, text, strlen(text)};
+	message_over(s, &r, false);
+}
+
 void sg_session_data_begin(sg_session *s)
 {
 	sg_session_state(s, SG_ST_DATA);
@@ -855,6 +887,9 @@ void sg_session_data_begin(sg_session *s)
 	sg_session_flush(s); /* the 354 goes out now, whatever follows */
 	sg_policy_data_begin(s); /* its PREPEND headers, before the link's */
 	sg_link_data_begin(s->up.link, on_data_done, s, on_data_drain);
+	if (s->cfg->npolicy_servers &&
+	    s->cfg->policy_at == SG_POLICY_AT_END_OF_DATA)
+		sg_link_data_hold_end(s->up.link, on_data_end_seen);
 }
 
 /* --------------------------------------------------------- BDAT chunks */

@@ -152,6 +152,8 @@ typedef struct sg_sess_policy {
 	int verb;
 	char *rcpt; /* its recipient, for the log */
 	char *prepend; /* "Name: value\r\n"..., for this transaction */
+	bool end_seen; /* the link holds the end of data: ask now */
+	bool eod;      /* the check in flight is at the end of data */
 } sg_sess_policy;
 
 /* The client's host name ([server] resolve_client; client_name.h). */
@@ -236,6 +238,12 @@ void sg_session_starttls(sg_session *s);
 sg_auth *sg_session_auth(sg_session *s);
 /* 354 relayed: stream the following bytes upstream. */
 void sg_session_data_begin(sg_session *s);
+/* [policy] at = end_of_data, after the verdict on a held end of data:
+ * release sends the end (the upstream's final reply ends the message as
+ * usual); refuse gives the message up upstream (never its end) and the
+ * client gets text (a whole reply line) as the message's final reply. */
+void sg_session_data_release(sg_session *s);
+void sg_session_data_refuse(sg_session *s, int code, const char *text);
 /* BDAT: the message's first chunk was accepted: the link carries it from
  * here (sg_link_bdat_begin). */
 void sg_session_bdat_begin(sg_session *s);

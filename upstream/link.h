@@ -92,6 +92,22 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
  * 552 5.3.4 / 451 of ours) when the message is over. */
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg));
+/* Hold the end of the message begun last ([policy] at = end_of_data):
+ * when the scanner reaches the end of data, everything but the end
+ * marker (the final ".\r\n") is written and end_seen(arg of begin) is
+ * called, from inside sg_link_data_feed, instead of sending it; done is
+ * not called until the owner decides:
+ *   finish: the end marker goes now; done gets the upstream's final reply
+ *     (or 451 4.4.2 if the upstream went away meanwhile).
+ *   abort: the message is given up: the connection closes without the end
+ *     marker, so the upstream discards it; done is not called; the link is
+ *     no longer alive (a new one is opened for the next message).
+ * A message the scanner refused (too big, bare CR/LF, NUL) is never held:
+ * done gets its refusal as without the hold.  DATA only (a BDAT message is
+ * never held). */
+void sg_link_data_hold_end(sg_link *l, void (*end_seen)(void *arg));
+void sg_link_data_finish(sg_link *l);
+void sg_link_data_abort(sg_link *l);
 /* Header lines (each "Name: value\r\n", no line starting with '.') for
  * the next sg_link_data_begin's message, written before its Received
  * header ([policy] PREPEND); copied; a second call replaces them. */

@@ -171,6 +171,9 @@ struct sg_link {
 	sg_link_cb done;
 	void *done_arg;
 	void (*drain)(void *arg);
+	/* sg_link_data_hold_end: the end of data waits for the owner */
+	void (*end_seen)(void *arg);
+	bool end_held; /* all but the end written; finish or abort is due */
 	char qid[UP_QID_MAX];
 
 	/* BDAT: the message is the client's chunks (sg_link_bdat_*) */

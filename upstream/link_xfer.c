@@ -22,6 +22,9 @@
  *   mid-stream (bare CR/LF, NUL, too big) is aborted by closing the
  *   upstream connection without the final dot, so the upstream cannot
  *   deliver a part of it; the link reconnects for the next command.
+ *   With sg_link_data_hold_end ([policy] at = end_of_data) the final dot
+ *   waits for the owner's verdict: sg_link_data_finish writes it,
+ *   sg_link_data_abort closes the connection the same way instead.
  *
  *   BDAT (RFC 3030): the client's chunks are dot-stuffed (bdat.h) and go
  *   through the same scanner, so a chunked message gets DATA's limits,
@@ -372,6 +375,8 @@ static bool message_begin(sg_link *l, sg_link_cb done, void *arg,
 	l->done = done;
 	l->done_arg = arg;
 	l->drain = drain;
+	l->end_seen = NULL;
+	l->end_held = false;
 	l->qid[0] = '\0';
 	/* the limit this link's EHLO named: a message past it gets our 552
 	 * at once, not the upstream's after the whole upload */
@@ -519,8 +524,11 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 			                              : "message too big", R_LOST);
 		if (l->aborted || l->lost)
 			continue;
+		/* held: everything but the end marker goes; the owner decides */
+		if (l->scan.done && l->end_seen)
+			l->end_held = true;
 		/* the end of data goes in the same write as the last octets */
-		if (l->scan.done) {
+		else if (l->scan.done) {
 			sg_buf_append(&out, ".\r\n", 3);
 			data_end_pending(l);
 			/* from here a write failure answers it (fail_pending) */
@@ -530,7 +538,9 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 			link_became_dead(l, "write failed");
 	}
 	if (l->scan.done) {
-		if (!dot)
+		if (l->end_held && l->end_seen && !l->owner_gone)
+			l->end_seen(l->done_arg);
+		else if (!dot)
 			data_refused(l);
 		return used;
 	}
@@ -539,6 +549,40 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		*pause = true;
 	}
 	return used;
+}
+
+void sg_link_data_hold_end(sg_link *l, void (*end_seen)(void *arg))
+{
+	if (l->in_data && !l->bdat)
+		l->end_seen = end_seen;
+}
+
+/* The held end of data goes: its reply is the message's.  An upstream
+ * lost while the owner decided gets the message our 451. */
+void sg_link_data_finish(sg_link *l)
+{
+	if (!l->end_held)
+		return;
+	l->end_held = false;
+	if (l->lost || l->aborted || l->phase != P_READY) {
+		data_refused(l);
+		return;
+	}
+	data_end_pending(l);
+	if (link_send(l, ".\r\n", 3) < 0) /* fail_pending answers it */
+		link_became_dead(l, "write failed");
+}
+
+/* The held message is refused: never its end marker; the connection
+ * closes so the upstream discards what it got. */
+void sg_link_data_abort(sg_link *l)
+{
+	if (!l->end_held)
+		return;
+	l->end_held = false;
+	if (!l->aborted && !l->lost)
+		abort_upstream(l, "message refused at the end of data", R_LOST);
+	l->in_data = false;
 }
 
 /* ---- BDAT (RFC 3030) ----------------------------------------------------- */

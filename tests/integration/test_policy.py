@@ -6,6 +6,7 @@ the test's directory, a policy server that stalls and one that is down.
 The clients use the "plain" listener (AUTH in the clear on loopback)."""
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -303,8 +304,141 @@ def test_down_server_dunno_relays(workdir, start_saslgate, start_fake_upstream):
     assert "result=default_dunno" in log and "connection refused" in log, log
 
 
-def test_end_of_data_refused_by_check(workdir):
-    """at = end_of_data is not implemented: -t says so, with file:line."""
+EOD_RULES = """\
+id=R_BIG; protocol_state==END-OF-MESSAGE; size>=%d; action=REJECT message too big for the policy
+id=R_LATE; protocol_state==END-OF-MESSAGE; sasl_username==bob; action=PREPEND X-Late: yes
+"""
+
+
+def big_body(n):
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: big\r\n\r\n" + line * (n // len(line) + 1)
+
+
+def test_end_of_data_postfwd_rejects_big(workdir, start_saslgate, start_fake_upstream, stack):
+    """postfwd asked at the end of data (protocol_state END-OF-MESSAGE,
+    size): a small message is delivered; a big one gets the policy's 5xx,
+    and the upstream got all its octets but never its end (the connection
+    closed instead); the next message on the same session is delivered on
+    a new upstream connection.  A PREPEND at that stage is ignored."""
+    rules = workdir / "postfwd.cf"
+    rules.write_text(EOD_RULES % 20000)
+    port = free_port()
+    stack.append(Postfwd(workdir, rules, port))
+    up = start_fake_upstream()
+    sg = gate(start_saslgate, workdir, up.port,
+              {"server": "inet:127.0.0.1:%d" % port, "at": "end_of_data", "timeout": "5s"})
+    a = client(sg, "alice")
+    assert [code for code, _ in send(a, "alice@example.org", ["x@example.net"])] == [250, 250, 250]
+    seen = send(a, "alice@example.org", ["x@example.net", "y@example.net"], body=big_body(40000))
+    assert seen[3] == (554, b"5.7.1 message too big for the policy"), seen
+    assert [code for code, _ in send(a, "alice@example.org", ["z@example.net"])] == [250, 250, 250]
+    a.quit()
+    b = client(sg, "bob")
+    assert [code for code, _ in send(b, "bob@example.org", ["x@example.net"])] == [250, 250, 250]
+    b.quit()
+    up.wait_for(lambda: len([m for m in up.messages if m.complete]) >= 3, what="3 messages")
+    done = [m for m in up.messages if m.complete]
+    assert [m.rcpts for m in done] == [["x@example.net"], ["z@example.net"], ["x@example.net"]]
+    cut = [m for m in up.messages if not m.complete]
+    assert len(cut) == 1 and len(cut[0].data) > 40000, cut    # all but its end
+    assert cut[0].conn != done[1].conn                          # a new connection after
+    assert not any(b"X-Late" in m.data for m in up.messages)
+    log = sg.log_text()
+    lines = [l for l in log.splitlines() if "event=policy " in l]
+    assert len(lines) == 4, lines
+    assert all("server=inet:127.0.0.1:%d at=end_of_data" % port in l for l in lines), lines
+    assert 'result=refuse reply="554 5.7.1 message too big for the policy"' in lines[1], lines
+    assert "user=alice" in lines[1] and "from=<alice@example.org> to=<>" in lines[1]
+    assert 'action="PREPEND X-Late: yes" result=continue' in lines[3], lines
+    assert 'reason="action ignored: the header is already sent"' in lines[3], lines
+    assert 'event=upstream_abort upstream=127.0.0.1:%d reason="message refused at the end ' \
+        'of data"' % up.port in log, log
+    assert 'rcpts=2 size=%d upstream=127.0.0.1:%d reply="554 5.7.1 message too big for the ' \
+        'policy"' % (len(big_body(40000)) + 3, up.port) in log, log
+
+
+def test_end_of_data_postfix(workdir, start_saslgate, start_postfix, stack):
+    """Postfix as the upstream: no CHUNKING offered with a policy server;
+    the refused message never reaches the queue (Postfix sees the
+    connection lost in DATA), the small one is delivered."""
+    rules = workdir / "postfwd.cf"
+    rules.write_text(EOD_RULES % 20000)
+    port = free_port()
+    stack.append(Postfwd(workdir, rules, port))
+    pf = start_postfix()
+    sg = gate(start_saslgate, workdir, pf.port,
+              {"server": "inet:127.0.0.1:%d" % port, "at": "end_of_data", "timeout": "5s"})
+    a = client(sg, "alice")
+    assert not a.has_extn("chunking")
+    seen = send(a, "alice@example.org", ["bob@example.net"], body=big_body(40000))
+    assert seen[2] == (554, b"5.7.1 message too big for the policy"), seen
+    assert [code for code, _ in send(a, "alice@example.org", ["bob@example.net"])] == [250, 250, 250]
+    a.quit()
+    got = pf.wait_delivered(1)
+    assert len(got) == 1
+    wait_for(lambda: "lost connection after DATA" in pf.log_text(), T(10),
+             "Postfix: lost connection after DATA")
+    time.sleep(0.5)
+    assert len(re.findall(r"status=sent", pf.log_text())) == 1
+
+
+@pytest.mark.parametrize("default", ["defer", "dunno"])
+def test_end_of_data_down_server(workdir, start_saslgate, start_fake_upstream, default):
+    """The only policy server down at the end of data: defer gives the
+    message 451 4.3.5 and the upstream never its end; dunno delivers it."""
+    up = start_fake_upstream()
+    down = refused_port()
+    sg = gate(start_saslgate, workdir, up.port,
+              {"server": "inet:127.0.0.1:%d" % down, "at": "end_of_data",
+               "default_action": default})
+    c = client(sg, "alice")
+    seen = send(c, "alice@example.org", ["bob@example.net"])
+    c.quit()
+    log = sg.log_text()
+    if default == "defer":
+        assert seen[2] == (451, b"4.3.5 Server configuration problem"), seen
+        wait_for(lambda: up.messages, T(5), "the message's octets upstream")
+        assert not any(m.complete for m in up.messages), up.messages
+        assert "at=end_of_data" in log and "result=default_defer" in log, log
+    else:
+        assert seen[2][0] == 250, seen
+        up.wait_for(lambda: any(m.complete for m in up.messages), what="the message")
+        assert "at=end_of_data" in log and "result=default_dunno" in log, log
+
+
+def test_end_of_data_stalled_server_times_out(workdir, start_saslgate, start_fake_upstream,
+                                              stack):
+    """A policy server that never answers at the end of data: after
+    [policy] timeout the message gets 451 4.3.5; a client that closes
+    while a check is in flight leaves nothing behind."""
+    st = StallServer()
+    stack.append(st)
+    up = start_fake_upstream()
+    sg = gate(start_saslgate, workdir, up.port,
+              {"server": "inet:127.0.0.1:%d" % st.port, "at": "end_of_data",
+               "timeout": "1s"})
+    c = client(sg, "alice")
+    t0 = time.monotonic()
+    seen = send(c, "alice@example.org", ["bob@example.net"])
+    assert seen[2] == (451, b"4.3.5 Server configuration problem"), seen
+    assert 0.8 <= time.monotonic() - t0 <= T(4)
+    c.quit()
+    # closed mid-check: the session ends, the query is cancelled
+    d = client(sg, "bob")
+    assert d.mail("bob@example.org")[0] == 250 and d.rcpt("x@example.net")[0] == 250
+    d.putcmd("DATA")
+    assert d.getreply()[0] == 354
+    d.send(b"Subject: s\r\n\r\nhi\r\n.\r\n")
+    time.sleep(0.3)
+    d.close()
+    time.sleep(1.5)
+    assert not any(m.complete for m in up.messages), up.messages
+    assert sg.proc.poll() is None
+
+
+def test_end_of_data_passes_check(workdir):
+    """at = end_of_data is a stage like the others: -t takes it."""
     db = make_sasldb(workdir / "sasldb2", USERS, realm="sg.test")
     cfg = default_config(workdir, upstream_port=25, sasldb=db,
                          policy={"server": "unix:/run/x.sock", "at": "end_of_data"})
@@ -312,5 +446,4 @@ def test_end_of_data_refused_by_check(workdir):
     path = workdir / "t.conf"
     path.write_text(_ini(cfg))
     r = run_saslgate("-t", "-c", str(path))
-    assert r.returncode != 0
-    assert "at = end_of_data is not supported yet" in r.stderr + r.stdout
+    assert r.returncode == 0, r.stderr + r.stdout

@@ -34,6 +34,8 @@ struct sg_link {
 	bool in_data;     /* between data_begin and the end of data */
 	bool bdat;        /* in_data is a chunked message (sg_link_bdat_*) */
 	int eod;          /* end-of-data matcher: see data_feed */
+	void (*end_seen)(void *arg); /* sg_link_data_hold_end */
+	bool end_held;    /* the end of data waits for finish or abort */
 	sg_link_cb ready;
 	void *ready_arg;
 	sg_link_cb done;
@@ -343,7 +345,35 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 	l->eod = 2; /* the data starts at a line start */
 	l->done = done;
 	l->done_arg = arg;
+	l->end_seen = NULL;
+	l->end_held = false;
 	l->d->qid[0] = '\0';
+}
+
+void sg_link_data_hold_end(sg_link *l, void (*end_seen)(void *arg))
+{
+	if (l->in_data && !l->bdat)
+		l->end_seen = end_seen;
+}
+
+/* The held end: recorded now, its reply (the message's) from the test. */
+void sg_link_data_finish(sg_link *l)
+{
+	if (!l->end_held)
+		return;
+	l->end_held = false;
+	l->d->ndata_end++;
+	record(l->d, l, NULL, 0, l->done, l->done_arg);
+}
+
+/* The held message given up: the connection goes, as the real link's. */
+void sg_link_data_abort(sg_link *l)
+{
+	if (!l->end_held)
+		return;
+	l->end_held = false;
+	l->alive = false;
+	l->lost = true;
 }
 
 /* [policy] PREPEND headers: no driver test checks the message text. */
@@ -385,7 +415,11 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		}
 	}
 	sg_buf_append(&l->d->data, buf, i);
-	if (end) {
+	if (end && l->end_seen) {
+		l->in_data = false;
+		l->end_held = true;
+		l->end_seen(l->done_arg);
+	} else if (end) {
 		l->in_data = false;
 		l->d->ndata_end++;
 		/* its reply is the message's (lost: ours, from the loop) */

@@ -611,6 +611,85 @@ static void test_aborts(void)
 	free(cfg);
 }
 
+static int ends_seen;
+static void on_end_seen(void *arg)
+{
+	(void)arg;
+	ends_seen++;
+}
+
+/* MAIL, RCPT, DATA, then body with the end of data held. */
+static void send_held(sg_link *l, const char *body, got *g)
+{
+	memset(g, 0, sizeof *g);
+	static const char *cmds[] = {"MAIL FROM:<a@example.org>\r\n",
+	                             "RCPT TO:<b@example.org>\r\n",
+	                             "DATA\r\n"};
+	for (int i = 0; i < 3; i++)
+		sg_link_command(l, cmds[i], strlen(cmds[i]), on_reply, g);
+	wait_for(&g->n, 3);
+	if (!ASSERT_EQ(g->n, 3) || !ASSERT_EQ(g->code[2], 354))
+		return;
+	sg_link_data_begin(l, on_reply, g, on_drain);
+	sg_link_data_hold_end(l, on_end_seen);
+	bool pause;
+	ASSERT_EQ(sg_link_data_feed(l, body, strlen(body), &pause), strlen(body));
+}
+
+/* [policy] at = end_of_data: the final dot waits for finish; abort closes
+ * the connection without it; a message the scanner refused is not held. */
+static void test_hold_end(void)
+{
+	fake f;
+	fake_start(&f);
+	sg_config *cfg = mkcfg(SG_ID_XCLIENT, f.port, 0);
+	cfg->max_message_size = 2048;
+	got g;
+	sg_link *l = open_ok(cfg, &g);
+
+	ends_seen = 0;
+	send_held(l, "Subject: h\r\n\r\nheld\r\n.\r\n", &g);
+	ASSERT_EQ(ends_seen, 1);
+	settle(100);
+	ASSERT_EQ(g.n, 3); /* no final reply before the verdict */
+	ASSERT_EQ(f.ndots, 0);
+	sg_link_data_finish(l);
+	wait_for(&g.n, 4);
+	if (ASSERT_EQ(g.n, 4))
+		ASSERT_EQ(g.code[3], 250);
+	ASSERT_EQ(f.ndots, 1);
+	ASSERT(sg_link_alive(l));
+
+	send_held(l, "Subject: no\r\n\r\nrefused\r\n.\r\n", &g);
+	ASSERT_EQ(ends_seen, 2);
+	sg_link_data_abort(l);
+	ASSERT(!sg_link_alive(l));
+	settle(100);
+	ASSERT_EQ(g.n, 3); /* done is not called */
+	ASSERT_EQ(f.ndots, 1);
+	ASSERT_EQ(f.nclosed, 1);
+
+	/* too big: the scanner's 552, never held */
+	char *big = malloc(8192);
+	memset(big, 'a', 8192);
+	for (int i = 70; i < 8000; i += 72)
+		memcpy(big + i, "\r\n", 2);
+	strcpy(big + 8000, "\r\n.\r\n");
+	send_held(l, big, &g);
+	wait_for(&g.n, 4);
+	ASSERT_EQ(ends_seen, 2);
+	if (ASSERT_EQ(g.n, 4))
+		ASSERT_EQ(g.code[3], 552);
+	ASSERT_EQ(f.ndots, 1);
+	free(big);
+
+	sg_link_close(l);
+	settle(50);
+	fake_stop(&f);
+	settle(50); /* links free their config ref from the loop */
+	free(cfg);
+}
+
 static void test_loss(void)
 {
 	fake f;
@@ -938,6 +1017,7 @@ int main(void)
 	test_refused();
 	test_failover();
 	test_aborts();
+	test_hold_end();
 	test_loss();
 	test_xforward();
 	test_xclient_split();
