@@ -13,6 +13,12 @@
 #
 # New interesting inputs found while fuzzing go to build-fuzz/work/<target>/,
 # not into the repository: seeds stay small and hand-made.
+#
+# Every fuzzer run is bounded by timeout(1) as well as by libFuzzer's own
+# limits, so a target that hangs, or a minimisation that never converges,
+# ends the script with a failure instead of stalling it.  A timeout input is
+# saved as it is (minimising one reruns it many times, each run taking the
+# whole timeout).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -68,8 +74,9 @@ for t in $targets; do
 
 	# 1. replay: every seed and regression input, once
 	nseeds=$(ls "$corpus" | wc -l)
+	echo "fuzz: $t: replaying $nseeds inputs, then fuzzing ${FUZZ_SECONDS}s"
 	if [ "$nseeds" -gt 0 ]; then
-		if ! "$bin" -rss_limit_mb=2048 -timeout=10 "$corpus"/* \
+		if ! timeout -k 10 600 "$bin" -rss_limit_mb=2048 -timeout=10 "$corpus"/* \
 			>"$B/$t.replay.log" 2>&1; then
 			tail -n 40 "$B/$t.replay.log"
 			echo "fuzz: $t: corpus replay FAILED"
@@ -87,7 +94,8 @@ $t: replayed $nseeds inputs, ok"
 
 	# 2. fuzz for FUZZ_SECONDS
 	start=$(date +%s)
-	"$bin" -max_total_time="$FUZZ_SECONDS" -max_len="$ml" -timeout=10 \
+	timeout -k 10 $((FUZZ_SECONDS + 120)) \
+		"$bin" -max_total_time="$FUZZ_SECONDS" -max_len="$ml" -timeout=10 \
 		-rss_limit_mb=2048 -print_final_stats=1 \
 		-artifact_prefix="$art/" "$work" "$corpus" >"$B/$t.fuzz.log" 2>&1
 	rc=$?
@@ -102,14 +110,20 @@ $t: replayed $nseeds, fuzzed ${secs}s, ${execs:-?} runs, ${cov:-cov: ?}, no cras
 
 	# 3. a finding: show it, minimise it into the corpus as a regression
 	status=1
-	grep -E 'ERROR|SUMMARY|==[0-9]+==' "$B/$t.fuzz.log" | head -n 20
+	echo "fuzz: $t: exit status $rc after ${secs}s"
+	grep -E 'ERROR|SUMMARY|==[0-9]+==|^    #[0-9]+ ' "$B/$t.fuzz.log" | head -n 40
 	for crash in "$art"/crash-* "$art"/leak-* "$art"/timeout-* "$art"/oom-*; do
 		[ -f "$crash" ] || continue
 		kind=$(basename "$crash" | cut -d- -f1)
 		sum=$(sha1sum "$crash" | cut -c1-16)
 		dest="$corpus/$kind-$sum"
-		"$bin" -minimize_crash=1 -max_total_time=60 -runs=100000 \
-			-exact_artifact_path="$dest" "$crash" >"$B/$t.minimize.log" 2>&1
+		case "$kind" in
+		crash | leak)
+			timeout -k 5 120 "$bin" -minimize_crash=1 \
+				-max_total_time=60 -runs=100000 -timeout=10 \
+				-exact_artifact_path="$dest" "$crash" \
+				>"$B/$t.minimize.log" 2>&1 ;;
+		esac
 		[ -f "$dest" ] || cp "$crash" "$dest"
 		echo "fuzz: $t: $kind input saved as $dest"
 		mv "$crash" "$crash.done"
