@@ -26,6 +26,17 @@
  * then NOOP each one (alive_after_hold counts 250s) and QUIT.  run.sh
  * samples the server's memory while they are held.
  *
+ * Accounting (--id-tag T --events FILE, used by tests/soak/soak.py): each
+ * message starts with its own "X-Sgload-Id: T.N" header (N counts from 1
+ * in this process, so the header adds its length to --size), and every
+ * outcome is one line of FILE: "WALLCLOCK KIND ID CODE LATENCY_MS" where
+ * KIND is new (first message of a session), msg (a later one), setup (a
+ * session that failed before its first message: ID is "-") or idle (the
+ * NOOP after the hold); CODE is the reply code (-1: I/O error or timeout,
+ * -2: a malformed reply).  A message the server accepted has a 2xx CODE.
+ * --pause-ms MS: each thread sleeps MS after each message and after each
+ * failed session, to keep a long run at a steady, modest rate.
+ *
  * Build: make -C tests/bench   (cc -O2 -o sgload sgload.c -lssl -lcrypto -lpthread -lm)
  */
 #define _GNU_SOURCE
@@ -80,6 +91,8 @@ static struct {
 	long idle;
 	bool resume, verbose;
 	const char *ehlo, *from, *rcpt_domain, *dump_msg;
+	const char *id_tag, *events;
+	long pause_ms;
 } opt = {
 	.host = "127.0.0.1", .port = "25", .tls = TLS_NONE, .mech = MECH_PLAIN,
 	.conns = 1, .msgs_per_conn = 1, .total = 1, .size = 4096, .rcpts = 1,
@@ -99,11 +112,15 @@ static double *latency_ms;  /* one slot per ok message, o.total slots */
 static atomic_long n_lat, n_claimed, n_ok, n_fail, n_conn_fail, n_conns, n_resumed;
 static atomic_int stop_flag, threads_done, errlines, tls_noted;
 static char tls_desc[128] = "none";
+static atomic_long n_id;           /* --id-tag: the last N handed out */
+static FILE *events_file;          /* --events */
+static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct client {
 	int fd;
 	SSL *ssl;
 	size_t off, len;              /* unread bytes are rbuf[off..len) */
+	int code;                     /* code of the last reply, -1/-2 as reply() */
 	char last[SGL_LAST_MAX];      /* last reply line / error, for diagnostics */
 	char rbuf[SGL_RBUF];
 } client;
@@ -196,7 +213,15 @@ static int write_all(client *c, const char *p, size_t n)
 
 /* One reply (all continuation lines); returns its code, -1 on I/O error,
  * -2 on a line that is not "NNN[ -]...".  c->last holds its last line. */
+static int reply_code(client *c);
+
 static int reply(client *c)
+{
+	c->code = reply_code(c);
+	return c->code;
+}
+
+static int reply_code(client *c)
 {
 	for (;;) {
 		char *nl;
@@ -341,6 +366,7 @@ static int session_open(client *c, SSL_SESSION **cache)
 	c->ssl = NULL;
 	c->off = c->len = 0;
 	c->last[0] = '\0';
+	c->code = -1;
 	if (tcp_connect(c) < 0)
 		return -1;
 	if (opt.tls == TLS_IMPLICIT && tls_handshake(c, cache) < 0)
@@ -352,6 +378,7 @@ static int session_open(client *c, SSL_SESSION **cache)
 			return -1;
 		if (c->off != c->len) { /* RFC 3207 5: nothing may follow the 220 */
 			snprintf(c->last, sizeof c->last, "<plaintext after the STARTTLS 220>");
+			c->code = -2;
 			return -1;
 		}
 		c->off = c->len = 0;
@@ -386,9 +413,33 @@ static void session_close(client *c, bool polite)
 	c->fd = -1;
 }
 
-/* One transaction: 0 ok, 1 refused (session still usable), -1 broken. */
-static int transaction(client *c)
+/* One line of --events (see the top of the file). */
+static void event(const char *kind, long id, int code, double ms)
 {
+	if (!events_file)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	char idbuf[160] = "-";
+	if (id > 0)
+		snprintf(idbuf, sizeof idbuf, "%s.%ld", opt.id_tag, id);
+	pthread_mutex_lock(&events_lock);
+	fprintf(events_file, "%.3f %s %s %d %.2f\n", (double)ts.tv_sec + ts.tv_nsec / 1e9, kind, idbuf, code, ms);
+	fflush(events_file);
+	pthread_mutex_unlock(&events_lock);
+}
+
+static void pause_ms(void)
+{
+	if (opt.pause_ms > 0)
+		usleep((useconds_t)(opt.pause_ms * 1000));
+}
+
+/* One transaction: 0 ok, 1 refused (session still usable), -1 broken.
+ * *id is the message's --id-tag number (0 without --id-tag). */
+static int transaction(client *c, long *id)
+{
+	*id = 0;
 	int r = command(c, "MAIL FROM:<%s>", opt.from);
 	if (r != 250)
 		return r < 0 ? -1 : 1;
@@ -400,8 +451,19 @@ static int transaction(client *c)
 	r = command(c, "DATA");
 	if (r != 354)
 		return r < 0 ? -1 : 1;
-	if (write_all(c, message, message_len) < 0)
+	if (opt.id_tag) {
+		char hdr[200];
+		*id = atomic_fetch_add(&n_id, 1) + 1;
+		int hl = snprintf(hdr, sizeof hdr, "X-Sgload-Id: %s.%ld\r\n", opt.id_tag, *id);
+		if (write_all(c, hdr, (size_t)hl) < 0) {
+			c->code = -1;
+			return -1;
+		}
+	}
+	if (write_all(c, message, message_len) < 0) {
+		c->code = -1;
 		return -1;
+	}
 	r = reply(c);
 	if (r >= 200 && r < 300)
 		return 0;
@@ -433,22 +495,28 @@ static void *load_thread(void *arg)
 			atomic_fetch_add(&n_fail, block);
 			atomic_fetch_add(&n_conn_fail, 1);
 			diag("session setup failed: %s", c->last);
+			event("setup", 0, c->code, (now() - t0) * 1000.0);
 			session_close(c, false);
 			usleep(2000); /* do not spin against a dead server */
+			pause_ms();
 			continue;
 		}
 		atomic_fetch_add(&n_conns, 1);
 		int r = 0;
 		for (long m = 0; m < block; m++) {
 			double ts = m == 0 ? t0 : now();
-			r = transaction(c);
+			long id;
+			r = transaction(c, &id);
+			event(m == 0 ? "new" : "msg", id, c->code, (now() - ts) * 1000.0);
 			if (r != 0) {
 				atomic_fetch_add(&n_fail, block - m);
 				diag("message failed: %s", c->last);
+				pause_ms();
 				break;
 			}
 			atomic_fetch_add(&n_ok, 1);
 			record_latency((now() - ts) * 1000.0);
+			pause_ms();
 			if (atomic_load(&stop_flag))
 				break; /* --duration reached: the rest of the block is not sent */
 		}
@@ -471,9 +539,11 @@ static void *idle_thread(void *arg)
 		client *c = malloc(sizeof *c);
 		if (!c)
 			break;
+		double t0 = now();
 		if (session_open(c, NULL) < 0) {
 			atomic_fetch_add(&n_conn_fail, 1);
 			diag("idle session setup failed: %s", c->last);
+			event("setup", 0, c->code, (now() - t0) * 1000.0);
 			session_close(c, false);
 			free(c);
 			usleep(2000);
@@ -590,6 +660,9 @@ static void usage(int code)
 		"  --idle C --hold S              hold C authenticated sessions S seconds\n"
 		"  --source ADDR                  bind this local address\n"
 		"  --dump-msg FILE                write the message sent (without the final dot)\n"
+		"  --id-tag TAG                   X-Sgload-Id: TAG.N header on message N\n"
+		"  --events FILE                  one line per outcome (see the source)\n"
+		"  --pause-ms MS                  each thread sleeps MS after each message\n"
 		"  --verbose                      more diagnostics\n"
 		"Result: one line of key=value on stdout; exit 0 only if nothing failed.\n");
 	exit(code);
@@ -617,7 +690,8 @@ static void parse_args(int argc, char **argv)
 		{"rcpts", 1, 0, 'r'},	      {"timeout", 1, 0, 'T'},	{"duration", 1, 0, 'd'},
 		{"idle", 1, 0, 'i'},	      {"hold", 1, 0, 'H'},	{"resume", 0, 0, 'R'},
 		{"tls-version", 1, 0, 'V'},   {"source", 1, 0, 'S'},	{"dump-msg", 1, 0, 'D'},
-		{"verbose", 0, 0, 'v'},	      {"help", 0, 0, '?'},	{0, 0, 0, 0}};
+		{"verbose", 0, 0, 'v'},	      {"id-tag", 1, 0, 'I'},	{"events", 1, 0, 'E'},
+		{"pause-ms", 1, 0, 'P'},	      {"help", 0, 0, '?'},	{0, 0, 0, 0}};
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
@@ -657,13 +731,16 @@ static void parse_args(int argc, char **argv)
 		case 'S': opt.source = optarg; break;
 		case 'D': opt.dump_msg = optarg; break;
 		case 'v': opt.verbose = true; break;
+		case 'I': opt.id_tag = optarg; break;
+		case 'E': opt.events = optarg; break;
+		case 'P': opt.pause_ms = atol(optarg); break;
 		case '?': usage(optopt ? 2 : 0); break;
 		default: usage(2);
 		}
 	}
 	if (optind != argc || opt.conns < 1 || opt.conns > SGL_MAX_CONNS || opt.msgs_per_conn < 1 ||
 	    opt.total < 1 || opt.size < 0 || opt.rcpts < 1 || opt.timeout < 1 || opt.duration <= 0 ||
-	    opt.idle < 0 || opt.hold < 0 || (opt.tls_version && opt.tls_version != 12 && opt.tls_version != 13))
+	    opt.idle < 0 || opt.hold < 0 || opt.pause_ms < 0 || (opt.id_tag && strlen(opt.id_tag) > 100) || (opt.tls_version && opt.tls_version != 12 && opt.tls_version != 13))
 		usage(2);
 }
 
@@ -703,6 +780,7 @@ static int finish_idle(double setup_secs)
 		/* bounded: after 2*timeout of checking, the rest is only closed */
 		if (now() - t_check < 2.0 * opt.timeout && command(c, "NOOP") == 250)
 			alive++;
+		event("idle", 0, c->code, 0);
 		(void)write_all(c, "QUIT\r\n", 6);
 		session_close(c, false);
 		free(c);
@@ -736,6 +814,10 @@ int main(int argc, char **argv)
 	}
 	if (opt.dump_msg && dump_message(opt.dump_msg) < 0)
 		return 2;
+	if (opt.events && !(events_file = fopen(opt.events, "a"))) {
+		fprintf(stderr, "sgload: --events %s: %s\n", opt.events, strerror(errno));
+		return 2;
+	}
 
 	long nthreads = opt.conns;
 	if (opt.idle > 0) {
