@@ -48,6 +48,8 @@ static const char base_config[] =
 #define DRV_CLOSE_ROUNDS 500 /* loop steps drv_stop gives the closing */
 #define DRV_DRAIN_ROUND 10  /* then sessions still open get the shutdown */
 
+bool drv_fuzzing = false;
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	sg_listener *l = server->data;
@@ -128,7 +130,7 @@ static bool wait_io(drv *d, int ms)
 		p[1] = (struct pollfd){.fd = d->fd, .events = POLLIN};
 		n = 2;
 	}
-	return poll(p, n, ms) > 0;
+	return poll(p, n, drv_fuzzing ? 0 : ms) > 0;
 }
 
 int drv_run(drv *d)
@@ -222,7 +224,12 @@ int drv_start(drv *d, const char *extra)
 
 void drv_send(drv *d, const char *bytes)
 {
-	size_t len = strlen(bytes), off = 0;
+	drv_send_n(d, bytes, strlen(bytes));
+}
+
+void drv_send_n(drv *d, const char *bytes, size_t len)
+{
+	size_t off = 0;
 	for (int tries = 0; off < len && d->fd >= 0 && tries < 1000; tries++) {
 		ssize_t n = send(d->fd, bytes + off, len - off, MSG_NOSIGNAL);
 		if (n > 0) {
@@ -304,6 +311,10 @@ int drv_stop(drv *d)
 	/* the client goes: the session sees EOF and closes (at once, or when
 	 * the reply it waits for is in: then the shutdown path closes it) */
 	if (d->fd >= 0) {
+		struct linger reset = {.l_onoff = 1, .l_linger = 0};
+		if (drv_fuzzing)
+			setsockopt(d->fd, SOL_SOCKET, SO_LINGER, &reset,
+			           sizeof reset);
 		close(d->fd);
 		d->fd = -1;
 	}

@@ -48,11 +48,19 @@ typedef struct drv_cmd {
 	bool mail;      /* by sg_link_mail */
 	bool auth_param; /* sg_link_mail's auth_param */
 	bool answered;  /* a reply is given (or dropped with its link) */
+	bool early;     /* handed over before the link's ready got a 2xx */
 	sg_link_cb cb;
 	void *arg;
 } drv_cmd;
 
 struct drv_event; /* scripted_link.c */
+
+/* One sg_link_data_feed / sg_link_bdat_feed call's octets in drv.data. */
+typedef struct drv_feed {
+	size_t at, len;  /* where in drv.data */
+	unsigned msg;    /* which message: drv.nmsg when it was fed */
+	bool bdat;       /* a chunked message's (raw chunk octets) */
+} drv_feed;
 
 typedef struct drv {
 	sg_worker w;      /* the loop is w.loop */
@@ -81,6 +89,9 @@ typedef struct drv {
 	sg_buf lines;            /* link_lines' text */
 	sg_buf data;             /* message octets consumed by data_feed */
 	unsigned ndata_end;      /* ends of message seen */
+	unsigned nmsg;           /* messages begun (data_begin, bdat_begin) */
+	drv_feed *feeds;         /* every feed call that took octets */
+	size_t nfeeds, capfeeds;
 	char qid[32];            /* sg_link_last_queue_id */
 	struct drv_event *ev_head, *ev_tail; /* replies to deliver */
 	uv_timer_t deliver;
@@ -88,6 +99,15 @@ typedef struct drv {
 } drv;
 
 /* ---- the driver (driver.c) ---- */
+
+/* For the fuzz target (tests/fuzz/fuzz_session.c), which runs thousands
+ * of sessions: drv_run and drv_stop take a step with nothing ready as
+ * quiet at once rather than after waiting DRV_QUIET_MS (on loopback a
+ * send is readable by the peer when it returns, and the scripted link's
+ * replies are due at once), and drv_stop resets the client's connection
+ * (SO_LINGER 0) so no TIME_WAIT socket is left behind per run.  Off by
+ * default: the unit tests keep the waits. */
+extern bool drv_fuzzing;
 
 /* Load a config of a plaintext listener (tls = none, require_auth = no,
  * identity = none) with the extra lines appended (e.g.
@@ -97,6 +117,8 @@ typedef struct drv {
 int drv_start(drv *d, const char *extra);
 /* Write bytes as the client (all of them; small writes). */
 void drv_send(drv *d, const char *bytes);
+/* The same for len octets, NULs included. */
+void drv_send_n(drv *d, const char *bytes, size_t len);
 /* Half-close the client: shutdown(SHUT_WR). */
 void drv_shutdown(drv *d);
 /* Run the loop (UV_RUN_NOWAIT) until nothing more happens: the replies
@@ -139,6 +161,9 @@ const char *link_line(drv *d, size_t i);
 const char *link_lines(drv *d);
 /* Commands and ends of message not answered yet. */
 unsigned link_unanswered(drv *d);
+/* The index in d->cmd of the command link_reply would answer now; -1
+ * when none. */
+long link_next(drv *d);
 /* What sg_upstream_caps_get returns (all false until set). */
 void link_set_caps(const sg_upstream_caps *caps);
 

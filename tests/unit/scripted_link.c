@@ -28,6 +28,7 @@ struct sg_link {
 	struct sg_link *next; /* d->links */
 	drv *d;
 	bool ready_held;  /* ready waits for link_ready */
+	bool ready_ok;    /* ready got a 2xx */
 	bool alive;       /* ready got a 2xx and the link is not lost */
 	bool lost;
 	bool closed;      /* sg_link_close, or a ready that was not 2xx */
@@ -88,6 +89,7 @@ static size_t record(drv *d, struct sg_link *l, const char *line, size_t len,
 	}
 	c->cb = cb;
 	c->arg = arg;
+	c->early = !l->ready_ok;
 	/* a lost link answers at once (from the loop), as the real one does
 	 * for what it cannot send */
 	if (l->lost) {
@@ -130,7 +132,7 @@ static void deliver(drv *d, drv_event *e)
 	case EV_READY: {
 		int code = atoi(e->text);
 		if (code >= 200 && code < 300)
-			l->alive = true;
+			l->alive = l->ready_ok = true;
 		else
 			l->closed = true; /* link.h: closed on a non-2xx ready */
 		reply_to(l->ready, l->ready_arg, e->text);
@@ -201,6 +203,9 @@ void drv_link_free(drv *d)
 	free(d->cmd);
 	d->cmd = NULL;
 	d->ncmd = d->capcmd = 0;
+	free(d->feeds);
+	d->feeds = NULL;
+	d->nfeeds = d->capfeeds = 0;
 	sg_buf_free(&d->lines);
 	sg_buf_free(&d->data);
 }
@@ -225,7 +230,8 @@ int link_reply(drv *d, const char *text)
 int link_lose(drv *d)
 {
 	if (!d->cur || d->cur->closed) {
-		fprintf(stderr, "link_lose: no open link\n");
+		if (!drv_fuzzing) /* the fuzz target tries at random */
+			fprintf(stderr, "link_lose: no open link\n");
 		return -1;
 	}
 	queue(d, EV_LOSE, d->cur, 0, NULL);
@@ -240,7 +246,8 @@ int link_ready(drv *d, const char *text)
 			queue(d, EV_READY, l, 0, text);
 			return 0;
 		}
-	fprintf(stderr, "link_ready: no ready callback is held\n");
+	if (!drv_fuzzing) /* the fuzz target tries at random */
+		fprintf(stderr, "link_ready: no ready callback is held\n");
 	return -1;
 }
 
@@ -270,6 +277,14 @@ const char *link_lines(drv *d)
 	return d->lines.data;
 }
 
+long link_next(drv *d)
+{
+	for (size_t i = 0; i < d->ncmd; i++)
+		if (!d->cmd[i].answered && !d->cmd[i].link->closed)
+			return (long)i;
+	return -1;
+}
+
 unsigned link_unanswered(drv *d)
 {
 	unsigned n = 0;
@@ -287,6 +302,31 @@ void link_set_caps(const sg_upstream_caps *caps)
 }
 
 /* ---------------------------------------------------------- link.h */
+
+/* A call on a link after sg_link_close (or a refused ready): the real
+ * link may be freed by then (link.h), so every such call is a session
+ * bug, counted in misuse.  true: the caller returns. */
+static bool closed_use(const struct sg_link *l, const char *what)
+{
+	if (!l->closed)
+		return false;
+	l->d->misuse++;
+	fprintf(stderr, "scripted link: %s on a closed link\n", what);
+	return true;
+}
+
+/* The octets of one feed call, recorded in d->data. */
+static void record_feed(drv *d, const char *buf, size_t len, bool bdat)
+{
+	if (len == 0)
+		return;
+	if (d->nfeeds == d->capfeeds) {
+		d->capfeeds = d->capfeeds ? 2 * d->capfeeds : 16;
+		d->feeds = sg_xreallocarray(d->feeds, d->capfeeds, sizeof *d->feeds);
+	}
+	d->feeds[d->nfeeds++] = (drv_feed){d->data.len, len, d->nmsg, bdat};
+	sg_buf_append(&d->data, buf, len);
+}
 
 sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
                       const sg_identity *id, sg_link_cb ready, void *arg)
@@ -310,23 +350,19 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
 void sg_link_command(sg_link *l, const char *line, size_t len, sg_link_cb cb,
                      void *arg)
 {
-	if (l->closed) {
-		l->d->misuse++;
-		fprintf(stderr, "scripted link: command on a closed link\n");
+	if (closed_use(l, "command"))
 		return;
-	}
-	sg_link_bdat_cancel(l); /* link.h: a command gives it up */
+	/* link.h: a command gives it up */
+	if (l->in_data && l->bdat)
+		l->in_data = l->bdat = false;
 	record(l->d, l, line, len, cb, arg);
 }
 
 void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
                   sg_link_cb cb, void *arg)
 {
-	if (l->closed) {
-		l->d->misuse++;
-		fprintf(stderr, "scripted link: MAIL on a closed link\n");
+	if (closed_use(l, "MAIL"))
 		return;
-	}
 	size_t i = record(l->d, l, line, len, cb, arg);
 	l->d->cmd[i].mail = true;
 	l->d->cmd[i].auth_param = auth_param;
@@ -336,11 +372,9 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg))
 {
 	(void)drain; /* the scripted link never pauses the client */
-	if (l->closed) {
-		l->d->misuse++;
-		fprintf(stderr, "scripted link: DATA on a closed link\n");
+	if (closed_use(l, "DATA"))
 		return;
-	}
+	l->d->nmsg++;
 	l->in_data = true;
 	l->eod = 2; /* the data starts at a line start */
 	l->done = done;
@@ -352,6 +386,8 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 
 void sg_link_data_hold_end(sg_link *l, void (*end_seen)(void *arg))
 {
+	if (closed_use(l, "data_hold_end"))
+		return;
 	if (l->in_data && !l->bdat)
 		l->end_seen = end_seen;
 }
@@ -359,6 +395,8 @@ void sg_link_data_hold_end(sg_link *l, void (*end_seen)(void *arg))
 /* The held end: recorded now, its reply (the message's) from the test. */
 void sg_link_data_finish(sg_link *l)
 {
+	if (closed_use(l, "data_finish"))
+		return;
 	if (!l->end_held)
 		return;
 	l->end_held = false;
@@ -369,6 +407,8 @@ void sg_link_data_finish(sg_link *l)
 /* The held message given up: the connection goes, as the real link's. */
 void sg_link_data_abort(sg_link *l)
 {
+	if (closed_use(l, "data_abort"))
+		return;
 	if (!l->end_held)
 		return;
 	l->end_held = false;
@@ -379,7 +419,8 @@ void sg_link_data_abort(sg_link *l)
 /* [policy] PREPEND headers: no driver test checks the message text. */
 void sg_link_data_header(sg_link *l, const char *lines, size_t len)
 {
-	(void)l, (void)lines, (void)len;
+	(void)lines, (void)len;
+	closed_use(l, "data_header");
 }
 
 /* The matcher's states: 0 in a line, 1 after CR, 2 at a line start (after
@@ -387,7 +428,7 @@ void sg_link_data_header(sg_link *l, const char *lines, size_t len)
 size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 {
 	*pause = false;
-	if (!l->in_data || l->closed)
+	if (closed_use(l, "data_feed") || !l->in_data)
 		return 0;
 	size_t i = 0;
 	bool end = false;
@@ -414,7 +455,7 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 			break;
 		}
 	}
-	sg_buf_append(&l->d->data, buf, i);
+	record_feed(l->d, buf, i, false);
 	if (end && l->end_seen) {
 		l->in_data = false;
 		l->end_held = true;
@@ -441,12 +482,14 @@ size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
                          bool *pause)
 {
 	*pause = false;
-	if (!l->in_data || !l->bdat || l->closed) {
+	if (closed_use(l, "bdat_feed"))
+		return len;
+	if (!l->in_data || !l->bdat) {
 		l->d->misuse++;
 		fprintf(stderr, "scripted link: BDAT octets without a message\n");
 		return len;
 	}
-	sg_buf_append(&l->d->data, buf, len);
+	record_feed(l->d, buf, len, true);
 	if (last) {
 		l->in_data = l->bdat = false;
 		l->d->ndata_end++;
@@ -457,24 +500,35 @@ size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
 
 const char *sg_link_bdat_status(const sg_link *l)
 {
+	if (closed_use(l, "bdat_status"))
+		return DRV_LOST;
 	return l->lost ? DRV_LOST : NULL;
 }
 
 void sg_link_bdat_cancel(sg_link *l)
 {
+	if (closed_use(l, "bdat_cancel"))
+		return;
 	if (l->in_data && l->bdat)
 		l->in_data = l->bdat = false;
 }
 
-const char *sg_link_last_queue_id(sg_link *l) { return l->d->qid; }
+const char *sg_link_last_queue_id(sg_link *l)
+{
+	closed_use(l, "last_queue_id");
+	return l->d->qid;
+}
 
 const char *sg_link_peer(sg_link *l)
 {
-	(void)l;
+	closed_use(l, "peer");
 	return "scripted:25";
 }
 
-bool sg_link_alive(sg_link *l) { return l && l->alive && !l->closed; }
+bool sg_link_alive(sg_link *l)
+{
+	return l && !closed_use(l, "alive") && l->alive;
+}
 
 void sg_link_close(sg_link *l)
 {

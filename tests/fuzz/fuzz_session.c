@@ -1,0 +1,536 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* tests/fuzz/fuzz_session.c: libFuzzer target for the whole client-side
+ * session engine (proxy/session.c, commands.c, reply_queue.c, ...), driven
+ * in-process by the unit tests' driver (tests/unit/driver.h) against the
+ * scripted upstream link (tests/unit/scripted_link.c).
+ *
+ * The input is a small program.  Byte 0 and byte 1 choose the
+ * configuration and what the upstream offers:
+ *   byte 0: bit 0 bare_newline = reject (else normalize), bit 1
+ *     strict_envelope = yes, bit 2 max_recipients = 2, bit 3
+ *     max_message_size = 1k, bits 4-5 what a link's ready gets (0, 1: a
+ *     2xx, 2: a 4xx, 3: held until a step answers it), bit 6 the upstream
+ *     offers PIPELINING, bit 7 CHUNKING;
+ *   byte 1: bit 0 the upstream was probed, bit 1 8BITMIME, bit 2 SMTPUTF8,
+ *     bit 3 DSN, bit 4 SIZE 100, bit 5 the client says EHLO first.
+ * Then steps, each an opcode (op % 8) and its operands, each followed by a
+ * drv_run and the checks:
+ *   0, 1, 2  the client sends the next L octets (L: the next byte), any
+ *            octets, cut anywhere;
+ *   3        the upstream answers the oldest unanswered command with reply
+ *            op >> 3 of the table (reply_for);
+ *   4        the same for every unanswered command (at most 16);
+ *   5        the newest link loses its upstream;
+ *   6        a held ready gets a 2xx (op bit 3 clear) or a 4xx; op bits 4-5
+ *            set what the next links' ready gets (0 keep, then as byte 0);
+ *   7        op bit 3 clear: the client half-closes; set: only a run.
+ * At most MAX_STEPS steps and MAX_SENT octets sent per input.
+ *
+ * The checks (abort() on a break, so libFuzzer reports it):
+ *  1. every 2xx or 3xx reply the client gets is the upstream's, given to a
+ *     command the session relayed for the client, in the order given and
+ *     at most once, or one of the replies the session makes itself where
+ *     no upstream is involved (check_reply); every 2xx or 354 the
+ *     upstream gives carries a token "[uN]" that tells them apart;
+ *  2. every line handed to a link is CRLF-terminated printable text of at
+ *     most SG_UPSTREAM_LINE_MAX octets;
+ *  3. nothing is handed to a link before its ready got a 2xx (the identity
+ *     goes over inside the open: MAIL before it would be mail without
+ *     one), nor to a link after sg_link_close (the driver's misuse);
+ *  4. the message octets given to the link are the client's: a DATA
+ *     message is the octets after a DATA line, in one piece, a BDAT chunk
+ *     octets the client sent, all in the order sent (check_data); where
+ *     the DATA message ends is the scripted link's (the first
+ *     <CRLF>.<CRLF>), so the upstream sees no more than the client ended;
+ *  5. at the end every session is freed and the loop is empty (drv_stop;
+ *     LeakSanitizer sees the rest). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../../common/buf.h"
+#include "../../proxy/reply_queue.h"
+#include "../unit/driver.h"
+
+#define MAX_STEPS 64
+#define MAX_SENT 4096
+#define MAX_BATCH 16 /* replies one step of op 4 gives */
+
+#define READY_OK "250 2.0.0 [ready] Upstream ready\r\n"
+#define READY_DOWN "451 4.4.1 [ready] Upstream server not available\r\n"
+
+/* Abort with a message (libFuzzer shows stderr with the crash). */
+#define FAIL(...)                                                       \
+	do {                                                            \
+		fprintf(stderr, "fuzz_session: " __VA_ARGS__);          \
+		fputc('\n', stderr);                                    \
+		abort();                                                \
+	} while (0)
+
+/* A reply the upstream gave; token "[uN]" is its index + 1. */
+typedef struct given {
+	char *text;
+	size_t len;
+	bool hidden; /* its command was no client's: never reaches the client */
+} given;
+
+/* One run's state. */
+typedef struct run {
+	drv d;
+	given *gv;
+	size_t ngv, capgv;
+	sg_buf sent;     /* every octet the client sent */
+	sg_buf got;      /* every octet the client received */
+	size_t parsed;   /* got up to here was checked */
+	size_t last_tok; /* the token of the last upstream reply passed on */
+	size_t lines_ok; /* link commands checked */
+	/* replies of the session's own, by kind */
+	unsigned own_ok, own_quit, own_helo, own_ehlo, own_vrfy, own_help,
+	    own_chunk;
+} run;
+
+static const char *ready_text(unsigned mode)
+{
+	return mode == 3 ? NULL : mode == 2 ? READY_DOWN : READY_OK;
+}
+
+/* ------------------------------------------------------- the upstream */
+
+enum kind { K_MAIL, K_RCPT, K_DATA, K_RSET, K_END, K_OTHER };
+
+static enum kind kind_of(const drv_cmd *c)
+{
+	if (!c->line)
+		return K_END;
+	if (strncmp(c->line, "MAIL ", 5) == 0)
+		return K_MAIL;
+	if (strncmp(c->line, "RCPT ", 5) == 0)
+		return K_RCPT;
+	if (strcmp(c->line, "DATA\r\n") == 0)
+		return K_DATA;
+	if (strcmp(c->line, "RSET\r\n") == 0)
+		return K_RSET;
+	return K_OTHER;
+}
+
+/* The 2xx (or DATA's 354) a command of kind k gets, token t; multi: in
+ * two lines. */
+static int good_reply(char *out, size_t cap, enum kind k, size_t t,
+                      bool multi)
+{
+	const char *code = k == K_DATA ? "354" : "250";
+	const char *enh = k == K_MAIL   ? "2.1.0 "
+	                  : k == K_RCPT ? "2.1.5 "
+	                  : k == K_DATA ? ""
+	                                : "2.0.0 ";
+	const char *text = k == K_DATA  ? "End data with <CR><LF>.<CR><LF>"
+	                   : k == K_END ? "Ok: queued as 4XqZ"
+	                                : "Ok";
+	if (multi)
+		return snprintf(out, cap, "%s-%s[u%zu] first\r\n%s %s[u%zu] %s",
+		                code, enh, t, code, enh, t, text);
+	return snprintf(out, cap, "%s %s[u%zu] %s", code, enh, t, text);
+}
+
+/* Reply sel for a command of kind k, token t (for 2xx and 3xx). */
+static void reply_for(char *out, size_t cap, unsigned sel, enum kind k,
+                      size_t t)
+{
+	int n;
+	switch (sel % 12) {
+	case 0:
+	case 1:
+	case 2:
+		n = good_reply(out, cap, k, t, false);
+		break;
+	case 3:
+		n = snprintf(out, cap, "451 4.3.0 Temporary failure");
+		break;
+	case 4:
+		n = snprintf(out, cap, "%s",
+		             k == K_RCPT ? "550 5.1.1 <b@example.net>: Recipient "
+		                           "address rejected"
+		                         : "554 5.5.1 Error: no valid recipients");
+		break;
+	case 5:
+		n = good_reply(out, cap, k, t, true);
+		break;
+	case 6:
+		n = snprintf(out, cap, "550-5.7.1 one\r\n550 5.7.1 two");
+		break;
+	case 7: /* a 2xx whatever the command, without enhanced code */
+		n = snprintf(out, cap, "250 [u%zu] Ok", t);
+		break;
+	case 8: /* 354 whatever the command */
+		n = snprintf(out, cap, "354 [u%zu] go ahead", t);
+		break;
+	case 9:
+		n = snprintf(out, cap, "421 4.4.2 Closing connection");
+		break;
+	case 10:
+		n = snprintf(out, cap, "251 2.1.5 [u%zu] User not local; will "
+		                       "forward", t);
+		break;
+	default:
+		n = snprintf(out, cap, "552 5.3.4 Message too big");
+		break;
+	}
+	snprintf(out + n, cap - (size_t)n, "\r\n");
+}
+
+/* The upstream answers the oldest unanswered command; false: none. */
+static bool give(run *r, unsigned sel)
+{
+	long i = link_next(&r->d);
+	if (i < 0)
+		return false;
+	const drv_cmd *c = &r->d.cmd[i];
+	if (r->ngv == r->capgv) {
+		r->capgv = r->capgv ? 2 * r->capgv : 16;
+		r->gv = realloc(r->gv, r->capgv * sizeof *r->gv);
+		if (!r->gv)
+			abort();
+	}
+	char text[256];
+	reply_for(text, sizeof text, sel, kind_of(c), r->ngv + 1);
+	given *g = &r->gv[r->ngv++];
+	g->text = strdup(text);
+	g->len = strlen(text);
+	/* a line relayed for no client command: EHLO's RSET in a
+	 * transaction, whose reply is dropped */
+	g->hidden = c->line && c->cb != sg_rq_on_reply;
+	if (link_reply(&r->d, text) < 0)
+		FAIL("link_next and link_reply disagree");
+	return true;
+}
+
+/* --------------------------------------------------------- the checks */
+
+/* Lines of the client's at a line start beginning with verb (any case)
+ * followed by a space or the line end: how often the session may make
+ * that verb's reply at most. */
+static unsigned count_verb(const run *r, const char *verb)
+{
+	size_t vl = strlen(verb);
+	unsigned n = 0;
+	const char *p = r->sent.data;
+	size_t len = r->sent.len;
+	for (size_t i = 0; i + vl <= len; i++) {
+		if (i > 0 && p[i - 1] != '\n')
+			continue;
+		if (strncasecmp(p + i, verb, vl) != 0)
+			continue;
+		if (i + vl == len || p[i + vl] == ' ' || p[i + vl] == '\r' ||
+		    p[i + vl] == '\n')
+			n++;
+	}
+	return n;
+}
+
+static bool is_line(const char *p, size_t len, const char *want)
+{
+	return len == strlen(want) && memcmp(p, want, len) == 0;
+}
+
+/* A reply of the session's own that is a 2xx or 3xx (proxy/reply.c's
+ * table, EHLO's lines, a BDAT chunk's 250): true, counted by kind. */
+static bool own_reply(run *r, const char *p, size_t len)
+{
+	if (is_line(p, len, "250 2.0.0 Ok\r\n")) /* NOOP, RSET unlinked */
+		return ++r->own_ok <= count_verb(r, "NOOP") + count_verb(r, "RSET");
+	if (is_line(p, len, "221 2.0.0 Bye\r\n"))
+		return ++r->own_quit <= count_verb(r, "QUIT");
+	if (is_line(p, len, "250 gate.test\r\n"))
+		return ++r->own_helo <= count_verb(r, "HELO");
+	if (is_line(p, len, "252 2.0.0 Cannot VRFY user, but will accept "
+	                    "message\r\n"))
+		return ++r->own_vrfy <= count_verb(r, "VRFY");
+	if (is_line(p, len, "214 2.0.0 See RFC 5321 and RFC 4954\r\n"))
+		return ++r->own_help <= count_verb(r, "HELP");
+	if (len > 15 && memcmp(p, "250-gate.test\r\n", 15) == 0 &&
+	    len >= 10 && memcmp(p + len - 10, "250 HELP\r\n", 10) == 0)
+		return ++r->own_ehlo <= count_verb(r, "EHLO");
+	/* a BDAT chunk that is not the LAST: accepts no mail (RFC 3030 2) */
+	unsigned long long sz;
+	int end = 0;
+	if (len < 64 && p[len - 1] == '\n') {
+		char tmp[64];
+		memcpy(tmp, p, len);
+		tmp[len] = '\0';
+		if (sscanf(tmp, "250 2.0.0 %llu octets received\r\n%n", &sz,
+		           &end) == 1 && (size_t)end == len)
+			return ++r->own_chunk <= count_verb(r, "BDAT");
+	}
+	return false;
+}
+
+/* One whole reply the client got (its lines, CRLF each). */
+static void check_reply(run *r, const char *p, size_t len)
+{
+	int code = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+	if (code < 200 || code >= 400)
+		return; /* a refusal: no mail was accepted by it */
+	const char *tok = memmem(p, len, "[u", 2);
+	if (!tok) {
+		if (own_reply(r, p, len))
+			return;
+		FAIL("a %d the upstream did not give reached the client: "
+		     "\"%.*s\"", code, (int)len, p);
+	}
+	size_t t = strtoul(tok + 2, NULL, 10);
+	if (t == 0 || t > r->ngv)
+		FAIL("unknown token in \"%.*s\"", (int)len, p);
+	const given *g = &r->gv[t - 1];
+	if (g->hidden)
+		FAIL("the reply to a line relayed for no client command reached "
+		     "the client: \"%.*s\"", (int)len, p);
+	if (t <= r->last_tok)
+		FAIL("upstream reply %zu passed on after %zu: \"%.*s\"", t,
+		     r->last_tok, (int)len, p);
+	if (g->len != len || memcmp(g->text, p, len) != 0)
+		FAIL("upstream reply %zu changed: \"%.*s\" became \"%.*s\"", t,
+		     (int)g->len, g->text, (int)len, p);
+	r->last_tok = t;
+}
+
+/* What the client received since the last check: whole replies. */
+static void check_client(run *r)
+{
+	drv *d = &r->d;
+	if (d->text.len) {
+		sg_buf_append(&r->got, d->text.data, d->text.len);
+		drv_take(d);
+	}
+	if (r->got.len == 0)
+		return;
+	const char *p = r->got.data;
+	size_t len = r->got.len;
+	size_t at = r->parsed; /* the reply's first line */
+	size_t i = at;
+	for (;;) {
+		const char *lf = memchr(p + i, '\n', len - i);
+		if (!lf)
+			return;
+		size_t end = (size_t)(lf - p) + 1, ll = end - i;
+		const char *l = p + i;
+		if (ll < 6 || l[ll - 2] != '\r' || l[0] < '1' || l[0] > '5' ||
+		    l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9' ||
+		    (l[3] != ' ' && l[3] != '-') || memcmp(l, p + at, 3) != 0)
+			FAIL("malformed reply line \"%.*s\"", (int)ll, l);
+		for (size_t k = 0; k + 2 < ll; k++)
+			if ((unsigned char)l[k] < 0x20)
+				FAIL("control octet in reply line \"%.*s\"",
+				     (int)ll, l);
+		i = end;
+		if (l[3] == ' ') {
+			check_reply(r, p + at, end - at);
+			at = end;
+			r->parsed = end;
+		}
+	}
+}
+
+/* Checks 2 and 3 on the commands handed over since the last time. */
+static void check_lines(run *r)
+{
+	drv *d = &r->d;
+	if (d->misuse)
+		FAIL("a call on a closed link (%u)", d->misuse);
+	for (; r->lines_ok < d->ncmd; r->lines_ok++) {
+		const drv_cmd *c = &d->cmd[r->lines_ok];
+		if (c->early)
+			FAIL("%s handed to a link before its ready got a 2xx",
+			     c->line ? c->line : "end of data");
+		if (!c->line)
+			continue;
+		if (c->len < 2 || c->line[c->len - 2] != '\r' ||
+		    c->line[c->len - 1] != '\n')
+			FAIL("link line without its CRLF: \"%.*s\"", (int)c->len,
+			     c->line);
+		if (c->len > SG_UPSTREAM_LINE_MAX)
+			FAIL("link line of %zu octets", c->len);
+		for (size_t k = 0; k + 2 < c->len; k++) {
+			unsigned char o = (unsigned char)c->line[k];
+			if (o < 0x20 || o == 0x7f)
+				FAIL("control octet 0x%02x in link line \"%.*s\"",
+				     o, (int)c->len, c->line);
+		}
+		if (c->mail != (strncmp(c->line, "MAIL FROM:<", 11) == 0))
+			FAIL("MAIL not by sg_link_mail (or the other way): "
+			     "\"%.*s\"", (int)c->len, c->line);
+	}
+}
+
+/* Is sent[at] right after a DATA line? */
+static bool after_data_line(const run *r, size_t at)
+{
+	const char *p = r->sent.data;
+	if (at == 0 || p[at - 1] != '\n')
+		return false;
+	size_t q = at - 1;
+	while (q > 0 && p[q - 1] != '\n')
+		q--;
+	return at - q >= 5 && strncasecmp(p + q, "DATA", 4) == 0;
+}
+
+/* The first place at or after from where octets m (len n) are in what the
+ * client sent (after a DATA line when data); (size_t)-1: nowhere. */
+static size_t find_sent(const run *r, size_t from, const char *m, size_t n,
+                        bool data)
+{
+	const char *s = r->sent.data;
+	size_t len = r->sent.len;
+	if (len == 0)
+		return (size_t)-1;
+	while (from + n <= len) {
+		const char *hit = memmem(s + from, len - from, m, n);
+		if (!hit)
+			return (size_t)-1;
+		size_t at = (size_t)(hit - s);
+		if (!data || after_data_line(r, at))
+			return at;
+		from = at + 1;
+	}
+	return (size_t)-1;
+}
+
+/* Check 4.  Every DATA message whole (its feeds are contiguous in
+ * d->data), every BDAT feed apart; each must be found in what the client
+ * sent after the one before.  Taking the first place found each time
+ * never passes over the true one, so this never fails when the octets
+ * are the client's, in its order. */
+static void check_data(run *r)
+{
+	drv *d = &r->d;
+	size_t cur = 0;
+	for (size_t i = 0; i < d->nfeeds;) {
+		const drv_feed *f = &d->feeds[i];
+		size_t at = f->at, n = f->len, j = i + 1;
+		if (!f->bdat)
+			for (; j < d->nfeeds && d->feeds[j].msg == f->msg &&
+			       !d->feeds[j].bdat; j++)
+				n += d->feeds[j].len;
+		size_t hit = find_sent(r, cur, d->data.data + at, n, !f->bdat);
+		if (hit == (size_t)-1)
+			FAIL("%s octets the client did not send there (message "
+			     "%u, %zu octets at %zu of the link's)",
+			     f->bdat ? "BDAT" : "DATA", f->msg, n, at);
+		cur = hit + n;
+		i = j;
+	}
+}
+
+static void step_run(run *r)
+{
+	if (drv_run(&r->d) < 0)
+		FAIL("the loop did not settle");
+	check_client(r);
+	check_lines(r);
+	check_data(r);
+}
+
+/* --------------------------------------------------------- the target */
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc, (void)argv;
+	drv_fuzzing = true;
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 2)
+		return 0;
+	unsigned c0 = data[0], c1 = data[1];
+	const uint8_t *p = data + 2, *end = data + size;
+
+	char extra[256];
+	snprintf(extra, sizeof extra,
+	         "[server]\nstrict_envelope = %s\n"
+	         "[limits]\nbare_newline = %s\nmax_recipients = %u\n"
+	         "max_message_size = %u\n",
+	         c0 & 0x02 ? "yes" : "no", c0 & 0x01 ? "reject" : "normalize",
+	         c0 & 0x04 ? 2u : 100u, c0 & 0x08 ? 1024u : 1000000u);
+
+	static run r;
+	memset(&r, 0, sizeof r);
+	sg_buf_init(&r.sent, 0);
+	sg_buf_init(&r.got, 0);
+	if (drv_start(&r.d, extra) < 0)
+		FAIL("drv_start failed");
+	sg_upstream_caps caps = {
+	    .probed = c1 & 0x01, .eightbitmime = c1 & 0x02,
+	    .smtputf8 = c1 & 0x04, .dsn = c1 & 0x08,
+	    .pipelining = c0 & 0x40, .chunking = c0 & 0x80,
+	    .size = c1 & 0x10 ? 100 : 0,
+	};
+	link_set_caps(&caps);
+	r.d.ready_reply = ready_text((c0 >> 4) & 3);
+	if (c1 & 0x20) {
+		static const char ehlo[] = "EHLO client.test\r\n";
+		sg_buf_append(&r.sent, ehlo, sizeof ehlo - 1);
+		drv_send(&r.d, ehlo);
+		step_run(&r);
+	}
+
+	for (int steps = 0; steps < MAX_STEPS && p < end; steps++) {
+		unsigned op = *p++;
+		switch (op % 8) {
+		case 0:
+		case 1:
+		case 2: {
+			size_t n = p < end ? *p++ : 0;
+			if (n > (size_t)(end - p))
+				n = (size_t)(end - p);
+			if (n > MAX_SENT - r.sent.len)
+				n = MAX_SENT - r.sent.len;
+			if (n && !r.d.eof && !r.d.shut && r.d.fd >= 0) {
+				sg_buf_append(&r.sent, (const char *)p, n);
+				drv_send_n(&r.d, (const char *)p, n);
+			}
+			p += n;
+			break;
+		}
+		case 3:
+			give(&r, op >> 3);
+			break;
+		case 4:
+			for (int k = 0; k < MAX_BATCH && give(&r, (op >> 3) + k); k++)
+				;
+			break;
+		case 5:
+			link_lose(&r.d); /* none open: nothing happens */
+			break;
+		case 6:
+			link_ready(&r.d, op & 0x08 ? READY_DOWN : READY_OK);
+			if ((op >> 4) & 3)
+				r.d.ready_reply = ready_text((op >> 4) & 3);
+			break;
+		default:
+			if (!(op & 0x08))
+				drv_shutdown(&r.d);
+			break;
+		}
+		step_run(&r);
+	}
+
+	if (getenv("FUZZ_SESSION_TRACE")) { /* what an input did */
+		fprintf(stderr, "--- client sent:\n%.*s\n--- client got:\n%.*s"
+		        "--- link lines:\n%s--- message octets:\n%.*s\n---\n",
+		        (int)r.sent.len, r.sent.data, (int)r.got.len, r.got.data,
+		        link_lines(&r.d), (int)r.d.data.len, r.d.data.data);
+	}
+	if (drv_stop(&r.d) != 0)
+		FAIL("drv_stop: a session or handle left");
+	if (r.d.misuse)
+		FAIL("a call on a closed link while closing (%u)", r.d.misuse);
+	for (size_t i = 0; i < r.ngv; i++)
+		free(r.gv[i].text);
+	free(r.gv);
+	sg_buf_free(&r.sent);
+	sg_buf_free(&r.got);
+	return 0;
+}
