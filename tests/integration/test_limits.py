@@ -1,0 +1,390 @@
+# SPDX-License-Identifier: BSD-2-Clause
+"""saslgate at its limits, with real parts: a private Postfix (or its
+smtp-sink) behind it, Debian's saslauthd, smtplib and raw sockets in front.
+
+- `[server] max_connections` reached while clients keep submitting mail:
+  every connection past it gets `421 4.7.0` at connect and is closed, the
+  clients inside it lose nothing (every message 250 and stored by the
+  upstream), and the daemon neither stalls nor spins.
+- Out of file descriptors (RLIMIT_NOFILE lowered on the running daemon
+  with prlimit(2)): the connections it cannot take get `421 4.7.0` and are
+  closed, one log line says so (not one per refused connection), the
+  process stays near idle, an AUTH or a reconnect upstream that needs a
+  descriptor gets a 4xx (never a 2xx, never a hang), and once connections
+  close it serves mail again.  README "Limits", saslgate.conf(5)
+  `max_connections`.
+- A SASL backend that stops answering (saslauthd under SIGSTOP): AUTH
+  past what the pool may hold (`[sasl] threads`) gets `454 4.7.0` at once,
+  not after `failure_delay`, counts no failure, and sessions that do not
+  AUTH are answered at once throughout; after SIGCONT everything works.
+  saslgate.conf(5) `[sasl] threads`.
+
+Other limits are tested elsewhere: idle_timeout, floods and brute force in
+test_abuse.py, upstream stalls in test_upstream_faults.py, a saslauthd
+that is gone in test_auth.py.  Figures (time to 454, CPU while exhausted,
+connection counts) are printed (pytest -s shows them).  The harness checks
+every saslgate at teardown: exit 0 on SIGTERM, no sanitizer report, no
+password in its log."""
+
+import os
+import re
+import resource
+import signal
+import smtplib
+import statistics
+import threading
+import time
+
+import sgtest
+from sgtest import HOST, T, Raw, default_config, make_sasldb, plain_b64
+
+USER, PW = "lima", "Li7-limits.Pw#52"
+# saslauthd -a shadow needs system users: names unique to this file
+SA_FD_USER, SA_FD_PW = "sglimitfd1", "Fd3-limits.pw9x"
+SA_Q_USER, SA_Q_PW = "sglimitq1", "Qu5-limits.pw2y"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (every thread), from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15
+
+
+def cpu_share(pid, seconds, during=None):
+    """Share of one core the process used over `seconds` (while `during`
+    runs in the meantime, if given)."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    if during:
+        during(seconds)
+    else:
+        time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def greeting(port, timeout=2):
+    """Connect, read the first reply -> (Raw, Reply or None, seconds).
+    None: the server closed the connection without a word."""
+    t0 = time.monotonic()
+    r = Raw(port, timeout=timeout)
+    try:
+        rep = r.reply()
+    except ConnectionError:
+        rep = None
+    except AssertionError:  # no reply within timeout
+        rep = "no reply within %.1fs" % timeout
+    return r, rep, time.monotonic() - t0
+
+
+def assert_refused(r, rep, what):
+    """A connection past a limit: 421 4.7.0, then closed by the server."""
+    assert rep is not None, "%s: closed without a reply (want 421 4.7.0)" % what
+    assert not isinstance(rep, str), "%s: %s" % (what, rep)
+    assert rep.text.startswith("421 4.7.0 "), "%s: got %r" % (what, rep.text)
+    assert r.closed(timeout=2), "%s: the connection stayed open after the 421" % what
+
+
+def message(marker):
+    return ("Subject: %s\r\nX-Marker: %s\r\n\r\nat the limit %s\r\n"
+            % (marker, marker, marker)).encode()
+
+
+def login_session(port, user, pw):
+    c = smtplib.SMTP(HOST, port, local_hostname="limits.example", timeout=T(20))
+    c.ehlo()
+    c.login(user, pw)
+    return c
+
+
+def send_message(port, user, pw, marker):
+    c = login_session(port, user, pw)
+    try:
+        assert c.sendmail("%s@example.org" % user, ["bob@example.net"], message(marker)) == {}
+        c.quit()
+    finally:
+        c.close()
+
+
+def assert_stored(pf, markers):
+    """Every marker in exactly one message Postfix relayed to its sink."""
+    msgs = pf.wait_delivered(len(markers), timeout=30)
+    for m in markers:
+        n = sum(1 for x in msgs if re.search(rb"^X-Marker: %s\r?$" % m.encode(), x, re.M))
+        assert n == 1, "message %s stored %d times by the upstream" % (m, n)
+
+
+class Sender:
+    """One session (AUTH PLAIN on the plain listener) that keeps sending
+    messages until stopped; every one must get 250."""
+
+    def __init__(self, port, tag, pause=0.05, limit=200):
+        self.port, self.tag, self.pause, self.limit = port, tag, pause, limit
+        self.sent, self.errors = [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            c = login_session(self.port, USER, PW)
+        except Exception as e:
+            self.errors.append("%s login: %r" % (self.tag, e))
+            return
+        try:
+            for i in range(self.limit):
+                if self._stop.is_set():
+                    break
+                marker = "%s-%d" % (self.tag, i)
+                try:
+                    refused = c.sendmail("%s@example.org" % USER, ["bob@example.net"],
+                                         message(marker))
+                except Exception as e:
+                    self.errors.append("%s: %r" % (marker, e))
+                    return
+                if refused:
+                    self.errors.append("%s refused: %r" % (marker, refused))
+                    return
+                self.sent.append(marker)
+                self._stop.wait(self.pause)
+            c.quit()
+        finally:
+            c.close()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(T(60))
+        assert not self._thread.is_alive(), "sender %s did not finish" % self.tag
+
+
+# ------------------------------------------------------------ max_connections
+
+def test_max_connections_under_load(workdir, start_saslgate, start_postfix):
+    """max_connections = 20 over two workers: 4 clients keep sending mail,
+    16 more hold their sessions, then 4 waves of 40 connect at once.  Each
+    of the 160 gets 421 4.7.0 and is closed; the 4 senders get 250 for every message
+    and Postfix stores each once; a client after the flood is greeted at
+    once, and the daemon idles at near 0% CPU afterwards."""
+    limit, nsenders, nflood, nwaves = 20, 4, 40, 4
+    pf = start_postfix()
+    db = make_sasldb(workdir / "sasldb2", {USER: PW}, realm="sg.test")
+    cfg = default_config(workdir, upstream_port=pf.port, sasldb=db,
+                         server={"max_connections": limit, "workers": 2})
+    sg = start_saslgate(cfg, secrets={USER: PW})
+    port = sg.port("plain")
+
+    senders = [Sender(port, "load%d" % i) for i in range(nsenders)]
+    holders, flood = [], []
+    try:
+        sgtest.wait_for(lambda: all(s.sent or s.errors for s in senders), T(20),
+                        "every sender's first message")
+        assert not any(s.errors for s in senders), [s.errors for s in senders]
+        for _ in range(limit - nsenders):
+            r, rep, _ = greeting(port, timeout=T(5))
+            holders.append(r)
+            assert rep is not None and rep.code == 220, "inside the limit: %r" % rep
+        rejects_before = len(re.findall(r"reason=max_connections", sg.log_text()))
+        assert rejects_before == 0
+
+        # the flood, in waves while the senders keep sending: each wave's
+        # connections all open at once, then each read
+        at_start = [len(s.sent) for s in senders]
+        c0, t0 = cpu_seconds(sg.pid), time.monotonic()
+        lat = []
+        for wave in range(nwaves):
+            batch = []
+            for _ in range(nflood):
+                batch.append((time.monotonic(), Raw(port, timeout=T(5))))
+                flood.append(batch[-1][1])
+            for i, (ts, r) in enumerate(batch):
+                try:
+                    rep = r.reply()
+                except ConnectionError:
+                    rep = None
+                lat.append(time.monotonic() - ts)
+                assert_refused(r, rep, "wave %d: connection %d past max_connections"
+                               % (wave, limit + i + 1))
+                r.close()
+            time.sleep(0.3)
+        flood_cpu = cpu_seconds(sg.pid) - c0
+        flood_secs = time.monotonic() - t0
+        # the senders were busy all along
+        sgtest.wait_for(lambda: all(len(s.sent) >= n + 3 or s.errors
+                                    for s, n in zip(senders, at_start)),
+                        T(20), "three more messages from every sender")
+
+        # the holders are still served: the limit cost them nothing
+        for r in holders[:3]:
+            r.expect(250, "EHLO holder.example")
+            r.expect(250, "NOOP")
+    finally:
+        for r in holders + flood:
+            r.close()
+
+    # room again: a new client is greeted at once (the holders' slots are
+    # freed as saslgate reads their FIN: retry while a 421 says it has not)
+    new_lat, new_rejects = None, 0
+    deadline = time.monotonic() + T(5)
+    while new_lat is None:
+        r, rep, dt = greeting(port, timeout=T(2))
+        try:
+            assert rep is not None, "a client after the flood was closed without a word"
+            if rep.code == 220:
+                new_lat = dt
+                r.expect(250, "EHLO after.example")
+                r.expect(221, "QUIT")
+            else:
+                assert_refused(r, rep, "a client after the flood")
+                new_rejects += 1
+                assert time.monotonic() < deadline, "no room after the flood for %.0fs" % T(5)
+                time.sleep(0.1)
+        finally:
+            r.close()
+    assert new_lat < T(1), "the first client after the flood waited %.2fs for 220" % new_lat
+
+    for s in senders:
+        s.stop()
+    errors = [e for s in senders for e in s.errors]
+    assert not errors, "a client inside max_connections failed: %s" % errors[:5]
+    markers = [m for s in senders for m in s.sent]
+    assert_stored(pf, markers)
+
+    idle = cpu_share(sg.pid, 1.5)
+    assert idle < 0.2, "saslgate uses %.0f%% of a core idle after the flood" % (idle * 100)
+    log = sg.log_text()
+    nrej = len(re.findall(r"event=reject client=127\.0\.0\.1 reason=max_connections \(%d\)"
+                          % limit, log))
+    assert nrej == nflood * nwaves + new_rejects, (nrej, nflood * nwaves, new_rejects)
+    print("\nmax_connections=%d, 2 workers: %d senders sent %d messages (all 250, all "
+          "stored by Postfix); %d of %d connections past the limit got 421 4.7.0 (median "
+          "%.1f ms, max %.1f ms from connect to the 421); flood: %.2f s CPU in %.2f s; first client "
+          "after: 220 in %.1f ms; idle afterwards %.1f%% of a core"
+          % (limit, nsenders, len(markers), len(lat), nflood * nwaves, statistics.median(lat) * 1000,
+             max(lat) * 1000, flood_cpu, flood_secs, new_lat * 1000, idle * 100))
+
+
+# ------------------------------------------------------------ descriptors
+
+def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_saslauthd):
+    """RLIMIT_NOFILE of the running daemon lowered to what it holds + 30,
+    then clients connect until it has no descriptor left.  Those past it
+    get 421 4.7.0 and are closed; the log says so once (per worker and 10
+    s), not once per connection; while clients keep knocking the daemon
+    uses little CPU; an AUTH (saslauthd needs a socket) and a command that
+    must reconnect upstream get a 4xx at once; once the clients leave, the
+    same process greets, authenticates and relays again."""
+    headroom, knock_secs = 30, 3.0
+    pf = start_postfix(extra={"smtpd_timeout": "2s"})  # drops idle upstream links
+    sa = start_saslauthd(users={SA_FD_USER: SA_FD_PW})
+    cfg = default_config(workdir, upstream_port=pf.port, saslauthd=sa, server={"workers": 2})
+    sg = start_saslgate(cfg, secrets={SA_FD_USER: SA_FD_PW})
+    port = sg.port("plain")
+    auth = "AUTH PLAIN " + plain_b64(SA_FD_USER, SA_FD_PW)
+
+    # warm-up: what the daemon opens once (pool threads, Cyrus' plugins)
+    send_message(port, SA_FD_USER, SA_FD_PW, "fd-before")
+    # A: logged in, its upstream connection then dropped by Postfix
+    a = Raw(port, timeout=T(10))
+    a.expect(220)
+    a.expect(250, "EHLO a.example")
+    a.expect(235, auth)
+    sg.wait_log(r"event=upstream_lost", timeout=10)
+    # B: greeted, not logged in
+    b = Raw(port, timeout=T(10))
+    b.expect(220)
+    b.expect(250, "EHLO b.example")
+    time.sleep(0.3)
+    base = fd_count(sg.pid)
+    limit = base + headroom
+    resource.prlimit(sg.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    held, refused = [], []
+    try:
+        # fill every descriptor with idle clients
+        for _ in range(headroom + 20):
+            r, rep, dt = greeting(port, timeout=T(3))
+            if isinstance(rep, sgtest.Reply) and rep.code == 220:
+                held.append(r)
+                continue
+            refused.append(r)
+            assert_refused(r, rep, "connection %d with no descriptor left" % (len(held) + 1))
+            assert dt < T(2), "the 421 took %.2fs" % dt
+            r.close()
+            if len(refused) == 10:
+                break
+        assert len(refused) == 10, "%d clients held and none refused" % len(held)
+        assert 10 <= len(held) <= headroom, "held %d connections" % len(held)
+        exhausted_fds = fd_count(sg.pid)
+
+        # a login needs a socket to saslauthd: 4xx, at once, never 235
+        t0 = time.monotonic()
+        rep = b.cmd(auth, timeout=T(10))
+        auth_secs = time.monotonic() - t0
+        assert rep.text.startswith("454 4.7.0 "), "AUTH with no descriptor left: %r" % rep.text
+        assert auth_secs < T(5), auth_secs
+        # A's next command reconnects upstream, which needs a socket: 4xx
+        t0 = time.monotonic()
+        rep_a = a.cmd("MAIL FROM:<%s@example.org>" % SA_FD_USER, timeout=T(10))
+        mail_secs = time.monotonic() - t0
+        assert 400 <= rep_a.code < 500, "MAIL with no descriptor left: %r" % rep_a.text
+        assert mail_secs < T(5), mail_secs
+
+        # clients keep knocking: each refused at once, the daemon near idle
+        knocks = []
+
+        def knock(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                r, rep, dt = greeting(port, timeout=T(3))
+                knocks.append(dt)
+                try:
+                    assert_refused(r, rep, "knock %d while out of descriptors" % len(knocks))
+                finally:
+                    r.close()
+                time.sleep(0.02)
+        busy = cpu_share(sg.pid, knock_secs, during=knock)
+        assert len(knocks) >= 20, len(knocks)
+        assert busy < 0.2, "saslgate used %.0f%% of a core while out of descriptors" % (
+            busy * 100)
+        idle = cpu_share(sg.pid, 1.0)
+        assert idle < 0.1, "saslgate used %.0f%% of a core out of descriptors, nobody " \
+            "knocking" % (idle * 100)
+    finally:
+        for r in held:
+            r.close()
+
+    nrefused = len(refused) + len(knocks)
+    log = sg.log_text()
+    lines = re.findall(r".*event=fd_exhausted .*", log)
+    assert lines, "no log line says saslgate ran out of descriptors"
+    assert all("listener=plain" in l and "421" in l for l in lines), lines
+    assert len(lines) <= 2 * 2, "not rate-limited: %d lines for %d refusals" % (
+        len(lines), nrefused)
+    assert re.search(r"password backend unavailable \(saslauthd socket .*: Too many open "
+                     r"files\)", log), "the failed AUTH is not explained in the log"
+
+    # recovery: the descriptors come back, the same process serves mail
+    sgtest.wait_for(lambda: fd_count(sg.pid) <= base + 2, T(10),
+                    "saslgate's descriptors back to %d" % base, interval=0.1)
+    r, rep, dt = greeting(port, timeout=T(3))
+    try:
+        assert isinstance(rep, sgtest.Reply) and rep.code == 220, rep
+    finally:
+        r.close()
+    send_message(port, SA_FD_USER, SA_FD_PW, "fd-after")
+    b.expect(235, auth)  # the 454 counted no failure
+    b.expect(221, "QUIT")
+    a.close()
+    assert_stored(pf, ["fd-before", "fd-after"])
+    recovered = re.findall(r"event=fd_recovered .*refused=(\d+)", sg.log_text())
+    assert sum(int(n) for n in recovered) == nrefused, (recovered, nrefused)
+    print("\nRLIMIT_NOFILE %d (daemon at rest: %d descriptors): %d clients held, %d "
+          "descriptors open when exhausted; %d refused with 421 4.7.0 (max %.1f ms); "
+          "%d log lines for them; CPU %.1f%% of a core over %.0f s while knocking, %.1f%% "
+          "without; AUTH -> %s in %.0f ms, MAIL needing a reconnect -> %s in %.0f ms"
+          % (limit, base, len(held), exhausted_fds, nrefused, max(knocks) * 1000,
+             len(lines), busy * 100, knock_secs, idle * 100, rep.text[:9], auth_secs * 1000,
+             rep_a.text[:9], mail_secs * 1000))
