@@ -27,9 +27,11 @@
 #include "../upstream/link.h"
 #include "metrics_http.h"
 #include "policy.h"
+#include "reply.h"
 #include "session.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -37,11 +39,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define SG_LISTEN_BACKLOG 1024
 #define SG_DRAIN_POLL_MS 100
+#define SG_ACCEPT_BATCH 64  /* connections taken per wake-up of a listener */
+#define SG_FD_RETRY_MS 250  /* a listener's pause when no descriptor is free */
+#define SG_FD_LOG_MS 10000  /* one line per worker this often, out of them */
 
 struct sg_server {
 	uv_loop_t *loop; /* main thread */
@@ -101,16 +107,177 @@ bool sg_server_proxy_refused(const sg_listener_cfg *lc,
 	return true;
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* Out of descriptors.  accept(2) fails with EMFILE (RLIMIT_NOFILE) or
+ * ENFILE (the system's table) while the connection waits in the backlog,
+ * and the listening socket stays readable.  libuv's uv_listen then takes
+ * such connections with a spare descriptor and closes them without a word
+ * or a callback, and once another thread has taken the spare's slot it
+ * retries accept(2) in a loop until a descriptor frees up; so saslgate
+ * polls its listening sockets and accepts itself.  A worker that gets
+ * EMFILE gives up its own spare descriptor for a moment, takes each
+ * waiting connection with it, writes it the 421 of max_connections, closes
+ * it, and takes the spare back: the client learns at once to come back
+ * later.  Without a spare (another thread took the slot first), the
+ * listener pauses for SG_FD_RETRY_MS rather than spin on accept(2).  The
+ * log says it once when it begins, once per SG_FD_LOG_MS while it lasts
+ * and once when it is over, with the count of refused connections. */
+
+static int spare_open(void)
 {
-	sg_listener *l = server->data;
-	if (status < 0) {
-		log_warn(NULL, "accept on %s: %s",
-		         l->worker->cfg->listeners[l->index].address,
-		         uv_strerror(status));
+	return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void fd_short_log(sg_worker *w, const sg_listener_cfg *lc, int err)
+{
+	uint64_t now = uv_now(&w->loop);
+	if (!w->fd_short) {
+		w->fd_short = true;
+		w->fd_short_since = now;
+	} else if (now - w->fd_logged < SG_FD_LOG_MS) {
 		return;
 	}
-	sg_session_accept(l->worker, l);
+	w->fd_logged = now;
+	struct rlimit rl;
+	unsigned long nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0
+	                           ? (unsigned long)rl.rlim_cur
+	                           : 0;
+	log_error(NULL,
+	          "event=fd_exhausted worker=%d listener=%s error=\"%s\" "
+	          "connections=%u nofile=%lu refused=%lu: new connections get "
+	          "421 until descriptors are free (raise LimitNOFILE, or lower "
+	          "max_connections)",
+	          w->id, lc->name, strerrordesc_np(err),
+	          __atomic_load_n(&conn_count, __ATOMIC_RELAXED), nofile,
+	          w->fd_refused);
+}
+
+static void fd_back(sg_worker *w, const sg_listener_cfg *lc)
+{
+	if (!w->fd_short)
+		return;
+	log_info(NULL, "event=fd_recovered worker=%d listener=%s refused=%lu "
+	         "time=%.1f",
+	         w->id, lc->name, w->fd_refused,
+	         (double)(uv_now(&w->loop) - w->fd_short_since) / 1000.0);
+	w->fd_short = false;
+	w->fd_refused = 0;
+}
+
+/* As session.c refuses past max_connections: no plaintext on an
+ * implicit-TLS port.  A few octets on a new socket: the send buffer is
+ * empty, so this never blocks. */
+static void refuse_fd(const sg_worker *w, const sg_listener_cfg *lc, int fd)
+{
+	if (lc->tls != SG_TLS_IMPLICIT) {
+		const sg_rep_def *d = &sg_rep_table[SG_R_TOO_MANY_CONN];
+		char line[512];
+		int n = snprintf(line, sizeof line, "%d %s %s %s\r\n", d->code, d->enh,
+		                 w->cfg->hostname, d->text);
+		if (n > 0 && (size_t)n < sizeof line)
+			(void)send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	close(fd);
+}
+
+static void listener_ready(uv_poll_t *p, int status, int events);
+
+static void resume_listener(uv_timer_t *t)
+{
+	sg_listener *l = t->data;
+	if (l->worker->spare_fd < 0)
+		l->worker->spare_fd = spare_open();
+	uv_poll_start(&l->poll, UV_READABLE, listener_ready);
+}
+
+static void pause_listener(sg_listener *l)
+{
+	uv_poll_stop(&l->poll);
+	uv_timer_start(&l->retry, resume_listener, SG_FD_RETRY_MS, 0);
+}
+
+static void no_descriptor(sg_listener *l, int lfd, int err)
+{
+	sg_worker *w = l->worker;
+	const sg_listener_cfg *lc = &w->cfg->listeners[l->index];
+	bool stuck = true;
+	if (w->spare_fd >= 0 && (err == EMFILE || err == ENFILE)) {
+		close(w->spare_fd);
+		w->spare_fd = -1;
+		stuck = false;
+		for (int i = 0; i < SG_ACCEPT_BATCH; i++) {
+			int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (fd >= 0) {
+				refuse_fd(w, lc, fd);
+				w->fd_refused++;
+				continue;
+			}
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			/* EMFILE again: another thread took the slot */
+			stuck = errno != EAGAIN && errno != EWOULDBLOCK;
+			break;
+		}
+		w->spare_fd = spare_open();
+	}
+	fd_short_log(w, lc, err);
+	if (stuck || w->spare_fd < 0)
+		pause_listener(l);
+}
+
+/* The listening socket is readable: take up to SG_ACCEPT_BATCH
+ * connections (a flood does not hold up the loop's other work). */
+static void listener_ready(uv_poll_t *p, int status, int events)
+{
+	sg_listener *l = p->data;
+	sg_worker *w = l->worker;
+	const sg_listener_cfg *lc = &w->cfg->listeners[l->index];
+	uv_os_fd_t lfd;
+	(void)events;
+	if (status < 0 || uv_fileno((uv_handle_t *)&l->tcp, &lfd) < 0) {
+		log_warn(NULL, "listener %s on %s: %s", lc->name, lc->address,
+		         uv_strerror(status < 0 ? status : UV_EBADF));
+		pause_listener(l);
+		return;
+	}
+	for (int i = 0; i < SG_ACCEPT_BATCH; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			fd_back(w, lc);
+			sg_session_accept_fd(w, l, fd);
+			continue;
+		}
+		int err = errno;
+		switch (err) {
+		case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+		case EWOULDBLOCK:
+#endif
+			return;
+		case EINTR:
+		case ECONNABORTED:
+		/* accept(2), Linux: errors of the network, to be retried */
+		case ENETDOWN:
+		case EPROTO:
+		case ENOPROTOOPT:
+		case EHOSTDOWN:
+		case ENONET:
+		case EHOSTUNREACH:
+		case EOPNOTSUPP:
+		case ENETUNREACH:
+			continue;
+		case EMFILE:
+		case ENFILE:
+		case ENOBUFS:
+		case ENOMEM:
+			no_descriptor(l, lfd, err);
+			return;
+		default:
+			log_warn(NULL, "accept on %s: %s", lc->address,
+			         strerrordesc_np(err));
+			pause_listener(l);
+			return;
+		}
+	}
 }
 
 static int bind_listener(sg_worker *w, sg_listener *l, const sg_listener_cfg *lc,
@@ -120,7 +287,7 @@ static int bind_listener(sg_worker *w, sg_listener *l, const sg_listener_cfg *lc
 	l->worker = w;
 	l->tcp.data = l;
 	uv_tcp_init_ex(&w->loop, &l->tcp, lc->addr.ss_family);
-	uv_os_fd_t fd;
+	uv_os_fd_t fd = -1;
 	if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0) {
 		int one = 1;
 		/* one socket per worker on the same port: the kernel balances */
@@ -128,25 +295,42 @@ static int bind_listener(sg_worker *w, sg_listener *l, const sg_listener_cfg *lc
 	}
 	unsigned flags = lc->addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
 	r = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&lc->addr, flags);
+	/* listen(2) and poll ourselves: see "Out of descriptors" above */
+	if (r == 0 && listen(fd, SG_LISTEN_BACKLOG) < 0)
+		r = uv_translate_sys_error(errno);
 	if (r == 0)
-		r = uv_listen((uv_stream_t *)&l->tcp, SG_LISTEN_BACKLOG,
-		              on_connection);
+		r = uv_poll_init_socket(&w->loop, &l->poll, fd);
 	if (r < 0) {
 		sg_errors_add(errs, &lc->where, "[listener %s] cannot listen on %s: %s",
 		              lc->name, lc->address, uv_strerror(r));
 		return -1;
 	}
+	l->poll.data = l;
+	uv_timer_init(&w->loop, &l->retry);
+	l->retry.data = l;
+	uv_poll_start(&l->poll, UV_READABLE, listener_ready);
 	l->bound = true;
 	return 0;
 }
 
 static void listener_closed(uv_handle_t *h) { (void)h; }
 
+/* The poll first: it stops watching the socket before the tcp handle's
+ * close closes it. */
+static void close_listener(sg_listener *l)
+{
+	if (!l->bound)
+		return;
+	l->bound = false;
+	uv_close((uv_handle_t *)&l->poll, NULL);
+	uv_close((uv_handle_t *)&l->retry, NULL);
+	uv_close((uv_handle_t *)&l->tcp, listener_closed);
+}
+
 static void close_listeners(sg_worker *w)
 {
 	for (size_t i = 0; i < w->nlisteners; i++)
-		if (w->listeners[i].bound && !uv_is_closing((uv_handle_t *)&w->listeners[i].tcp))
-			uv_close((uv_handle_t *)&w->listeners[i].tcp, listener_closed);
+		close_listener(&w->listeners[i]);
 }
 
 /* --------------------------------------------------------------- workers */
@@ -213,8 +397,7 @@ static void on_wake(uv_async_t *a)
 				if (w->id == 0)
 					log_info(NULL, "reload: [listener %s] %s removed, closing it",
 					         old->name, old->address);
-				uv_close((uv_handle_t *)&l->tcp, listener_closed);
-				l->bound = false;
+				close_listener(l);
 			} else {
 				l->index = j;
 			}
@@ -384,6 +567,7 @@ static int worker_init(struct sg_server *srv, int i, sg_errors *errs)
 	w->wake.data = w;
 	uv_timer_init(&w->loop, &w->stop_timer);
 	w->stop_timer.data = w;
+	w->spare_fd = spare_open();
 	w->nlisteners = cfg->nlisteners;
 	w->listeners = sg_xcalloc(cfg->nlisteners, sizeof *w->listeners);
 	for (size_t j = 0; j < cfg->nlisteners; j++) {
@@ -405,6 +589,8 @@ static void worker_free(sg_worker *w)
 	if (w->tls)
 		sg_tls_ctx_unref(w->tls);
 	free(w->listeners);
+	if (w->spare_fd >= 0)
+		close(w->spare_fd);
 }
 
 /* "ready: saslgate X listening on name=addr/tls[+proxy] ... workers=N" */

@@ -18,7 +18,9 @@
 struct sg_session;
 
 typedef struct sg_listener {
-	uv_tcp_t tcp;
+	uv_tcp_t tcp;     /* the bound socket (closing it closes the socket) */
+	uv_poll_t poll;   /* its readiness: server.c accepts (not uv_listen) */
+	uv_timer_t retry; /* paused while no descriptor is free */
 	struct sg_worker *worker;
 	size_t index; /* into cfg->listeners of the config that bound it */
 	bool bound;
@@ -40,6 +42,13 @@ typedef struct sg_worker {
 	struct sg_session *sessions; /* intrusive doubly linked list */
 	unsigned nsessions;
 	bool stopping;
+	/* out of descriptors (server.c): a spare one to refuse connections
+	 * with, and what the rate-limited log lines report */
+	int spare_fd;
+	bool fd_short;           /* accept failed for want of one, not yet back */
+	uint64_t fd_short_since; /* loop time it began */
+	uint64_t fd_logged;      /* loop time of the last line about it */
+	unsigned long fd_refused; /* connections refused meanwhile */
 	/* pending hand-over from the main thread (under srv->lock) */
 	sg_config *new_cfg;
 	sg_tls_ctx *new_tls;

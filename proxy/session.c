@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/log.h"
 #include "../common/metrics.h"
@@ -1127,7 +1128,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		update_reading(s);
 }
 
-void sg_session_accept(sg_worker *w, sg_listener *l)
+/* A session for a connection about to be taken on l; *count is the number
+ * of connections open, this one included. */
+static sg_session *session_new(sg_worker *w, sg_listener *l, unsigned *count)
 {
 	sg_session *s = sg_xcalloc(1, sizeof *s);
 	s->w = w;
@@ -1152,10 +1155,15 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 		w->sessions->prev = s;
 	w->sessions = s;
 	w->nsessions++;
-	unsigned count = sg_server_conn_inc(); /* dec in on_handle_closed */
+	*count = sg_server_conn_inc(); /* dec in on_handle_closed */
 	sg_metrics_accept(s->lc->name);
+	return s;
+}
 
-	int r = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->tcp);
+/* r: the result of taking the socket into s->tcp. */
+static void session_begin(sg_session *s, unsigned count, int r)
+{
+	sg_worker *w = s->w;
 	if (r < 0) {
 		log_warn(s->id, "accept: %s", uv_strerror(r));
 		s->closing = true;
@@ -1203,6 +1211,24 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 		name_start(s);
 		start_conversation(s);
 	}
+}
+
+void sg_session_accept(sg_worker *w, sg_listener *l)
+{
+	unsigned count;
+	sg_session *s = session_new(w, l, &count);
+	session_begin(s, count, uv_accept((uv_stream_t *)&l->tcp,
+	                                  (uv_stream_t *)&s->tcp));
+}
+
+void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd)
+{
+	unsigned count;
+	sg_session *s = session_new(w, l, &count);
+	int r = uv_tcp_open(&s->tcp, fd);
+	if (r < 0)
+		close(fd); /* not the handle's: it took nothing */
+	session_begin(s, count, r);
 }
 
 /* ------------------------------------------------------------------ drain */

@@ -9,8 +9,11 @@
 #include "server.h"
 
 /* Accept one connection on l (called from the listener's connection
- * callback).  Applies max_connections (421 4.7.0 at connect). */
+ * callback of uv_listen).  Applies max_connections (421 4.7.0 at connect). */
 void sg_session_accept(sg_worker *w, sg_listener *l);
+/* The same for a socket already accepted on l (proxy/server.c accepts
+ * itself); the session owns fd from here, even when it fails. */
+void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd);
 
 /* Shutdown: stop reading new commands where idle, let transactions finish.
  * final = true: every remaining session gets "421 4.3.2 ..." and closes. */

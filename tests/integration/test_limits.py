@@ -321,9 +321,9 @@ def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_s
 
         # a login needs a socket to saslauthd: 4xx, at once, never 235
         t0 = time.monotonic()
-        rep = b.cmd(auth, timeout=T(10))
+        rep_b = b.cmd(auth, timeout=T(10))
         auth_secs = time.monotonic() - t0
-        assert rep.text.startswith("454 4.7.0 "), "AUTH with no descriptor left: %r" % rep.text
+        assert rep_b.text.startswith("454 4.7.0 "), "AUTH with no descriptor left: %r" % rep_b.text
         assert auth_secs < T(5), auth_secs
         # A's next command reconnects upstream, which needs a socket: 4xx
         t0 = time.monotonic()
@@ -384,7 +384,7 @@ def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_s
     print("\nRLIMIT_NOFILE %d (daemon at rest: %d descriptors): %d clients held, %d "
           "descriptors open when exhausted; %d refused with 421 4.7.0 (max %.1f ms); "
           "%d log lines for them; CPU %.1f%% of a core over %.0f s while knocking, %.1f%% "
-          "without; AUTH -> %s in %.0f ms, MAIL needing a reconnect -> %s in %.0f ms"
+          "without; AUTH -> %s in %.1f ms, MAIL needing a reconnect -> %s in %.1f ms"
           % (limit, base, len(held), exhausted_fds, nrefused, max(knocks) * 1000,
-             len(lines), busy * 100, knock_secs, idle * 100, rep.text[:9], auth_secs * 1000,
+             len(lines), busy * 100, knock_secs, idle * 100, rep_b.text[:9], auth_secs * 1000,
              rep_a.text[:9], mail_secs * 1000))
