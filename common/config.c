@@ -16,9 +16,11 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <glob.h>
 #include <ini.h>
 #include <limits.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
@@ -26,10 +28,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SG_MAX_INCLUDE_DEPTH 8
 #define SG_MAX_CONF_LINE 4096
+/* A configuration file (main or included) is a regular file of at most
+ * this size: an include naming /dev/zero, a FIFO or a huge file must give
+ * an error, not a hang or an exhausted memory. */
+#define SG_MAX_CONF_FILE (4u << 20)
+/* Files one load may read in all: includes that fan out (each file
+ * including several that include several) end here, not in minutes. */
+#define SG_MAX_CONF_FILES 256
 
 struct sg_where_entry {
 	char *section; /* "server", "listener NAME", ... */
@@ -555,6 +565,14 @@ struct loader {
 	sg_where where;     /* current file and line */
 	int depth;
 	FILE *fp;
+	size_t nread; /* octets read from fp */
+	unsigned nfiles; /* files opened so far */
+	/* the files being read, outermost first: one that includes itself,
+	 * directly or not, is a loop */
+	struct {
+		dev_t dev;
+		ino_t ino;
+	} open_stack[SG_MAX_INCLUDE_DEPTH + 1];
 	char *linebuf;
 	size_t linecap;
 	/* the first `server` of [upstream] in a file replaces the list an
@@ -881,7 +899,7 @@ static sg_listener_cfg *listener_get(struct loader *ld, const char *name)
 	return l;
 }
 
-static int load_file(struct loader *ld, const char *path);
+static int load_file(struct loader *ld, const char *path, const char **why);
 
 static void do_include(struct loader *ld, const char *pattern)
 {
@@ -893,6 +911,17 @@ static void do_include(struct loader *ld, const char *pattern)
 		int dirlen = slash ? (int)(slash - ld->where.file) : 1;
 		snprintf(full, sizeof full, "%.*s/%s", dirlen,
 		         slash ? ld->where.file : ".", pattern);
+	}
+	/* Wildcards in a folder part (a pattern such as "/x/../x/../x/..")
+	 * can make glob(3) run for minutes; drop-ins need them only in the
+	 * file name. */
+	const char *last = strrchr(pattern, '/');
+	if (last && strcspn(pattern, "*?[") < (size_t)(last - pattern)) {
+		sg_errors_add(ld->errs, &ld->where,
+		              "include %s: wildcards are allowed in the file "
+		              "name only",
+		              pattern);
+		return;
 	}
 	if (ld->depth >= SG_MAX_INCLUDE_DEPTH) {
 		sg_errors_add(ld->errs, &ld->where,
@@ -920,10 +949,11 @@ static void do_include(struct loader *ld, const char *pattern)
 	const char *saved_sf = ld->servers_file;
 	const char *saved_pf = ld->policy_file;
 	for (size_t i = 0; i < g.gl_pathc; i++) {
+		const char *why;
 		ld->depth++;
-		if (load_file(ld, g.gl_pathv[i]) < 0)
+		if (load_file(ld, g.gl_pathv[i], &why) < 0)
 			sg_errors_add(ld->errs, &saved, "cannot read include %s: %s",
-			              g.gl_pathv[i], strerror(errno));
+			              g.gl_pathv[i], why);
 		ld->depth--;
 		ld->where = saved;
 	}
@@ -1012,6 +1042,11 @@ static char *reader(char *str, int num, void *user)
 	struct loader *ld = user;
 	errno = 0;
 	ssize_t n = getline(&ld->linebuf, &ld->linecap, ld->fp);
+	if (n > 0 && (ld->nread += (size_t)n) > SG_MAX_CONF_FILE) {
+		/* a file that grows while read, or reports no size (/proc) */
+		sg_errors_add(ld->errs, &ld->where, "file larger than 4 MiB");
+		return NULL;
+	}
 	if (n < 0) {
 		/* end of file, unless the stream says otherwise: a file cut
 		 * short must not load as a shorter configuration */
@@ -1091,13 +1126,63 @@ static char *reader(char *str, int num, void *user)
 	return str;
 }
 
-static int load_file(struct loader *ld, const char *path)
+/* Opens without blocking (a FIFO would wait for a writer) and stays
+ * non-blocking (a /proc file that would wait, such as /proc/kmsg, gives a
+ * read error), then checks that it is a regular file of a sane size.
+ * NULL with *why set otherwise. */
+static FILE *open_conf(const char *path, const char **why)
 {
-	FILE *fp = fopen(path, "r");
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		*why = strerror(errno);
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0) {
+		*why = strerror(errno);
+	} else if (!S_ISREG(st.st_mode)) {
+		*why = S_ISDIR(st.st_mode) ? "is a directory"
+		                           : "not a regular file";
+	} else if ((uintmax_t)st.st_size > SG_MAX_CONF_FILE) {
+		*why = "larger than 4 MiB";
+	} else {
+		FILE *fp = fdopen(fd, "r");
+		if (fp)
+			return fp;
+		*why = strerror(errno);
+	}
+	close(fd);
+	return NULL;
+}
+
+static int load_file(struct loader *ld, const char *path, const char **why)
+{
+	if (++ld->nfiles > SG_MAX_CONF_FILES) {
+		*why = "more than 256 files in one configuration";
+		return -1;
+	}
+	FILE *fp = open_conf(path, why);
 	if (!fp)
 		return -1;
+	struct stat st;
+	if (fstat(fileno(fp), &st) < 0 || ld->depth > SG_MAX_INCLUDE_DEPTH) {
+		*why = "cannot stat";
+		fclose(fp);
+		return -1;
+	}
+	for (int i = 0; i < ld->depth; i++)
+		if (ld->open_stack[i].dev == st.st_dev &&
+		    ld->open_stack[i].ino == st.st_ino) {
+			*why = "an include loop (the file is being read already)";
+			fclose(fp);
+			return -1;
+		}
+	ld->open_stack[ld->depth].dev = st.st_dev;
+	ld->open_stack[ld->depth].ino = st.st_ino;
 	FILE *saved_fp = ld->fp;
+	size_t saved_nread = ld->nread;
 	ld->fp = fp;
+	ld->nread = 0;
 	ld->where.file = intern_file(ld->c, path);
 	ld->where.line = 0;
 	int r = ini_parse_stream(reader, ld, handler, ld);
@@ -1108,6 +1193,7 @@ static int load_file(struct loader *ld, const char *path)
 	}
 	fclose(fp);
 	ld->fp = saved_fp;
+	ld->nread = saved_nread;
 	return 0;
 }
 
@@ -1288,10 +1374,10 @@ sg_config *sg_config_load(const char *path, sg_errors *errs)
 	}
 
 	ld.where.file = intern_file(c, path);
-	if (load_file(&ld, path) < 0) {
+	const char *why;
+	if (load_file(&ld, path, &why) < 0) {
 		sg_where w = {c->path, 0};
-		sg_errors_add(errs, &w, "cannot read configuration: %s",
-		              strerror(errno));
+		sg_errors_add(errs, &w, "cannot read configuration: %s", why);
 	} else {
 		validate(&ld);
 	}

@@ -792,6 +792,13 @@ static void test_errors(void)
 	    {"[server\nhostname = x\n", 1, "syntax error"},
 	    {"[server]\njust some words\n", 2, "syntax error"},
 	    {"include = nothere.conf\n", 1, "no such file"},
+	    /* would read forever: refused before a read */
+	    {"include = /dev/zero\n", 1, "/dev/zero: not a regular file"},
+	    {"include = /\n", 1, "/: is a directory"},
+	    {"include = */x.conf\n", 1, "in the file name only"},
+	    {"include = /etc/../*/../*.conf\n", 1, "in the file name only"},
+	    {"include = saslgate.conf\n", 1, "an include loop"},
+	    {"include = *.conf\ninclude = *.conf\n", 1, "an include loop"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		fresh();
@@ -819,6 +826,19 @@ static void test_errors(void)
 	char missing[TEST_PATH_MAX];
 	snprintf(missing, sizeof missing, "%s/nope.conf", tmpdir);
 	EXPECT_ERROR(missing, missing, 0, "cannot read configuration");
+
+	/* An include naming a FIFO nobody writes to: an error, not a wait
+	 * for a writer (the test would hang here). */
+	fresh();
+	char fifo[TEST_PATH_MAX];
+	snprintf(fifo, sizeof fifo, "%s/pipe.conf", tmpdir);
+	if (ASSERT_EQ(mkfifo(fifo, 0600), 0, "mkfifo")) {
+		path = put("saslgate.conf", MINIMAL "include = pipe.conf\n");
+		EXPECT_ERROR(path, path, MINIMAL_LINES + 1, "not a regular file");
+		EXPECT_ERROR(fifo, fifo, 0, "cannot read configuration: not a "
+		                            "regular file");
+		unlink(fifo);
+	}
 
 	/* A value longer than libinih's 200-octet buffer is kept whole... */
 	fresh();
@@ -992,7 +1012,7 @@ static void test_includes(void)
 	if (c)
 		sg_config_unref(c);
 	const char *loop = put("conf.d/loop.conf", "include = loop.conf\n");
-	EXPECT_ERROR(main, loop, 1, "nested deeper");
+	EXPECT_ERROR(main, loop, 1, "an include loop");
 }
 
 static void test_server_list(void)
