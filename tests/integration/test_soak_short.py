@@ -10,7 +10,7 @@ The script's verdict is the assertion: every message a client got a 2xx
 for is stored upstream exactly once, no 4xx outside a fault, no other
 error, new sessions see the rotated certificate, the burst gets 535 then
 454, and saslgate's open fds are back to their baseline afterwards.
-Under the ASan build the script runs 60 s with a third of the load.
+Under the ASan build the load is a third (the script's pauses scale).
 """
 
 import json
@@ -23,7 +23,7 @@ import sgtest
 def test_soak_short(workdir):
     summary = workdir / "summary.json"
     cmd = [sys.executable, str(sgtest.SOURCE_DIR / "tests" / "soak" / "soak.py"), "--short",
-           "--duration", "60" if sgtest.SANITIZE else "70",
+           "--duration", "60",
            "--workdir", str(workdir / "soak"), "--keep", "--json", str(summary)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)

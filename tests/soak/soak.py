@@ -69,7 +69,7 @@ def parse_args(argv):
     ap.add_argument("--window", type=float, default=None,
                     help="report window in seconds (default 600; 60 with --short)")
     ap.add_argument("--short", action="store_true",
-                    help="the CI version: 70 s, a fault every 10 s, less load")
+                    help="the CI version: 60 s, a fault every 10 s, less load")
     ap.add_argument("--fault-every", type=float, default=None,
                     help="seconds between faults (default 30; 10 with --short)")
     ap.add_argument("--primary-down", type=float, default=None,
@@ -93,7 +93,7 @@ def parse_args(argv):
     ap.add_argument("--json", help="also write the summary as JSON to this file")
     a = ap.parse_args(argv)
     if a.short:
-        a.duration = 70 if "--duration" not in " ".join(argv) else a.duration
+        a.duration = 60 if "--duration" not in " ".join(argv) else a.duration
     dflt = {"window": (60, 600), "fault_every": (10, 30), "primary_down": (10, 60),
             "sample_every": (5, 60), "warmup": (15, 600)}
     for k, (short, long_) in dflt.items():
@@ -508,7 +508,6 @@ class Soak:
             time.sleep(1)
         else:
             self.rig_errors.append("Postfix queues not empty %d s after the load" % (180 * self.scale))
-        time.sleep(6)  # the sink's last files age past the scan's 5 s
 
     # -------------------------------------------------------- run
 
@@ -542,8 +541,14 @@ class Soak:
                 t.join()
             sampler.join()
             self.t_end = time.time()
-            time.sleep(3 * self.scale)  # the last sessions close
-            self.quiet = proc_sample(self.sg.pid) if self.sg.proc.poll() is None else None
+            # the last sessions close (bounded): then the fds are compared
+            quiet_by = time.time() + 10 * self.scale
+            self.quiet = None
+            while self.sg.proc.poll() is None:
+                self.quiet = proc_sample(self.sg.pid)
+                if self.quiet[1] <= self.baseline[1] or time.time() > quiet_by:
+                    break
+                time.sleep(0.2)
             log("draining the Postfix queues")
             self.drain()
             self.scan_sinks()
