@@ -15,15 +15,19 @@
  *     bit 3 DSN, bit 4 SIZE 100, bit 5 the client says EHLO first.
  * Then steps, each an opcode (op % 8) and its operands, each followed by a
  * drv_run and the checks:
- *   0, 1, 2  the client sends the next L octets (L: the next byte), any
+ *   0, 1     the client sends the next L octets (L: the next byte), any
  *            octets, cut anywhere;
+ *   2        the client sends snippet op >> 3 of a table (canned: SMTP
+ *            commands and message pieces, a dictionary built in);
  *   3        the upstream answers the oldest unanswered command with reply
  *            op >> 3 of the table (reply_for);
  *   4        the same for every unanswered command (at most 16);
  *   5        the newest link loses its upstream;
  *   6        a held ready gets a 2xx (op bit 3 clear) or a 4xx; op bits 4-5
  *            set what the next links' ready gets (0 keep, then as byte 0);
- *   7        op bit 3 clear: the client half-closes; set: only a run.
+ *   7        by op bits 3-4: the client half-closes; only a run; the link
+ *            drains (link_drain); the link's feeds start or stop pausing
+ *            the session (backpressure).
  * At most MAX_STEPS steps and MAX_SENT octets sent per input.
  *
  * The checks (abort() on a break, so libFuzzer reports it):
@@ -43,7 +47,10 @@
  *     the DATA message ends is the scripted link's (the first
  *     <CRLF>.<CRLF>), so the upstream sees no more than the client ended;
  *  5. at the end every session is freed and the loop is empty (drv_stop;
- *     LeakSanitizer sees the rest). */
+ *     LeakSanitizer sees the rest);
+ *  6. once the upstream has answered everything (settle), no session
+ *     waits for it, nor leaves a whole command line unread while it
+ *     waits for nothing: the client would wait for ever. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,24 +62,32 @@
 #include "../unit/driver.h"
 
 #define MAX_STEPS 64
-#define MAX_SENT 4096
+#define MAX_SENT 8192
 #define MAX_BATCH 16 /* replies one step of op 4 gives */
 
 #define READY_OK "250 2.0.0 [ready] Upstream ready\r\n"
 #define READY_DOWN "451 4.4.1 [ready] Upstream server not available\r\n"
 
-/* Abort with a message (libFuzzer shows stderr with the crash). */
+static void dump(void);
+
+/* Abort with a message and the run's transcript (libFuzzer shows stderr
+ * with the crash). */
 #define FAIL(...)                                                       \
 	do {                                                            \
 		fprintf(stderr, "fuzz_session: " __VA_ARGS__);          \
 		fputc('\n', stderr);                                    \
+		dump();                                                 \
 		abort();                                                \
 	} while (0)
+
+/* What a command handed to the link is. */
+enum kind { K_MAIL, K_RCPT, K_DATA, K_RSET, K_END, K_OTHER };
 
 /* A reply the upstream gave; token "[uN]" is its index + 1. */
 typedef struct given {
 	char *text;
 	size_t len;
+	enum kind kind; /* of the command it answered */
 	bool hidden; /* its command was no client's: never reaches the client */
 } given;
 
@@ -89,7 +104,64 @@ typedef struct run {
 	/* replies of the session's own, by kind */
 	unsigned own_ok, own_quit, own_helo, own_ehlo, own_vrfy, own_help,
 	    own_chunk;
+	unsigned data354; /* 354s to DATA the client got */
 } run;
+
+/* What op 2 sends. */
+static const char *const canned[32] = {
+    "EHLO client.test\r\n",
+    "HELO client.test\r\n",
+    "MAIL FROM:<a@example.org>\r\n",
+    "MAIL FROM:<> BODY=8BITMIME SIZE=50\r\n",
+    "MAIL FROM:a@example.org AUTH=<>\r\n",
+    "RCPT TO:<b@example.net>\r\n",
+    "RCPT TO:c@example.net\r\n",
+    "RCPT TO:<d@example.net> NOTIFY=NEVER\r\n",
+    "DATA\r\n",
+    "BDAT 5\r\nhello",
+    "BDAT 3 LAST\r\nend",
+    "BDAT 0 LAST\r\n",
+    "BDAT 7\r\n.\r\nab\r\n",
+    "RSET\r\n",
+    "NOOP\r\n",
+    "QUIT\r\n",
+    "VRFY x\r\n",
+    "HELP\r\n",
+    "Subject: t\r\n\r\nbody\r\n",
+    ".\r\n",
+    "\r\n.\r\n",
+    "..stuffed\r\n",
+    "bare\nLF\r\n",
+    "bare\rCR\r\n",
+    "\0",
+    NULL, /* long_mail */
+    NULL, /* long_line */
+    "X-Authenticated-User: x\r\n",
+    "STARTTLS\r\n",
+    "AUTH PLAIN AGFhAGI=\r\n",
+    "MAIL FROM:<x@example.org> SMTPUTF8 RET=HDRS ENVID=x\r\n",
+    "BDAT 100000\r\n",
+};
+
+static run the_run; /* one at a time, as the driver */
+
+/* What the run did so far. */
+static void dump(void)
+{
+	run *r = &the_run;
+	fprintf(stderr, "--- client sent:\n%.*s\n--- client got:\n%.*s"
+	        "--- link lines:\n%s--- message octets:\n%.*s\n---\n",
+	        (int)r->sent.len, r->sent.data ? r->sent.data : "",
+	        (int)r->got.len, r->got.data ? r->got.data : "",
+	        link_lines(&r->d), (int)r->d.data.len,
+	        r->d.data.data ? r->d.data.data : "");
+}
+
+/* A MAIL line longer than the upstream reads whole (link.h
+ * SG_UPSTREAM_LINE_MAX; ENVID= needs DSN offered), and a line longer than
+ * any command (SG_LINE_MAX). */
+static char long_mail[SG_UPSTREAM_LINE_MAX + 64];
+static char long_line[SG_LINE_MAX + 64];
 
 static const char *ready_text(unsigned mode)
 {
@@ -97,8 +169,6 @@ static const char *ready_text(unsigned mode)
 }
 
 /* ------------------------------------------------------- the upstream */
-
-enum kind { K_MAIL, K_RCPT, K_DATA, K_RSET, K_END, K_OTHER };
 
 static enum kind kind_of(const drv_cmd *c)
 {
@@ -198,6 +268,7 @@ static bool give(run *r, unsigned sel)
 	given *g = &r->gv[r->ngv++];
 	g->text = strdup(text);
 	g->len = strlen(text);
+	g->kind = kind_of(c);
 	/* a line relayed for no client command: EHLO's RSET in a
 	 * transaction, whose reply is dropped */
 	g->hidden = c->line && c->cb != sg_rq_on_reply;
@@ -208,9 +279,10 @@ static bool give(run *r, unsigned sel)
 
 /* --------------------------------------------------------- the checks */
 
-/* Lines of the client's at a line start beginning with verb (any case)
- * followed by a space or the line end: how often the session may make
- * that verb's reply at most. */
+/* The verb (any case) followed by a space or a line end anywhere in what
+ * the client sent: how often the session may make that verb's reply at
+ * most.  Anywhere, not only at line starts: a command also starts right
+ * after a BDAT chunk's octets. */
 static unsigned count_verb(const run *r, const char *verb)
 {
 	size_t vl = strlen(verb);
@@ -218,8 +290,6 @@ static unsigned count_verb(const run *r, const char *verb)
 	const char *p = r->sent.data;
 	size_t len = r->sent.len;
 	for (size_t i = 0; i + vl <= len; i++) {
-		if (i > 0 && p[i - 1] != '\n')
-			continue;
 		if (strncasecmp(p + i, verb, vl) != 0)
 			continue;
 		if (i + vl == len || p[i + vl] == ' ' || p[i + vl] == '\r' ||
@@ -293,6 +363,8 @@ static void check_reply(run *r, const char *p, size_t len)
 		FAIL("upstream reply %zu changed: \"%.*s\" became \"%.*s\"", t,
 		     (int)g->len, g->text, (int)len, p);
 	r->last_tok = t;
+	if (code == 354 && g->kind == K_DATA)
+		r->data354++;
 }
 
 /* What the client received since the last check: whole replies. */
@@ -363,16 +435,20 @@ static void check_lines(run *r)
 	}
 }
 
-/* Is sent[at] right after a DATA line? */
+/* Is sent[at] right after a DATA line ("DATA", trailing blanks, a line
+ * end)?  Not checked to start at a line start: a command also starts
+ * right after a BDAT chunk's octets. */
 static bool after_data_line(const run *r, size_t at)
 {
 	const char *p = r->sent.data;
 	if (at == 0 || p[at - 1] != '\n')
 		return false;
 	size_t q = at - 1;
-	while (q > 0 && p[q - 1] != '\n')
+	if (q > 0 && p[q - 1] == '\r')
 		q--;
-	return at - q >= 5 && strncasecmp(p + q, "DATA", 4) == 0;
+	while (q > 0 && p[q - 1] == ' ')
+		q--;
+	return q >= 4 && strncasecmp(p + q - 4, "DATA", 4) == 0;
 }
 
 /* The first place at or after from where octets m (len n) are in what the
@@ -420,6 +496,12 @@ static void check_data(run *r)
 		cur = hit + n;
 		i = j;
 	}
+	/* a DATA message begins at the link exactly when the client gets
+	 * the upstream's 354 to its DATA: the client then sends the message,
+	 * which must never be read as commands */
+	if (d->nmsg - d->nmsg_bdat != r->data354)
+		FAIL("%u DATA messages begun at the link, %u 354s to DATA at "
+		     "the client", d->nmsg - d->nmsg_bdat, r->data354);
 }
 
 static void step_run(run *r)
@@ -431,12 +513,62 @@ static void step_run(run *r)
 	check_data(r);
 }
 
+/* The client sends n octets (fewer past MAX_SENT; none once closed). */
+static void send_some(run *r, const char *p, size_t n)
+{
+	if (n > MAX_SENT - r->sent.len)
+		n = MAX_SENT - r->sent.len;
+	if (n == 0 || r->d.eof || r->d.shut || r->d.fd < 0)
+		return;
+	sg_buf_append(&r->sent, p, n);
+	drv_send_n(&r->d, p, n);
+}
+
+/* Check 6: the upstream answers every command (a 2xx, or DATA's 354) and
+ * a held ready, until nothing is owed; then no session may be waiting
+ * for the upstream, nor hold a whole command line it does not read. */
+static void settle(run *r)
+{
+	r->d.pausing = false;
+	for (int k = 0; k < 4 * MAX_STEPS; k++) {
+		bool any = give(r, 0) || link_ready(&r->d, READY_OK) == 0 ||
+		           link_drain(&r->d) == 0;
+		step_run(r);
+		if (!any)
+			break;
+	}
+	for (sg_session *s = r->d.w.sessions; s; s = s->next) {
+		if (s->closing)
+			continue;
+		if (s->pending == SG_PEND_LINK_OPEN ||
+		    s->pending == SG_PEND_UPSTREAM ||
+		    s->pending == SG_PEND_DATA_END || s->data_paused)
+			FAIL("the session waits (pending %d, paused %d, state "
+			     "%d) with nothing owed by the upstream",
+			     (int)s->pending, (int)s->data_paused, (int)s->state);
+		if (s->pending == SG_PEND_NONE && s->state != SG_ST_DATA &&
+		    !s->bdat.chunk &&
+		    sg_line_pending(&s->io.lines, s->io.in.data, s->io.in.len,
+		                    SG_LINE_MAX))
+			FAIL("a whole command line left unread (state %d)",
+			     (int)s->state);
+	}
+}
+
 /* --------------------------------------------------------- the target */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc, (void)argv;
 	drv_fuzzing = true;
+	static const char mail[] = "MAIL FROM:<a@example.org> ENVID=";
+	memcpy(long_mail, mail, sizeof mail - 1);
+	memset(long_mail + sizeof mail - 1, 'x',
+	       sizeof long_mail - sizeof mail - 2);
+	memcpy(long_mail + sizeof long_mail - 3, "\r\n", 3);
+	memset(long_line, 'n', sizeof long_line - 3);
+	memcpy(long_line, "NOOP ", 5);
+	memcpy(long_line + sizeof long_line - 3, "\r\n", 3);
 	return 0;
 }
 
@@ -455,11 +587,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	         c0 & 0x02 ? "yes" : "no", c0 & 0x01 ? "reject" : "normalize",
 	         c0 & 0x04 ? 2u : 100u, c0 & 0x08 ? 1024u : 1000000u);
 
-	static run r;
-	memset(&r, 0, sizeof r);
-	sg_buf_init(&r.sent, 0);
-	sg_buf_init(&r.got, 0);
-	if (drv_start(&r.d, extra) < 0)
+	run *r = &the_run;
+	memset(r, 0, sizeof *r);
+	sg_buf_init(&r->sent, 0);
+	sg_buf_init(&r->got, 0);
+	if (drv_start(&r->d, extra) < 0)
 		FAIL("drv_start failed");
 	sg_upstream_caps caps = {
 	    .probed = c1 & 0x01, .eightbitmime = c1 & 0x02,
@@ -468,69 +600,78 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .size = c1 & 0x10 ? 100 : 0,
 	};
 	link_set_caps(&caps);
-	r.d.ready_reply = ready_text((c0 >> 4) & 3);
+	r->d.ready_reply = ready_text((c0 >> 4) & 3);
 	if (c1 & 0x20) {
 		static const char ehlo[] = "EHLO client.test\r\n";
-		sg_buf_append(&r.sent, ehlo, sizeof ehlo - 1);
-		drv_send(&r.d, ehlo);
-		step_run(&r);
+		sg_buf_append(&r->sent, ehlo, sizeof ehlo - 1);
+		drv_send(&r->d, ehlo);
+		step_run(r);
 	}
 
 	for (int steps = 0; steps < MAX_STEPS && p < end; steps++) {
 		unsigned op = *p++;
 		switch (op % 8) {
 		case 0:
-		case 1:
-		case 2: {
+		case 1: {
 			size_t n = p < end ? *p++ : 0;
 			if (n > (size_t)(end - p))
 				n = (size_t)(end - p);
-			if (n > MAX_SENT - r.sent.len)
-				n = MAX_SENT - r.sent.len;
-			if (n && !r.d.eof && !r.d.shut && r.d.fd >= 0) {
-				sg_buf_append(&r.sent, (const char *)p, n);
-				drv_send_n(&r.d, (const char *)p, n);
-			}
+			send_some(r, (const char *)p, n);
 			p += n;
 			break;
 		}
+		case 2: {
+			const char *c = canned[op >> 3];
+			if (!c)
+				c = op >> 3 == 25 ? long_mail : long_line;
+			send_some(r, c, c[0] ? strlen(c) : 1); /* "\0": a NUL */
+			break;
+		}
 		case 3:
-			give(&r, op >> 3);
+			give(r, op >> 3);
 			break;
 		case 4:
-			for (int k = 0; k < MAX_BATCH && give(&r, (op >> 3) + k); k++)
+			for (int k = 0; k < MAX_BATCH && give(r, (op >> 3) + k); k++)
 				;
 			break;
 		case 5:
-			link_lose(&r.d); /* none open: nothing happens */
+			link_lose(&r->d); /* none open: nothing happens */
 			break;
 		case 6:
-			link_ready(&r.d, op & 0x08 ? READY_DOWN : READY_OK);
+			link_ready(&r->d, op & 0x08 ? READY_DOWN : READY_OK);
 			if ((op >> 4) & 3)
-				r.d.ready_reply = ready_text((op >> 4) & 3);
+				r->d.ready_reply = ready_text((op >> 4) & 3);
 			break;
 		default:
-			if (!(op & 0x08))
-				drv_shutdown(&r.d);
+			switch ((op >> 3) & 3) {
+			case 0:
+				drv_shutdown(&r->d);
+				break;
+			case 1:
+				break;
+			case 2:
+				link_drain(&r->d);
+				break;
+			default:
+				r->d.pausing = !r->d.pausing;
+				break;
+			}
 			break;
 		}
-		step_run(&r);
+		step_run(r);
 	}
 
-	if (getenv("FUZZ_SESSION_TRACE")) { /* what an input did */
-		fprintf(stderr, "--- client sent:\n%.*s\n--- client got:\n%.*s"
-		        "--- link lines:\n%s--- message octets:\n%.*s\n---\n",
-		        (int)r.sent.len, r.sent.data, (int)r.got.len, r.got.data,
-		        link_lines(&r.d), (int)r.d.data.len, r.d.data.data);
-	}
-	if (drv_stop(&r.d) != 0)
+	settle(r);
+	if (getenv("FUZZ_SESSION_TRACE")) /* what an input did */
+		dump();
+	if (drv_stop(&r->d) != 0)
 		FAIL("drv_stop: a session or handle left");
-	if (r.d.misuse)
-		FAIL("a call on a closed link while closing (%u)", r.d.misuse);
-	for (size_t i = 0; i < r.ngv; i++)
-		free(r.gv[i].text);
-	free(r.gv);
-	sg_buf_free(&r.sent);
-	sg_buf_free(&r.got);
+	if (r->d.misuse)
+		FAIL("a call on a closed link while closing (%u)", r->d.misuse);
+	for (size_t i = 0; i < r->ngv; i++)
+		free(r->gv[i].text);
+	free(r->gv);
+	sg_buf_free(&r->sent);
+	sg_buf_free(&r->got);
 	return 0;
 }

@@ -79,6 +79,8 @@ typedef struct drv {
 
 	/* the scripted link */
 	const char *ready_reply; /* what the next ready gets; NULL: held */
+	bool pausing;            /* a feed that takes octets pauses: drain at
+	                          * link_drain (link.h's backpressure) */
 	struct sg_link *links;   /* every link opened, newest first */
 	struct sg_link *cur;     /* the newest */
 	unsigned nopen;          /* sg_link_open calls */
@@ -90,6 +92,7 @@ typedef struct drv {
 	sg_buf data;             /* message octets consumed by data_feed */
 	unsigned ndata_end;      /* ends of message seen */
 	unsigned nmsg;           /* messages begun (data_begin, bdat_begin) */
+	unsigned nmsg_bdat;      /* of which by bdat_begin */
 	drv_feed *feeds;         /* every feed call that took octets */
 	size_t nfeeds, capfeeds;
 	char qid[32];            /* sg_link_last_queue_id */
@@ -151,6 +154,10 @@ int link_reply(drv *d, const char *text);
  * handed to it later get DRV_LOST too (the real link would reconnect).
  * -1 when there is no open link. */
 int link_lose(drv *d);
+/* A link that paused the session (d->pausing) drains at the next drv_run,
+ * as the real one does once its write queue is low.  -1 when none is
+ * paused. */
+int link_drain(drv *d);
 /* A ready callback held (ready_reply NULL) gets text at the next drv_run.
  * -1 when none is held. */
 int link_ready(drv *d, const char *text);

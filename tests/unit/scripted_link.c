@@ -37,6 +37,8 @@ struct sg_link {
 	int eod;          /* end-of-data matcher: see data_feed */
 	void (*end_seen)(void *arg); /* sg_link_data_hold_end */
 	bool end_held;    /* the end of data waits for finish or abort */
+	bool paused;      /* a feed set *pause: drain is due */
+	void (*drain)(void *arg);
 	sg_link_cb ready;
 	void *ready_arg;
 	sg_link_cb done;
@@ -46,7 +48,7 @@ struct sg_link {
 /* Something to deliver from the loop. */
 typedef struct drv_event {
 	struct drv_event *next;
-	enum { EV_REPLY, EV_READY, EV_LOSE } kind;
+	enum { EV_REPLY, EV_READY, EV_LOSE, EV_DRAIN } kind;
 	struct sg_link *link;
 	size_t cmd; /* EV_REPLY: index into d->cmd */
 	char text[];
@@ -121,6 +123,11 @@ static void lose(drv *d, struct sg_link *l)
 		void *arg = c->arg;
 		reply_to(cb, arg, DRV_LOST);
 	}
+	/* the lost connection's writes are cancelled: the queue drains */
+	if (l->paused && !l->closed) {
+		l->paused = false;
+		l->drain(l->done_arg);
+	}
 }
 
 static void deliver(drv *d, drv_event *e)
@@ -145,6 +152,12 @@ static void deliver(drv *d, drv_event *e)
 	}
 	case EV_LOSE:
 		lose(d, l);
+		break;
+	case EV_DRAIN:
+		if (l->paused) {
+			l->paused = false;
+			l->drain(l->done_arg);
+		}
 		break;
 	}
 }
@@ -236,6 +249,16 @@ int link_lose(drv *d)
 	}
 	queue(d, EV_LOSE, d->cur, 0, NULL);
 	return 0;
+}
+
+int link_drain(drv *d)
+{
+	for (struct sg_link *l = d->links; l; l = l->next)
+		if (l->paused && !l->closed) {
+			queue(d, EV_DRAIN, l, 0, NULL);
+			return 0;
+		}
+	return -1;
 }
 
 int link_ready(drv *d, const char *text)
@@ -371,7 +394,6 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
 void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
                         void (*drain)(void *arg))
 {
-	(void)drain; /* the scripted link never pauses the client */
 	if (closed_use(l, "DATA"))
 		return;
 	l->d->nmsg++;
@@ -379,6 +401,8 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 	l->eod = 2; /* the data starts at a line start */
 	l->done = done;
 	l->done_arg = arg;
+	l->drain = drain;
+	l->paused = false;
 	l->end_seen = NULL;
 	l->end_held = false;
 	l->d->qid[0] = '\0';
@@ -456,6 +480,10 @@ size_t sg_link_data_feed(sg_link *l, const char *buf, size_t len, bool *pause)
 		}
 	}
 	record_feed(l->d, buf, i, false);
+	if (l->d->pausing && i > 0 && !end) {
+		l->paused = true;
+		*pause = true;
+	}
 	if (end && l->end_seen) {
 		l->in_data = false;
 		l->end_held = true;
@@ -476,6 +504,7 @@ void sg_link_bdat_begin(sg_link *l, sg_link_cb done, void *arg,
 {
 	sg_link_data_begin(l, done, arg, drain);
 	l->bdat = l->in_data;
+	l->d->nmsg_bdat += l->bdat;
 }
 
 size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
@@ -490,6 +519,13 @@ size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
 		return len;
 	}
 	record_feed(l->d, buf, len, true);
+	if (l->d->pausing && len > 0) {
+		/* link.h: with last, not the end either: it comes with the
+		 * call after the drain */
+		l->paused = true;
+		*pause = true;
+		return len;
+	}
 	if (last) {
 		l->in_data = l->bdat = false;
 		l->d->ndata_end++;
