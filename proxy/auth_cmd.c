@@ -55,6 +55,11 @@ static void log_auth(sg_session *s, const char *result, const char *reason)
 #define SG_AUTH_DEC_MAX (SG_AUTH_LINE_MAX / 4 * 3 + 4)
 /* longest challenge we pass on ("334 " + base64 in a 12288-octet line) */
 #define SG_AUTH_CHAL_MAX 8192
+/* How long a SASL call may keep the client waiting.  Cyrus' saslauthd and
+ * LDAP clients have no timeout of their own, so a backend that hangs would
+ * hold the client for good: past this it gets 454 4.7.0 (no failure
+ * counted) and the call's answer, whenever it comes, is dropped. */
+#define SG_SASL_WAIT_MS 10000
 
 static void on_auth_result(void *arg, int result, const char *chal,
                            unsigned len);
@@ -124,6 +129,7 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	sg_session *s = arg;
 	if (s->closing)
 		return;
+	uv_timer_stop(&s->delay); /* SG_SASL_WAIT_MS */
 	const char *who = s->auth.sasl ? sg_auth_authcid(s->auth.sasl) : NULL;
 	if (who && *who)
 		set_tried(s, who);
@@ -190,12 +196,33 @@ static void on_auth_result(void *arg, int result, const char *chal,
 	sg_session_resume(s);
 }
 
-/* After sg_auth_start/step: a call that could not even be queued gets
- * 454 now (its callback will never come). */
+/* The backend has not answered within SG_SASL_WAIT_MS.  The SASL context
+ * goes with its call (sg_auth_free while busy: freed when the call ends,
+ * without calling back); a new AUTH gets a new one. */
+static void on_sasl_wait(uv_timer_t *t)
+{
+	sg_session *s = t->data;
+	if (s->closing || s->pending != SG_PEND_SASL)
+		return;
+	sg_auth_free(s->auth.sasl);
+	s->auth.sasl = NULL;
+	log_auth(s, "tempfail", "backend_timeout");
+	auth_done_fail(s);
+	sg_reply_send(s, SG_R_AUTH_TEMPFAIL);
+	sg_session_resume(s);
+}
+
+/* After sg_auth_start/step: the call's answer is awaited for at most
+ * SG_SASL_WAIT_MS (the delay timer is free: failure_delay starts only with
+ * the answer).  A call that could not even be queued gets 454 now (its
+ * callback will never come). */
 static void sasl_called(sg_session *s, int r)
 {
-	if (r >= 0)
+	if (r >= 0) {
+		s->delay.data = s;
+		uv_timer_start(&s->delay, on_sasl_wait, SG_SASL_WAIT_MS, 0);
 		return;
+	}
 	s->pending = SG_PEND_NONE;
 	log_auth(s, "tempfail", "cannot start");
 	auth_done_fail(s);

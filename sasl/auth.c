@@ -34,7 +34,10 @@
  * A session has at most one Cyrus call in flight.  While it runs,
  * the pool thread owns the sasl_conn_t; the loop thread touches it again only
  * in the after-callback.  sg_auth_free during a call only marks the object;
- * the after-callback frees it (libuv runs that callback even then). */
+ * the after-callback frees it (libuv runs that callback even then).  A call
+ * still waiting in its loop's line is taken out and freed at once: a
+ * session that gave up on it (closed, or tired of waiting) costs the
+ * backend nothing. */
 #include "auth.h"
 #include "sasl_int.h"
 #include "../common/log.h"
@@ -437,10 +440,19 @@ static void destroy(sg_auth *a)
 	free(a);
 }
 
+static bool unqueue(sg_auth *a);
+
 void sg_auth_free(sg_auth *a)
 {
 	if (!a)
 		return;
+	if (a->busy && !a->slot && !a->in_cb && unqueue(a)) {
+		/* still in its loop's line: it never reaches Cyrus */
+		if (a->counted)
+			__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_RELEASE);
+		destroy(a);
+		return;
+	}
 	if (a->busy || a->in_cb) {
 		a->dead = true; /* the completion frees it (call_back) */
 		return;
@@ -697,6 +709,26 @@ static void unqueue_failed(sg_auth *a, int r)
 	a->preset = -1;
 	log_error(a->sid[0] ? a->sid : NULL, "sasl: uv_queue_work: %s",
 	          uv_strerror(r));
+}
+
+/* Take a call out of this loop's line (on its thread): true if it was
+ * there, waiting for a slot. */
+static bool unqueue(sg_auth *a)
+{
+	sg_auth *prev = NULL;
+	for (sg_auth *q = t_head; q; prev = q, q = q->qnext) {
+		if (q != a)
+			continue;
+		if (prev)
+			prev->qnext = q->qnext;
+		else
+			t_head = q->qnext;
+		if (t_tail == q)
+			t_tail = prev;
+		q->qnext = NULL;
+		return true;
+	}
+	return false;
 }
 
 /* Start waiting calls while this loop has free slots (on its thread). */

@@ -29,6 +29,7 @@ password in its log."""
 import os
 import re
 import resource
+import selectors
 import signal
 import smtplib
 import statistics
@@ -388,3 +389,170 @@ def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_s
           % (limit, base, len(held), exhausted_fds, nrefused, max(knocks) * 1000,
              len(lines), busy * 100, knock_secs, idle * 100, rep_b.text[:9], auth_secs * 1000,
              rep_a.text[:9], mail_secs * 1000))
+
+
+# ------------------------------------------------------------ SASL backend
+
+def first_lines(sessions, timeout):
+    """The first reply line each session gets within timeout, read from all
+    at once: [(line or None, seconds from its `since`)] in order.
+    sessions: [(Raw, since)]."""
+    got = [(None, None)] * len(sessions)
+    sel = selectors.DefaultSelector()
+    for i, (r, since) in enumerate(sessions):
+        sel.register(r.sock, selectors.EVENT_READ, i)
+    end = time.monotonic() + timeout
+    while sel.get_map() and time.monotonic() < end:
+        for key, _ in sel.select(max(0.0, end - time.monotonic())):
+            i = key.data
+            r, since = sessions[i]
+            data = r.sock.recv(4096)
+            r.buf += data
+            if not data or b"\r\n" in r.buf:
+                line, _, r.buf = r.buf.partition(b"\r\n")
+                got[i] = (line.decode() if data else "<closed>", time.monotonic() - since)
+                sel.unregister(r.sock)
+    sel.close()
+    return got
+
+
+class Prober:
+    """Another client, who never AUTHs: connect, EHLO, NOOP, QUIT every
+    0.1 s; the time to the NOOP's 250 recorded."""
+
+    def __init__(self, port):
+        self.port, self.lat, self.errors = port, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                with Raw(self.port, timeout=T(5)) as r:
+                    r.expect(220)
+                    r.expect(250, "EHLO probe.example")
+                    r.expect(250, "NOOP")
+                    self.lat.append(time.monotonic() - t0)
+                    r.expect(221, "QUIT")
+            except Exception as e:
+                self.errors.append(repr(e))
+            self._stop.wait(0.1)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(T(20))
+        assert not self.errors, "a client that does not AUTH failed: %s" % self.errors[:3]
+        assert self.lat, "the prober made no round"
+        return self.lat
+
+
+def test_sasl_backend_stopped(workdir, start_saslgate, start_smtp_sink, start_saslauthd):
+    """saslauthd stopped (SIGSTOP) behind [sasl] threads = 1: of 30 logins
+    at once, 16 (16 x threads) wait for it and 14 get 454 4.7.0 at once, far
+    sooner than failure_delay; the 16 get 454 4.7.0 once they waited 10 s;
+    one more login then gets 454 at once (nothing answered for 2 s).
+    Meanwhile a client that does not AUTH is answered at once.  No 454
+    costs a failure (max_failures = 1, ip_failure_limit = 2): after SIGCONT
+    every one of the 31 sessions logs in with 235, and mail flows."""
+    threads, nauth, in_flight_max, wait_max = 1, 30, 16, 10.0
+    sink = start_smtp_sink()
+    sa = start_saslauthd(users={SA_Q_USER: SA_Q_PW})
+    cfg = default_config(workdir, upstream_port=sink.port, saslauthd=sa, identity="header",
+                         server={"workers": 2},
+                         sasl={"threads": threads, "failure_delay": "10s", "max_failures": 1,
+                               "ip_failure_limit": 2})
+    sg = start_saslgate(cfg, secrets={SA_Q_USER: SA_Q_PW})
+    port = sg.port("plain")
+    auth = "AUTH PLAIN " + plain_b64(SA_Q_USER, SA_Q_PW)
+    send_message(port, SA_Q_USER, SA_Q_PW, "q-before")
+    pgid = os.getpgid(sa.proc.pid)
+
+    sessions = []
+    prober = Prober(port)
+    try:
+        for _ in range(nauth + 1):
+            r = Raw(port, timeout=T(15))
+            sessions.append(r)
+            r.expect(220)
+            r.expect(250, "EHLO login.example")
+        burst, late = sessions[:nauth], sessions[nauth]
+        os.killpg(pgid, signal.SIGSTOP)
+        # 1. a burst of logins past what the pool may hold
+        sent = []
+        for r in burst:
+            r.line(auth)
+            sent.append((r, time.monotonic()))
+        got = first_lines(sent, T(2))
+        answered = [(line, dt) for line, dt in got if line is not None]
+        waiting = [(r, t) for (r, t), (line, _) in zip(sent, got) if line is None]
+        assert all(line.startswith("454 4.7.0 ") for line, _ in answered), answered
+        assert len(waiting) == in_flight_max * threads, \
+            "%d logins wait for the stopped backend, %d got %s" % (
+                len(waiting), len(answered), sorted(set(l for l, _ in answered)))
+        burst_454 = [dt for _, dt in answered]
+        assert max(burst_454) < T(2), burst_454
+
+        # 2. those waiting get 454 once they waited 10 s, not before
+        got = first_lines(waiting, wait_max + T(3))
+        assert all(line is not None and line.startswith("454 4.7.0 ") for line, _ in got), got
+        waited = [dt for _, dt in got]
+        assert min(waited) > wait_max - 0.5, waited
+        # 3. the backend has not answered for 10 s: the next login, 454 at once
+        t0 = time.monotonic()
+        rep = late.cmd(auth, timeout=T(5))
+        stall_454 = time.monotonic() - t0
+        assert rep.text.startswith("454 4.7.0 "), rep.text
+        assert stall_454 < T(2), "454 after %.2fs" % stall_454
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+        lat = prober.stop()
+    assert max(lat) < T(0.5), "a client that does not AUTH waited %.2fs" % max(lat)
+
+    # the calls that hung end (their answers dropped); until then a login
+    # may still get 454.  None was counted as a failure: every session
+    # logs in now
+    t0 = time.monotonic()
+    retries = 0
+    while True:
+        rep = sessions[0].cmd(auth, timeout=T(5))
+        if rep.code == 235:
+            break
+        assert rep.text.startswith("454 4.7.0 "), rep.text
+        assert time.monotonic() - t0 < T(5), "logins still refused %.1fs after SIGCONT" % (
+            time.monotonic() - t0)
+        retries += 1
+        time.sleep(0.1)
+    recovered = time.monotonic() - t0
+    for r in sessions[1:]:
+        r.expect(235, auth)
+    send_message(port, SA_Q_USER, SA_Q_PW, "q-after")
+    for r in sessions:
+        r.expect(221, "QUIT")
+        r.close()
+    msgs = sink.wait_messages(2)
+    for m in ("q-before", "q-after"):
+        assert sum(1 for x in msgs if ("X-Marker: %s" % m).encode() in x) == 1, m
+
+    log = sg.log_text()
+    busy = re.findall(r"sasl: every SASL thread is busy \(%d calls in flight, \[sasl\] "
+                      r"threads = %d\): AUTH answered as a temporary failure"
+                      % (in_flight_max * threads, threads), log)
+    assert len(busy) == len(answered), (len(busy), len(answered))
+    assert len(re.findall(r"event=auth result=tempfail user=%s client=127\.0\.0\.1 mech=PLAIN "
+                          r"reason=backend_timeout" % SA_Q_USER, log)) == len(waiting)
+    assert len(re.findall(r"sasl: the password backend has not answered for a while", log)) == \
+        1 + retries
+    assert len(re.findall(r"event=auth result=tempfail ", log)) == nauth + 1 + retries
+    assert len(re.findall(r"event=auth result=ok ", log)) == nauth + 1 + 2
+    assert "event=auth result=fail" not in log
+    print("\n[sasl] threads=%d, saslauthd stopped: %d logins at once -> %d get 454 4.7.0 "
+          "at once (median %.1f ms, max %.1f ms), %d wait and get 454 4.7.0 after %.2f-%.2f s;"
+          " then, nothing answered for 10 s: 454 in %.1f ms; a client without AUTH "
+          "meanwhile: median %.1f ms, max %.1f ms to NOOP's 250 over %d rounds; logins "
+          "235 again %.0f ms after SIGCONT (%d refused before), then all %d sessions 235"
+          % (threads, nauth, len(answered), statistics.median(burst_454) * 1000,
+             max(burst_454) * 1000, len(waiting), min(waited), max(waited), stall_454 * 1000,
+             statistics.median(lat) * 1000, max(lat) * 1000, len(lat), recovered * 1000,
+             retries, nauth + 1))
