@@ -22,7 +22,9 @@
  *   3        the upstream answers the oldest unanswered command with reply
  *            op >> 3 of the table (reply_for);
  *   4        the same for every unanswered command (at most 16);
- *   5        the newest link loses its upstream;
+ *   5        op bit 3 clear: the newest link loses its upstream; set: the
+ *            worker stops gracefully (sg_session_drain_all, as SIGTERM:
+ *            sessions close once their transaction is over);
  *   6        a held ready gets a 2xx (op bit 3 clear) or a 4xx; op bits 4-5
  *            set what the next links' ready gets (0 keep, then as byte 0);
  *   7        by op bits 3-4: the client half-closes; only a run; the link
@@ -50,7 +52,11 @@
  *     LeakSanitizer sees the rest);
  *  6. once the upstream has answered everything (settle), no session
  *     waits for it, nor leaves a whole command line unread while it
- *     waits for nothing: the client would wait for ever. */
+ *     waits for nothing: the client would wait for ever;
+ *  7. the program is run twice, the second time with every send cut in
+ *     two (the session running on the first part alone): the client's
+ *     replies, the link's lines and message octets are the same (unless
+ *     the link paused the session, which makes the cuts matter). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +65,7 @@
 
 #include "../../common/buf.h"
 #include "../../proxy/reply_queue.h"
+#include "../../proxy/session.h"
 #include "../unit/driver.h"
 
 #define MAX_STEPS 64
@@ -105,6 +112,9 @@ typedef struct run {
 	unsigned own_ok, own_quit, own_helo, own_ehlo, own_vrfy, own_help,
 	    own_chunk;
 	unsigned data354; /* 354s to DATA the client got */
+	bool split;       /* every send goes in two parts, a run between */
+	bool paused_ever; /* d.pausing was set: the run depends on the cuts */
+	int step;         /* the step being run */
 } run;
 
 /* What op 2 sends. */
@@ -269,6 +279,8 @@ static bool give(run *r, unsigned sel)
 	g->text = strdup(text);
 	g->len = strlen(text);
 	g->kind = kind_of(c);
+	if (g->kind == K_END) /* the "queued as" the session logs */
+		snprintf(r->d.qid, sizeof r->d.qid, "4Xq%zu", r->ngv);
 	/* a line relayed for no client command: EHLO's RSET in a
 	 * transaction, whose reply is dropped */
 	g->hidden = c->line && c->cb != sg_rq_on_reply;
@@ -513,7 +525,8 @@ static void step_run(run *r)
 	check_data(r);
 }
 
-/* The client sends n octets (fewer past MAX_SENT; none once closed). */
+/* The client sends n octets (fewer past MAX_SENT; none once closed); in
+ * a split run in two parts, the session running on the first alone. */
 static void send_some(run *r, const char *p, size_t n)
 {
 	if (n > MAX_SENT - r->sent.len)
@@ -521,7 +534,16 @@ static void send_some(run *r, const char *p, size_t n)
 	if (n == 0 || r->d.eof || r->d.shut || r->d.fd < 0)
 		return;
 	sg_buf_append(&r->sent, p, n);
-	drv_send_n(&r->d, p, n);
+	size_t cut = 0;
+	if (r->split && n > 1)
+		cut = 1 + ((unsigned char)p[0] * 31u + (unsigned)r->step) % (n - 1);
+	if (cut) {
+		drv_send_n(&r->d, p, cut);
+		step_run(r);
+		if (r->d.eof || r->d.fd < 0)
+			return;
+	}
+	drv_send_n(&r->d, p + cut, n - cut);
 }
 
 /* Check 6: the upstream answers every command (a 2xx, or DATA's 354) and
@@ -572,10 +594,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Run the program once (split: every send in two parts); the run's
+ * outcome stays in the_run until free_run. */
+static void exec_program(const uint8_t *data, size_t size, bool split)
 {
-	if (size < 2)
-		return 0;
 	unsigned c0 = data[0], c1 = data[1];
 	const uint8_t *p = data + 2, *end = data + size;
 
@@ -589,6 +611,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	run *r = &the_run;
 	memset(r, 0, sizeof *r);
+	r->split = split;
 	sg_buf_init(&r->sent, 0);
 	sg_buf_init(&r->got, 0);
 	if (drv_start(&r->d, extra) < 0)
@@ -608,7 +631,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		step_run(r);
 	}
 
-	for (int steps = 0; steps < MAX_STEPS && p < end; steps++) {
+	for (r->step = 0; r->step < MAX_STEPS && p < end; r->step++) {
 		unsigned op = *p++;
 		switch (op % 8) {
 		case 0:
@@ -635,7 +658,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				;
 			break;
 		case 5:
-			link_lose(&r->d); /* none open: nothing happens */
+			if (op & 0x08)
+				sg_session_drain_all(&r->d.w, false);
+			else
+				link_lose(&r->d); /* none open: nothing happens */
 			break;
 		case 6:
 			link_ready(&r->d, op & 0x08 ? READY_DOWN : READY_OK);
@@ -654,6 +680,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				break;
 			default:
 				r->d.pausing = !r->d.pausing;
+				r->paused_ever = true;
 				break;
 			}
 			break;
@@ -664,6 +691,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	settle(r);
 	if (getenv("FUZZ_SESSION_TRACE")) /* what an input did */
 		dump();
+}
+
+/* The end of a run: check 5, then free it. */
+static void free_run(run *r)
+{
 	if (drv_stop(&r->d) != 0)
 		FAIL("drv_stop: a session or handle left");
 	if (r->d.misuse)
@@ -673,5 +705,66 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(r->gv);
 	sg_buf_free(&r->sent);
 	sg_buf_free(&r->got);
+}
+
+/* What a run showed: the client's replies, the link's lines and message
+ * octets. */
+typedef struct outcome {
+	sg_buf got, lines, msg;
+} outcome;
+
+static void keep(outcome *o, run *r)
+{
+	sg_buf_init(&o->got, 0);
+	sg_buf_init(&o->lines, 0);
+	sg_buf_init(&o->msg, 0);
+	sg_buf_append(&o->got, r->got.data, r->got.len);
+	const char *l = link_lines(&r->d);
+	sg_buf_append(&o->lines, l, strlen(l));
+	sg_buf_append(&o->msg, r->d.data.data, r->d.data.len);
+}
+
+static bool same(const sg_buf *a, const sg_buf *b)
+{
+	return a->len == b->len && (a->len == 0 || !memcmp(a->data, b->data, a->len));
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 2)
+		return 0;
+	/* Check 7: the session's outcome does not depend on how the client's
+	 * octets are cut into reads (as long as the link never pauses it,
+	 * which makes the cuts matter: each feed pauses).  Replies given at
+	 * the same steps, so whatever the session decides on a whole line
+	 * it decides the same when the line came in two reads. */
+	exec_program(data, size, false);
+	run *r = &the_run;
+	bool compare = !r->paused_ever;
+	outcome whole;
+	if (compare)
+		keep(&whole, r);
+	free_run(r);
+	if (!compare)
+		return 0;
+	exec_program(data, size, true);
+	outcome cut;
+	keep(&cut, r);
+	if (!same(&whole.got, &cut.got) || !same(&whole.lines, &cut.lines) ||
+	    !same(&whole.msg, &cut.msg)) {
+		fprintf(stderr, "--- unsplit run: client got:\n%.*s--- link "
+		        "lines:\n%.*s--- message octets:\n%.*s\n---\n",
+		        (int)whole.got.len, whole.got.data ? whole.got.data : "",
+		        (int)whole.lines.len, whole.lines.data ? whole.lines.data : "",
+		        (int)whole.msg.len, whole.msg.data ? whole.msg.data : "");
+		FAIL("the split run differs from the unsplit one (above; the "
+		     "split one below)");
+	}
+	free_run(r);
+	for (outcome *o = &whole; o; o = o == &whole ? &cut : NULL) {
+		sg_buf_free(&o->got);
+		sg_buf_free(&o->lines);
+		sg_buf_free(&o->msg);
+	}
 	return 0;
 }
