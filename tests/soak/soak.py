@@ -87,6 +87,9 @@ def parse_args(argv):
                     help="seconds after a fault in which a 4xx is still allowed")
     ap.add_argument("--load", type=float, default=1.0,
                     help="load factor (fewer pauses when higher; default 1)")
+    ap.add_argument("--single-upstream", action="store_true",
+                    help="give saslgate the primary only (a check of the checker: "
+                         "the primary's downtime must then fail the verdict)")
     ap.add_argument("--saslgate", help="the binary (default $SASLGATE_BIN or build/saslgate)")
     ap.add_argument("--workdir", help="work directory (default: a fresh one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -206,8 +209,8 @@ class Soak:
         self.rotate_cert(0)
         cfg = sgtest.default_config(
             w, self.primary.port, cert=self.cert, key=self.key, saslauthd=self.saslauthd,
-            upstream={"server": ["%s:%d" % (sgtest.HOST, self.primary.port),
-                                 "%s:%d" % (sgtest.HOST, self.secondary.port)],
+            upstream={"server": ["%s:%d" % (sgtest.HOST, self.primary.port)] + (
+                [] if self.a.single_upstream else ["%s:%d" % (sgtest.HOST, self.secondary.port)]),
                       "connect_timeout": "5s"},
             sasl={"failure_delay": "1s"},
             server={"max_connections": 2000, "shutdown_timeout": "10s"},
@@ -703,7 +706,7 @@ class Soak:
             sm = [s for s in self.samples if lo <= s[0] < hi]
             fl = [f["kind"] for f in self.faults if lo <= f["start"] < hi]
             rows.append({
-                "window": "%d-%d" % (w * W / 60, min((w + 1) * W, self.t_end - self.t0) / 60)
+                "window": "%g-%g" % (round(w * W / 60, 1), round(min((w + 1) * W, self.t_end - self.t0) / 60, 1))
                 if W >= 60 else "%ds-%ds" % (w * W, (w + 1) * W),
                 "ok": len(oks), "stored": st, "lost": len(oks) - st,
                 "tempfail": "%d/%d" % (len(t4) - t4_out, t4_out), "other": other,
