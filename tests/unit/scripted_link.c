@@ -518,14 +518,17 @@ size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
 		fprintf(stderr, "scripted link: BDAT octets without a message\n");
 		return len;
 	}
-	record_feed(l->d, buf, len, true);
 	if (l->d->pausing && len > 0) {
-		/* link.h: with last, not the end either: it comes with the
-		 * call after the drain */
+		/* link.h: nothing past the count is taken, with last not the
+		 * end either: it comes with a call after the drain.  Half of
+		 * it (at least one octet), as a full write queue would. */
+		size_t took = (len + 1) / 2;
+		record_feed(l->d, buf, took, true);
 		l->paused = true;
 		*pause = true;
-		return len;
+		return took;
 	}
+	record_feed(l->d, buf, len, true);
 	if (last) {
 		l->in_data = l->bdat = false;
 		l->d->ndata_end++;
