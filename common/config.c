@@ -479,6 +479,12 @@ static const struct key keys[] = {
     {"sasl", "sender_login_map", K_STR, C(sender_login_map), "", NULL,
      "file: login -> allowed senders (addresses, @domains); \"=login\" "
      "rule; a foreign MAIL FROM gets 553 5.7.1 (empty: off)"},
+    {"sasl", "saslauthd_ldap_servers", K_STR, C(saslauthd_ldap_servers), "",
+     NULL,
+     "with saslauthd -a ldap: its ldap_servers; after a failed check "
+     "saslgate asks them, and if none answers within 1s AUTH gets 454 "
+     "4.7.0 (saslauthd says the same \"NO\" for a directory down and a "
+     "wrong password)"},
     {"sasl", "threads", K_UINT, C(sasl_threads), "4", NULL,
      "SASL calls that may wait on a slow backend at once (1-60); the "
      "libuv pool is 16 x threads + 2; past threads calls in flight with "

@@ -121,6 +121,8 @@ typedef struct sg_config {
 	unsigned ip_failure_limit;     /* 0 = off */
 	uint64_t ip_failure_window_ms;
 	char *sender_login_map;        /* "" = off */
+	char *saslauthd_ldap_servers;  /* saslauthd -a ldap's directory, probed
+	                                  after a failure; "" = none */
 	unsigned sasl_threads;         /* Cyrus calls that may wait on a
 	                                  slow backend; sizes the pool */
 	sg_kv *sasl_opts;              /* every other [sasl] key, in order */

@@ -595,9 +595,19 @@ static void work(uv_work_t *w)
 	}
 	/* Cyrus reports an unreachable saslauthd as SASL_FAIL, but a plugin
 	 * may turn it into SASL_BADAUTH, and a missing sasldb looks like an
-	 * unknown user: when unsure, knock on the backend. */
-	if (rc == SASL_BADAUTH || rc == SASL_FAIL || rc == SASL_NOUSER)
+	 * unknown user: when unsure, knock on the backend.  SASL_UNAVAIL
+	 * (ldapdb: directory unreachable) is a 454 anyway; the knock says why
+	 * in the log. */
+	if (rc == SASL_BADAUTH || rc == SASL_FAIL || rc == SASL_NOUSER ||
+	    rc == SASL_UNAVAIL)
 		a->backend_down = sg_sasl_backend_down(a->cfg, a->why, sizeof a->why);
+	/* ldapdb answers SASL_FAIL for a login the directory does not know
+	 * (slapd will not act for it: "Proxied Authorization Denied"), and
+	 * SASL_UNAVAIL when it cannot reach it.  With the directory answering,
+	 * that failure is an unknown user: 535 like a wrong password, never a
+	 * 454 that would tell who exists and count nothing. */
+	if (rc == SASL_FAIL && !a->backend_down && sg_sasl_fail_is_nouser(a->cfg))
+		a->rc = SASL_NOUSER;
 }
 
 static char *getprop_dup(sasl_conn_t *conn, int prop)

@@ -6,9 +6,10 @@
  * first user does: a pwcheck_method that does not exist ("pam" belongs to
  * saslauthd -a), a mech_list naming a mechanism no installed plugin serves,
  * a saslauthd socket that is missing or not reachable by our user (group
- * "sasl" on Debian), a sasldb that cannot be read.  Each problem names the
- * FILE:LINE of the key it is about.  Permissions are checked as [server] user
- * when we run as root (sg_call_as_user, common/filecheck.h): the daemon
+ * "sasl" on Debian), a sasldb that cannot be read, a directory
+ * (saslauthd_ldap_servers, ldapdb_uri) that does not answer.  Each problem
+ * names the FILE:LINE of the key it is about.  Permissions are checked as
+ * [server] user when we run as root (sg_call_as_user, common/filecheck.h): the daemon
  * drops to that user after binding, so root's view would say yes to
  * everything. */
 #include "sasl_int.h"
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #define SG_WORD_MAX 64 /* one word of pwcheck_method / mech_list */
+#define SG_AUTH_WHY_LEN 256 /* a directory's failure, for a message */
 
 static const char *const pwcheck_methods[] = {"auxprop", "saslauthd",
                                               "authdaemond", NULL};
@@ -72,6 +74,15 @@ static bool next_word(const char **s, char w[SG_WORD_MAX])
 	w[n] = '\0';
 	*s = p;
 	return true;
+}
+
+static bool in_list(const char *list, const char *word)
+{
+	char w[SG_WORD_MAX];
+	while (next_word(&list, w))
+		if (strcasecmp(w, word) == 0)
+			return true;
+	return false;
 }
 
 bool sg_sasl_uses(const sg_config *cfg, const char *method)
@@ -248,9 +259,39 @@ const char *sg_sasl_sasldb_path(const sg_config *cfg)
 	return path_kv && *path_kv->value ? path_kv->value : "/etc/sasldb2";
 }
 
+static bool uses_ldapdb(const sg_config *cfg)
+{
+	const sg_kv *plug = sg_sasl_opt_kv(cfg, "auxprop_plugin");
+	return plug && sg_sasl_uses(cfg, "auxprop") && in_list(plug->value, "ldapdb");
+}
+
+const char *sg_sasl_directory(const sg_config *cfg, const char **key)
+{
+	if (sg_sasl_uses(cfg, "saslauthd") && cfg->saslauthd_ldap_servers &&
+	    *cfg->saslauthd_ldap_servers) {
+		*key = "saslauthd_ldap_servers";
+		return cfg->saslauthd_ldap_servers;
+	}
+	const sg_kv *uri = sg_sasl_opt_kv(cfg, "ldapdb_uri");
+	if (uses_ldapdb(cfg) && uri && *uri->value) {
+		*key = "ldapdb_uri";
+		return uri->value;
+	}
+	return NULL;
+}
+
+bool sg_sasl_fail_is_nouser(const sg_config *cfg)
+{
+	const char *key;
+	return uses_ldapdb(cfg) && sg_sasl_directory(cfg, &key) &&
+	       strcmp(key, "ldapdb_uri") == 0;
+}
+
 bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz)
 {
 	const char *db = sg_sasl_sasldb_path(cfg);
+	const char *dir, *key;
+	char reason[SG_AUTH_WHY_LEN];
 	int r;
 
 	if (sg_sasl_uses(cfg, "saslauthd")) {
@@ -262,11 +303,49 @@ bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz)
 			return true;
 		}
 	}
+	/* saslauthd -a ldap and ldapdb: the directory behind them */
+	if ((dir = sg_sasl_directory(cfg, &key)) &&
+	    sg_ldap_probe(dir, SG_LDAP_PROBE_MS, reason, sizeof reason) < 0) {
+		snprintf(why, whysz, "directory (%s) %s", key, reason);
+		return true;
+	}
 	if (db && (r = probe_read(db)) < 0) {
 		snprintf(why, whysz, "sasldb %s: %s", db, strerrordesc_np(-r));
 		return true;
 	}
 	return false;
+}
+
+/* The directory must answer now (from here, not as [server] user: a TCP
+ * connection needs no file rights; an ldapi:// socket does, and the probe
+ * then runs as that user). */
+static int probe_dir(const char *uris)
+{
+	return sg_ldap_probe(uris, SG_LDAP_PROBE_MS, NULL, 0);
+}
+
+static void check_directory(const sg_config *cfg, sg_errors *env)
+{
+	const char *key;
+	const char *dir = sg_sasl_directory(cfg, &key);
+	char reason[SG_AUTH_WHY_LEN];
+
+	if (!dir)
+		return;
+	sg_where w = strcmp(key, "ldapdb_uri") == 0
+	                 ? sg_sasl_where(cfg, key)
+	                 : sg_config_where(cfg, "sasl", key);
+	if (as_user(cfg, probe_dir, dir) == 0)
+		return;
+	sg_ldap_probe(dir, SG_LDAP_PROBE_MS, reason, sizeof reason);
+	sg_errors_add(env, &w,
+	              "directory %s does not answer (%s): every AUTH gets 454 "
+	              "4.7.0 until it does; start it (Debian: systemctl start "
+	              "slapd), or correct %s to the URI%s of your LDAP or Active "
+	              "Directory servers (ldap://host, ldaps://host:636, "
+	              "ldapi://%%2Frun%%2Fslapd%%2Fldapi), and check that a "
+	              "firewall lets this host reach them",
+	              dir, reason, key, strchr(dir, ' ') ? "s" : "");
 }
 
 static void check_sasldb(const sg_config *cfg, sg_errors *env)
@@ -295,15 +374,6 @@ static void check_sasldb(const sg_config *cfg, sg_errors *env)
 	}
 	else if (r < 0)
 		sg_errors_add(env, &wh, "sasldb %s: %s", path, strerror(-r));
-}
-
-static bool in_list(const char *list, const char *word)
-{
-	char w[SG_WORD_MAX];
-	while (next_word(&list, w))
-		if (strcasecmp(w, word) == 0)
-			return true;
-	return false;
 }
 
 void sg_sasl_check(const sg_config *cfg, const char *all_mechs,
@@ -366,4 +436,5 @@ void sg_sasl_check(const sg_config *cfg, const char *all_mechs,
 	if (sg_sasl_uses(cfg, "saslauthd"))
 		check_saslauthd(cfg, env);
 	check_sasldb(cfg, env);
+	check_directory(cfg, env);
 }

@@ -50,6 +50,21 @@ const char *sg_sasl_sasldb_path(const sg_config *cfg);
  * backend gives 454, not 535.  why: a reason for the log. */
 bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz);
 
+/* ldapprobe.c: does any of these LDAP URIs (blanks or commas between them;
+ * ldap://, ldaps://, ldapi://) answer an anonymous bind within timeout_ms
+ * each?  0 when one does; else -errno of the last, and why: each URI with
+ * its reason, for the log.  Blocking. */
+#define SG_LDAP_PROBE_MS 1000
+int sg_ldap_probe(const char *uris, unsigned timeout_ms, char *why,
+                  size_t whysz);
+/* The directory behind the password check, when the [sasl] keys name one:
+ * saslauthd_ldap_servers with pwcheck_method saslauthd, ldapdb_uri with
+ * auxprop_plugin ldapdb.  key: the [sasl] key it came from. */
+const char *sg_sasl_directory(const sg_config *cfg, const char **key);
+/* Cyrus' generic failure is a refused login when the directory answers:
+ * ldapdb is the auxprop plugin (see sasl/auth.c, work()). */
+bool sg_sasl_fail_is_nouser(const sg_config *cfg);
+
 /* Start-up checks (check.c).  fatal: problems that make every AUTH fail
  * (unknown pwcheck_method, mech_list naming no plugin); env: things outside
  * the file (socket, sasldb permissions) that may be fixed later.  all_mechs

@@ -13,7 +13,8 @@ msmtp curl s-nail libio-socket-ssl-perl libauthen-sasl-perl
 clang-14 libfuzzer-14-dev libclang-rt-14-dev
 debhelper devscripts lintian fakeroot dpkg-dev systemd valgrind
 python3-seccomp ufw autopkgtest debootstrap systemd-container
-prometheus postfwd policyd-rate-limit"
+prometheus postfwd policyd-rate-limit
+slapd ldap-utils libsasl2-modules-ldap"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,6 +31,9 @@ echo "deps: installing:$missing"
 # private instances, so the system one stays unconfigured.
 echo "postfix postfix/main_mailer_type select No configuration" |
 	$SUDO debconf-set-selections
+# The directory tests start their own slapd with a private configuration;
+# the system one stays unconfigured (no database, no admin password asked).
+echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
