@@ -6,8 +6,8 @@
  * first user does: a pwcheck_method that does not exist ("pam" belongs to
  * saslauthd -a), a mech_list naming a mechanism no installed plugin serves,
  * a saslauthd socket that is missing or not reachable by our user (group
- * "sasl" on Debian), a sasldb that cannot be read, a directory
- * (saslauthd_ldap_servers, ldapdb_uri) that does not answer.  Each problem
+ * "sasl" on Debian), a sasldb that cannot be read, an ldapdb directory
+ * that does not answer.  Each problem
  * names the FILE:LINE of the key it is about.  Permissions are checked as
  * [server] user when we run as root (sg_call_as_user, common/filecheck.h): the daemon
  * drops to that user after binding, so root's view would say yes to
@@ -316,15 +316,17 @@ bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz)
 	return false;
 }
 
-/* The directory must answer now (from here, not as [server] user: a TCP
- * connection needs no file rights; an ldapi:// socket does, and the probe
- * then runs as that user). */
+/* An ldapi:// socket needs file rights: probed as [server] user. */
 static int probe_dir(const char *uris)
 {
 	return sg_ldap_probe(uris, SG_LDAP_PROBE_MS, NULL, 0);
 }
 
-static void check_directory(const sg_config *cfg, sg_errors *env)
+/* saslauthd_ldap_servers: its form only (reaching the directory is
+ * saslauthd's job; saslgate asks it after a failed login).  ldapdb_uri:
+ * saslgate itself talks to that directory, so it must answer now. */
+static void check_directory(const sg_config *cfg, sg_errors *fatal,
+                            sg_errors *env)
 {
 	const char *key;
 	const char *dir = sg_sasl_directory(cfg, &key);
@@ -332,17 +334,25 @@ static void check_directory(const sg_config *cfg, sg_errors *env)
 
 	if (!dir)
 		return;
-	sg_where w = strcmp(key, "ldapdb_uri") == 0
-	                 ? sg_sasl_where(cfg, key)
-	                 : sg_config_where(cfg, "sasl", key);
+	if (strcmp(key, "ldapdb_uri") != 0) {
+		sg_where w = sg_config_where(cfg, "sasl", key);
+		if (sg_ldap_uris_check(dir, reason, sizeof reason) < 0)
+			sg_errors_add(fatal, &w,
+			              "%s: %s is not an ldap://, ldaps:// or ldapi:// "
+			              "URI (copy the ldap_servers line of "
+			              "saslauthd.conf)",
+			              key, reason);
+		return;
+	}
+	sg_where w = sg_sasl_where(cfg, key);
 	if (as_user(cfg, probe_dir, dir) == 0)
 		return;
 	sg_ldap_probe(dir, SG_LDAP_PROBE_MS, reason, sizeof reason);
 	sg_errors_add(env, &w,
 	              "directory %s does not answer (%s): every AUTH gets 454 "
 	              "4.7.0 until it does; start it (Debian: systemctl start "
-	              "slapd), or correct %s to the URI%s of your LDAP or Active "
-	              "Directory servers (ldap://host, ldaps://host:636, "
+	              "slapd), or correct %s to the URI%s of your LDAP servers "
+	              "(ldap://host, ldaps://host:636, "
 	              "ldapi://%%2Frun%%2Fslapd%%2Fldapi), and check that a "
 	              "firewall lets this host reach them",
 	              dir, reason, key, strchr(dir, ' ') ? "s" : "");
@@ -436,5 +446,5 @@ void sg_sasl_check(const sg_config *cfg, const char *all_mechs,
 	if (sg_sasl_uses(cfg, "saslauthd"))
 		check_saslauthd(cfg, env);
 	check_sasldb(cfg, env);
-	check_directory(cfg, env);
+	check_directory(cfg, fatal, env);
 }

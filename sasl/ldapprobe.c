@@ -219,6 +219,45 @@ static int probe_uri(const char *uri, int64_t deadline)
 	return probe_inet(host, port, talk, deadline);
 }
 
+/* Next URI of a list (blanks or commas between them) into uri; false at
+ * the end. */
+static bool next_uri(const char **uris, char uri[SG_LDAP_URI_MAX])
+{
+	const char *p = *uris;
+	p += strspn(p, " \t,");
+	size_t n = strcspn(p, " \t,");
+	if (!n)
+		return false;
+	snprintf(uri, SG_LDAP_URI_MAX, "%.*s", (int)n, p);
+	*uris = p + n;
+	return true;
+}
+
+static bool known_scheme(const char *uri)
+{
+	return strncasecmp(uri, "ldap://", 7) == 0 ||
+	       strncasecmp(uri, "ldaps://", 8) == 0 ||
+	       strncasecmp(uri, "ldapi://", 8) == 0;
+}
+
+int sg_ldap_uris_check(const char *uris, char *bad, size_t badsz)
+{
+	char uri[SG_LDAP_URI_MAX];
+	int n = 0;
+	while (uris && next_uri(&uris, uri)) {
+		n++;
+		if (!known_scheme(uri)) {
+			snprintf(bad, badsz, "%s", uri);
+			return -1;
+		}
+	}
+	if (!n) {
+		snprintf(bad, badsz, "\"\"");
+		return -1;
+	}
+	return 0;
+}
+
 /* Each URI gets timeout_ms of its own: a list names replicas, and the
  * first may be the one that is down. */
 int sg_ldap_probe(const char *uris, unsigned timeout_ms, char *why,
@@ -230,13 +269,7 @@ int sg_ldap_probe(const char *uris, unsigned timeout_ms, char *why,
 
 	if (why && whysz)
 		why[0] = '\0';
-	while (uris && *uris) {
-		uris += strspn(uris, " \t,");
-		size_t n = strcspn(uris, " \t,");
-		if (!n)
-			break;
-		snprintf(uri, sizeof uri, "%.*s", (int)n, uris);
-		uris += n;
+	while (uris && next_uri(&uris, uri)) {
 		int r = probe_uri(uri, now_ms() + timeout_ms);
 		if (r == 0)
 			return 0;

@@ -55,6 +55,9 @@ bool sg_sasl_backend_down(const sg_config *cfg, char *why, size_t whysz);
  * each?  0 when one does; else -errno of the last, and why: each URI with
  * its reason, for the log.  Blocking. */
 #define SG_LDAP_PROBE_MS 1000
+/* Is every URI of the list ldap://, ldaps:// or ldapi://?  0, or -1 with
+ * the first that is not in bad. */
+int sg_ldap_uris_check(const char *uris, char *bad, size_t badsz);
 int sg_ldap_probe(const char *uris, unsigned timeout_ms, char *why,
                   size_t whysz);
 /* The directory behind the password check, when the [sasl] keys name one:
