@@ -59,6 +59,7 @@
  *     the link paused the session, which makes the cuts matter). */
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -95,6 +96,7 @@ typedef struct given {
 	char *text;
 	size_t len;
 	enum kind kind; /* of the command it answered */
+	size_t cmd;     /* its index in d.cmd */
 	bool hidden; /* its command was no client's: never reaches the client */
 } given;
 
@@ -113,6 +115,11 @@ typedef struct run {
 	    own_chunk;
 	unsigned data354; /* 354s to DATA the client got */
 	bool split;       /* every send goes in two parts, a run between */
+	/* where in the client's text each command's reply can start at the
+	 * earliest (what the session had written when it relayed it), by
+	 * index in d.cmd; and where the session's own 2xx replies are */
+	size_t *cmd_at, capat;
+	size_t *own_at, nown, capown;
 	bool paused_ever; /* d.pausing was set: the run depends on the cuts */
 	int step;         /* the step being run */
 } run;
@@ -279,6 +286,7 @@ static bool give(run *r, unsigned sel)
 	g->text = strdup(text);
 	g->len = strlen(text);
 	g->kind = kind_of(c);
+	g->cmd = (size_t)i;
 	if (g->kind == K_END) /* the "queued as" the session logs */
 		snprintf(r->d.qid, sizeof r->d.qid, "4Xq%zu", r->ngv);
 	/* a line relayed for no client command: EHLO's RSET in a
@@ -348,16 +356,26 @@ static bool own_reply(run *r, const char *p, size_t len)
 	return false;
 }
 
-/* One whole reply the client got (its lines, CRLF each). */
-static void check_reply(run *r, const char *p, size_t len)
+/* One whole reply the client got (its lines, CRLF each), at offset at of
+ * all it got. */
+static void check_reply(run *r, const char *p, size_t len, size_t at)
 {
 	int code = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
 	if (code < 200 || code >= 400)
 		return; /* a refusal: no mail was accepted by it */
 	const char *tok = memmem(p, len, "[u", 2);
 	if (!tok) {
-		if (own_reply(r, p, len))
+		if (own_reply(r, p, len)) {
+			if (r->nown == r->capown) {
+				r->capown = r->capown ? 2 * r->capown : 16;
+				r->own_at = realloc(r->own_at,
+				                    r->capown * sizeof *r->own_at);
+				if (!r->own_at)
+					abort();
+			}
+			r->own_at[r->nown++] = at;
 			return;
+		}
 		FAIL("a %d the upstream did not give reached the client: "
 		     "\"%.*s\"", code, (int)len, p);
 	}
@@ -375,6 +393,22 @@ static void check_reply(run *r, const char *p, size_t len)
 		FAIL("upstream reply %zu changed: \"%.*s\" became \"%.*s\"", t,
 		     (int)g->len, g->text, (int)len, p);
 	r->last_tok = t;
+	/* RFC 2920 and docs/ARCHITECTURE.md: lines are answered in the
+	 * order they came, and a reply of the session's own never waits
+	 * behind an upstream one: none is written between a command's
+	 * relay and its reply */
+	size_t from = r->cmd_at[g->cmd];
+	for (size_t k = 0; k < r->nown; k++)
+		if (r->own_at[k] >= from && r->own_at[k] < at)
+			FAIL("a reply of the session's own (at %zu) came between "
+			     "the relay of \"%.*s\" (at %zu) and its reply (at %zu)",
+			     r->own_at[k],
+			     (int)strcspn(r->d.cmd[g->cmd].line ? r->d.cmd[g->cmd].line
+			                                         : "end of data",
+			                  "\r"),
+			     r->d.cmd[g->cmd].line ? r->d.cmd[g->cmd].line
+			                           : "end of data",
+			     from, at);
 	if (code == 354 && g->kind == K_DATA)
 		r->data354++;
 }
@@ -409,7 +443,7 @@ static void check_client(run *r)
 				     (int)ll, l);
 		i = end;
 		if (l[3] == ' ') {
-			check_reply(r, p + at, end - at);
+			check_reply(r, p + at, end - at, at);
 			at = end;
 			r->parsed = end;
 		}
@@ -525,6 +559,44 @@ static void step_run(run *r)
 	check_data(r);
 }
 
+/* Octets of replies the client has or will have, as far as the two
+ * sockets tell: read, waiting in the client's socket (FIONREAD), in the
+ * session's (TIOCOUTQ: not yet sent, or sent and not yet acknowledged,
+ * which may count an octet twice: never too few), handed to libuv, in
+ * the session's reply buffer. */
+static size_t replies_so_far(run *r)
+{
+	drv *d = &r->d;
+	int n = 0;
+	size_t at = r->got.len + d->text.len;
+	if (d->fd >= 0 && ioctl(d->fd, FIONREAD, &n) == 0 && n > 0)
+		at += (size_t)n;
+	for (sg_session *s = d->w.sessions; s; s = s->next) {
+		uv_os_fd_t fd;
+		n = 0;
+		if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 &&
+		    ioctl(fd, TIOCOUTQ, &n) == 0 && n > 0)
+			at += (size_t)n;
+		at += s->io.out.len + s->io.wq_bytes;
+	}
+	return at;
+}
+
+/* drv.on_command: where the reply to command i can start at the
+ * earliest in all the client gets. */
+static void on_command(drv *d, size_t i)
+{
+	run *r = &the_run;
+	if (i >= r->capat) {
+		r->capat = 2 * i + 16;
+		r->cmd_at = realloc(r->cmd_at, r->capat * sizeof *r->cmd_at);
+		if (!r->cmd_at)
+			abort();
+	}
+	(void)d;
+	r->cmd_at[i] = replies_so_far(r);
+}
+
 /* The client sends n octets (fewer past MAX_SENT; none once closed); in
  * a split run in two parts, the session running on the first alone. */
 static void send_some(run *r, const char *p, size_t n)
@@ -616,6 +688,7 @@ static void exec_program(const uint8_t *data, size_t size, bool split)
 	sg_buf_init(&r->got, 0);
 	if (drv_start(&r->d, extra) < 0)
 		FAIL("drv_start failed");
+	r->d.on_command = on_command;
 	sg_upstream_caps caps = {
 	    .probed = c1 & 0x01, .eightbitmime = c1 & 0x02,
 	    .smtputf8 = c1 & 0x04, .dsn = c1 & 0x08,
@@ -703,6 +776,8 @@ static void free_run(run *r)
 	for (size_t i = 0; i < r->ngv; i++)
 		free(r->gv[i].text);
 	free(r->gv);
+	free(r->cmd_at);
+	free(r->own_at);
 	sg_buf_free(&r->sent);
 	sg_buf_free(&r->got);
 }

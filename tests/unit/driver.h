@@ -87,6 +87,9 @@ typedef struct drv {
 	unsigned nclose;         /* sg_link_close calls */
 	unsigned misuse;         /* calls on a closed link: a session bug */
 	drv_cmd *cmd;            /* every command, in order */
+	void (*on_command)(struct drv *d, size_t i); /* called as each is
+	                          * recorded (NULL: none), from inside the
+	                          * session's sg_link_* call */
 	size_t ncmd, capcmd;
 	sg_buf lines;            /* link_lines' text */
 	sg_buf data;             /* message octets consumed by data_feed */

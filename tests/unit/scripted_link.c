@@ -98,7 +98,10 @@ static size_t record(drv *d, struct sg_link *l, const char *line, size_t len,
 		c->answered = true;
 		queue(d, EV_REPLY, l, d->ncmd, DRV_LOST);
 	}
-	return d->ncmd++;
+	d->ncmd++;
+	if (d->on_command)
+		d->on_command(d, d->ncmd - 1);
+	return d->ncmd - 1;
 }
 
 static void reply_to(sg_link_cb cb, void *arg, const char *text)
