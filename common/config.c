@@ -510,6 +510,12 @@ static const struct key keys[] = {
      NULL, "per server, connect and greeting"},
     {"upstream", "timeout", K_DURATION, C(upstream_timeout_ms), "5m", NULL,
      "waiting for any upstream reply (RFC 5321 4.5.3.2 suggests minutes)"},
+    {"upstream", "pool_size", K_UINT, C(pool_size), "0", NULL,
+     "idle, greeted upstream connections kept per worker for the next "
+     "session (0 = off; never with identity = xclient)"},
+    {"upstream", "pool_idle_timeout", K_DURATION, C(pool_idle_timeout_ms),
+     "30s", NULL, "a kept connection unused this long gets QUIT (below "
+     "the MTA's own idle limit, Postfix smtpd_timeout 300s)"},
 
     {"limits", "max_message_size", K_SIZE, C(max_message_size), "50M", NULL,
      "advertised in SIZE (or the upstream's SIZE when smaller), enforced "
@@ -1351,6 +1357,14 @@ static void validate(struct loader *ld)
 	if (c->connect_timeout_ms == 0) {
 		sg_where w = sg_config_where(c, "upstream", "connect_timeout");
 		sg_errors_add(ld->errs, &w, "connect_timeout must be above 0");
+	}
+	if (c->pool_size > 1000) {
+		sg_where w = sg_config_where(c, "upstream", "pool_size");
+		sg_errors_add(ld->errs, &w, "pool_size must be 0 to 1000");
+	}
+	if (c->pool_size && c->pool_idle_timeout_ms < 1000) {
+		sg_where w = sg_config_where(c, "upstream", "pool_idle_timeout");
+		sg_errors_add(ld->errs, &w, "pool_idle_timeout below 1s");
 	}
 	validate_policy(ld);
 	validate_metrics(ld);

@@ -140,6 +140,8 @@ typedef struct sg_config {
 	char *upstream_tls_name; /* name to verify, "" = the server's host */
 	uint64_t connect_timeout_ms;
 	uint64_t upstream_timeout_ms; /* per reply */
+	unsigned pool_size;           /* idle links kept per worker; 0 = off */
+	uint64_t pool_idle_timeout_ms; /* a kept link unused this long: QUIT */
 
 	/* [limits] */
 	uint64_t max_message_size;
