@@ -38,7 +38,8 @@ import time
 
 import pytest
 
-from sgtest import (HOST, Raw, SANITIZE, T, _check, _run, _stop_process, b64, default_config,
+from sgtest import (HOST, SOURCE_DIR, Raw, SANITIZE, Saslgate, T, _check, _ini, _run,
+                    _stop_process, b64, default_config,
                     free_port, make_ca, make_cert, make_leaf, plain_b64, run_saslgate, smtp, wait_for)
 
 BASE = "dc=example,dc=org"
@@ -47,13 +48,15 @@ BIND_DN, BIND_PW = "cn=saslauthd," + BASE, "Svc-b1nd.pw9"
 ALICE_PW = "Al1ce-ldap.pw4"
 JDOE_PW = "Jd0e-ad.pw7x"
 CAROL_PW, CAROL_NEW = "Car0l-old.pw2", "Car0l-new.pw5"
-SECRETS = {"alice": ALICE_PW, "alice@example.org": ALICE_PW, "JDoe": JDOE_PW,
-           "jdoe@corp.example.org": JDOE_PW, "carol": CAROL_PW, "carol ": CAROL_NEW,
-           "svc": BIND_PW}
+DAVE_PW = "Dav3-hashed.pw1"  # kept as {SSHA} in the directory
+SECRETS = {"alice": ALICE_PW, "john.doe@example.org": JDOE_PW, "JDoe": JDOE_PW,
+           "jdoe@corp.example.org": JDOE_PW, "carol": CAROL_PW,
+           "carol@example.org": CAROL_NEW, "dave": DAVE_PW, "svc": BIND_PW}
 
 # Active Directory's own OIDs and names, with AD's case-insensitive
 # matching (OpenLDAP's msuser.schema declares them without EQUALITY, so a
-# filter on them would never match).
+# filter on them would never match); AD's structural class "user" as an
+# auxiliary one beside inetOrgPerson.
 AD_SCHEMA = """\
 attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
 \tEQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
@@ -61,7 +64,7 @@ attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
 attributetype ( 1.2.840.113556.1.4.656 NAME 'userPrincipalName'
 \tEQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
 \tSYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
-objectclass ( 1.3.6.1.4.1.4203.666.11.99.1 NAME 'sgAdAccount' AUXILIARY
+objectclass ( 1.2.840.113556.1.5.9 NAME 'user' AUXILIARY
 \tMAY ( sAMAccountName $ userPrincipalName ) )
 """
 
@@ -90,16 +93,23 @@ sn: A
 mail: alice@example.org
 userPassword: {alice}
 
-dn: uid=jdoe,{people}
+dn: uid=jd1042,{people}
 objectClass: inetOrgPerson
-objectClass: sgAdAccount
-uid: jdoe
+objectClass: user
+uid: jd1042
 cn: John Doe
 sn: Doe
 sAMAccountName: JDoe
 userPrincipalName: jdoe@corp.example.org
 mail: john.doe@example.org
 userPassword: {jdoe}
+
+dn: uid=dave,{people}
+objectClass: inetOrgPerson
+uid: dave
+cn: Dave
+sn: D
+userPassword: {dave_hashed}
 
 dn: uid=carol,{people}
 objectClass: inetOrgPerson
@@ -109,6 +119,13 @@ sn: C
 mail: carol@example.org
 userPassword: {carol}
 """
+
+def ssha(pw):
+    """userPassword as slappasswd -h {SSHA} makes it."""
+    salt = secrets.token_bytes(8)
+    return "{SSHA}" + base64.b64encode(hashlib.sha1(pw.encode() + salt).digest()
+                                       + salt).decode()
+
 
 ROOT_PEERCRED = "gidNumber=0+uidNumber=0,cn=peercred,cn=external,cn=auth"
 
@@ -150,7 +167,8 @@ class Slapd:
         self.start()
         ldif = self.dir / "tree.ldif"
         ldif.write_text(TREE.format(base=BASE, people=PEOPLE, bind_dn=BIND_DN, bind_pw=BIND_PW,
-                                    alice=ALICE_PW, jdoe=JDOE_PW, carol=CAROL_PW))
+                                    alice=ALICE_PW, jdoe=JDOE_PW, carol=CAROL_PW,
+                                    dave_hashed=ssha(DAVE_PW)))
         self.ldap(["ldapadd", "-f", str(ldif)])
 
     def _conf(self):
@@ -282,7 +300,9 @@ def start_slapd(workdir, _sgstack):
 
 @pytest.fixture
 def start_saslauthd_ldap(workdir, _sgstack):
-    def start(slapd, filter="(|(uid=%u)(mail=%u)(sAMAccountName=%u)(userPrincipalName=%u))"):
+    # Cyrus splits the login at its last "@": %u before it, %r after it
+    def start(slapd, filter="(|(uid=%u)(mail=%u@%r)(sAMAccountName=%u)"
+                            "(userPrincipalName=%u@%r))"):
         s = SaslauthdLdap(workdir, slapd, filter)
         return _sgstack.push(s, s.stop)
     return start
@@ -387,7 +407,8 @@ def test_saslauthd_ldap_logins(workdir, start_slapd, start_saslauthd_ldap, start
     sa = start_saslauthd_ldap(slapd)
     pf = start_postfix()
     smap = workdir / "senders"
-    smap.write_text("alice  alice@example.org\nalice@example.org  alice@example.org\n"
+    smap.write_text("alice  alice@example.org\n"
+                    "john.doe@example.org  jdoe@corp.example.org, john.doe@example.org\n"
                     "JDoe  jdoe@corp.example.org, john.doe@example.org\n"
                     "jdoe@corp.example.org  jdoe@corp.example.org, john.doe@example.org\n")
     sg = start_saslgate(saslauthd_config(workdir, pf, sa, slapd,
@@ -396,8 +417,10 @@ def test_saslauthd_ldap_logins(workdir, start_slapd, start_saslauthd_ldap, start
     assert 'sasl: mechanisms="PLAIN LOGIN" pwcheck_method=saslauthd' in log
     assert "not offering CRAM-MD5 SCRAM-SHA-256" in log
 
+    # each found by one branch of the filter only: uid, mail,
+    # sAMAccountName (the entry's uid is jd1042), userPrincipalName
     logins = [("alice", ALICE_PW, "alice@example.org"),
-              ("alice@example.org", ALICE_PW, "alice@example.org"),
+              ("john.doe@example.org", JDOE_PW, "john.doe@example.org"),
               ("JDoe", JDOE_PW, "john.doe@example.org"),
               ("jdoe@corp.example.org", JDOE_PW, "jdoe@corp.example.org")]
     for user, pw, frm in logins:
@@ -610,6 +633,13 @@ def test_ldapdb_plain_cram_scram(workdir, start_slapd, start_postfix, start_sasl
                 times.append(time.monotonic() - t0)
                 assert rep.text.startswith("535 5.7.8"), (mech, user, rep.text)
             assert min(times) >= 0.9 and abs(times[0] - times[1]) < 0.5, (mech, times)
+    # a hashed userPassword: saslauthd's bind would take it; ldapdb cannot
+    assert slapd.bind_ok("uid=dave," + PEOPLE, DAVE_PW)
+    r, _ = session(sg)
+    with r:
+        for login in (lambda: r.cmd("AUTH PLAIN " + plain_b64("dave", DAVE_PW)),
+                      lambda: cram_md5(r, "dave", DAVE_PW)):
+            assert login().text.startswith("535 5.7.8")
     pf.wait_delivered(3)
     log = sg.log_text()
     for mech in ("PLAIN", "CRAM-MD5", "SCRAM-SHA-256"):
@@ -635,3 +665,62 @@ def test_ldapdb_plain_cram_scram(workdir, start_slapd, start_postfix, start_sasl
     r, _ = session(sg)
     with r:
         assert scram_sha256(r, "alice", ALICE_PW).text.startswith("235 2.7.0")
+
+
+# ---------------------------------------------------------------- the shipped recipe
+
+EXAMPLE = SOURCE_DIR / "conf.d" / "examples" / "active-directory.conf"
+
+
+def test_active_directory_recipe(workdir, start_slapd, start_saslauthd_ldap, start_postfix,
+                                 start_saslgate):
+    """conf.d/examples/active-directory.conf as shipped (hostname, the
+    directory's address and the socket path adapted; realm = the UPN
+    suffix) included from a main config without [sasl] backend keys, and
+    saslauthd with the ldap_filter its header gives: "JDoe" and the UPN log
+    in, and Postfix and the sender map see both completed to the UPN form;
+    an entry that is not an AD user, and the name with another domain, get
+    535."""
+    text = EXAMPLE.read_text()
+    assert len(re.findall(r"# CHANGE \d", text)) == 2
+    filt = re.search(r"^#\s+ldap_filter: (\S+)$", text, re.M).group(1)
+    slapd = start_slapd()
+    sa = start_saslauthd_ldap(slapd, filter=filt)
+    pf = start_postfix()
+    adapted = re.sub(r"^hostname = .*$", "hostname = sg.test", text, flags=re.M)
+    adapted, n = re.subn(r"^saslauthd_ldap_servers = .*$",
+                         "saslauthd_ldap_servers = " + slapd.url, adapted, flags=re.M)
+    assert n == 1
+    adapted = adapted.replace("/run/saslauthd/mux", sa.socket_path)
+    (workdir / "conf.d").mkdir()
+    (workdir / "conf.d" / "40-active-directory.conf").write_text(adapted)
+    cfg = Saslgate._assign_ports(saslauthd_config(workdir, pf, sa, slapd))
+    for k in ("pwcheck_method", "saslauthd_path", "saslauthd_ldap_servers", "mech_list"):
+        del cfg["sasl"][k]
+    # only the completed forms: a map looked up with "JDoe" would find no entry
+    smap = workdir / "senders"
+    smap.write_text("JDoe@corp.example.org  jdoe@corp.example.org\n"
+                    "jdoe@corp.example.org  jdoe@corp.example.org\n")
+    cfg["sasl"]["sender_login_map"] = str(smap)
+    sg = start_saslgate(_ini(cfg) + "include = conf.d/*.conf\n", secrets=SECRETS)
+    assert 'sasl: mechanisms="PLAIN LOGIN" pwcheck_method=saslauthd' in sg.log_text()
+
+    for user in ("JDoe", "jdoe@corp.example.org"):
+        r, auth = session(sg)
+        with r:
+            assert auth == "AUTH PLAIN LOGIN"
+            r.expect(235, "AUTH PLAIN " + plain_b64(user, JDOE_PW))
+            assert r.cmd("MAIL FROM:<alice@example.org>").text.startswith("553 5.7.1")
+            send_one(r, "jdoe@corp.example.org")
+    r, _ = session(sg)
+    with r:
+        for user, pw in (("alice", ALICE_PW), ("jdoe@elsewhere.example", JDOE_PW)):
+            assert r.cmd("AUTH PLAIN " + plain_b64(user, pw)).text.startswith("535 5.7.8")
+    pf.wait_delivered(2)
+    plog = pf.log_text()
+    for user in ("JDoe@corp.example.org", "jdoe@corp.example.org"):
+        assert re.search(r"sasl_username=%s(\s|,|$)" % re.escape(user), plog), user
+    assert not re.search(r"sasl_username=JDoe(\s|,|$)", plog)
+    log = sg.log_text()
+    assert "event=auth result=ok user=JDoe@corp.example.org " in log
+    assert "event=auth result=ok user=jdoe@corp.example.org " in log
