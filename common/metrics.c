@@ -163,6 +163,7 @@ void sg_metrics_upstream_fail(const char *upstream)
 
 void sg_metrics_failover(void) { inc(&me()->failovers, 1); }
 void sg_metrics_unavailable(void) { inc(&me()->unavailable, 1); }
+void sg_metrics_pool(enum sg_mpool result) { inc(&me()->pool[result], 1); }
 void sg_metrics_refusal(enum sg_mrefusal why) { inc(&me()->refusals[why], 1); }
 void sg_metrics_stripped(void) { inc(&me()->stripped, 1); }
 
@@ -282,6 +283,7 @@ static void histogram(sg_buf *out, const char *name, const char *labels,
 static const char *const auth_result[SG_MA_N] = {"ok", "fail", "tempfail"};
 static const char *const refusal_reason[SG_MR_N] = {"size", "bare_newline",
                                                     "nul", "upstream"};
+static const char *const pool_result[SG_MP_N] = {"hit", "miss", "stale"};
 static const char *const reject_reason[SG_MJ_N] = {"max_connections",
                                                    "proxy_untrusted"};
 
@@ -399,6 +401,13 @@ static void render_upstream(const sg_metrics_snapshot *s, sg_buf *out)
 	       "(event=upstream_unavailable)");
 	sample(out, "saslgate_upstream_unavailable_total", NULL, NULL, NULL,
 	       m->unavailable);
+	family(out, "saslgate_upstream_pool_total", "counter",
+	       "link opens with [upstream] pool_size: a kept connection "
+	       "(hit) or a new one (miss); kept ones found closed at their "
+	       "first command and replaced (stale)");
+	for (int r = 0; r < SG_MP_N; r++)
+		sample(out, "saslgate_upstream_pool_total", "result",
+		       pool_result[r], NULL, m->pool[r]);
 }
 
 void sg_metrics_render(const sg_metrics_snapshot *s, sg_buf *out)

@@ -35,6 +35,9 @@ enum sg_mauth { SG_MA_OK, SG_MA_FAIL, SG_MA_TEMPFAIL, SG_MA_N };
 enum sg_mrefusal { SG_MR_SIZE, SG_MR_BARE, SG_MR_NUL, SG_MR_UPSTREAM,
 	           SG_MR_N };
 enum sg_mreject { SG_MJ_MAXCONN, SG_MJ_PROXY, SG_MJ_N };
+/* [upstream] pool_size: a link open served by a kept connection, one that
+ * found none, a kept one found closed at its first command */
+enum sg_mpool { SG_MP_HIT, SG_MP_MISS, SG_MP_STALE, SG_MP_N };
 
 typedef struct sg_mhist {
 	uint64_t bucket[SG_M_BUCKETS + 1]; /* not cumulative; last = +Inf */
@@ -60,6 +63,7 @@ typedef struct sg_metrics_slot {
 	uint64_t up_fail[SG_M_VALUES];    /* per upstream server */
 	uint64_t failovers;
 	uint64_t unavailable;
+	uint64_t pool[SG_MP_N];
 	uint64_t refusals[SG_MR_N];
 	uint64_t stripped;
 	uint64_t policy[SG_M_VALUES];     /* per action */
@@ -99,6 +103,7 @@ void sg_metrics_reply(const char *upstream, int code, uint64_t ns);
 void sg_metrics_upstream_fail(const char *upstream);
 void sg_metrics_failover(void);
 void sg_metrics_unavailable(void);
+void sg_metrics_pool(enum sg_mpool result);
 void sg_metrics_refusal(enum sg_mrefusal why);
 void sg_metrics_stripped(void);
 /* A policy decision as its event=policy line logs it (proxy/policy_cmd.c):

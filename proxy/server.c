@@ -362,6 +362,7 @@ static void drain_poll(uv_timer_t *t)
 	if (w->nsessions == 0) {
 		uv_timer_stop(t);
 		sg_policy_shutdown(&w->loop); /* its kept connections */
+		sg_link_pool_shutdown(&w->loop); /* and the upstream's */
 		uv_close((uv_handle_t *)&w->stop_timer, NULL);
 		uv_close((uv_handle_t *)&w->wake, NULL);
 	}
@@ -404,6 +405,8 @@ static void on_wake(uv_async_t *a)
 		}
 		sg_config_unref(w->cfg);
 		w->cfg = nc;
+		/* kept upstream connections of another [upstream] go now */
+		sg_link_pool_reconfig(&w->loop, nc);
 		if (w->tls)
 			sg_tls_ctx_unref(w->tls);
 		w->tls = nt;

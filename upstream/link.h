@@ -145,8 +145,19 @@ const char *sg_link_last_queue_id(sg_link *l);
 const char *sg_link_peer(sg_link *l);
 bool sg_link_alive(sg_link *l);
 
-/* QUIT (when idle) and free.  Pending callbacks are not called. */
+/* QUIT (when idle) and free.  Pending callbacks are not called.  With
+ * [upstream] pool_size (not identity = xclient), an idle link with nothing
+ * in flight is kept instead for the next sg_link_open on this worker: it
+ * gets an RSET, and only once that is answered 250 is it handed on. */
 void sg_link_close(sg_link *l);
+
+/* The worker's kept links (pool_size): a reload drops those whose
+ * [upstream] differs from cfg's; shutdown drops them all (QUIT). */
+void sg_link_pool_reconfig(uv_loop_t *loop, const sg_config *cfg);
+void sg_link_pool_shutdown(uv_loop_t *loop);
+/* The kept link of a could serve a session of b: the same servers,
+ * identity mode, EHLO name, TLS settings and service account. */
+bool sg_upstream_same(const sg_config *a, const sg_config *b);
 
 /* EHLO honesty: what the upstream offers, probed at start and on reload
  * (sg_upstream_probe) and cached; size is also taken from each link's own

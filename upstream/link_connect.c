@@ -90,6 +90,18 @@ static void set_last_error(sg_link *l, const char *fmt, ...)
 
 /* ---- the end of a link --------------------------------------------------- */
 
+static void id_free(sg_identity *id)
+{
+	free((char *)id->sid);
+	free((char *)id->login);
+	free((char *)id->client_ip);
+	free((char *)id->client_name);
+	free((char *)id->helo);
+	free((char *)id->tls_version);
+	free((char *)id->tls_cipher);
+	free((char *)id->dest_ip);
+}
+
 static void maybe_free(sg_link *l)
 {
 	if (l->phase != P_CLOSED || !l->owner_gone || l->nhandles > 0)
@@ -118,14 +130,7 @@ static void maybe_free(sg_link *l)
 	free(l->rcv);
 	free(l->prepend);
 	free(l->bdat_err);
-	free((char *)l->id.sid);
-	free((char *)l->id.login);
-	free((char *)l->id.client_ip);
-	free((char *)l->id.client_name);
-	free((char *)l->id.helo);
-	free((char *)l->id.tls_version);
-	free((char *)l->id.tls_cipher);
-	free((char *)l->id.dest_ip);
+	id_free(&l->id);
 	sg_config_unref(l->cfg);
 	free(l);
 }
@@ -304,6 +309,11 @@ int link_cmd(sg_link *l, const char *line)
 static void on_timeout(uv_timer_t *t)
 {
 	sg_link *l = t->data;
+	if (l->pooled) { /* kept: its RSET unanswered, or unused too long */
+		link_pool_drop(l, l->pool_rset ? "no reply to RSET" : "idle",
+		               !l->pool_rset);
+		return;
+	}
 	if (l->phase < P_READY) {
 		link_fail_server(l, "no reply within %s timeout",
 		                 l->phase <= P_GREETING ? "connect" : "upstream");
@@ -652,14 +662,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 
 /* ---- open / close / accessors -------------------------------------------- */
 
-static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
-                         const sg_identity *id)
+void link_set_identity(sg_link *l, const sg_identity *id)
 {
-	/* every later use of wb is on this loop's thread, after this */
-	wbufs_get();
-	sg_link *l = sg_xcalloc(1, sizeof *l);
-	l->loop = loop;
-	l->cfg = sg_config_ref((sg_config *)cfg);
+	sg_identity old = l->id;
 	l->id = *id;
 	l->id.sid = sg_xstrdup(id->sid ? id->sid : "-");
 	l->id.login = dupnull(id->login);
@@ -669,6 +674,18 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
 	l->id.tls_version = dupnull(id->tls_version);
 	l->id.tls_cipher = dupnull(id->tls_cipher);
 	l->id.dest_ip = dupnull(id->dest_ip);
+	id_free(&old);
+}
+
+static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
+                         const sg_identity *id)
+{
+	/* every later use of wb is on this loop's thread, after this */
+	wbufs_get();
+	sg_link *l = sg_xcalloc(1, sizeof *l);
+	l->loop = loop;
+	l->cfg = sg_config_ref((sg_config *)cfg);
+	link_set_identity(l, id);
 	uv_timer_init(loop, &l->timer);
 	uv_timer_init(loop, &l->defer);
 	l->timer.data = l->defer.data = l;
@@ -678,22 +695,28 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
 
 /* The service account's password (identity = auth), read at each open so
  * a changed file takes effect without a reload; kept until the link goes. */
-static int read_password(sg_link *l)
+char *link_read_secret(const char *path)
 {
-	FILE *f = fopen(l->cfg->auth_password_file, "re");
+	FILE *f = fopen(path, "re");
 	if (!f)
-		return -1;
+		return NULL;
 	char buf[UP_PASSWORD_MAX];
 	if (!fgets(buf, sizeof buf, f)) {
 		fclose(f);
 		explicit_bzero(buf, sizeof buf);
-		return -1;
+		return NULL;
 	}
 	fclose(f);
 	buf[strcspn(buf, "\r\n")] = '\0';
-	l->password = sg_xstrdup(buf);
+	char *p = sg_xstrdup(buf);
 	explicit_bzero(buf, sizeof buf);
-	return 0;
+	return p;
+}
+
+static int read_password(sg_link *l)
+{
+	l->password = link_read_secret(l->cfg->auth_password_file);
+	return l->password ? 0 : -1;
 }
 
 /* Open failed before any connection: ready gets the 454 from the loop, so
@@ -703,10 +726,13 @@ static void open_failed(uv_timer_t *t) { fail_all(t->data); }
 sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
                       const sg_identity *id, sg_link_cb ready, void *arg)
 {
-	sg_link *l = link_new(loop, cfg, id);
+	const char *why = sg_identity_unfit(id, cfg->identity);
+	sg_link *l = why ? NULL : link_pool_take(loop, cfg, id, ready, arg);
+	if (l)
+		return l;
+	l = link_new(loop, cfg, id);
 	l->ready = ready;
 	l->ready_arg = arg;
-	const char *why = sg_identity_unfit(id, cfg->identity);
 	if (why) {
 		/* never an upstream session with a cut or missing identity */
 		char *u = sg_identity_log_dup(id->login);
@@ -735,13 +761,11 @@ sg_link *sg_link_open(uv_loop_t *loop, const sg_config *cfg,
 	return l;
 }
 
-void sg_link_close(sg_link *l)
+void link_end(sg_link *l, bool quit)
 {
-	if (!l)
-		return;
 	bool idle = l->phase == P_READY && !l->in_data && l->c;
 	l->owner_gone = true;
-	if (idle && !l->quit_sent) {
+	if (quit && idle && !l->quit_sent) {
 		l->quit_sent = true;
 		uv_timer_stop(&l->timer);
 		if (link_cmd(l, "QUIT\r\n") == 0 && l->wq > 0)
@@ -749,6 +773,16 @@ void sg_link_close(sg_link *l)
 	}
 	link_finish(l);
 	maybe_free(l);
+}
+
+void sg_link_close(sg_link *l)
+{
+	if (!l)
+		return;
+	l->owner_gone = true;
+	if (link_pool_put(l))
+		return;
+	link_end(l, true);
 }
 
 const char *sg_link_last_queue_id(sg_link *l) { return l->qid; }

@@ -117,6 +117,13 @@ struct sg_link {
 	bool owner_gone; /* sg_link_close called: no more callbacks */
 	int phase;
 
+	/* [upstream] pool_size (link_pool.c): owned by the worker's pool,
+	 * its RSET due (pool_rset) or answered and the link waiting to be
+	 * handed on; reused: taken from the pool and no reply in yet, so a
+	 * connection found closed is replaced once, unseen by the owner */
+	bool pooled, pool_rset, reused;
+	struct sg_link *pool_next, *pool_prev;
+
 	/* which server / address */
 	size_t srv;
 	uv_getaddrinfo_t gai;
@@ -211,6 +218,14 @@ void link_fail_server(sg_link *l, const char *fmt, ...)
 void link_reopen(sg_link *l);
 /* Stop everything for good (P_CLOSED); freed once the owner let go. */
 void link_finish(sg_link *l);
+/* The owner lets go: QUIT when idle and quit is set, then close and free
+ * (at once, or once QUIT is out). */
+void link_end(sg_link *l, bool quit);
+/* Replace the link's identity with a copy of id (strings owned). */
+void link_set_identity(sg_link *l, const sg_identity *id);
+/* The first line of a file (identity = auth's password), or NULL; the
+ * caller wipes and frees it. */
+char *link_read_secret(const char *path);
 /* The worker's DATA output buffer: UP_SCAN_OUT + UP_RCV_ROOM octets, fixed
  * (never realloc'd), to be written before the loop runs on. */
 sg_buf link_scratch(void);
@@ -223,6 +238,21 @@ void link_handshake_reply(sg_link *l, const sg_reply_reader *rr,
                           const char *t);
 /* Drive the TLS handshake with what has arrived; EHLO again once done. */
 void link_tls_step(sg_link *l);
+
+/* ---- link_pool.c --------------------------------------------------------- */
+
+/* The owner lets go of l: true when the worker's pool took it (RSET sent;
+ * kept once it is answered 250), false when it cannot be handed on. */
+bool link_pool_put(sg_link *l);
+/* A kept link for this session, made its own (identity, configuration,
+ * ready called from the loop), or NULL: open a new one. */
+sg_link *link_pool_take(uv_loop_t *loop, const sg_config *cfg,
+                        const sg_identity *id, sg_link_cb ready, void *arg);
+/* A reply while kept: the RSET's 250 makes it available; anything else
+ * drops it. */
+void link_pool_reply(sg_link *l, int code, const char *t);
+/* Out of the pool and closed (QUIT first when quit is set). */
+void link_pool_drop(sg_link *l, const char *why, bool quit);
 
 /* ---- link_xfer.c --------------------------------------------------------- */
 

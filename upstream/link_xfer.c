@@ -126,8 +126,36 @@ static void fail_pending(sg_link *l, const char *text)
 	}
 }
 
+/* A kept link's connection was found closed at its first commands: they
+ * go again on a new one (link_reopen, identity and all), as if the kept
+ * one had never been handed on.  Nothing was answered on it, so no
+ * transaction of the session's can have been open upstream. */
+static void pool_retry(sg_link *l, const char *why)
+{
+	log_info(link_sid(l), "event=upstream_pool_stale upstream=%s "
+	         "reason=\"%s\"", l->peer, why);
+	sg_metrics_pool(SG_MP_STALE);
+	l->reused = false;
+	uv_timer_stop(&l->timer);
+	link_conn_close(l);
+	for (pending *p = l->head; p; p = p->next)
+		p->sent = false;
+	l->inflight = 0;
+	l->barrier_inflight = false;
+	l->phase = P_DEAD;
+	link_reopen(l);
+}
+
 void link_became_dead(sg_link *l, const char *why)
 {
+	if (l->pooled) {
+		link_pool_drop(l, why, false);
+		return;
+	}
+	if (l->reused && l->phase == P_READY && !l->in_data && l->head) {
+		pool_retry(l, why);
+		return;
+	}
 	if (l->phase != P_DEAD)
 		log_warn(link_sid(l), "event=upstream_lost upstream=%s reason=\"%s\"",
 		         l->peer, why);
@@ -288,6 +316,17 @@ void sg_link_mail(sg_link *l, const char *line, size_t len, bool auth_param,
 
 void link_ready_reply(sg_link *l, const sg_reply_reader *rr, const char *t)
 {
+	if (l->pooled) {
+		link_pool_reply(l, rr->code, t);
+		return;
+	}
+	/* a kept link whose first reply is the upstream closing (Postfix's
+	 * "421 4.4.2 ... timeout exceeded" crossing our first command) */
+	if (l->reused && rr->code == 421) {
+		link_became_dead(l, t);
+		return;
+	}
+	l->reused = false;
 	pending *p = l->head;
 	if (!p || !p->sent) {
 		/* e.g. "421 4.4.2 timeout": the upstream is closing */

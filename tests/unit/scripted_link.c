@@ -600,3 +600,12 @@ void sg_upstream_probe(uv_loop_t *loop, const sg_config *cfg)
 }
 
 sg_upstream_caps sg_upstream_caps_get(void) { return caps_now; }
+
+/* No connection is kept: there is none. */
+void sg_link_pool_reconfig(uv_loop_t *loop, const sg_config *cfg)
+{
+	(void)loop;
+	(void)cfg;
+}
+
+void sg_link_pool_shutdown(uv_loop_t *loop) { (void)loop; }
