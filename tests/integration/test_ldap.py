@@ -49,14 +49,17 @@ ALICE_PW = "Al1ce-ldap.pw4"
 JDOE_PW = "Jd0e-ad.pw7x"
 CAROL_PW, CAROL_NEW = "Car0l-old.pw2", "Car0l-new.pw5"
 DAVE_PW = "Dav3-hashed.pw1"  # kept as {SSHA} in the directory
+ERIN_PW = "Er1n-scram.pw6"  # kept as a SCRAM-SHA-256 verifier only
 SECRETS = {"alice": ALICE_PW, "john.doe@example.org": JDOE_PW, "JDoe": JDOE_PW,
            "jdoe@corp.example.org": JDOE_PW, "carol": CAROL_PW,
-           "carol@example.org": CAROL_NEW, "dave": DAVE_PW, "svc": BIND_PW}
+           "carol@example.org": CAROL_NEW, "dave": DAVE_PW, "erin": ERIN_PW,
+           "svc": BIND_PW}
 
 # Active Directory's own OIDs and names, with AD's case-insensitive
 # matching (OpenLDAP's msuser.schema declares them without EQUALITY, so a
 # filter on them would never match); AD's structural class "user" as an
-# auxiliary one beside inetOrgPerson.
+# auxiliary one beside inetOrgPerson.  And RFC 3112's authPassword, which
+# Cyrus' SCRAM reads (stock OpenLDAP schemas do not have it).
 AD_SCHEMA = """\
 attributetype ( 1.2.840.113556.1.4.221 NAME 'sAMAccountName'
 \tEQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
@@ -66,6 +69,11 @@ attributetype ( 1.2.840.113556.1.4.656 NAME 'userPrincipalName'
 \tSYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
 objectclass ( 1.2.840.113556.1.5.9 NAME 'user' AUXILIARY
 \tMAY ( sAMAccountName $ userPrincipalName ) )
+attributetype ( 1.3.6.1.4.1.4203.1.3.4 NAME 'authPassword'
+\tDESC 'RFC 3112; SCRAM verifiers in the RFC 5803 form'
+\tEQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 )
+objectclass ( 1.3.6.1.4.1.4203.1.4.7 NAME 'authPasswordObject' AUXILIARY
+\tMAY authPassword )
 """
 
 TREE = """\
@@ -111,6 +119,14 @@ cn: Dave
 sn: D
 userPassword: {dave_hashed}
 
+dn: uid=erin,{people}
+objectClass: inetOrgPerson
+objectClass: authPasswordObject
+uid: erin
+cn: Erin
+sn: E
+authPassword: {erin_scram}
+
 dn: uid=carol,{people}
 objectClass: inetOrgPerson
 uid: carol
@@ -125,6 +141,22 @@ def ssha(pw):
     salt = secrets.token_bytes(8)
     return "{SSHA}" + base64.b64encode(hashlib.sha1(pw.encode() + salt).digest()
                                        + salt).decode()
+
+
+def scram_keys(pw, salt, iterations):
+    salted = hashlib.pbkdf2_hmac("sha256", pw.encode(), salt, iterations)
+    ckey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return (hashlib.sha256(ckey).digest(),
+            hmac.new(salted, b"Server Key", hashlib.sha256).digest())
+
+
+def scram_verifier(pw, iterations=4096):
+    """authPassword: SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>
+    (RFC 5803), base64 throughout: no password in it."""
+    salt = secrets.token_bytes(16)
+    stored, server = scram_keys(pw, salt, iterations)
+    e = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, e(salt), e(stored), e(server))
 
 
 ROOT_PEERCRED = "gidNumber=0+uidNumber=0,cn=peercred,cn=external,cn=auth"
@@ -168,7 +200,8 @@ class Slapd:
         ldif = self.dir / "tree.ldif"
         ldif.write_text(TREE.format(base=BASE, people=PEOPLE, bind_dn=BIND_DN, bind_pw=BIND_PW,
                                     alice=ALICE_PW, jdoe=JDOE_PW, carol=CAROL_PW,
-                                    dave_hashed=ssha(DAVE_PW)))
+                                    dave_hashed=ssha(DAVE_PW),
+                                    erin_scram=scram_verifier(ERIN_PW)))
         self.ldap(["ldapadd", "-f", str(ldif)])
 
     def _conf(self):
@@ -196,7 +229,8 @@ class Slapd:
             "directory %s" % self.db,
             # passwords: compared by a bind, read only by root over ldapi
             # (ldapdb) and by their owner (ldappasswd)
-            "access to attrs=userPassword by dn.exact=\"%s\" manage by self write "
+            "access to attrs=userPassword,authPassword by dn.exact=\"%s\" manage "
+            "by self write "
             "by anonymous auth by * none" % ROOT_PEERCRED,
             "access to * by * read",
             ""])
@@ -329,7 +363,7 @@ def ldapdb_config(workdir, pf, slapd, **sasl):
     cfg = default_config(workdir, upstream_port=pf.port, cert=cert, key=key)
     cfg["sasl"].update(pwcheck_method="auxprop", auxprop_plugin="ldapdb",
                        ldapdb_uri=slapd.ldapi, ldapdb_mech="EXTERNAL",
-                       failure_delay="1s", max_failures=3,
+                       failure_delay="1s", max_failures=3, ip_failure_limit=0,
                        mech_list="PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256")
     cfg["sasl"].update(sasl)
     return cfg
@@ -640,7 +674,19 @@ def test_ldapdb_plain_cram_scram(workdir, start_slapd, start_postfix, start_sasl
         for login in (lambda: r.cmd("AUTH PLAIN " + plain_b64("dave", DAVE_PW)),
                       lambda: cram_md5(r, "dave", DAVE_PW)):
             assert login().text.startswith("535 5.7.8")
-    pf.wait_delivered(3)
+    # only a SCRAM verifier (RFC 5803 authPassword): SCRAM works; the rest
+    # has no password to compare with
+    r, _ = session(sg)
+    with r:
+        assert scram_sha256(r, "erin", "wrong-" + ERIN_PW).text.startswith("535 5.7.8")
+        for login in (lambda: r.cmd("AUTH PLAIN " + plain_b64("erin", ERIN_PW)),
+                      lambda: cram_md5(r, "erin", ERIN_PW)):
+            assert login().text.startswith("535 5.7.8")
+    r, _ = session(sg)
+    with r:
+        assert scram_sha256(r, "erin", ERIN_PW).text.startswith("235 2.7.0")
+        send_one(r, "erin@example.org")
+    pf.wait_delivered(4)
     log = sg.log_text()
     for mech in ("PLAIN", "CRAM-MD5", "SCRAM-SHA-256"):
         assert re.search(r"event=auth result=ok user=alice client=127\.0\.0\.1 mech=%s\b"
