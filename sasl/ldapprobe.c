@@ -15,7 +15,6 @@
 #include "sasl_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdint.h>

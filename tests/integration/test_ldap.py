@@ -466,9 +466,11 @@ def test_saslauthd_ldap_logins(workdir, start_slapd, start_saslauthd_ldap, start
             # the sender map sees the login as typed, too
             assert r.cmd("MAIL FROM:<carol@example.org>").text.startswith("553 5.7.1")
             send_one(r, frm)
-    # LOGIN, as Outlook sends it
+    # LOGIN, as Outlook sends it (no initial response)
     c = smtp(sg.port("submission"))
-    c.login("JDoe", JDOE_PW)
+    c.user, c.password = "JDoe", JDOE_PW
+    code, _ = c.auth("LOGIN", c.auth_login, initial_response_ok=False)
+    assert code == 235
     c.quit()
     pf.wait_delivered(len(logins))
     plog = pf.log_text()
@@ -486,7 +488,9 @@ def test_saslauthd_ldap_logins(workdir, start_slapd, start_saslauthd_ldap, start
         assert abs(times[0] - times[1]) < 0.5, times
         # third failure: 421 and the session ends (failures are counted)
         assert r.cmd("AUTH PLAIN " + plain_b64("alice", "x")).code in (421, 535)
-    assert len(re.findall(r"event=auth result=fail ", sg.log_text())) >= 2
+    log = sg.log_text()
+    assert len(re.findall(r"event=auth result=fail ", log)) >= 2
+    assert re.search(r"event=auth result=ok user=JDoe client=127\.0\.0\.1 mech=LOGIN", log)
 
 
 def test_saslauthd_ldap_directory_down(workdir, start_slapd, start_saslauthd_ldap, start_postfix,
