@@ -489,6 +489,16 @@ static const struct key keys[] = {
      "SASL calls that may wait on a slow backend at once (1-60); the "
      "libuv pool is 16 x threads + 2; past threads calls in flight with "
      "no answer for 2s, AUTH gets 454 at once"},
+    {"sasl", "cache_size", K_UINT, C(sasl_cache_size), "0", NULL,
+     "credential cache: PLAIN/LOGIN results kept, in entries, least "
+     "recently used dropped first (0 = off; at most 1000000)"},
+    {"sasl", "cache_ttl", K_DURATION, C(sasl_cache_ttl_ms), "1h", NULL,
+     "with cache_size: how long a success is answered from the cache "
+     "(0 = successes not cached)"},
+    {"sasl", "cache_negative_ttl", K_DURATION,
+     C(sasl_cache_negative_ttl_ms), "5m", NULL,
+     "with cache_size: how long a wrong password or unknown user is "
+     "answered from the cache (0 = failures not cached)"},
 
     {"upstream", "server", K_SERVER, 0, NULL, NULL,
      "host:port of the MTA; repeatable, tried in order"},
@@ -1341,6 +1351,10 @@ static void validate(struct loader *ld)
 	if (c->sasl_threads == 0 || c->sasl_threads > 60) {
 		sg_where w = sg_config_where(c, "sasl", "threads");
 		sg_errors_add(ld->errs, &w, "threads must be 1 to 60");
+	}
+	if (c->sasl_cache_size > 1000000) {
+		sg_where w = sg_config_where(c, "sasl", "cache_size");
+		sg_errors_add(ld->errs, &w, "cache_size must be 0 to 1000000");
 	}
 	if (c->max_message_size < 1024) {
 		sg_where w = sg_config_where(c, "limits", "max_message_size");

@@ -125,6 +125,9 @@ typedef struct sg_config {
 	                                  after a failure; "" = none */
 	unsigned sasl_threads;         /* Cyrus calls that may wait on a
 	                                  slow backend; sizes the pool */
+	unsigned sasl_cache_size;      /* credential cache entries; 0 = off */
+	uint64_t sasl_cache_ttl_ms;    /* a success is answered from it this long */
+	uint64_t sasl_cache_negative_ttl_ms; /* a failure; 0 = never cached */
 	sg_kv *sasl_opts;              /* every other [sasl] key, in order */
 	size_t nsasl_opts;
 

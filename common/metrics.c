@@ -164,6 +164,7 @@ void sg_metrics_upstream_fail(const char *upstream)
 void sg_metrics_failover(void) { inc(&me()->failovers, 1); }
 void sg_metrics_unavailable(void) { inc(&me()->unavailable, 1); }
 void sg_metrics_pool(enum sg_mpool result) { inc(&me()->pool[result], 1); }
+void sg_metrics_auth_cache(bool hit) { inc(&me()->auth_cache[hit], 1); }
 void sg_metrics_refusal(enum sg_mrefusal why) { inc(&me()->refusals[why], 1); }
 void sg_metrics_stripped(void) { inc(&me()->stripped, 1); }
 
@@ -343,6 +344,13 @@ static void render_auth(const sg_metrics_snapshot *s, sg_buf *out)
 		histogram(out, "saslgate_auth_duration_seconds", labels,
 		          &m->auth_time[r]);
 	}
+	family(out, "saslgate_auth_cache_total", "counter",
+	       "PLAIN/LOGIN logins looked up in the credential cache "
+	       "([sasl] cache_size): answered from it (hit) or not (miss)");
+	sample(out, "saslgate_auth_cache_total", "result", "hit", NULL,
+	       m->auth_cache[1]);
+	sample(out, "saslgate_auth_cache_total", "result", "miss", NULL,
+	       m->auth_cache[0]);
 	family(out, "saslgate_sasl_queue_depth", "gauge",
 	       "Cyrus SASL calls queued or running on the thread pool");
 	sample(out, "saslgate_sasl_queue_depth", NULL, NULL, NULL,

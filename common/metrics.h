@@ -64,6 +64,7 @@ typedef struct sg_metrics_slot {
 	uint64_t failovers;
 	uint64_t unavailable;
 	uint64_t pool[SG_MP_N];
+	uint64_t auth_cache[2];           /* credential cache: miss, hit */
 	uint64_t refusals[SG_MR_N];
 	uint64_t stripped;
 	uint64_t policy[SG_M_VALUES];     /* per action */
@@ -104,6 +105,9 @@ void sg_metrics_upstream_fail(const char *upstream);
 void sg_metrics_failover(void);
 void sg_metrics_unavailable(void);
 void sg_metrics_pool(enum sg_mpool result);
+/* [sasl] cache_size: a PLAIN/LOGIN login looked up in the credential
+ * cache, found (hit) or not */
+void sg_metrics_auth_cache(bool hit);
 void sg_metrics_refusal(enum sg_mrefusal why);
 void sg_metrics_stripped(void);
 /* A policy decision as its event=policy line logs it (proxy/policy_cmd.c):

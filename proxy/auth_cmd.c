@@ -39,9 +39,10 @@ static void set_tried_n(sg_session *s, const char *p, size_t len)
 
 static void log_auth(sg_session *s, const char *result, const char *reason)
 {
-	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s", result,
+	log_info(s->id, "event=auth result=%s%s%s client=%s mech=%s%s%s%s", result,
 	         s->auth.tried && s->auth.tried[0] ? " user=" : "", s->auth.tried ? s->auth.tried : "",
 	         s->client_ip, s->auth.mech,
+	         sg_auth_cached(s->auth.sasl) ? " cached=yes" : "",
 	         reason ? " reason=" : "", reason ? reason : "");
 	sg_metrics_auth(s->auth.mech,
 	                *result == 'o'   ? SG_MA_OK
@@ -215,10 +216,16 @@ static void on_sasl_wait(uv_timer_t *t)
 /* After sg_auth_start/step: the call's answer is awaited for at most
  * SG_SASL_WAIT_MS (the delay timer is free: failure_delay starts only with
  * the answer).  A call that could not even be queued gets 454 now (its
- * callback will never come). */
+ * callback will never come).  The credential cache's answer (r = 1) is
+ * taken as the call's would be: the same link open and 235, the same
+ * failure count, failure_delay and 535. */
 static void sasl_called(sg_session *s, int r)
 {
-	if (r >= 0) {
+	if (r > 0) {
+		on_auth_result(s, sg_auth_answer(s->auth.sasl), NULL, 0);
+		return;
+	}
+	if (r == 0) {
 		s->delay.data = s;
 		uv_timer_start(&s->delay, on_sasl_wait, SG_SASL_WAIT_MS, 0);
 		return;

@@ -365,6 +365,7 @@ static void drain_poll(uv_timer_t *t)
 		sg_link_pool_shutdown(&w->loop); /* and the upstream's */
 		uv_close((uv_handle_t *)&w->stop_timer, NULL);
 		uv_close((uv_handle_t *)&w->wake, NULL);
+		uv_close((uv_handle_t *)&w->log_flush, NULL);
 	}
 }
 
@@ -415,11 +416,23 @@ static void on_wake(uv_async_t *a)
 		worker_begin_stop(w);
 }
 
+/* Before the loop waits for I/O: whatever its callbacks logged since the
+ * last wait, in one write.  A prepare handle runs once per iteration, after
+ * timers and before the poll; the lines of the poll's callbacks, the close
+ * callbacks and the next timers go out before the next wait. */
+static void on_log_flush(uv_prepare_t *p)
+{
+	(void)p;
+	sg_log_flush();
+}
+
 static void worker_main(void *arg)
 {
 	sg_worker *w = arg;
 	sg_metrics_bind(w->id); /* its own counting slot */
+	sg_log_hold(1);
 	uv_run(&w->loop, UV_RUN_DEFAULT);
+	sg_log_hold(0); /* the last iteration's lines */
 }
 
 /* ------------------------------------------------------------- main loop */
@@ -460,6 +473,9 @@ static void reload(struct sg_server *srv)
 	sg_errors errs = {0};
 	sd_notify(0, "RELOADING=1");
 	log_info(NULL, "reload: reading %s", srv->cfg->path);
+	/* SIGHUP empties the credential cache even when the new file is
+	 * refused: the admin's way to make a password change count now */
+	sg_sasl_cache_flush();
 	sg_config *nc = sg_config_load(srv->cfg->path, &errs);
 	sg_tls_ctx *nt = NULL;
 	if (nc && needs_tls(nc))
@@ -570,6 +586,9 @@ static int worker_init(struct sg_server *srv, int i, sg_errors *errs)
 	w->wake.data = w;
 	uv_timer_init(&w->loop, &w->stop_timer);
 	w->stop_timer.data = w;
+	uv_prepare_init(&w->loop, &w->log_flush);
+	uv_prepare_start(&w->log_flush, on_log_flush);
+	uv_unref((uv_handle_t *)&w->log_flush); /* keeps no loop alive */
 	w->spare_fd = spare_open();
 	w->nlisteners = cfg->nlisteners;
 	w->listeners = sg_xcalloc(cfg->nlisteners, sizeof *w->listeners);

@@ -37,11 +37,25 @@
  * the after-callback frees it (libuv runs that callback even then).  A call
  * still waiting in its loop's line is taken out and freed at once: a
  * session that gave up on it (closed, or tired of waiting) costs the
- * backend nothing. */
+ * backend nothing.
+ *
+ * Credential cache ([sasl] cache_size, sasl/authcache.h).  The response that
+ * completes a PLAIN or LOGIN login (PLAIN's message without an authzid,
+ * LOGIN's password) is looked up before it would go to the pool: a hit
+ * answers at once, on the loop thread, with what the backend said for the
+ * same login and password (the identity Cyrus reported, or a failure), and
+ * Cyrus is not called.  A miss goes to Cyrus as always, and its answer, a
+ * success or a wrong password / unknown user (never a temporary failure,
+ * never one the backend probe blamed on the backend), is stored.  PLAIN
+ * and LOGIN hand Cyrus' canonicaliser and checkpass the same login and
+ * password, so they share entries; a PLAIN with an authzid, and every other
+ * mechanism, always goes to Cyrus. */
 #include "auth.h"
+#include "authcache.h"
 #include "sasl_int.h"
 #include "../common/log.h"
 #include "../common/mem.h"
+#include "../common/metrics.h"
 
 #include <ctype.h>
 #include <stdint.h>
@@ -120,6 +134,15 @@ struct sg_auth {
 
 	char *user, *authcid;           /* set when authenticated */
 	char *pend_user, *pend_authcid; /* during pending_ok */
+
+	/* credential cache */
+	unsigned nresp;    /* client responses in this exchange (IR included) */
+	char *login_name;  /* LOGIN: the first response, the login */
+	size_t login_len;
+	bool ck_set;       /* this call completes a login the cache takes */
+	unsigned char ck[SG_ACACHE_KEY_LEN]; /* and its entry key */
+	bool cached;       /* the last answer came from the cache */
+	int answer;        /* that answer */
 };
 
 /* Cyrus stores every callback as int (*)(void); the detour through
@@ -136,6 +159,7 @@ static uv_mutex_t g_lock;         /* g_cfg, g_interned */
 static sg_config *g_cfg;          /* the newest configuration (reference) */
 static struct interned *g_interned; /* answers of the global getopt */
 static bool g_active;             /* sasl_server_init done */
+static sg_acache *g_cache;        /* credential cache (NULL: none) */
 static unsigned g_threads;        /* [sasl] threads at start (0: no limit) */
 static unsigned g_inflight;       /* Cyrus calls queued or running; atomic */
 static uint64_t g_progress_ms;    /* a Cyrus call ended / work began; atomic */
@@ -436,6 +460,8 @@ static void destroy(sg_auth *a)
 	free(a->authcid);
 	free(a->pend_user);
 	free(a->pend_authcid);
+	free(a->login_name);
+	explicit_bzero(a->ck, sizeof a->ck);
 	sg_config_unref(a->cfg);
 	free(a);
 }
@@ -479,6 +505,10 @@ static void clear_exchange(sg_auth *a)
 {
 	a->started = false;
 	a->pending_ok = false;
+	a->nresp = 0;
+	free(a->login_name);
+	a->login_name = NULL;
+	a->login_len = 0;
 	free(a->pend_user);
 	free(a->pend_authcid);
 	a->pend_user = a->pend_authcid = NULL;
@@ -495,6 +525,7 @@ void sg_auth_reset(sg_auth *a)
 		return;
 	}
 	clear_exchange(a);
+	a->cached = false;
 }
 
 const char *sg_auth_user(sg_auth *a)
@@ -505,6 +536,117 @@ const char *sg_auth_user(sg_auth *a)
 const char *sg_auth_authcid(sg_auth *a)
 {
 	return a ? a->authcid : NULL;
+}
+
+/* ---- credential cache ------------------------------------------------- */
+
+static uint64_t now_ms(void)
+{
+	return uv_hrtime() / 1000000;
+}
+
+/* Does this response (in, inlen: decoded) complete a login the cache
+ * takes?  Then a->ck is its entry key.  PLAIN (RFC 4616): an empty
+ * authzid, NUL, the login, NUL, the password; Cyrus refuses a NUL in the
+ * password, and so does sg_acache_key.  LOGIN: the first response is the
+ * login (kept, as Cyrus reads it: the whole response), the second the
+ * password. */
+static void cache_key(sg_auth *a, const char *in, unsigned inlen)
+{
+	a->ck_set = false;
+	if (!sg_acache_on(g_cache))
+		return;
+	a->nresp++;
+	if (strcmp(a->mech, "PLAIN") == 0) {
+		const char *end = in + inlen, *z;
+		if (a->nresp != 1 || inlen < 2 || in[0] != '\0' ||
+		    !(z = memchr(in + 1, '\0', inlen - 1)))
+			return;
+		a->ck_set = sg_acache_key(g_cache, in + 1, (size_t)(z - in - 1),
+		                          z + 1, (size_t)(end - z - 1), a->ck) == 0;
+	} else if (strcmp(a->mech, "LOGIN") == 0) {
+		if (a->nresp == 1) {
+			free(a->login_name);
+			a->login_name = NULL;
+			if (inlen && inlen <= SG_ACACHE_CRED_MAX &&
+			    !memchr(in, '\0', inlen)) {
+				a->login_name = sg_xstrndup(in, inlen);
+				a->login_len = inlen;
+			}
+		} else if (a->nresp == 2 && a->login_name) {
+			a->ck_set = sg_acache_key(g_cache, a->login_name,
+			                          a->login_len, in, inlen, a->ck) == 0;
+		}
+	}
+}
+
+/* Look the login a->ck names up.  A hit ends the exchange as Cyrus' answer
+ * would: true, with a->answer (and the identity, on success). */
+static bool cache_answer(sg_auth *a)
+{
+	char *user = NULL, *authcid = NULL;
+	if (!a->ck_set)
+		return false;
+	enum sg_acache_hit h =
+	    sg_acache_get(g_cache, a->cfg, a->ck, now_ms(), &user, &authcid);
+	sg_metrics_auth_cache(h != SG_ACACHE_MISS);
+	if (h == SG_ACACHE_MISS)
+		return false;
+	a->ck_set = false;
+	explicit_bzero(a->ck, sizeof a->ck);
+	a->cached = true;
+	clear_exchange(a);
+	if (h == SG_ACACHE_OK) {
+		/* the Cyrus connection did not see this success: any later
+		 * AUTH (after a 454 from the upstream) starts on a new one, as
+		 * after one it saw */
+		a->conn_done = true;
+		free(a->user);
+		free(a->authcid);
+		a->user = user;
+		a->authcid = authcid;
+		a->answer = SG_AUTH_OK;
+	} else {
+		a->answer = SG_AUTH_FAIL;
+	}
+	return true;
+}
+
+/* Keep what Cyrus answered for the login a->ck names: a success with its
+ * identity for cache_ttl, a wrong password or unknown user for
+ * cache_negative_ttl.  Nothing else (a temporary failure, a failure the
+ * backend probe put down to the backend, a success with data). */
+static void cache_store(sg_auth *a, int res)
+{
+	if (!a->ck_set)
+		return;
+	a->ck_set = false;
+	uint64_t now = now_ms();
+	if (res == SG_AUTH_OK && a->user && strlen(a->user) <= SG_ACACHE_CRED_MAX &&
+	    a->cfg->sasl_cache_ttl_ms)
+		sg_acache_put(g_cache, a->cfg, a->ck, true, a->user, a->authcid,
+		              now + a->cfg->sasl_cache_ttl_ms);
+	else if (res == SG_AUTH_FAIL && !a->backend_down &&
+	         (a->rc == SASL_BADAUTH || a->rc == SASL_NOUSER) &&
+	         a->cfg->sasl_cache_negative_ttl_ms)
+		sg_acache_put(g_cache, a->cfg, a->ck, false, NULL, NULL,
+		              now + a->cfg->sasl_cache_negative_ttl_ms);
+	explicit_bzero(a->ck, sizeof a->ck);
+}
+
+bool sg_auth_cached(sg_auth *a)
+{
+	return a && a->cached;
+}
+
+int sg_auth_answer(sg_auth *a)
+{
+	return a && a->cached ? a->answer : SG_AUTH_TEMPFAIL;
+}
+
+void sg_sasl_cache_flush(void)
+{
+	sg_acache_flush(g_cache);
 }
 
 /* Postfix' normalisation (xsasl_cyrus_server.c): an unknown user is a bad
@@ -685,6 +827,8 @@ static void after_work(uv_work_t *w, int status)
 		a->authcid = a->pend_authcid;
 		a->pend_user = a->pend_authcid = NULL;
 		clear_exchange(a);
+		if (from_cyrus)
+			cache_store(a, res);
 		break;
 	case SG_AUTH_CONTINUE:
 		out = a->out ? a->out : "";
@@ -697,8 +841,11 @@ static void after_work(uv_work_t *w, int status)
 			         "as a temporary failure",
 			         a->why);
 		clear_exchange(a);
+		if (from_cyrus)
+			cache_store(a, res);
 		break;
 	}
+	a->ck_set = false;
 	call_back(a, res, out, outlen);
 }
 
@@ -861,6 +1008,14 @@ int sg_auth_start(sg_auth *a, uv_loop_t *loop, const char *mech,
 		a->preset = SG_AUTH_BADPROT;
 	if (a->preset < 0)
 		a->started = true;
+	a->cached = false;
+	a->ck_set = false;
+	a->nresp = 0;
+	if (a->preset < 0 && has_initial) {
+		cache_key(a, in, inlen);
+		if (cache_answer(a))
+			return 1;
+	}
 	a->is_start = true;
 	a->has_initial = has_initial;
 	copy_in(a, in, has_initial && inlen <= SG_AUTH_IN_MAX ? inlen : 0);
@@ -878,6 +1033,13 @@ int sg_auth_step(sg_auth *a, uv_loop_t *loop, const char *in, unsigned inlen,
 		a->preset = inlen == 0 ? SG_AUTH_OK : SG_AUTH_BADPROT;
 	else if (inlen > SG_AUTH_IN_MAX)
 		a->preset = SG_AUTH_BADPROT;
+	a->cached = false;
+	a->ck_set = false;
+	if (a->preset < 0) {
+		cache_key(a, in, inlen);
+		if (cache_answer(a))
+			return 1;
+	}
 	a->is_start = false;
 	copy_in(a, in, inlen <= SG_AUTH_IN_MAX ? inlen : 0);
 	if (a->preset == SG_AUTH_OK) {
@@ -1006,6 +1168,9 @@ static int apply(const sg_config *cfg, sg_errors *errs, bool initial)
 	if (sg_sender_map_load(cfg, errs, true) < 0)
 		return -1; /* changed since the check a moment ago */
 	set_global_cfg(cfg);
+	/* a reload empties the cache; entries only for this configuration */
+	if (g_cache)
+		sg_acache_reset(g_cache, cfg->sasl_cache_size, cfg);
 	const char *pw = sg_sasl_opt(cfg, "pwcheck_method");
 	const char *ap = sg_sasl_opt(cfg, "auxprop_plugin");
 	log_info(NULL,
@@ -1037,6 +1202,9 @@ int sg_sasl_init(const sg_config *cfg, sg_errors *errs)
 	if (g_active)
 		sg_sasl_done();
 	set_global_cfg(cfg);
+	if (!g_cache && !(g_cache = sg_acache_new(0)))
+		log_warn(NULL, "sasl: no randomness for the credential cache's key: "
+		               "cache off");
 	int rc = sasl_server_init(global_cbs, NULL);
 	if (rc != SASL_OK) {
 		sg_where w = {cfg->path, 0};
@@ -1068,6 +1236,8 @@ void sg_sasl_done(void)
 		sasl_server_done();
 	g_active = false;
 	set_global_cfg(NULL);
+	sg_acache_free(g_cache);
+	g_cache = NULL;
 	uv_mutex_lock(&g_lock);
 	while (g_interned) {
 		struct interned *i = g_interned;

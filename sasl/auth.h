@@ -82,7 +82,11 @@ typedef void (*sg_auth_cb)(void *arg, int result, const char *challenge,
                            unsigned len);
 
 /* in/inlen: the decoded initial response; has_initial = false when the
- * client sent none (distinct from "=", an empty one). */
+ * client sent none (distinct from "=", an empty one).
+ * Both return 0 when the call is under way (cb comes later, from the loop),
+ * -1 when it could not start (cb never comes), and 1 when the credential
+ * cache ([sasl] cache_size) answered at once: cb is not called, and
+ * sg_auth_answer() is SG_AUTH_OK (sg_auth_user() set) or SG_AUTH_FAIL. */
 int sg_auth_start(sg_auth *a, uv_loop_t *loop, const char *mech,
                   const char *in, unsigned inlen, bool has_initial,
                   sg_auth_cb cb, void *arg);
@@ -90,6 +94,13 @@ int sg_auth_step(sg_auth *a, uv_loop_t *loop, const char *in, unsigned inlen,
                  sg_auth_cb cb, void *arg);
 /* Forget a half-done exchange (after "*" or a 5xx) so AUTH can start again. */
 void sg_auth_reset(sg_auth *a);
+
+/* The answer of a call that returned 1; sg_auth_cached(): the last
+ * answer (until the next start/step) came from the credential cache. */
+int sg_auth_answer(sg_auth *a);
+bool sg_auth_cached(sg_auth *a);
+/* Empty the credential cache (SIGHUP; a reload also resizes it). */
+void sg_sasl_cache_flush(void);
 
 const char *sg_auth_user(sg_auth *a);   /* authorized identity, NULL if none */
 const char *sg_auth_authcid(sg_auth *a); /* login used, for logs */
