@@ -331,8 +331,20 @@ void sg_cmd_settle(sg_session *s, int verb, const sg_reply *r)
 		}
 		break;
 	case V_RSET:
-		if (ok)
+		if (ok) {
 			sg_cmd_txn_reset(s);
+		} else if (s->bdat.open) {
+			/* link.h: a command gives the chunked message up at the
+			 * link, whatever the upstream answers.  The transaction
+			 * a refused RSET leaves has no message any more: its
+			 * later chunks are dropped and answered 503 until the
+			 * LAST (or an RSET taken) ends it, never fed to a link
+			 * that would swallow them (and the LAST's reply with
+			 * them: the client would wait for ever). */
+			char text[512];
+			size_t n = sg_reply_text(s, SG_R_BAD_SEQ, text, sizeof text);
+			sg_session_bdat_fail(s, text, n);
+		}
 		break;
 	default:
 		break;

@@ -37,7 +37,9 @@
  *     command the session relayed for the client, in the order given and
  *     at most once, or one of the replies the session makes itself where
  *     no upstream is involved (check_reply); every 2xx or 354 the
- *     upstream gives carries a token "[uN]" that tells them apart;
+ *     upstream gives carries a token "[uN]" that tells them apart; and
+ *     none of the session's own 2xx comes between a relayed command and
+ *     its reply (the order of the commands, RFC 2920);
  *  2. every line handed to a link is CRLF-terminated printable text of at
  *     most SG_UPSTREAM_LINE_MAX octets;
  *  3. nothing is handed to a link before its ready got a 2xx (the identity
@@ -59,10 +61,10 @@
  *     the link paused the session, which makes the cuts matter). */
 #include <stdint.h>
 #include <stdio.h>
-#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 
 #include "../../common/buf.h"
 #include "../../proxy/reply_queue.h"
@@ -162,16 +164,20 @@ static const char *const canned[32] = {
 
 static run the_run; /* one at a time, as the driver */
 
-/* What the run did so far. */
+/* What the run did so far (octets as they are, NULs included). */
 static void dump(void)
 {
 	run *r = &the_run;
-	fprintf(stderr, "--- client sent:\n%.*s\n--- client got:\n%.*s"
-	        "--- link lines:\n%s--- message octets:\n%.*s\n---\n",
-	        (int)r->sent.len, r->sent.data ? r->sent.data : "",
-	        (int)r->got.len, r->got.data ? r->got.data : "",
-	        link_lines(&r->d), (int)r->d.data.len,
-	        r->d.data.data ? r->d.data.data : "");
+	const char *l = link_lines(&r->d);
+	fputs("--- client sent:\n", stderr);
+	fwrite(r->sent.data ? r->sent.data : "", 1, r->sent.len, stderr);
+	fputs("\n--- client got:\n", stderr);
+	fwrite(r->got.data ? r->got.data : "", 1, r->got.len, stderr);
+	fputs("--- link lines:\n", stderr);
+	fwrite(l, 1, strlen(l), stderr);
+	fputs("--- message octets:\n", stderr);
+	fwrite(r->d.data.data ? r->d.data.data : "", 1, r->d.data.len, stderr);
+	fputs("\n---\n", stderr);
 }
 
 /* A MAIL line longer than the upstream reads whole (link.h
@@ -455,7 +461,8 @@ static void check_lines(run *r)
 {
 	drv *d = &r->d;
 	if (d->misuse)
-		FAIL("a call on a closed link (%u)", d->misuse);
+		FAIL("the link misused (%u): a call after sg_link_close, or "
+		     "BDAT octets without a message", d->misuse);
 	for (; r->lines_ok < d->ncmd; r->lines_ok++) {
 		const drv_cmd *c = &d->cmd[r->lines_ok];
 		if (c->early)
@@ -772,7 +779,7 @@ static void free_run(run *r)
 	if (drv_stop(&r->d) != 0)
 		FAIL("drv_stop: a session or handle left");
 	if (r->d.misuse)
-		FAIL("a call on a closed link while closing (%u)", r->d.misuse);
+		FAIL("the link misused while closing (%u)", r->d.misuse);
 	for (size_t i = 0; i < r->ngv; i++)
 		free(r->gv[i].text);
 	free(r->gv);

@@ -85,7 +85,8 @@ typedef struct drv {
 	struct sg_link *cur;     /* the newest */
 	unsigned nopen;          /* sg_link_open calls */
 	unsigned nclose;         /* sg_link_close calls */
-	unsigned misuse;         /* calls on a closed link: a session bug */
+	unsigned misuse;         /* calls on a closed link, BDAT octets
+	                          * without a message: a session bug */
 	drv_cmd *cmd;            /* every command, in order */
 	void (*on_command)(struct drv *d, size_t i); /* called as each is
 	                          * recorded (NULL: none), from inside the

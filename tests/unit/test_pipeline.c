@@ -10,7 +10,8 @@
  * of the commands, together, once the group is answered; a 2xx or 354 for
  * a command refused to the client closes the link (fail closed); a lost
  * upstream never leaves the client waiting; a half-closed client gets
- * every reply before the close.  When exactly a refused group's replies
+ * every reply before the close; chunks after an RSET the upstream refused
+ * are answered, never fed to the link.  When exactly a refused group's replies
  * go out, and how early a RCPT held back by max_recipients is relayed,
  * are left open. */
 #include <stdarg.h>
@@ -47,6 +48,7 @@
 #define GATE_HELP "214 2.0.0 See RFC 5321 and RFC 4954\r\n"
 #define GATE_BYE "221 2.0.0 Bye\r\n"
 #define GATE_TOO_MANY_ERR "421 4.7.0 gate.test Too many errors\r\n"
+#define GATE_BAD_SEQ "503 5.5.1 Bad sequence of commands\r\n"
 
 /* A session with EHLO done (extra: config lines, driver.h). */
 static int start(drv *d, const char *extra)
@@ -745,6 +747,41 @@ static void test_half_close(void)
 	stop(&d);
 }
 
+/* An upstream that refuses RSET inside a chunked message (RFC 3030): the
+ * RSET gave the message up at the link whatever its reply (link.h), so
+ * the chunks after it are answered 503 and never fed to the link; the
+ * LAST among them ends the transaction and the session goes on.  (Fed to
+ * a link without a message, a LAST would be swallowed with its reply,
+ * and the client would wait for ever.) */
+static void test_rset_refused_in_bdat(void)
+{
+	drv d;
+	sg_upstream_caps caps = {.probed = true, .pipelining = true,
+	                         .chunking = true};
+	if (!ASSERT_EQ(drv_start(&d, NULL), 0))
+		return;
+	link_set_caps(&caps); /* drv_start clears them */
+	ASSERT_EQ(drv_ehlo(&d), 0);
+	drv_send(&d, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n");
+	ANSWER(&d, U_MAIL, U_RCPT);
+	drv_send(&d, "BDAT 5\r\nhello");
+	drv_run(&d);
+	drv_send(&d, "RSET\r\n");
+	ANSWER(&d, "451 4.3.0 Try again later\r\n");
+	ASSERT_STR_EQ(drv_take(&d), U_MAIL U_RCPT "250 2.0.0 5 octets received\r\n"
+	              "451 4.3.0 Try again later\r\n");
+	drv_send(&d, "BDAT 3\r\nabcBDAT 3 LAST\r\nend");
+	drv_run(&d);
+	ASSERT_STR_EQ(drv_take(&d), GATE_BAD_SEQ GATE_BAD_SEQ);
+	ASSERT_EQ(d.data.len, 5u, "only the chunk before the RSET");
+	ASSERT_EQ(d.ndata_end, 0u);
+	ASSERT_EQ(link_unanswered(&d), 0u);
+	drv_send(&d, "MAIL FROM:<a@example.org>\r\n");
+	ANSWER(&d, U_MAIL);
+	ASSERT_STR_EQ(drv_take(&d), U_MAIL);
+	stop(&d);
+}
+
 /* QUIT at the end of a group: the replies before it, then 221 and the
  * close; QUIT is not relayed. */
 static void test_quit_in_group(void)
@@ -789,5 +826,6 @@ int main(void)
 	test_lost_in_data();
 	test_half_close();
 	test_quit_in_group();
+	test_rset_refused_in_bdat();
 	return CHECK_SUMMARY();
 }
