@@ -1,12 +1,25 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* common/log.c: one writer for every log line.
  *
- * Lines go to stderr in one write(2) each so lines of different worker
- * threads never interleave.  Under systemd (JOURNAL_STREAM set) the journal
- * adds time and priority itself, so we prefix "<N>" (sd-daemon(3) levels) and
- * no timestamp; otherwise an ISO-8601 UTC timestamp starts the line. */
+ * Lines go to stderr, whole lines per write(2) and at most PIPE_BUF octets
+ * per write when it carries more than one, so lines of different threads
+ * never interleave (a pipe writes that much atomically).  A thread that
+ * holds its lines (sg_log_hold: a worker, from its loop) collects them in
+ * a buffer of its own and writes them when its loop is about to wait
+ * (sg_log_flush), so one loop iteration's lines cost one write instead of
+ * one each; an error line goes out at once with those before it.  Other
+ * threads (the main one, the thread pool's) write each line at once.
+ *
+ * Under systemd (JOURNAL_STREAM set) the journal adds time and priority
+ * itself, so we prefix "<N>" (sd-daemon(3) levels) and no timestamp;
+ * otherwise an ISO-8601 UTC timestamp starts the line.  journald reads a
+ * stream line by line, each with its own "<N>", so several lines in one
+ * write are still one record each. */
 #include "log.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +28,67 @@
 #include <unistd.h>
 
 int sg_log_level = SG_LOG_INFO;
+
+/* A holding thread's lines not yet written. */
+#define HOLD_SIZE 16384
+static __thread char *held;
+static __thread size_t held_len;
+
+/* All of p..p+n, or as much as the descriptor takes (a log line that
+ * cannot be written is dropped, as before). */
+static void write_all(const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(STDERR_FILENO, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return;
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+/* Whole lines, at most PIPE_BUF octets a write unless one line is longer
+ * (that one alone, as an unheld line would go). */
+static void write_lines(const char *p, size_t n)
+{
+	while (n > 0) {
+		size_t k = 0;
+		for (;;) {
+			const char *nl = memchr(p + k, '\n', n - k);
+			size_t next = nl ? (size_t)(nl - p) + 1 : n;
+			if (k > 0 && next > PIPE_BUF)
+				break;
+			k = next;
+			if (k >= n || k >= PIPE_BUF)
+				break;
+		}
+		write_all(p, k);
+		p += k;
+		n -= k;
+	}
+}
+
+void sg_log_flush(void)
+{
+	if (held && held_len) {
+		write_lines(held, held_len);
+		held_len = 0;
+	}
+}
+
+void sg_log_hold(int on)
+{
+	if (on) {
+		if (!held)
+			held = malloc(HOLD_SIZE); /* none: lines go out one by one */
+		return;
+	}
+	sg_log_flush();
+	free(held);
+	held = NULL;
+}
 
 static const char *const level_name[] = {"error", "warn", "info", "debug"};
 static const int level_prio[] = {3, 4, 6, 7}; /* LOG_ERR .. LOG_DEBUG */
@@ -74,8 +148,16 @@ void sg_vlog(int level, const char *sid, const char *fmt, va_list ap)
 		if (line[i] == '\n' || line[i] == '\r')
 			line[i] = ' ';
 	line[n++] = '\n';
-	ssize_t w = write(STDERR_FILENO, line, n);
-	(void)w;
+	if (!held) {
+		write_all(line, n);
+		return;
+	}
+	if (held_len + n > HOLD_SIZE) /* n <= sizeof line < HOLD_SIZE */
+		sg_log_flush();
+	memcpy(held + held_len, line, n);
+	held_len += n;
+	if (level == SG_LOG_ERROR)
+		sg_log_flush(); /* an error may be the last line before an abort */
 }
 
 void sg_log(int level, const char *sid, const char *fmt, ...)

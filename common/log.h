@@ -21,6 +21,15 @@ void sg_vlog(int level, const char *sid, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 int sg_log_level_parse(const char *s); /* -1 when not a level name */
 
+/* Hold this thread's lines until sg_log_flush() (on != 0), or write what
+ * is held and stop holding (on == 0).  A thread running an event loop
+ * holds and flushes before the loop waits, so the lines of one iteration
+ * go out in one write(2); error lines are written at once with whatever
+ * is held before them.  Threads that never call this write each line at
+ * once. */
+void sg_log_hold(int on);
+void sg_log_flush(void);
+
 /* Copy a client-supplied name (a verb, an address) into dst (max octets,
  * NUL included; longer text is cut) for a log line: every octet that is
  * blank, a control, non-ASCII, '=' or '"' becomes '?', so a value such as

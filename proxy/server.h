@@ -38,6 +38,7 @@ typedef struct sg_worker {
 	struct sg_mhttp *metrics; /* its [metrics] listener, NULL when off */
 	uv_async_t wake;       /* main thread -> worker: reload or stop */
 	uv_timer_t stop_timer; /* polls sessions during shutdown */
+	uv_prepare_t log_flush; /* writes the iteration's log lines (log.h) */
 	uint64_t stop_started;  /* loop time the shutdown began */
 	struct sg_session *sessions; /* intrusive doubly linked list */
 	unsigned nsessions;
