@@ -22,9 +22,10 @@
  *   3        the upstream answers the oldest unanswered command with reply
  *            op >> 3 of the table (reply_for);
  *   4        the same for every unanswered command (at most 16);
- *   5        op bit 3 clear: the newest link loses its upstream; set: the
+ *   5        by op bits 3-4: the newest link loses its upstream; the
  *            worker stops gracefully (sg_session_drain_all, as SIGTERM:
- *            sessions close once their transaction is over);
+ *            sessions close once their transaction is over); the upstream
+ *            refuses a chunk of the open chunked message; a lost link;
  *   6        a held ready gets a 2xx (op bit 3 clear) or a 4xx; op bits 4-5
  *            set what the next links' ready gets (0 keep, then as byte 0);
  *   7        by op bits 3-4: the client half-closes; only a run; the link
@@ -462,7 +463,7 @@ static void check_lines(run *r)
 	drv *d = &r->d;
 	if (d->misuse)
 		FAIL("the link misused (%u): a call after sg_link_close, or "
-		     "BDAT octets without a message", d->misuse);
+		     "BDAT octets or status without a message", d->misuse);
 	for (; r->lines_ok < d->ncmd; r->lines_ok++) {
 		const drv_cmd *c = &d->cmd[r->lines_ok];
 		if (c->early)
@@ -738,8 +739,10 @@ static void exec_program(const uint8_t *data, size_t size, bool split)
 				;
 			break;
 		case 5:
-			if (op & 0x08)
+			if (((op >> 3) & 3) == 1)
 				sg_session_drain_all(&r->d.w, false);
+			else if (((op >> 3) & 3) == 2)
+				link_refuse_chunk(&r->d, "554 5.6.0 Chunk refused\r\n");
 			else
 				link_lose(&r->d); /* none open: nothing happens */
 			break;

@@ -85,8 +85,8 @@ typedef struct drv {
 	struct sg_link *cur;     /* the newest */
 	unsigned nopen;          /* sg_link_open calls */
 	unsigned nclose;         /* sg_link_close calls */
-	unsigned misuse;         /* calls on a closed link, BDAT octets
-	                          * without a message: a session bug */
+	unsigned misuse;         /* calls on a closed link, BDAT octets or
+	                          * status without a message: a session bug */
 	drv_cmd *cmd;            /* every command, in order */
 	void (*on_command)(struct drv *d, size_t i); /* called as each is
 	                          * recorded (NULL: none), from inside the
@@ -158,6 +158,11 @@ int link_reply(drv *d, const char *text);
  * handed to it later get DRV_LOST too (the real link would reconnect).
  * -1 when there is no open link. */
 int link_lose(drv *d);
+/* The upstream refuses a chunk of the newest link's chunked message: from
+ * now on sg_link_bdat_status gives text (a 4xx/5xx line, CRLF included)
+ * and the LAST's reply is text, as the real link's after a refused BDAT.
+ * -1 when that link has no chunked message open. */
+int link_refuse_chunk(drv *d, const char *text);
 /* A link that paused the session (d->pausing) drains at the next drv_run,
  * as the real one does once its write queue is low.  -1 when none is
  * paused. */

@@ -38,6 +38,7 @@ struct sg_link {
 	void (*end_seen)(void *arg); /* sg_link_data_hold_end */
 	bool end_held;    /* the end of data waits for finish or abort */
 	bool paused;      /* a feed set *pause: drain is due */
+	char bdat_err[128]; /* link_refuse_chunk's text; "" while sound */
 	void (*drain)(void *arg);
 	sg_link_cb ready;
 	void *ready_arg;
@@ -254,6 +255,15 @@ int link_lose(drv *d)
 	return 0;
 }
 
+int link_refuse_chunk(drv *d, const char *text)
+{
+	struct sg_link *l = d->cur;
+	if (!l || l->closed || !l->in_data || !l->bdat)
+		return -1;
+	snprintf(l->bdat_err, sizeof l->bdat_err, "%s", text);
+	return 0;
+}
+
 int link_drain(drv *d)
 {
 	for (struct sg_link *l = d->links; l; l = l->next)
@@ -406,6 +416,7 @@ void sg_link_data_begin(sg_link *l, sg_link_cb done, void *arg,
 	l->done_arg = arg;
 	l->drain = drain;
 	l->paused = false;
+	l->bdat_err[0] = '\0';
 	l->end_seen = NULL;
 	l->end_held = false;
 	l->d->qid[0] = '\0';
@@ -535,7 +546,13 @@ size_t sg_link_bdat_feed(sg_link *l, const char *buf, size_t len, bool last,
 	if (last) {
 		l->in_data = l->bdat = false;
 		l->d->ndata_end++;
-		record(l->d, l, NULL, 0, l->done, l->done_arg);
+		size_t i = record(l->d, l, NULL, 0, l->done, l->done_arg);
+		/* a refused chunk failed the message: the refusal is the
+		 * LAST's reply, at once (from the loop) */
+		if (l->bdat_err[0] && !l->d->cmd[i].answered) {
+			l->d->cmd[i].answered = true;
+			queue(l->d, EV_REPLY, l, i, l->bdat_err);
+		}
 	}
 	return len;
 }
@@ -544,7 +561,14 @@ const char *sg_link_bdat_status(const sg_link *l)
 {
 	if (closed_use(l, "bdat_status"))
 		return DRV_LOST;
-	return l->lost ? DRV_LOST : NULL;
+	if (!l->in_data || !l->bdat) {
+		l->d->misuse++;
+		fprintf(stderr, "scripted link: BDAT status without a message\n");
+		return DRV_LOST;
+	}
+	if (l->lost)
+		return DRV_LOST;
+	return l->bdat_err[0] ? l->bdat_err : NULL;
 }
 
 void sg_link_bdat_cancel(sg_link *l)
