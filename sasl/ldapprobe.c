@@ -5,38 +5,55 @@
  * directory it cannot reach (saslauthd/auth_ldap.c), and Cyrus turns either
  * into SASL_BADAUTH: on the wire of the saslauthd socket a dead directory
  * looks like a bad password.  So after a failed check saslgate asks the
- * directory itself, the way a client's first packet would: connect, send
- * an anonymous simple bind (RFC 4511 4.2), and take any LDAPMessage back
- * as "alive".  A directory that refuses the connection, or accepts it but
- * answers nothing within the timeout (a hung slapd, a DC that lost its
- * disk), is down, and AUTH gets 454 instead of a 535 that would count
- * against the user.  ldaps:// is probed up to the TCP connection only (no
- * TLS handshake here).  Blocking: call it on a pool thread or from -t. */
+ * directory itself, through OpenLDAP's libldap as saslauthd and ldapdb do:
+ * connect (for ldaps:// with the TLS handshake), send an anonymous simple
+ * bind (RFC 4511 4.2), and take any BindResponse as "alive", an error such
+ * as inappropriateAuthentication or confidentialityRequired included: the
+ * server is there and speaks LDAP.  A directory that refuses the
+ * connection, or accepts it but answers nothing within the timeout (a hung
+ * slapd, a DC that lost its disk, a TLS peer that never finishes the
+ * handshake), is down, and AUTH gets 454 instead of a 535 that would count
+ * against the user.  Blocking: call it on a pool thread or from -t.
+ *
+ * libldap reads ldap.conf, ~/.ldaprc and LDAP* variables once per process.
+ * The probe sets on its own handle every option its verdict depends on
+ * (protocol version, both timeouts, referrals, the certificate check), so
+ * those files cannot turn an answer into silence.  What it leaves to them
+ * (TLS protocol and cipher limits, a source address) is what every libldap
+ * client on the host gets, ldapdb and saslauthd included.  LDAPNOINIT would
+ * skip the files, but it is process-wide and must be set before the first
+ * libldap call of any thread: it would also take ldap.conf's TLS_CACERT
+ * from Cyrus' ldapdb plugin, which runs in this process and uses it for
+ * ldapdb_starttls. */
 #include "sasl_int.h"
 
 #include <errno.h>
-#include <netdb.h>
+#include <ldap.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/time.h>
 #include <time.h>
-#include <unistd.h>
 
 #define SG_LDAP_URI_MAX 512  /* one URI of the list */
-#define SG_LDAP_HOST_MAX 256
-#define SG_LDAPI_DEFAULT "/run/slapd/ldapi" /* Debian's slapd */
 
-/* BindRequest, messageID 1, version 3, name "", simple "" (anonymous). */
-static const unsigned char bind_anon[] = {0x30, 0x0c, 0x02, 0x01, 0x01,
-                                          0x60, 0x07, 0x02, 0x01, 0x03,
-                                          0x04, 0x00, 0x80, 0x00};
-/* UnbindRequest, messageID 2: a polite goodbye. */
-static const unsigned char unbind[] = {0x30, 0x05, 0x02, 0x01,
-                                       0x02, 0x42, 0x00};
+/* Below libldap's TLS layer on an ldaps:// connection: wait for the
+ * server's octets until the probe's deadline, then fail the read.
+ * libldap 2.5 (Debian 12) spins in the TLS handshake without end when a
+ * network timeout is set and the peer says nothing (OpenLDAP ITS#8047,
+ * fixed in 2.6), so the deadline has to be kept underneath it. */
+#define SG_LDAP_DEADLINE_LEVEL (LBER_SBIOD_LEVEL_PROVIDER + 1)
+
+struct probe {
+	int64_t deadline;  /* CLOCK_MONOTONIC, ms */
+	bool connected;    /* the TCP or ldapi connection was made */
+	bool timed_out;    /* the deadline layer gave up waiting */
+	ldap_conncb cb;
+};
 
 static int64_t now_ms(void)
 {
@@ -45,181 +62,192 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int left_ms(int64_t deadline)
+static struct timeval tv_of(int64_t ms)
 {
-	int64_t l = deadline - now_ms();
-	return l > 0 ? (int)l : 0;
+	if (ms < 1)
+		ms = 1; /* {0, 0} would only poll */
+	return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
 
-/* %2F and friends of an ldapi:// path. */
-static void unescape(const char *in, size_t n, char *out, size_t outsz)
+static int deadline_setup(Sockbuf_IO_Desc *d, void *arg)
 {
-	size_t o = 0;
-	for (size_t i = 0; i < n && o + 1 < outsz; i++) {
-		unsigned v;
-		if (in[i] == '%' && i + 2 < n && sscanf(in + i + 1, "%2x", &v) == 1) {
-			out[o++] = (char)v;
-			i += 2;
-		} else {
-			out[o++] = in[i];
-		}
-	}
-	out[o] = '\0';
-}
-
-/* Wait until fd is ready for ev; 0, or -ETIMEDOUT / -errno. */
-static int wait_fd(int fd, short ev, int64_t deadline)
-{
-	struct pollfd p = {.fd = fd, .events = ev};
-	for (;;) {
-		int r = poll(&p, 1, left_ms(deadline));
-		if (r > 0)
-			return 0;
-		if (r == 0)
-			return -ETIMEDOUT;
-		if (errno != EINTR)
-			return -errno;
-	}
-}
-
-static int connect_wait(int fd, const struct sockaddr *sa, socklen_t len,
-                        int64_t deadline)
-{
-	if (connect(fd, sa, len) == 0)
-		return 0;
-	if (errno != EINPROGRESS && errno != EAGAIN)
-		return -errno;
-	int r = wait_fd(fd, POLLOUT, deadline);
-	if (r < 0)
-		return r;
-	int err = 0;
-	socklen_t el = sizeof err;
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
-		return -errno;
-	return -err;
-}
-
-/* Bind anonymously and wait for the first octets of the answer. */
-static int ask(int fd, int64_t deadline)
-{
-	if (send(fd, bind_anon, sizeof bind_anon, MSG_NOSIGNAL) !=
-	    (ssize_t)sizeof bind_anon)
-		return errno ? -errno : -EIO;
-	int r = wait_fd(fd, POLLIN, deadline);
-	if (r < 0)
-		return r;
-	unsigned char b[64];
-	ssize_t n = recv(fd, b, sizeof b, 0);
-	if (n < 0)
-		return -errno;
-	if (n == 0 || b[0] != 0x30)
-		return -EPROTO; /* closed, or not an LDAPMessage */
-	(void)send(fd, unbind, sizeof unbind, MSG_NOSIGNAL);
+	d->sbiod_pvt = arg;
 	return 0;
 }
 
-static int probe_fd(int fd, const struct sockaddr *sa, socklen_t len,
-                    bool talk, int64_t deadline)
+static int deadline_ctrl(Sockbuf_IO_Desc *d, int opt, void *arg)
 {
-	int r = connect_wait(fd, sa, len, deadline);
-	if (r == 0 && talk)
-		r = ask(fd, deadline);
-	close(fd);
-	return r;
+	return LBER_SBIOD_CTRL_NEXT(d, opt, arg);
 }
 
-static int probe_unix(const char *path, int64_t deadline)
+static ber_slen_t deadline_read(Sockbuf_IO_Desc *d, void *buf, ber_len_t len)
 {
-	struct sockaddr_un sun;
-	if (strlen(path) >= sizeof sun.sun_path)
-		return -ENAMETOOLONG;
-	memset(&sun, 0, sizeof sun);
-	sun.sun_family = AF_UNIX;
-	strcpy(sun.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	return probe_fd(fd, (struct sockaddr *)&sun, sizeof sun, true, deadline);
-}
-
-static int probe_inet(const char *host, const char *port, bool talk,
-                      int64_t deadline)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
-	int g = getaddrinfo(host, port, &hints, &res);
-	if (g != 0)
-		return g == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-	int r = -EHOSTUNREACH;
-	for (ai = res; ai && left_ms(deadline) > 0; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family,
-		                ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-		                ai->ai_protocol);
-		if (fd < 0) {
-			r = -errno;
-			continue;
-		}
-		r = probe_fd(fd, ai->ai_addr, ai->ai_addrlen, talk, deadline);
-		if (r == 0)
-			break;
+	struct probe *p = d->sbiod_pvt;
+	ber_socket_t fd = -1;
+	ber_sockbuf_ctrl(d->sbiod_sb, LBER_SB_OPT_GET_FD, &fd);
+	int64_t left = p->deadline - now_ms();
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	int r = poll(&pf, 1, left > 0 ? (int)left : 0);
+	if (r == 0) {
+		p->timed_out = true;
+		errno = ETIMEDOUT;
+		return -1;
 	}
-	freeaddrinfo(res);
-	return r;
+	if (r < 0)
+		return -1; /* EINTR: the layers above try again */
+	return LBER_SBIOD_READ_NEXT(d, buf, len);
 }
 
-/* One URI: 0 when it answered, -errno otherwise, -EINVAL for one we do
- * not understand. */
-static int probe_uri(const char *uri, int64_t deadline)
+static ber_slen_t deadline_write(Sockbuf_IO_Desc *d, void *buf, ber_len_t len)
 {
-	char host[SG_LDAP_HOST_MAX];
-	const char *p, *port;
-	bool talk = true;
+	return LBER_SBIOD_WRITE_NEXT(d, buf, len);
+}
 
-	if (strncasecmp(uri, "ldapi://", 8) == 0) {
-		p = uri + 8;
-		size_t n = strcspn(p, "/?");
-		if (n == 0)
-			return probe_unix(SG_LDAPI_DEFAULT, deadline);
-		unescape(p, n, host, sizeof host);
-		return probe_unix(host, deadline);
-	}
-	if (strncasecmp(uri, "ldap://", 7) == 0) {
-		p = uri + 7;
-		port = "389";
-	} else if (strncasecmp(uri, "ldaps://", 8) == 0) {
-		p = uri + 8;
-		port = "636";
-		talk = false;
-	} else {
+static Sockbuf_IO deadline_io = {
+	.sbi_setup = deadline_setup,
+	.sbi_ctrl = deadline_ctrl,
+	.sbi_read = deadline_read,
+	.sbi_write = deadline_write,
+};
+
+/* Called by libldap once the socket is connected, before any TLS. */
+static int on_connect(LDAP *ld, Sockbuf *sb, LDAPURLDesc *srv,
+                      struct sockaddr *addr, struct ldap_conncb *cb)
+{
+	struct probe *p = cb->lc_arg;
+	p->connected = true;
+	if (srv && srv->lud_scheme && strcasecmp(srv->lud_scheme, "ldaps") == 0)
+		return ber_sockbuf_add_io(sb, &deadline_io, SG_LDAP_DEADLINE_LEVEL,
+		                          p) < 0
+		           ? LDAP_NO_MEMORY
+		           : 0;
+	return 0;
+}
+
+static void on_close(LDAP *ld, Sockbuf *sb, struct ldap_conncb *cb)
+{
+}
+
+/* libldap parses the URI as saslauthd and ldapdb will; only the schemes
+ * of a connection (not cldap://). */
+static bool uri_ok(const char *uri)
+{
+	LDAPURLDesc *lud = NULL;
+	if (ldap_url_parse(uri, &lud) != LDAP_URL_SUCCESS)
+		return false;
+	bool ok = lud->lud_scheme && (strcasecmp(lud->lud_scheme, "ldap") == 0 ||
+	                              strcasecmp(lud->lud_scheme, "ldaps") == 0 ||
+	                              strcasecmp(lud->lud_scheme, "ldapi") == 0);
+	ldap_free_urldesc(lud);
+	return ok;
+}
+
+static int set_options(LDAP *ld, struct probe *p, const char *uri,
+                       unsigned timeout_ms)
+{
+	int v3 = LDAP_VERSION3, allow = LDAP_OPT_X_TLS_ALLOW, client = 0;
+	struct timeval tv = tv_of(timeout_ms);
+
+	if (ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &v3) != LDAP_OPT_SUCCESS ||
+	    ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv) != LDAP_OPT_SUCCESS ||
+	    ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv) != LDAP_OPT_SUCCESS ||
+	    ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF) != LDAP_OPT_SUCCESS ||
+	    ldap_set_option(ld, LDAP_OPT_CONNECT_CB, &p->cb) != LDAP_OPT_SUCCESS)
+		return -1;
+	if (strncasecmp(uri, "ldaps:", 6) != 0)
+		return 0;
+	/* Only liveness is asked and no credential is sent, so the server's
+	 * certificate is not checked: a directory whose CA this host lacks
+	 * still counts as up (saslauthd and ldapdb check it themselves).
+	 * On this handle only; NEWCTX makes its TLS context from it. */
+	if (ldap_set_option(ld, LDAP_OPT_X_TLS_REQUIRE_CERT, &allow) !=
+	        LDAP_OPT_SUCCESS ||
+	    ldap_set_option(ld, LDAP_OPT_X_TLS_NEWCTX, &client) != LDAP_OPT_SUCCESS)
+		return -2;
+	return 0;
+}
+
+static void diag(LDAP *ld, int rc, char *out, size_t outsz)
+{
+	char *msg = NULL;
+	ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &msg);
+	snprintf(out, outsz, "%s", msg && *msg ? msg : ldap_err2string(rc));
+	ldap_memfree(msg);
+}
+
+/* One URI: 0 when it answered, else -errno with reason set. */
+static int probe_uri(const char *uri, unsigned timeout_ms, char *reason,
+                     size_t reasonsz)
+{
+	struct probe p = {.deadline = now_ms() + timeout_ms};
+	struct berval none = {0, NULL};
+	LDAP *ld = NULL;
+	char d[128];
+	int r;
+
+	p.cb = (ldap_conncb){.lc_add = on_connect, .lc_del = on_close,
+	                     .lc_arg = &p};
+	if (!uri_ok(uri) || ldap_initialize(&ld, uri) != LDAP_SUCCESS) {
+		snprintf(reason, reasonsz,
+		         "not an ldap://, ldaps:// or ldapi:// URI");
 		return -EINVAL;
 	}
-	size_t n = strcspn(p, "/?");
-	char hp[SG_LDAP_HOST_MAX];
-	if (n >= sizeof hp)
-		return -ENAMETOOLONG;
-	memcpy(hp, p, n);
-	hp[n] = '\0';
-	char *h = hp, *colon;
-	if (*h == '[') { /* [v6]:port */
-		char *end = strchr(h, ']');
-		if (!end)
-			return -EINVAL;
-		*end = '\0';
-		h++;
-		colon = end[1] == ':' ? end + 1 : NULL;
-	} else {
-		colon = strrchr(h, ':');
+	if ((r = set_options(ld, &p, uri, timeout_ms)) < 0) {
+		snprintf(reason, reasonsz, r == -2 ? "no TLS context (see the TLS_ "
+		                                     "lines of ldap.conf)"
+		                                   : "libldap refused its options");
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return -ENOTSUP;
 	}
-	if (colon) {
-		*colon = '\0';
-		if (colon[1])
-			port = colon + 1;
+
+	errno = 0;
+	int rc = ldap_connect(ld);
+	int err = errno;
+	if (rc != LDAP_SUCCESS) {
+		if (p.timed_out || rc == LDAP_TIMEOUT || err == ETIMEDOUT) {
+			r = -ETIMEDOUT;
+			snprintf(reason, reasonsz, "no answer");
+		} else if (p.connected) { /* only TLS comes after the connection */
+			r = -EPROTO;
+			diag(ld, rc, d, sizeof d);
+			snprintf(reason, reasonsz, "TLS handshake failed (%s)", d);
+		} else if (err == ENOTCONN || err == 0) {
+			/* libldap does not pass the socket's error on: it closes
+			 * a socket whose connect failed with shutdown(2), which
+			 * leaves ENOTCONN.  Failing before the timeout, the
+			 * connection was turned away (a reset, or an ICMP
+			 * unreachable from a firewall's reject).  No socket at
+			 * all (errno 0): the name did not resolve. */
+			r = err ? -ECONNREFUSED : -EHOSTUNREACH;
+			snprintf(reason, reasonsz, "%s",
+			         err ? strerrordesc_np(ECONNREFUSED)
+			             : "host not found");
+		} else {
+			r = -err; /* ldapi://: ENOENT, EACCES, ... */
+			snprintf(reason, reasonsz, "%s", strerrordesc_np(err));
+		}
+		ldap_unbind_ext_s(ld, NULL, NULL);
+		return r;
 	}
-	snprintf(host, sizeof host, "%s", *h ? h : "localhost");
-	return probe_inet(host, port, talk, deadline);
+
+	struct timeval tv = tv_of(p.deadline - now_ms());
+	ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
+	rc = ldap_sasl_bind_s(ld, "", LDAP_SASL_SIMPLE, &none, NULL, NULL, NULL);
+	if (rc >= 0) {
+		r = 0; /* a result code from the server, whichever */
+	} else if (rc == LDAP_TIMEOUT || p.timed_out) {
+		r = -ETIMEDOUT;
+		snprintf(reason, reasonsz, "no answer");
+	} else { /* closed, or octets that are no LDAPMessage */
+		r = -EPROTO;
+		snprintf(reason, reasonsz, "not an LDAP answer");
+	}
+	ldap_unbind_ext_s(ld, NULL, NULL);
+	return r;
 }
 
-/* Next URI of a list (blanks or commas between them) into uri; false at
- * the end. */
+/* Next URI of a list (blanks or commas between them, as saslauthd's
+ * ldap_servers and libldap take it) into uri; false at the end. */
 static bool next_uri(const char **uris, char uri[SG_LDAP_URI_MAX])
 {
 	const char *p = *uris;
@@ -232,20 +260,13 @@ static bool next_uri(const char **uris, char uri[SG_LDAP_URI_MAX])
 	return true;
 }
 
-static bool known_scheme(const char *uri)
-{
-	return strncasecmp(uri, "ldap://", 7) == 0 ||
-	       strncasecmp(uri, "ldaps://", 8) == 0 ||
-	       strncasecmp(uri, "ldapi://", 8) == 0;
-}
-
 int sg_ldap_uris_check(const char *uris, char *bad, size_t badsz)
 {
 	char uri[SG_LDAP_URI_MAX];
 	int n = 0;
 	while (uris && next_uri(&uris, uri)) {
 		n++;
-		if (!known_scheme(uri)) {
+		if (!uri_ok(uri)) {
 			snprintf(bad, badsz, "%s", uri);
 			return -1;
 		}
@@ -257,30 +278,58 @@ int sg_ldap_uris_check(const char *uris, char *bad, size_t badsz)
 	return 0;
 }
 
+/* libldap writes with send(2) without MSG_NOSIGNAL; a directory that
+ * hangs up must not kill `saslgate -t`, where SIGPIPE is not ignored.  The
+ * signal is the writing thread's own, so blocking it here and taking it
+ * off the thread afterwards touches nobody else. */
+static void sigpipe_block(sigset_t *old, bool *was_pending)
+{
+	sigset_t pipe, pending;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, old);
+	sigpending(&pending);
+	*was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static void sigpipe_restore(const sigset_t *old, bool was_pending)
+{
+	sigset_t pipe, pending;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	sigpending(&pending);
+	if (!was_pending && sigismember(&pending, SIGPIPE)) {
+		struct timespec zero = {0, 0};
+		sigtimedwait(&pipe, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
 /* Each URI gets timeout_ms of its own: a list names replicas, and the
  * first may be the one that is down. */
 int sg_ldap_probe(const char *uris, unsigned timeout_ms, char *why,
                   size_t whysz)
 {
-	char uri[SG_LDAP_URI_MAX];
+	char uri[SG_LDAP_URI_MAX], reason[160];
 	int last = -EINVAL;
 	size_t o = 0;
+	sigset_t old;
+	bool was_pending;
 
 	if (why && whysz)
 		why[0] = '\0';
+	sigpipe_block(&old, &was_pending);
 	while (uris && next_uri(&uris, uri)) {
-		int r = probe_uri(uri, now_ms() + timeout_ms);
-		if (r == 0)
-			return 0;
+		int r = probe_uri(uri, timeout_ms, reason, sizeof reason);
+		if (r == 0) {
+			last = 0;
+			break;
+		}
 		last = r;
 		if (why && o < whysz)
 			o += (size_t)snprintf(why + o, whysz - o, "%s%s: %s",
-			                      o ? ", " : "", uri,
-			                      r == -ETIMEDOUT ? "no answer"
-			                      : r == -EINVAL  ? "not an ldap://, "
-			                                        "ldaps:// or ldapi:// URI"
-			                      : r == -EPROTO  ? "not an LDAP answer"
-			                                      : strerrordesc_np(-r));
+			                      o ? ", " : "", uri, reason);
 	}
+	sigpipe_restore(&old, was_pending);
 	return last;
 }

@@ -6,7 +6,7 @@
 set -eu
 
 PKGS="build-essential cmake pkg-config git ca-certificates
-libuv1-dev libssl-dev libsasl2-dev libinih-dev libsystemd-dev
+libuv1-dev libssl-dev libsasl2-dev libinih-dev libsystemd-dev libldap-dev
 openssl ssl-cert sasl2-bin libsasl2-modules libsasl2-modules-db
 postfix swaks python3 python3-pytest haproxy fail2ban testssl.sh
 msmtp curl s-nail libio-socket-ssl-perl libauthen-sasl-perl

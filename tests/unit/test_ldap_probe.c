@@ -3,14 +3,19 @@
  * answer" check behind a saslauthd or ldapdb failure, against small local
  * servers: one that answers a BindResponse, one that refuses, one that
  * accepts and says nothing (a stopped slapd), one that answers something
- * that is not LDAP, over TCP and over an ldapi:// socket; and the URI list
- * check of saslauthd_ldap_servers. */
+ * that is not LDAP, over TCP, over TLS (ldaps://, a self-signed
+ * certificate) and over an ldapi:// socket; and the URI list check of
+ * saslauthd_ldap_servers. */
 #include "check.h"
 #include "../../sasl/sasl_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,13 +28,34 @@
 /* BindResponse, messageID 1, success */
 static const unsigned char bind_ok[] = {0x30, 0x0c, 0x02, 0x01, 0x01, 0x61, 0x07,
                                         0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00};
+/* BindResponse, messageID 1, inappropriateAuthentication (48): a directory
+ * that refuses anonymous binds, as Active Directory may */
+static const unsigned char bind_refused[] = {0x30, 0x0c, 0x02, 0x01, 0x01,
+                                             0x61, 0x07, 0x0a, 0x01, 0x30,
+                                             0x04, 0x00, 0x04, 0x00};
 
 struct server {
 	int fd;
+	SSL_CTX *tls; /* ldaps://: the TLS handshake first */
 	const void *reply; /* NULL: accept, read, never answer */
 	size_t replylen;
 	pthread_t th;
 };
+
+/* Answer the request's messageID (a one-octet INTEGER, as a new libldap
+ * handle sends), so the reply is the answer whatever the client's count. */
+static void answer(struct server *s, SSL *ssl, int c, const unsigned char *req,
+                   ssize_t n)
+{
+	unsigned char rep[64];
+	size_t len = s->replylen < sizeof rep ? s->replylen : sizeof rep;
+	memcpy(rep, s->reply, len);
+	if (n >= 5 && req[0] == 0x30 && req[2] == 0x02 && req[3] == 0x01 &&
+	    rep[0] == 0x30 && rep[2] == 0x02 && rep[3] == 0x01)
+		rep[4] = req[4];
+	if (ssl ? SSL_write(ssl, rep, (int)len) <= 0 : write(c, rep, len) < 0)
+		perror("write");
+}
 
 static void *serve(void *arg)
 {
@@ -37,14 +63,59 @@ static void *serve(void *arg)
 	int c = accept(s->fd, NULL, NULL);
 	if (c < 0)
 		return NULL;
-	unsigned char b[64];
-	ssize_t n = read(c, b, sizeof b);
-	if (n > 0 && s->reply && write(c, s->reply, s->replylen) < 0)
-		perror("write");
+	SSL *ssl = NULL;
+	if (s->tls) {
+		ssl = SSL_new(s->tls);
+		SSL_set_fd(ssl, c);
+		if (SSL_accept(ssl) != 1) {
+			ERR_print_errors_fp(stderr);
+			SSL_free(ssl);
+			close(c);
+			return NULL;
+		}
+	}
+	unsigned char b[256];
+	ssize_t n = ssl ? SSL_read(ssl, b, sizeof b) : read(c, b, sizeof b);
+	if (n > 0 && s->reply)
+		answer(s, ssl, c, b, n);
 	if (!s->reply)
 		usleep(500000); /* hold the connection, silent */
+	else
+		usleep(50000); /* let the client read before the close */
+	SSL_free(ssl);
 	close(c);
 	return NULL;
+}
+
+/* A server context with a fresh self-signed P-256 certificate for
+ * localhost; the probe does not check it. */
+static SSL_CTX *tls_server(void)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *crt = X509_new();
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (!key || !crt || !ctx) {
+		ERR_print_errors_fp(stderr);
+		exit(2);
+	}
+	X509_set_version(crt, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(crt), 1);
+	X509_gmtime_adj(X509_getm_notBefore(crt), -60);
+	X509_gmtime_adj(X509_getm_notAfter(crt), 3600);
+	X509_set_pubkey(crt, key);
+	X509_NAME *name = X509_get_subject_name(crt);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	                           (const unsigned char *)"localhost", -1, -1, 0);
+	X509_set_issuer_name(crt, name);
+	if (!X509_sign(crt, key, EVP_sha256()) ||
+	    SSL_CTX_use_certificate(ctx, crt) != 1 ||
+	    SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+		ERR_print_errors_fp(stderr);
+		exit(2);
+	}
+	X509_free(crt);
+	EVP_PKEY_free(key);
+	return ctx;
 }
 
 static int tcp_listener(unsigned short *port)
@@ -65,6 +136,17 @@ static int tcp_listener(unsigned short *port)
 static void start(struct server *s, int fd, const void *reply, size_t len)
 {
 	s->fd = fd;
+	s->tls = NULL;
+	s->reply = reply;
+	s->replylen = len;
+	pthread_create(&s->th, NULL, serve, s);
+}
+
+static void start_tls(struct server *s, SSL_CTX *tls, int fd,
+                      const void *reply, size_t len)
+{
+	s->fd = fd;
+	s->tls = tls;
 	s->reply = reply;
 	s->replylen = len;
 	pthread_create(&s->th, NULL, serve, s);
@@ -102,10 +184,10 @@ static void test_answers(void)
 	ASSERT_EQ(sg_ldap_probe(uri, 1000, why, sizeof why), 0);
 	finish(&s);
 
-	/* ldaps:// is probed up to the TCP connection */
-	start(&s, tcp_listener(&port), bind_ok, sizeof bind_ok);
-	snprintf(uri, sizeof uri, "ldaps://127.0.0.1:%u/", port);
-	ASSERT_EQ(sg_ldap_probe(uri, 1000, why, sizeof why), 0);
+	/* an LDAP error is an answer: the directory is there */
+	start(&s, tcp_listener(&port), bind_refused, sizeof bind_refused);
+	snprintf(uri, sizeof uri, "ldap://127.0.0.1:%u", port);
+	ASSERT_EQ(sg_ldap_probe(uri, 1000, why, sizeof why), 0, "%s", why);
 	finish(&s);
 
 	/* the first server refuses, the second answers: up */
@@ -156,6 +238,53 @@ static void test_down(void)
 	                   "ldapi:// URI");
 }
 
+static void test_ldaps(void)
+{
+	SSL_CTX *tls = tls_server();
+	struct server s;
+	unsigned short port;
+	char uri[128], why[256], want[256];
+
+	/* the handshake (a certificate no CA signed), then the bind */
+	start_tls(&s, tls, tcp_listener(&port), bind_ok, sizeof bind_ok);
+	snprintf(uri, sizeof uri, "ldaps://127.0.0.1:%u/", port);
+	ASSERT_EQ(sg_ldap_probe(uri, 1000, why, sizeof why), 0, "%s", why);
+	finish(&s);
+
+	/* a TCP peer that never answers the ClientHello: a hung server
+	 * behind TLS is down, within the timeout */
+	start(&s, tcp_listener(&port), NULL, 0);
+	snprintf(uri, sizeof uri, "ldaps://127.0.0.1:%u", port);
+	double t0 = now();
+	ASSERT_EQ(sg_ldap_probe(uri, 300, why, sizeof why), -ETIMEDOUT);
+	double dt = now() - t0;
+	ASSERT(dt >= 0.25 && dt < 1.0, "waited %.3f s", dt);
+	snprintf(want, sizeof want, "%s: no answer", uri);
+	ASSERT_STR_EQ(why, want);
+	finish(&s);
+
+	/* TLS done, then silence on the bind */
+	start_tls(&s, tls, tcp_listener(&port), NULL, 0);
+	snprintf(uri, sizeof uri, "ldaps://127.0.0.1:%u", port);
+	snprintf(want, sizeof want, "%s: no answer", uri);
+	t0 = now();
+	ASSERT_EQ(sg_ldap_probe(uri, 300, why, sizeof why), -ETIMEDOUT);
+	dt = now() - t0;
+	ASSERT(dt >= 0.25 && dt < 1.0, "waited %.3f s", dt);
+	ASSERT_STR_EQ(why, want);
+	finish(&s);
+
+	/* plain LDAP where TLS is expected */
+	start(&s, tcp_listener(&port), bind_ok, sizeof bind_ok);
+	snprintf(uri, sizeof uri, "ldaps://127.0.0.1:%u", port);
+	ASSERT_EQ(sg_ldap_probe(uri, 1000, why, sizeof why), -EPROTO);
+	snprintf(want, sizeof want, "%s: TLS handshake failed (", uri);
+	ASSERT(strncmp(why, want, strlen(want)) == 0, "%s", why);
+	finish(&s);
+
+	SSL_CTX_free(tls);
+}
+
 static void test_ldapi(void)
 {
 	char dir[] = "/tmp/sg-ldapi-XXXXXX", path[64], uri[256], why[256];
@@ -198,6 +327,13 @@ static void test_uris_check(void)
 	ASSERT_EQ(sg_ldap_uris_check("ldap://dc1 dc2.example.org", bad, sizeof bad),
 	          -1);
 	ASSERT_STR_EQ(bad, "dc2.example.org");
+	/* the form libldap parses, not only the scheme */
+	ASSERT_EQ(sg_ldap_uris_check("ldap://dc1:389,ldap://dc2:x389", bad,
+	                             sizeof bad),
+	          -1);
+	ASSERT_STR_EQ(bad, "ldap://dc2:x389");
+	ASSERT_EQ(sg_ldap_uris_check("cldap://dc1", bad, sizeof bad), -1);
+	ASSERT_STR_EQ(bad, "cldap://dc1");
 	ASSERT_EQ(sg_ldap_uris_check("  ", bad, sizeof bad), -1);
 	ASSERT_STR_EQ(bad, "\"\"");
 }
@@ -207,6 +343,7 @@ int main(void)
 	alarm(60);
 	test_answers();
 	test_down();
+	test_ldaps();
 	test_ldapi();
 	test_uris_check();
 	return CHECK_SUMMARY();
