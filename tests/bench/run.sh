@@ -24,7 +24,9 @@
 # Targets: saslgate (workers = 1, RSA), saslgate-auto (workers = auto),
 # saslgate-ecdsa (RSA + ECDSA certificates; sgload offers ECDSA, so it gets
 # it), saslgate-pool (workers = 1, RSA, [upstream] pool_size = 8: kept
-# upstream connections; not in the default TARGETS), nginx (the shared rig's nginx.conf: mail proxy, XCLIENT, auth_http
+# upstream connections; not in the default TARGETS), saslgate-cache
+# (workers = 1, RSA, [sasl] cache_size = 1000: the credential cache; not
+# in the default TARGETS), nginx (the shared rig's nginx.conf: mail proxy, XCLIENT, auth_http
 # stub that accepts every password), direct (smtp-sink itself: the ceiling).
 #
 # Env knobs [defaults]:
@@ -33,6 +35,7 @@
 #       dropped, with a note, when it cannot be installed)
 #   SCENARIOS ["S1 S1R S2 S3 S4 S4X S5"]
 #   AUTO_SCENARIOS ["S1 S2 S3"]  ECDSA_SCENARIOS ["S1"]  POOL_SCENARIOS ["S1 S2"]
+#   CACHE_SCENARIOS ["S1 S1R"]
 #       (the variants run only these)
 #   S1_TOTAL [3000] S1_CONNS [32] S1_DUR [20]  S2_CONNS [20] S2_MPC [200] S2_DUR [60]
 #   S3_CONNS [4] S3_MPC [5] S3_DUR [120]  IDLE_N [2000] IDLE_HOLD [10]
@@ -45,7 +48,8 @@
 #   WORK [/tmp/saslgate-ownbench] (its base name also names the cgroups, so two
 #       runs with different WORK and PORT_BASE do not meet)  OUT [$WORK/results-<timestamp>]
 #   PORT_BASE [14500]: sink +25, saslgate +87, saslgate-auto +88,
-#       saslgate-ecdsa +89, saslgate-pool +86, nginx +90, nginx auth stub +80
+#       saslgate-ecdsa +89, saslgate-pool +86, saslgate-cache +85, nginx +90,
+#       nginx auth stub +80
 # Quick pass:  REPS=1 S1_TOTAL=500 IDLE_N=300 SCENARIOS="S1 S2 S3 S4" tests/bench/run.sh
 #
 # Method (same as ../shared/bench/run-anchors.sh, so the figures compare):
@@ -70,6 +74,7 @@ SCENARIOS=${SCENARIOS:-"S1 S1R S2 S3 S4 S4X S5"}
 AUTO_SCENARIOS=${AUTO_SCENARIOS:-"S1 S2 S3"}
 ECDSA_SCENARIOS=${ECDSA_SCENARIOS:-"S1"}
 POOL_SCENARIOS=${POOL_SCENARIOS:-"S1 S2"}
+CACHE_SCENARIOS=${CACHE_SCENARIOS:-"S1 S1R"}
 S1_TOTAL=${S1_TOTAL:-3000}; S1_CONNS=${S1_CONNS:-32}; S1_DUR=${S1_DUR:-20}
 S2_CONNS=${S2_CONNS:-20}; S2_MPC=${S2_MPC:-200}; S2_DUR=${S2_DUR:-60}
 S3_CONNS=${S3_CONNS:-4}; S3_MPC=${S3_MPC:-5}; S3_DUR=${S3_DUR:-120}
@@ -82,7 +87,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}; SKIP_INSTALL=${SKIP_INSTALL:-0}
 PORT_BASE=${PORT_BASE:-14500}
 SINK_PORT=$((PORT_BASE + 25))
 declare -A PORT=([saslgate]=$((PORT_BASE + 87)) [saslgate-auto]=$((PORT_BASE + 88))
-	[saslgate-ecdsa]=$((PORT_BASE + 89)) [saslgate-pool]=$((PORT_BASE + 86)) [nginx]=$((PORT_BASE + 90)) [direct]=$SINK_PORT)
+	[saslgate-ecdsa]=$((PORT_BASE + 89)) [saslgate-pool]=$((PORT_BASE + 86)) [saslgate-cache]=$((PORT_BASE + 85)) [nginx]=$((PORT_BASE + 90)) [direct]=$SINK_PORT)
 NGINX_AUTH_PORT=$((PORT_BASE + 80))
 LOAD=$BENCH/sgload
 SG=$BUILD/saslgate
@@ -149,7 +154,7 @@ rm -f $WORK/sasl/sasldb2
 echo benchpw | saslpasswd2 -p -c -f $WORK/sasl/sasldb2 -u saslgate.bench bench || die saslpasswd2
 chmod 600 $WORK/sasl/sasldb2
 
-sg_conf() { # name port workers ecdsa(0|1) [pool_size]
+sg_conf() { # name port workers ecdsa(0|1) [pool_size] [cache_size]
 	cat <<-EOF
 	# saslgate benchmark configuration ($1), written by tests/bench/run.sh
 	[server]
@@ -174,6 +179,7 @@ sg_conf() { # name port workers ecdsa(0|1) [pool_size]
 	auxprop_plugin = sasldb
 	sasldb_path = $WORK/sasl/sasldb2
 	mech_list = PLAIN LOGIN
+	cache_size = ${6:-0}
 	[upstream]
 	server = 127.0.0.1:$SINK_PORT
 	identity = $IDENTITY
@@ -188,7 +194,8 @@ sg_conf saslgate ${PORT[saslgate]} 1 0 >$WORK/saslgate.conf
 sg_conf saslgate-auto ${PORT[saslgate-auto]} auto 0 >$WORK/saslgate-auto.conf
 sg_conf saslgate-ecdsa ${PORT[saslgate-ecdsa]} 1 1 >$WORK/saslgate-ecdsa.conf
 sg_conf saslgate-pool ${PORT[saslgate-pool]} 1 0 8 >$WORK/saslgate-pool.conf
-for t in saslgate saslgate-auto saslgate-ecdsa saslgate-pool; do
+sg_conf saslgate-cache ${PORT[saslgate-cache]} 1 0 0 1000 >$WORK/saslgate-cache.conf
+for t in saslgate saslgate-auto saslgate-ecdsa saslgate-pool saslgate-cache; do
 	in_list $t "$TARGETS" || continue
 	"$SG" -t -c $WORK/$t.conf >$OUT/check-$t.txt 2>&1 || die "saslgate -t rejects $WORK/$t.conf: $(head -3 $OUT/check-$t.txt)"
 done
@@ -340,6 +347,7 @@ wants() { # target scenario
 	saslgate-auto) in_list $2 "$AUTO_SCENARIOS" ;;
 	saslgate-ecdsa) in_list $2 "$ECDSA_SCENARIOS" ;;
 	saslgate-pool) in_list $2 "$POOL_SCENARIOS" ;;
+	saslgate-cache) in_list $2 "$CACHE_SCENARIOS" ;;
 	nginx | direct) [ $2 != S4X ] && [ $2 != S5 ] ;;
 	*) return 0 ;;
 	esac

@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.request
 
-from sgtest import HOST, Raw, T, b64, default_config, free_port, plain_b64
+from sgtest import HOST, Raw, T, b64, default_config, free_port, plain_b64, wait_for
 
 # saslauthd -a shadow needs system users: names unique to this file
 USER, PW, PW2 = "sgcachetest1", "Ca-che.pw1x", "Ca-che.pw2y"
@@ -36,6 +36,19 @@ def backend_checks(sa, what):
 
 def auth_lines(sg):
     return re.findall(r"event=auth [^\n]*", sg.log_text())
+
+
+class AuthLog:
+    """The event=auth lines of saslgate's log, one by one as they come (a
+    line may reach the log just after its reply reaches the client)."""
+
+    def __init__(self, sg):
+        self.sg, self.seen = sg, 0
+
+    def next(self):
+        lines = wait_for(lambda: auth_lines(self.sg)[self.seen:], T(5), "an event=auth line")
+        self.seen += 1
+        return lines[0]
 
 
 def session(sg):
@@ -100,14 +113,14 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
     # two workers: the cache is shared, whichever worker takes the session
     cfg["server"]["workers"] = 2
     sg = start_saslgate(cfg, secrets={USER: PW})
+    log = AuthLog(sg)
 
     # A: the first login asks saslauthd
     t_stored = time.monotonic()
     with session(sg) as r:
         r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
     assert backend_checks(sa, "success") == 1
-    assert re.search(r"event=auth result=ok user=%s client=127\.0\.0\.1 mech=PLAIN$"
-                     % USER, sg.log_text(), re.M)
+    assert log.next() == "event=auth result=ok user=%s client=127.0.0.1 mech=PLAIN" % USER
 
     # B: saslauthd frozen; PLAIN and LOGIN, with and without an initial
     # response, on new sessions: 235 at once (a backend call would wait for
@@ -125,11 +138,9 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
                 assert took < T(1.5), (mech, took)
                 r.expect(250, "MAIL FROM:<%s@example.org>" % USER)
         assert time.monotonic() - t_stored < TTL, "too slow to test within cache_ttl"
-    hits = [l for l in auth_lines(sg) if "cached=yes" in l]
-    assert len(hits) == 4, hits
-    for l, mech in zip(hits, ("PLAIN", "PLAIN", "LOGIN", "LOGIN")):
-        assert l == ("event=auth result=ok user=%s client=127.0.0.1 mech=%s cached=yes"
-                     % (USER, mech)), l
+    for mech in ("PLAIN", "PLAIN", "LOGIN", "LOGIN"):
+        assert log.next() == ("event=auth result=ok user=%s client=127.0.0.1 mech=%s "
+                              "cached=yes" % (USER, mech))
     assert backend_checks(sa, "success") == 1
     # the upstream was told the same login for each of them
     logins = [v for k, v in up.attributes("XCLIENT") if k == "LOGIN"]
@@ -141,16 +152,16 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
     subprocess.run(["chpasswd"], input="%s:%s\n" % (USER, PW2), text=True, check=True)
     with session(sg) as r:
         r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW))
-    assert auth_lines(sg)[-1].endswith("mech=PLAIN cached=yes")
+    assert log.next().endswith("mech=PLAIN cached=yes")
     with session(sg) as r:
         r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW2))
-    assert not auth_lines(sg)[-1].endswith("cached=yes")
+    assert not log.next().endswith("cached=yes")
     assert backend_checks(sa, "success") == 2
     time.sleep(max(0.0, TTL + 0.2 - (time.monotonic() - t_stored)))
     with session(sg) as r:
         r.expect(535, "AUTH PLAIN " + plain_b64(USER, PW))
     assert re.fullmatch(r"event=auth result=fail user=%s client=127\.0\.0\.1 mech=PLAIN"
-                        % USER, auth_lines(sg)[-1])
+                        % USER, log.next())
     assert backend_checks(sa, "failure") == 1
 
     # D: a wrong password is never answered from the right one's entry:
@@ -158,17 +169,18 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
     # the backend); thawed, the backend says 535; PW2 still logs in at once
     with session(sg) as r:
         r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW2))
+    log.next()
     with Frozen(sa) as fz, session(sg) as r:
         r.line("AUTH PLAIN " + plain_b64(USER, WRONG))
         no_answer(r)
         fz.thaw()
         assert r.reply().text.startswith("535 5.7.8")
-    assert not auth_lines(sg)[-1].endswith("cached=yes")
+    assert not log.next().endswith("cached=yes")
     fails = backend_checks(sa, "failure")
     with Frozen(sa), session(sg) as r:
         rep, took = timed(r, "AUTH PLAIN " + plain_b64(USER, PW2))
         assert rep.code == 235 and took < T(1.5), (rep.text, took)
-    assert auth_lines(sg)[-1].endswith("mech=PLAIN cached=yes")
+    assert log.next().endswith("mech=PLAIN cached=yes")
     # ... and the wrong one is now a cached failure: answered without
     # saslauthd, but only after failure_delay, and counted (max_failures =
     # 2: 535, then 421)
@@ -178,12 +190,13 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
             assert rep.text.startswith("535 5.7.8"), rep.text
             assert DELAY * 0.9 <= took < DELAY + T(1.5), took
         assert r.reply().text.startswith("421 4.7.0")
-    for l in auth_lines(sg)[-2:]:
+    for l in (log.next(), log.next()):
         assert l == ("event=auth result=fail user=%s client=127.0.0.1 mech=PLAIN cached=yes"
                      % USER), l
     assert backend_checks(sa, "failure") == fails
 
     # every hit is a cached=yes line, every miss one saslauthd check
+    assert log.seen == len(auth_lines(sg))
     assert scrape(mport) == {
         "hit": len([l for l in auth_lines(sg) if "cached=yes" in l]),
         "miss": backend_checks(sa, "success") + backend_checks(sa, "failure")}
@@ -192,12 +205,13 @@ def test_auth_cache(workdir, start_saslgate, start_saslauthd, start_fake_upstrea
     for _ in range(2):  # stored again if it had expired, then a hit
         with session(sg) as r:
             r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW2))
-    assert auth_lines(sg)[-1].endswith("cached=yes")
+        last = log.next()
+    assert last.endswith("cached=yes")
     oks = backend_checks(sa, "success")
     sg.reload()
     with session(sg) as r:
         r.expect(235, "AUTH PLAIN " + plain_b64(USER, PW2))
-    assert not auth_lines(sg)[-1].endswith("cached=yes")
+    assert not log.next().endswith("cached=yes")
     assert backend_checks(sa, "success") == oks + 1
     with Frozen(sa), session(sg) as r:
         r.line("AUTH PLAIN " + plain_b64(USER, WRONG))
