@@ -240,10 +240,15 @@ static void listener_ready(uv_poll_t *p, int status, int events)
 		return;
 	}
 	for (int i = 0; i < SG_ACCEPT_BATCH; i++) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		/* the client's address comes with the connection: no
+		 * getpeername(2) per session */
+		struct sockaddr_storage peer;
+		socklen_t plen = sizeof peer;
+		int fd = accept4(lfd, (struct sockaddr *)&peer, &plen,
+		                 SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
 			fd_back(w, lc);
-			sg_session_accept_fd(w, l, fd);
+			sg_session_accept_fd(w, l, fd, plen > 0 ? &peer : NULL);
 			continue;
 		}
 		int err = errno;

@@ -1160,8 +1160,33 @@ static sg_session *session_new(sg_worker *w, sg_listener *l, unsigned *count)
 	return s;
 }
 
-/* r: the result of taking the socket into s->tcp. */
-static void session_begin(sg_session *s, unsigned count, int r)
+/* The local address of a connection accepted on lc: its configured
+ * address when that is one address and port (the socket cannot have
+ * another), else asked of the socket (a wildcard address, port 0). */
+static int local_addr(const sg_session *s, struct sockaddr_storage *ss)
+{
+	const sg_listener_cfg *lc = s->lc;
+	if (lc->addr.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&lc->addr;
+		if (a->sin_addr.s_addr != htonl(INADDR_ANY) && a->sin_port != 0) {
+			memcpy(ss, &lc->addr, sizeof *a);
+			return 0;
+		}
+	} else if (lc->addr.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&lc->addr;
+		if (!IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr) && a->sin6_port != 0) {
+			memcpy(ss, &lc->addr, sizeof *a);
+			return 0;
+		}
+	}
+	int len = sizeof *ss;
+	return uv_tcp_getsockname(&s->tcp, (struct sockaddr *)ss, &len);
+}
+
+/* r: the result of taking the socket into s->tcp; peer: the client's
+ * address as accept(2) gave it, NULL to ask the socket. */
+static void session_begin(sg_session *s, unsigned count, int r,
+                          const struct sockaddr_storage *peer)
 {
 	sg_worker *w = s->w;
 	if (r < 0) {
@@ -1173,18 +1198,19 @@ static void session_begin(sg_session *s, unsigned count, int r)
 	uv_tcp_nodelay(&s->tcp, 1); /* replies are small and latency-bound */
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
-		addr_text(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
-	else
+	if (peer)
+		ss = *peer;
+	else if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
 		ss.ss_family = AF_UNSPEC;
+	if (ss.ss_family != AF_UNSPEC)
+		addr_text(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
 	if (sg_server_proxy_refused(s->lc, (struct sockaddr *)&ss, s->id,
 	                            s->client_ip, s->client_port)) {
 		s->closing = true; /* nothing sent, nothing more logged */
 		finish_close(s);
 		return;
 	}
-	len = sizeof ss;
-	if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len) == 0)
+	if (local_addr(s, &ss) == 0)
 		addr_text(&ss, s->dest_ip, sizeof s->dest_ip, &s->dest_port);
 
 	log_info(s->id, "event=connect client=%s:%u listener=%s", s->client_ip,
@@ -1217,18 +1243,20 @@ void sg_session_accept(sg_worker *w, sg_listener *l)
 {
 	unsigned count;
 	sg_session *s = session_new(w, l, &count);
-	session_begin(s, count, uv_accept((uv_stream_t *)&l->tcp,
-	                                  (uv_stream_t *)&s->tcp));
+	session_begin(s, count,
+	              uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->tcp),
+	              NULL);
 }
 
-void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd)
+void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd,
+                          const struct sockaddr_storage *peer)
 {
 	unsigned count;
 	sg_session *s = session_new(w, l, &count);
 	int r = uv_tcp_open(&s->tcp, fd);
 	if (r < 0)
 		close(fd); /* not the handle's: it took nothing */
-	session_begin(s, count, r);
+	session_begin(s, count, r, peer);
 }
 
 /* ------------------------------------------------------------------ drain */

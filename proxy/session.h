@@ -12,8 +12,10 @@
  * callback of uv_listen).  Applies max_connections (421 4.7.0 at connect). */
 void sg_session_accept(sg_worker *w, sg_listener *l);
 /* The same for a socket already accepted on l (proxy/server.c accepts
- * itself); the session owns fd from here, even when it fails. */
-void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd);
+ * itself), with the client's address accept(2) gave (NULL: asked of the
+ * socket); the session owns fd from here, even when it fails. */
+void sg_session_accept_fd(sg_worker *w, sg_listener *l, int fd,
+                          const struct sockaddr_storage *peer);
 
 /* Shutdown: stop reading new commands where idle, let transactions finish.
  * final = true: every remaining session gets "421 4.3.2 ..." and closes. */
