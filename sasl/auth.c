@@ -596,11 +596,11 @@ static bool cache_answer(sg_auth *a)
 	explicit_bzero(a->ck, sizeof a->ck);
 	a->cached = true;
 	clear_exchange(a);
+	/* Cyrus' connection did not see this answer and may be in the middle
+	 * of LOGIN: a later AUTH (after a 535, or a 454 from the upstream)
+	 * starts on a new one, as after a success it saw */
+	a->conn_done = true;
 	if (h == SG_ACACHE_OK) {
-		/* the Cyrus connection did not see this success: any later
-		 * AUTH (after a 454 from the upstream) starts on a new one, as
-		 * after one it saw */
-		a->conn_done = true;
 		free(a->user);
 		free(a->authcid);
 		a->user = user;

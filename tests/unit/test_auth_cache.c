@@ -264,6 +264,18 @@ static void test_glue(void)
 	                sizeof user), SG_AUTH_FAIL);
 	ASSERT(cached);
 	ASSERT_STR_EQ(user, "");
+	/* a cached failure in the middle of LOGIN, then a new AUTH on the
+	 * same context: Cyrus answers it as usual */
+	a = new_auth(c);
+	ASSERT_EQ(t_start(&loop, a, "LOGIN", USER, strlen(USER), &r),
+	          SG_AUTH_CONTINUE);
+	ASSERT_EQ(sg_auth_step(a, &loop, "wrong", 5, t_on_res, &r), 1);
+	ASSERT_EQ(sg_auth_answer(a), SG_AUTH_FAIL);
+	sg_auth_reset(a);
+	ASSERT(!sg_auth_cached(a));
+	ASSERT_EQ(t_start(&loop, a, "CRAM-MD5", NULL, -1, &r), SG_AUTH_CONTINUE);
+	ASSERT(r.len > 0); /* CRAM-MD5's challenge, from a fresh connection */
+	sg_auth_free(a);
 
 	/* an authzid (even the login's own) always goes to Cyrus */
 	static const char authz[] = LOGIN "\0" USER "\0" PASS;
