@@ -42,10 +42,11 @@
 #define SG_LDAP_URI_MAX 512  /* one URI of the list */
 
 /* Below libldap's TLS layer on an ldaps:// connection: wait for the
- * server's octets until the probe's deadline, then fail the read.
- * libldap 2.5 (Debian 12) spins in the TLS handshake without end when a
- * network timeout is set and the peer says nothing (OpenLDAP ITS#8047,
- * fixed in 2.6), so the deadline has to be kept underneath it. */
+ * server's octets until the probe's deadline, then fail the read.  With a
+ * network timeout set, libldap before 2.6.9 (Debian 12 has 2.5) retries a
+ * TLS handshake that would block at once and forever, so a peer that
+ * accepts and never answers would hold the probe until it hangs up
+ * (tls2.c, ldap_int_tls_start); the deadline is kept underneath it. */
 #define SG_LDAP_DEADLINE_LEVEL (LBER_SBIOD_LEVEL_PROVIDER + 1)
 
 struct probe {
@@ -128,21 +129,29 @@ static void on_close(LDAP *ld, Sockbuf *sb, struct ldap_conncb *cb)
 {
 }
 
+enum scheme { SCHEME_BAD, SCHEME_LDAP, SCHEME_LDAPS, SCHEME_LDAPI };
+
 /* libldap parses the URI as saslauthd and ldapdb will; only the schemes
  * of a connection (not cldap://). */
-static bool uri_ok(const char *uri)
+static enum scheme uri_scheme(const char *uri)
 {
 	LDAPURLDesc *lud = NULL;
+	enum scheme sc = SCHEME_BAD;
 	if (ldap_url_parse(uri, &lud) != LDAP_URL_SUCCESS)
-		return false;
-	bool ok = lud->lud_scheme && (strcasecmp(lud->lud_scheme, "ldap") == 0 ||
-	                              strcasecmp(lud->lud_scheme, "ldaps") == 0 ||
-	                              strcasecmp(lud->lud_scheme, "ldapi") == 0);
+		return SCHEME_BAD;
+	if (!lud->lud_scheme)
+		sc = SCHEME_BAD;
+	else if (strcasecmp(lud->lud_scheme, "ldap") == 0)
+		sc = SCHEME_LDAP;
+	else if (strcasecmp(lud->lud_scheme, "ldaps") == 0)
+		sc = SCHEME_LDAPS;
+	else if (strcasecmp(lud->lud_scheme, "ldapi") == 0)
+		sc = SCHEME_LDAPI;
 	ldap_free_urldesc(lud);
-	return ok;
+	return sc;
 }
 
-static int set_options(LDAP *ld, struct probe *p, const char *uri,
+static int set_options(LDAP *ld, struct probe *p, enum scheme sc,
                        unsigned timeout_ms)
 {
 	int v3 = LDAP_VERSION3, allow = LDAP_OPT_X_TLS_ALLOW, client = 0;
@@ -154,7 +163,7 @@ static int set_options(LDAP *ld, struct probe *p, const char *uri,
 	    ldap_set_option(ld, LDAP_OPT_REFERRALS, LDAP_OPT_OFF) != LDAP_OPT_SUCCESS ||
 	    ldap_set_option(ld, LDAP_OPT_CONNECT_CB, &p->cb) != LDAP_OPT_SUCCESS)
 		return -1;
-	if (strncasecmp(uri, "ldaps:", 6) != 0)
+	if (sc != SCHEME_LDAPS)
 		return 0;
 	/* Only liveness is asked and no credential is sent, so the server's
 	 * certificate is not checked: a directory whose CA this host lacks
@@ -175,6 +184,42 @@ static void diag(LDAP *ld, int rc, char *out, size_t outsz)
 	ldap_memfree(msg);
 }
 
+/* ldap_connect failed: why, as -errno and words. */
+static int connect_failed(LDAP *ld, const struct probe *p, enum scheme sc,
+                          int rc, int err, char *reason, size_t reasonsz)
+{
+	char d[128];
+
+	if (p->timed_out || rc == LDAP_TIMEOUT || err == ETIMEDOUT) {
+		snprintf(reason, reasonsz, "no answer");
+		return -ETIMEDOUT;
+	}
+	if (p->connected) { /* only TLS comes after the connection */
+		diag(ld, rc, d, sizeof d);
+		snprintf(reason, reasonsz, "TLS handshake failed (%s)", d);
+		return -EPROTO;
+	}
+	if (sc == SCHEME_LDAPI && err > 0) { /* ENOENT, EACCES, ECONNREFUSED */
+		snprintf(reason, reasonsz, "%s", strerrordesc_np(err));
+		return -err;
+	}
+	/* Over TCP libldap does not pass the socket's error on: it closes a
+	 * socket whose connect failed with shutdown(2), which leaves
+	 * ENOTCONN.  Failing before the timeout, the connection was turned
+	 * away (a reset, or the ICMP unreachable of a firewall's reject). */
+	if (err == ENOTCONN) {
+		snprintf(reason, reasonsz, "%s", strerrordesc_np(ECONNREFUSED));
+		return -ECONNREFUSED;
+	}
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		snprintf(reason, reasonsz, "%s", strerrordesc_np(err));
+		return -err;
+	}
+	/* no socket was made: the name gave no address */
+	snprintf(reason, reasonsz, "host not found");
+	return -EHOSTUNREACH;
+}
+
 /* One URI: 0 when it answered, else -errno with reason set. */
 static int probe_uri(const char *uri, unsigned timeout_ms, char *reason,
                      size_t reasonsz)
@@ -182,17 +227,17 @@ static int probe_uri(const char *uri, unsigned timeout_ms, char *reason,
 	struct probe p = {.deadline = now_ms() + timeout_ms};
 	struct berval none = {0, NULL};
 	LDAP *ld = NULL;
-	char d[128];
+	enum scheme sc = uri_scheme(uri);
 	int r;
 
 	p.cb = (ldap_conncb){.lc_add = on_connect, .lc_del = on_close,
 	                     .lc_arg = &p};
-	if (!uri_ok(uri) || ldap_initialize(&ld, uri) != LDAP_SUCCESS) {
+	if (sc == SCHEME_BAD || ldap_initialize(&ld, uri) != LDAP_SUCCESS) {
 		snprintf(reason, reasonsz,
 		         "not an ldap://, ldaps:// or ldapi:// URI");
 		return -EINVAL;
 	}
-	if ((r = set_options(ld, &p, uri, timeout_ms)) < 0) {
+	if ((r = set_options(ld, &p, sc, timeout_ms)) < 0) {
 		snprintf(reason, reasonsz, r == -2 ? "no TLS context (see the TLS_ "
 		                                     "lines of ldap.conf)"
 		                                   : "libldap refused its options");
@@ -204,28 +249,7 @@ static int probe_uri(const char *uri, unsigned timeout_ms, char *reason,
 	int rc = ldap_connect(ld);
 	int err = errno;
 	if (rc != LDAP_SUCCESS) {
-		if (p.timed_out || rc == LDAP_TIMEOUT || err == ETIMEDOUT) {
-			r = -ETIMEDOUT;
-			snprintf(reason, reasonsz, "no answer");
-		} else if (p.connected) { /* only TLS comes after the connection */
-			r = -EPROTO;
-			diag(ld, rc, d, sizeof d);
-			snprintf(reason, reasonsz, "TLS handshake failed (%s)", d);
-		} else if (err == ENOTCONN || err == 0) {
-			/* libldap does not pass the socket's error on: it closes
-			 * a socket whose connect failed with shutdown(2), which
-			 * leaves ENOTCONN.  Failing before the timeout, the
-			 * connection was turned away (a reset, or an ICMP
-			 * unreachable from a firewall's reject).  No socket at
-			 * all (errno 0): the name did not resolve. */
-			r = err ? -ECONNREFUSED : -EHOSTUNREACH;
-			snprintf(reason, reasonsz, "%s",
-			         err ? strerrordesc_np(ECONNREFUSED)
-			             : "host not found");
-		} else {
-			r = -err; /* ldapi://: ENOENT, EACCES, ... */
-			snprintf(reason, reasonsz, "%s", strerrordesc_np(err));
-		}
+		r = connect_failed(ld, &p, sc, rc, err, reason, reasonsz);
 		ldap_unbind_ext_s(ld, NULL, NULL);
 		return r;
 	}
@@ -266,7 +290,7 @@ int sg_ldap_uris_check(const char *uris, char *bad, size_t badsz)
 	int n = 0;
 	while (uris && next_uri(&uris, uri)) {
 		n++;
-		if (!uri_ok(uri)) {
+		if (uri_scheme(uri) == SCHEME_BAD) {
 			snprintf(bad, badsz, "%s", uri);
 			return -1;
 		}
