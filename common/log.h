@@ -23,9 +23,10 @@ int sg_log_level_parse(const char *s); /* -1 when not a level name */
 
 /* Hold this thread's lines until sg_log_flush() (on != 0), or write what
  * is held and stop holding (on == 0).  A thread running an event loop
- * holds and flushes before the loop waits, so the lines of one iteration
- * go out in one write(2); error lines are written at once with whatever
- * is held before them.  Threads that never call this write each line at
+ * holds and flushes before the loop waits, and before anything it sends
+ * to a client, so the lines of one iteration go out in few write(2)s and
+ * never after the reply they describe; error lines are written at once
+ * with whatever is held before them.  Threads that never call this write each line at
  * once. */
 void sg_log_hold(int on);
 void sg_log_flush(void);

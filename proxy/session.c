@@ -132,6 +132,11 @@ static void write_raw(sg_session *s, const char *p, size_t len)
 {
 	if (len == 0 || uv_is_closing((uv_handle_t *)&s->tcp))
 		return;
+	/* The log lines held so far describe what led to these octets: they
+	 * reach the log before the client can see the reply (a reader of the
+	 * log, fail2ban or a test, never sees a reply its line is missing
+	 * for). */
+	sg_log_flush();
 	/* Nothing queued: write now.  The socket usually takes it all, and
 	 * then there is no request to allocate and no completion callback,
 	 * whose uv__io_stop(POLLOUT) costs an epoll_ctl per write (a
@@ -234,6 +239,7 @@ static void finish_close(sg_session *s)
 {
 	if (uv_is_closing((uv_handle_t *)&s->tcp))
 		return;
+	sg_log_flush(); /* event=disconnect before the client sees the close */
 	uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
 	uv_close((uv_handle_t *)&s->idle, on_handle_closed);
 	uv_close((uv_handle_t *)&s->delay, on_handle_closed);
