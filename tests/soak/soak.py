@@ -139,6 +139,47 @@ def proc_sample(pid):
     return rss, fds, other
 
 
+def fd_table(pid):
+    """{fd: what it is}: the link target, for sockets the TCP state and
+    addresses or the Unix socket path (to name leaked descriptors)."""
+    socks = {}
+    states = {"01": "ESTABLISHED", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+              "0A": "LISTEN", "02": "SYN_SENT", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+              "09": "LAST_ACK", "0B": "CLOSING"}
+
+    def addr(h):
+        ip, port = h.split(":")
+        if len(ip) == 8:
+            ip = ".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0))
+        return "%s:%d" % (ip, int(port, 16))
+    for tab in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(tab) as f:
+                next(f)
+                for line in f:
+                    w = line.split()
+                    socks[w[9]] = "tcp %s %s->%s" % (states.get(w[3], w[3]), addr(w[1]), addr(w[2]))
+        except OSError:
+            pass
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                w = line.split()
+                socks[w[6]] = "unix st=%s %s" % (w[5], w[7] if len(w) > 7 else "")
+    except OSError:
+        pass
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        m = re.match(r"socket:\[(\d+)\]", t)
+        out[int(fd)] = socks.get(m.group(1), t) if m else t
+    return out
+
+
 def slope_per_min(points):
     """Least-squares slope of [(t seconds, v)] in v per minute (None: < 3)."""
     if len(points) < 3:
@@ -184,10 +225,11 @@ class Soak:
     def setup(self):
         sgtest, w = self.sg_mod, self.work
         self.sgload = w / "sgload"
+        # built here with the benchmark's Makefile, not in the source tree
+        shutil.copyfile(SOURCE_DIR / "tests/bench/sgload.c", w / "sgload.c")
         p = subprocess.run(["make", "-s", "-C", str(w), "-f", str(SOURCE_DIR / "tests/bench/Makefile"),
-                            "VPATH=%s" % (SOURCE_DIR / "tests/bench"), "sgload"],
-                           capture_output=True, text=True, timeout=120)
-        if p.returncode != 0:
+                            "sgload"], capture_output=True, text=True, timeout=120)
+        if p.returncode != 0 or not self.sgload.exists():
             raise Rig("building sgload: %s%s" % (p.stdout, p.stderr))
         self.events_dir = w / "events"
         self.events_dir.mkdir()
@@ -224,6 +266,7 @@ class Soak:
         self.send_one("warm-up")
         time.sleep(1)
         self.baseline = proc_sample(self.sg.pid)
+        self.baseline_fds = fd_table(self.sg.pid)
         log("stack up: saslgate pid %d (ports %d/%d), primary %d, secondary %d; baseline "
             "rss %d KiB, %d fds" % (self.sg.pid, self.sub_port, self.subs_port, self.primary.port,
                                    self.secondary.port, self.baseline[0], self.baseline[1]))
@@ -552,6 +595,14 @@ class Soak:
                 if self.quiet[1] <= self.baseline[1] or time.time() > quiet_by:
                     break
                 time.sleep(0.2)
+            self.extra_fds = {}
+            if self.quiet and self.sg.proc.poll() is None:
+                now = fd_table(self.sg.pid)
+                self.extra_fds = {fd: v for fd, v in now.items() if self.baseline_fds.get(fd) != v}
+            with open(self.work / "samples.tsv", "w") as f:
+                f.write("time\trss_kib\tfds\tfds_not_established\n")
+                for smp in self.samples:
+                    f.write("%.0f\t%d\t%d\t%d\n" % smp)
             log("draining the Postfix queues")
             self.drain()
             self.scan_sinks()
@@ -673,8 +724,9 @@ class Soak:
         if self.quiet is None:
             problems.append("saslgate was gone at the end of the load")
         elif self.quiet[1] > self.baseline[1] + 2:
-            problems.append("open fds %d when quiet after the load, %d before it"
-                            % (self.quiet[1], self.baseline[1]))
+            problems.append("open fds %d when quiet after the load, %d before it; new: %s"
+                            % (self.quiet[1], self.baseline[1], "; ".join(
+                                "%d %s" % kv for kv in sorted(self.extra_fds.items()))))
         warm = [s for s in self.samples if s[0] >= self.t0 + a.warmup]
         span = (warm[-1][0] - warm[0][0]) if len(warm) > 1 else 0
         rss_slope = slope_per_min([(s[0], s[1]) for s in warm])
@@ -767,6 +819,8 @@ class Soak:
             "- saslgate fds: baseline %d, quiet after the load %s; non-connection fd slope %s/min "
             "(limit %g)" % (self.baseline[1], self.quiet[1] if self.quiet else "-",
                             "%.3f" % fd_slope if fd_slope is not None else "-", a.fd_slope_max),
+            "- saslgate fds new since the baseline, when quiet: %s" % ("; ".join(
+                "%d %s" % kv for kv in sorted(self.extra_fds.items())) or "none"),
             "- saslgate exit status on SIGTERM: %s" % self.sg_exit,
             "",
             "**verdict: %s**" % summary["verdict"],
