@@ -722,11 +722,19 @@ static void work(uv_work_t *w)
 	if (a->preset >= 0)
 		return;
 	grow_errbuf(a);
+	sg_fdwatch_begin();
 	if (a->is_start)
 		rc = sasl_server_start(a->conn, a->mech, a->has_initial ? a->in : NULL,
 		                       a->has_initial ? a->inlen : 0, &out, &outlen);
 	else
 		rc = sasl_server_step(a->conn, a->in, a->inlen, &out, &outlen);
+	/* Cyrus' saslauthd client keeps its socket when saslauthd hung up
+	 * without an answer ("size read failed"): closed here (fdwatch.c) */
+	unsigned left = sg_fdwatch_end();
+	if (left)
+		log_info(a->sid[0] ? a->sid : NULL,
+		         "sasl: closed %u socket%s Cyrus SASL left open", left,
+		         left == 1 ? "" : "s");
 	a->rc = rc;
 	a->out = out;
 	a->outlen = out ? outlen : 0;

@@ -68,6 +68,13 @@ const char *sg_sasl_directory(const sg_config *cfg, const char **key);
  * ldapdb is the auxprop plugin (see sasl/auth.c, work()). */
 bool sg_sasl_fail_is_nouser(const sg_config *cfg);
 
+/* fdwatch.c: around each Cyrus call on a pool thread, so the sockets
+ * libsasl2's password check leaves open (its saslauthd client after a
+ * connection closed without an answer) are closed.  end returns how many
+ * it closed. */
+void sg_fdwatch_begin(void);
+unsigned sg_fdwatch_end(void);
+
 /* Start-up checks (check.c).  fatal: problems that make every AUTH fail
  * (unknown pwcheck_method, mech_list naming no plugin); env: things outside
  * the file (socket, sasldb permissions) that may be fixed later.  all_mechs

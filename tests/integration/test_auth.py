@@ -11,20 +11,23 @@ counted), the per-address limit, sender_login_map and its reload, and that
 no secret reaches the log (the harness checks every saslgate at teardown:
 password, its base64, the PLAIN blob)."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
 from sgtest import (Raw, SOURCE_DIR, T, b64, default_config, make_cert, make_sasldb,
-                    plain_b64, smtp, swaks)
+                    plain_b64, smtp, swaks, wait_for)
 
 USER, PW = "alice", "Al1ce-auth.pw7"
 SECRETS = {USER: PW}
 # saslauthd -a shadow needs system users: names unique to this file
 SA_USER, SA_PW = "sgauthtest1", "Sa-auth.pw3x"
+SA_USER2 = "sgauthtest2"
 
 
 def ehlo_keywords(reply):
@@ -172,6 +175,97 @@ def test_saslauthd_ok_fail_and_down(workdir, start_saslgate, start_saslauthd,
     assert re.search(r"password backend unavailable \(saslauthd socket %s: "
                      % re.escape(sa.socket_path), log)
     assert not re.search(r"result=fail user=%s .*reason=too many" % SA_USER, log)
+
+
+def open_fds(pid):
+    """saslgate's descriptors: number -> what it points at."""
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            out[fd] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def settled_fds(pid, want=None, seconds=5):
+    """The descriptor set once its size stops changing (or equals want)."""
+    last = [None, time.monotonic()]
+
+    def steady():
+        n = len(open_fds(pid))
+        if n == want:
+            return True
+        if n != last[0]:
+            last[0], last[1] = n, time.monotonic()
+        return time.monotonic() - last[1] >= 0.5
+    try:
+        wait_for(steady, T(seconds), "saslgate's descriptor count to settle")
+    except Exception:
+        pass
+    return open_fds(pid)
+
+
+def test_saslauthd_gone_mid_request_leaves_no_descriptor(workdir, start_saslgate,
+                                                          start_saslauthd,
+                                                          start_fake_upstream):
+    """saslauthd dies while logins wait for its answer (stopped, then
+    killed: the connections it had not answered are closed).  Each login
+    gets 454 4.7.0, and once those sessions are closed saslgate holds the
+    descriptors it held before: none stays with the dead saslauthd (Cyrus'
+    client keeps its socket when the answer's length never comes)."""
+    cert, key = make_cert(workdir)
+    sa = start_saslauthd(users={SA_USER2: SA_PW})
+    up = start_fake_upstream()
+    cfg = default_config(workdir, upstream_port=up.port, cert=cert, key=key, saslauthd=sa,
+                         sasl={"mech_list": "PLAIN LOGIN"})
+    sg = start_saslgate(cfg, secrets={SA_USER2: SA_PW})
+    # a login that works first: the pool thread, the upstream link
+    with Raw(sg.port("plain")) as r:
+        r.expect(220)
+        r.expect(250, "EHLO client.test")
+        r.expect(235, "AUTH PLAIN " + plain_b64(SA_USER2, SA_PW), timeout=15)
+        r.expect(221, "QUIT")
+    sg.wait_log(r"event=disconnect .*user=%s" % SA_USER2)
+    before = settled_fds(sg.pid)
+
+    n = 3
+    os.killpg(sa.proc.pid, signal.SIGSTOP)
+    clients = []
+    try:
+        for _ in range(n):
+            r = Raw(sg.port("plain"))
+            clients.append(r)
+            r.expect(220)
+            r.expect(250, "EHLO client.test")
+        for i, r in enumerate(clients):
+            if i % 2:  # LOGIN: the password goes to saslauthd at the step
+                r.expect(334, "AUTH LOGIN")
+                r.expect(334, b64(SA_USER2))
+                r.line(b64(SA_PW))
+            else:
+                r.line("AUTH PLAIN " + plain_b64(SA_USER2, SA_PW))
+        # each login's socket to saslauthd is connected, its request sent
+        wait_for(lambda: len(open_fds(sg.pid)) >= len(before) + 2 * n, T(10),
+                 "saslgate's connections to the stopped saslauthd")
+        os.killpg(sa.proc.pid, signal.SIGKILL)
+        sa.proc.wait(timeout=10)
+        for r in clients:
+            rep = r.reply(timeout=15)
+            assert rep.text.startswith("454 4.7.0"), rep.text
+            r.expect(221, "QUIT")
+    finally:
+        for r in clients:
+            r.close()
+    wait_for(lambda: sg.log_text().count("event=disconnect") >= 1 + n, T(10),
+             "the disconnects")
+    log = sg.log_text()
+    # the case at hand: Cyrus got no answer's length from saslauthd
+    assert log.count("sasl: size read failed") == n, log[-3000:]
+    after = settled_fds(sg.pid, want=len(before))
+    left = {fd: t for fd, t in after.items() if before.get(fd) != t}
+    assert len(after) == len(before) and not left, (
+        "descriptors before %d, after %d; new: %r" % (len(before), len(after), left))
 
 
 # ---------------------------------------------------------------- limits
