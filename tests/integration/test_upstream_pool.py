@@ -251,8 +251,11 @@ def test_xclient_never_keeps_and_reload_drops(workdir, start_saslgate, start_fak
 
     text = sg.conf_path.read_text().replace("identity = xclient", "identity = xforward")
     sg.conf_path.write_text(text)
+    quits = up.verbs().count("QUIT")
     sg.reload()
-    n = up.connections  # the reload's probe
+    # the reload's probe connects after "reload: done": count it once over
+    up.wait_for(lambda: up.verbs().count("QUIT") > quits, what="the reload probe's QUIT")
+    n = up.connections
     send(sg, "alice", "127.0.0.2", "a.client.test", "x3")
     up.wait_for(lambda: up.verbs().count("RSET") >= 1, what="RSET")
     send(sg, "bob", "127.0.0.3", "b.client.test", "x4")
@@ -260,9 +263,11 @@ def test_xclient_never_keeps_and_reload_drops(workdir, start_saslgate, start_fak
     assert up.connections == n + 1
     kept = up.connections
     sg.conf_path.write_text(text.replace("[upstream]\n", "[upstream]\nhelo = other.sg.test\n"))
+    quits = up.verbs().count("QUIT")
     sg.reload()
     up.wait_for(lambda: up.raw_lines(conn=kept)[-1:] == [b"QUIT\r\n"],
                 what="QUIT on the kept connection")
+    up.wait_for(lambda: up.verbs().count("QUIT") >= quits + 2, what="the reload probe's QUIT")
     send(sg, "alice", "127.0.0.2", "a.client.test", "x5")
     assert up.connections == kept + 2  # the probe, and the session's own
     assert len(up.delivered()) == 5
