@@ -318,9 +318,9 @@ def big_body(n):
 def test_end_of_data_postfwd_rejects_big(workdir, start_saslgate, start_fake_upstream, stack):
     """postfwd asked at the end of data (protocol_state END-OF-MESSAGE,
     size): a small message is delivered; a big one gets the policy's 5xx,
-    and the upstream got all its octets but never its end (the connection
-    closed instead); the next message on the same session is delivered on
-    a new upstream connection.  A PREPEND at that stage is ignored."""
+    and the upstream never got its end (the connection closed instead);
+    the next message on the same session is delivered on a new upstream
+    connection.  A PREPEND at that stage is ignored."""
     rules = workdir / "postfwd.cf"
     rules.write_text(EOD_RULES % 20000)
     port = free_port()
@@ -340,8 +340,11 @@ def test_end_of_data_postfwd_rejects_big(workdir, start_saslgate, start_fake_ups
     up.wait_for(lambda: len([m for m in up.messages if m.complete]) >= 3, what="3 messages")
     done = [m for m in up.messages if m.complete]
     assert [m.rcpts for m in done] == [["x@example.net"], ["z@example.net"], ["x@example.net"]]
+    # the refused message was begun upstream and never ended: how much of
+    # its body got there before the connection closed depends on timing
+    # (the verdict can come while octets still wait in saslgate's queue)
     cut = [m for m in up.messages if not m.complete]
-    assert len(cut) == 1 and len(cut[0].data) > 40000, cut    # all but its end
+    assert len(cut) == 1 and cut[0].rcpts == ["x@example.net", "y@example.net"], cut
     assert cut[0].conn != done[1].conn                          # a new connection after
     assert not any(b"X-Late" in m.data for m in up.messages)
     log = sg.log_text()
