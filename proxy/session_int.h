@@ -19,7 +19,12 @@
 #include "smtp_parse.h"
 
 #define SG_SID_LEN 12          /* hex characters of a session id */
-#define SG_READ_CHUNK 16384    /* one socket read */
+/* One socket read, into a per-worker buffer (session.c).  64 KiB is the
+ * loopback MTU and four full TLS records: a big message costs about a
+ * quarter of the read(2) and write(2) calls of 16 KiB reads, and only a
+ * session that is sending holds an input buffer this large (an idle one
+ * frees it). */
+#define SG_READ_CHUNK 65536
 /* Client input buffer: a whole SASL response line plus one read, so reading
  * goes on until the framer can decide (line, or too long). */
 #define SG_INBUF_MAX (SG_AUTH_LINE_MAX + SG_READ_CHUNK)

@@ -43,7 +43,8 @@
 #define UP_CMD_MAX 512               /* RFC 5321 4.5.3.1.4 command line */
 #define UP_PEER_MAX 300
 #define UP_QID_MAX 64
-#define UP_SCAN_IN (32 * 1024)       /* DATA octets scanned per step */
+#define UP_SCAN_IN (64 * 1024)       /* DATA octets scanned per step: one
+                                        client read, one upstream write */
 /* The scanner's output for UP_SCAN_IN octets: at most twice as long (bare
  * LF -> CRLF with normalize) plus a held header name and a held dot. */
 #define UP_SCAN_OUT (2 * UP_SCAN_IN + SG_SCAN_HOLD + 16)

@@ -4,7 +4,8 @@
 # with the anchors it was measured against (nginx's mail proxy, Postfix
 # submission + before-queue proxy filter), so one table compares them all.
 #
-# The rig (../shared/bench/run-anchors.sh, or RIG=<dir>) starts smtp-sink on
+# The rig (run-anchors.sh in the directory RIG=<dir> names; not part of
+# this repository) starts smtp-sink on
 # 127.0.0.1:2525, makes the RSA (or CERT=ecdsa) certificate and the sasldb
 # user bench/benchpw (realm saslgate.bench) under /tmp/saslgate-bench, runs
 # S1-S4 with its own load generator (smtpload) and prints medians.  This

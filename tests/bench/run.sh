@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: BSD-2-Clause
 # tests/bench/run.sh: saslgate's own benchmark, side by side with nginx's mail proxy.
 #
-# Reproduces the performance issue's table on any Debian box (as root):
+# Measures saslgate against nginx on any Debian box (as root):
 # builds saslgate (Release) and sgload, makes RSA-2048 and ECDSA P-256
 # certificates and a sasldb user bench/benchpw, starts Postfix's smtp-sink on
 # 127.0.0.1 as the upstream, starts each target in its own cgroup (v1
@@ -26,7 +26,8 @@
 # it), saslgate-pool (workers = 1, RSA, [upstream] pool_size = 8: kept
 # upstream connections; not in the default TARGETS), saslgate-cache
 # (workers = 1, RSA, [sasl] cache_size = 1000: the credential cache; not
-# in the default TARGETS), nginx (the shared rig's nginx.conf: mail proxy, XCLIENT, auth_http
+# in the default TARGETS), saslgate-alt (as saslgate, but the binary
+# ALT_BIN: another build, for a before/after in one run), nginx (the shared rig's nginx.conf: mail proxy, XCLIENT, auth_http
 # stub that accepts every password), direct (smtp-sink itself: the ceiling).
 #
 # Env knobs [defaults]:
@@ -48,11 +49,12 @@
 #   WORK [/tmp/saslgate-ownbench] (its base name also names the cgroups, so two
 #       runs with different WORK and PORT_BASE do not meet)  OUT [$WORK/results-<timestamp>]
 #   PORT_BASE [14500]: sink +25, saslgate +87, saslgate-auto +88,
-#       saslgate-ecdsa +89, saslgate-pool +86, saslgate-cache +85, nginx +90,
+#       saslgate-ecdsa +89, saslgate-pool +86, saslgate-cache +85,
+#       saslgate-alt +84, nginx +90,
 #       nginx auth stub +80
 # Quick pass:  REPS=1 S1_TOTAL=500 IDLE_N=300 SCENARIOS="S1 S2 S3 S4" tests/bench/run.sh
 #
-# Method (same as ../shared/bench/run-anchors.sh, so the figures compare):
+# Method (the anchor rig's, tests/bench/anchors.sh, so the figures compare):
 # server CPU = delta of the target cgroup's cpuacct.usage (v1) or cpu.stat
 # usage_usec (v2) around the load run, divided by ok messages; every process
 # the target forks is in its cgroup.  The load generator shares the box and
@@ -87,7 +89,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}; SKIP_INSTALL=${SKIP_INSTALL:-0}
 PORT_BASE=${PORT_BASE:-14500}
 SINK_PORT=$((PORT_BASE + 25))
 declare -A PORT=([saslgate]=$((PORT_BASE + 87)) [saslgate-auto]=$((PORT_BASE + 88))
-	[saslgate-ecdsa]=$((PORT_BASE + 89)) [saslgate-pool]=$((PORT_BASE + 86)) [saslgate-cache]=$((PORT_BASE + 85)) [nginx]=$((PORT_BASE + 90)) [direct]=$SINK_PORT)
+	[saslgate-ecdsa]=$((PORT_BASE + 89)) [saslgate-pool]=$((PORT_BASE + 86)) [saslgate-cache]=$((PORT_BASE + 85)) [saslgate-alt]=$((PORT_BASE + 84)) [nginx]=$((PORT_BASE + 90)) [direct]=$SINK_PORT)
 NGINX_AUTH_PORT=$((PORT_BASE + 80))
 LOAD=$BENCH/sgload
 SG=$BUILD/saslgate
@@ -195,7 +197,8 @@ sg_conf saslgate-auto ${PORT[saslgate-auto]} auto 0 >$WORK/saslgate-auto.conf
 sg_conf saslgate-ecdsa ${PORT[saslgate-ecdsa]} 1 1 >$WORK/saslgate-ecdsa.conf
 sg_conf saslgate-pool ${PORT[saslgate-pool]} 1 0 8 >$WORK/saslgate-pool.conf
 sg_conf saslgate-cache ${PORT[saslgate-cache]} 1 0 0 1000 >$WORK/saslgate-cache.conf
-for t in saslgate saslgate-auto saslgate-ecdsa saslgate-pool saslgate-cache; do
+sg_conf saslgate-alt ${PORT[saslgate-alt]} 1 0 >$WORK/saslgate-alt.conf
+for t in saslgate saslgate-auto saslgate-ecdsa saslgate-pool saslgate-cache saslgate-alt; do
 	in_list $t "$TARGETS" || continue
 	"$SG" -t -c $WORK/$t.conf >$OUT/check-$t.txt 2>&1 || die "saslgate -t rejects $WORK/$t.conf: $(head -3 $OUT/check-$t.txt)"
 done
@@ -268,7 +271,9 @@ stop_sink() {
 declare -A SGPID=()
 start_sg() { # target
 	cg_create $1
-	(cg_enter $1; exec "$SG" -c $WORK/$1.conf) >>$OUT/$1.log 2>&1 &
+	local bin=$SG
+	[ "$1" = saslgate-alt ] && bin=${ALT_BIN:?saslgate-alt needs ALT_BIN}
+	(cg_enter $1; exec "$bin" -c $WORK/$1.conf) >>$OUT/$1.log 2>&1 &
 	SGPID[$1]=$!
 	wait_port ${PORT[$1]} 10 || die "$1 not listening on ${PORT[$1]} (see $OUT/$1.log)"
 }
@@ -348,6 +353,7 @@ wants() { # target scenario
 	saslgate-ecdsa) in_list $2 "$ECDSA_SCENARIOS" ;;
 	saslgate-pool) in_list $2 "$POOL_SCENARIOS" ;;
 	saslgate-cache) in_list $2 "$CACHE_SCENARIOS" ;;
+	saslgate-alt) [ $2 != S4X ] && [ $2 != S5 ] ;;
 	nginx | direct) [ $2 != S4X ] && [ $2 != S5 ] ;;
 	*) return 0 ;;
 	esac
