@@ -285,8 +285,8 @@ static const char *const auth_result[SG_MA_N] = {"ok", "fail", "tempfail"};
 static const char *const refusal_reason[SG_MR_N] = {"size", "bare_newline",
                                                     "nul", "upstream"};
 static const char *const pool_result[SG_MP_N] = {"hit", "miss", "stale"};
-static const char *const reject_reason[SG_MJ_N] = {"max_connections",
-                                                   "proxy_untrusted"};
+static const char *const reject_reason[SG_MJ_N] = {
+    "max_connections", "proxy_untrusted", "descriptors"};
 
 static void render_connections(const sg_metrics_snapshot *s, sg_buf *out)
 {
@@ -301,7 +301,7 @@ static void render_connections(const sg_metrics_snapshot *s, sg_buf *out)
 	          m->conns_open, 1, NULL);
 	family(out, "saslgate_connections_rejected_total", "counter",
 	       "connections closed at once (max_connections; PROXY header from "
-	       "a peer not in proxy_trusted_networks)");
+	       "a peer not in proxy_trusted_networks; no file descriptor left)");
 	for (int r = 0; r < SG_MJ_N; r++) {
 		char extra[64];
 		snprintf(extra, sizeof extra, "reason=\"%s\"", reject_reason[r]);

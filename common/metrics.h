@@ -34,7 +34,7 @@ enum sg_mlabel { SG_ML_LISTENER, SG_ML_MECH, SG_ML_UPSTREAM, SG_ML_ACTION,
 enum sg_mauth { SG_MA_OK, SG_MA_FAIL, SG_MA_TEMPFAIL, SG_MA_N };
 enum sg_mrefusal { SG_MR_SIZE, SG_MR_BARE, SG_MR_NUL, SG_MR_UPSTREAM,
 	           SG_MR_N };
-enum sg_mreject { SG_MJ_MAXCONN, SG_MJ_PROXY, SG_MJ_N };
+enum sg_mreject { SG_MJ_MAXCONN, SG_MJ_PROXY, SG_MJ_FD, SG_MJ_N };
 /* [upstream] pool_size: a link open served by a kept connection, one that
  * found none, a kept one found closed at its first command */
 enum sg_mpool { SG_MP_HIT, SG_MP_MISS, SG_MP_STALE, SG_MP_N };

@@ -208,6 +208,7 @@ static void no_descriptor(sg_listener *l, int lfd, int err)
 			int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 			if (fd >= 0) {
 				refuse_fd(w, lc, fd);
+				sg_metrics_rejected(lc->name, SG_MJ_FD);
 				w->fd_refused++;
 				continue;
 			}

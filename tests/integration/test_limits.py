@@ -35,6 +35,7 @@ import smtplib
 import statistics
 import threading
 import time
+import urllib.request
 
 import sgtest
 from sgtest import HOST, T, Raw, default_config, make_sasldb, plain_b64
@@ -281,7 +282,9 @@ def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_s
     headroom, knock_secs = 30, 3.0
     pf = start_postfix(extra={"smtpd_timeout": "2s"})  # drops idle upstream links
     sa = start_saslauthd(users={SA_FD_USER: SA_FD_PW})
-    cfg = default_config(workdir, upstream_port=pf.port, saslauthd=sa, server={"workers": 2})
+    mport = sgtest.free_port()
+    cfg = default_config(workdir, upstream_port=pf.port, saslauthd=sa, server={"workers": 2},
+                         metrics={"address": "%s:%d" % (sgtest.HOST, mport)})
     sg = start_saslgate(cfg, secrets={SA_FD_USER: SA_FD_PW})
     port = sg.port("plain")
     auth = "AUTH PLAIN " + plain_b64(SA_FD_USER, SA_FD_PW)
@@ -394,6 +397,13 @@ def test_out_of_file_descriptors(workdir, start_saslgate, start_postfix, start_s
     assert short <= set(re.findall(r"event=fd_recovered worker=(\d+)", sg.log_text())), (
         short, recovered)
     assert sum(int(n) for n in recovered) == nrefused, (recovered, nrefused)
+    # the metrics count the same refusals, under their own reason
+    with urllib.request.urlopen("http://%s:%d/metrics" % (sgtest.HOST, mport),
+                                timeout=T(10)) as resp:
+        text = resp.read().decode()
+    m = re.search(r'^saslgate_connections_rejected_total\{listener="plain",'
+                  r'reason="descriptors"\} (\d+)$', text, re.M)
+    assert m and int(m.group(1)) == nrefused, (m and m.group(0), nrefused)
     print("\nRLIMIT_NOFILE %d (daemon at rest: %d descriptors): %d clients held, %d "
           "descriptors open when exhausted; %d refused with 421 4.7.0 (max %.1f ms); "
           "%d log lines for them; CPU %.1f%% of a core over %.0f s while knocking, %.1f%% "
