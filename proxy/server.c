@@ -45,6 +45,8 @@
 
 #define SG_LISTEN_BACKLOG 1024
 #define SG_DRAIN_POLL_MS 100
+/* How long past shutdown_timeout a SASL call may keep a worker. */
+#define SG_SASL_ABANDON_MS 1000
 #define SG_ACCEPT_BATCH 64  /* connections taken per wake-up of a listener */
 #define SG_FD_RETRY_MS 250  /* a listener's pause when no descriptor is free */
 #define SG_FD_LOG_MS 10000  /* one line per worker this often, out of them */
@@ -365,8 +367,23 @@ static void drain_poll(uv_timer_t *t)
 	uint64_t elapsed = uv_now(&w->loop) - w->stop_started;
 	if (w->nsessions > 0 && elapsed >= deadline)
 		sg_session_drain_all(w, true);
+	/* A SASL call still in the backend (saslauthd stopped, a directory
+	 * that never answers) cannot be cancelled, and its pending work would
+	 * keep the loop running.  Its session is gone; past the deadline plus
+	 * a second, the worker stops without it (sg_server_run then exits
+	 * without waiting for the pool threads). */
+	unsigned stuck = sg_auth_inflight();
+	if (w->nsessions == 0 && stuck > 0 &&
+	    elapsed < deadline + SG_SASL_ABANDON_MS)
+		return;
 	if (w->nsessions == 0) {
 		uv_timer_stop(t);
+		if (stuck > 0) {
+			log_warn(NULL, "shutdown: worker %d: %u SASL call(s) still "
+			         "waiting for the backend, not waited for", w->id,
+			         stuck);
+			uv_stop(&w->loop);
+		}
 		sg_policy_shutdown(&w->loop); /* its kept connections */
 		sg_link_pool_shutdown(&w->loop); /* and the upstream's */
 		uv_close((uv_handle_t *)&w->stop_timer, NULL);
@@ -684,10 +701,20 @@ int sg_server_run(sg_config *cfg)
 	sd_notify(0, "READY=1");
 
 	uv_run(srv.loop, UV_RUN_DEFAULT);
-	for (int i = 0; i < srv.nworkers; i++) {
+	for (int i = 0; i < srv.nworkers; i++)
 		uv_thread_join(&srv.workers[i].thread);
-		uv_loop_close(&srv.workers[i].loop);
+	/* A pool thread still inside Cyrus SASL (worker stop above) would
+	 * hang the exit: libuv joins its pool threads when the process ends,
+	 * and freeing what that thread uses is not safe.  Nothing is left to
+	 * answer, so the process ends here. */
+	unsigned stuck = sg_auth_inflight();
+	if (stuck > 0) {
+		log_info(NULL, "stopped (%u SASL call(s) left in the backend)", stuck);
+		sg_log_flush();
+		_exit(0);
 	}
+	for (int i = 0; i < srv.nworkers; i++)
+		uv_loop_close(&srv.workers[i].loop);
 	log_info(NULL, "stopped");
 	for (int i = 0; i < srv.nworkers; i++)
 		worker_free(&srv.workers[i]);

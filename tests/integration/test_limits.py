@@ -33,6 +33,7 @@ import selectors
 import signal
 import smtplib
 import statistics
+import subprocess
 import threading
 import time
 import urllib.request
@@ -578,3 +579,53 @@ def test_sasl_backend_stopped(workdir, start_saslgate, start_smtp_sink, start_sa
              max(burst_454) * 1000, len(waiting), min(waited), max(waited), stall_454 * 1000,
              statistics.median(lat) * 1000, max(lat) * 1000, len(lat), recovered * 1000,
              retries, nauth + 1))
+
+
+def test_sigterm_while_sasl_backend_hangs(workdir, start_saslgate, start_smtp_sink,
+                                          start_saslauthd):
+    """SIGTERM while three logins wait for a stopped saslauthd: the daemon
+    does not wait for the hung calls.  Each waiting client gets 421 (or
+    454, if its login's bound ran out first) and the process exits with
+    status 0 one second after shutdown_timeout, saying why in the log."""
+    sink = start_smtp_sink()
+    sa = start_saslauthd(users={SA_Q_USER: SA_Q_PW})
+    cfg = default_config(workdir, upstream_port=sink.port, saslauthd=sa, identity="header",
+                         server={"shutdown_timeout": "2s"})
+    sg = start_saslgate(cfg, secrets={SA_Q_USER: SA_Q_PW})
+    port = sg.port("plain")
+    auth = "AUTH PLAIN " + plain_b64(SA_Q_USER, SA_Q_PW)
+    send_message(port, SA_Q_USER, SA_Q_PW, "t-before")
+    pgid = os.getpgid(sa.proc.pid)
+    sessions = []
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            r = Raw(port, timeout=T(15))
+            r.expect(220)
+            r.expect(250, "EHLO login.example")
+            r.line(auth)
+            sessions.append(r)
+        sg.wait_log(r"event=connect", timeout=5)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        sg.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = sg.proc.wait(timeout=T(10))
+        except subprocess.TimeoutExpired:
+            raise AssertionError("saslgate still running %.0fs after SIGTERM with logins "
+                                 "hung in saslauthd" % (time.monotonic() - t0))
+        took = time.monotonic() - t0
+        for r in sessions:
+            rep = r.reply(timeout=T(5))
+            assert rep.code in (421, 454), rep.text
+        assert rc == 0, rc
+        # shutdown_timeout, then one second for the SASL calls
+        assert took < 3 + T(1), "exit %.1fs after SIGTERM" % took
+        log = sg.log_text()
+        assert re.search(r"shutdown: worker \d+: 3 SASL call\(s\) still waiting", log), log[-2000:]
+        assert "stopped (3 SASL call(s) left in the backend)" in log, log[-2000:]
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+        for r in sessions:
+            r.close()
+    print("\nSIGTERM with 3 logins hung in saslauthd: exit %d after %.2f s" % (rc, took))
