@@ -296,6 +296,29 @@ def make_sasldb(path, users, realm=None):
     return path
 
 
+def spawn_saslauthd(args, dir, log_path, timeout=10):
+    """saslauthd ARGS in the foreground (-d) with its socket in DIR (-m),
+    output to LOG_PATH, in a session of its own (so a test can stop the
+    whole group); returns the process once its socket accepts."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(["saslauthd", *args, "-m", str(dir), "-d"], stdout=log,
+                            stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    sock = os.path.join(str(dir), "mux")
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError("saslauthd exited: %s" % pathlib.Path(log_path).read_text())
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(sock)
+                return True
+            except OSError:
+                return False
+    wait_for(up, T(timeout), "saslauthd socket")
+    return proc
+
+
 class Saslauthd:
     """Debian's saslauthd with the shadow backend and throwaway users."""
 
@@ -323,25 +346,8 @@ class Saslauthd:
         _check(["chpasswd"], input="%s:%s\n" % (user, pw))
 
     def _start(self):
-        log = open(self.log_path, "wb")
-        # -d: foreground with debug output; -n 2: two worker processes.
-        self.proc = subprocess.Popen(["saslauthd", "-a", "shadow", "-m", str(self.dir),
-                                      "-n", "2", "-d"], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-
-        def up():
-            if self.proc.poll() is not None:
-                raise RuntimeError("saslauthd exited: %s" % self.log_path.read_text())
-            if not os.path.exists(self.socket_path):
-                return False
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(self.socket_path)
-                    return True
-                except OSError:
-                    return False
-        wait_for(up, 10, "saslauthd socket")
+        # -a shadow: the system's users; -n 2: two worker processes.
+        self.proc = spawn_saslauthd(["-a", "shadow", "-n", "2"], self.dir, self.log_path)
 
     def check(self, user, pw, service="smtp"):
         """testsaslauthd: True when the backend accepts user/pw."""

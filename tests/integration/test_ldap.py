@@ -31,7 +31,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ import time
 import pytest
 
 from sgtest import (HOST, SOURCE_DIR, Raw, SANITIZE, Saslgate, T, _check, _ini, _run,
+                    spawn_saslauthd,
                     _stop_process, b64, default_config,
                     free_port, make_ca, make_cert, make_leaf, plain_b64, run_saslgate, smtp, wait_for)
 
@@ -300,23 +300,8 @@ class SaslauthdLdap:
             % (slapd.url, PEOPLE, filter, BIND_DN, BIND_PW, slapd.ca[0], extra))
         os.chmod(self.conf, 0o600)  # it holds the bind password
         self.log_path = self.dir / "saslauthd.log"
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["saslauthd", "-a", "ldap", "-O", str(self.conf),
-                                      "-m", str(self.dir), "-n", "4", "-d"],
-                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
-
-        def up():
-            if self.proc.poll() is not None:
-                raise RuntimeError("saslauthd exited: %s" % self.log_path.read_text())
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(self.socket_path)
-                    return True
-                except OSError:
-                    return False
-        wait_for(up, T(10), "saslauthd socket")
+        self.proc = spawn_saslauthd(["-a", "ldap", "-O", str(self.conf), "-n", "4"],
+                                    self.dir, self.log_path)
 
     def stop(self):
         _stop_process(self.proc, timeout=5)

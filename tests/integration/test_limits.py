@@ -471,6 +471,23 @@ class Prober:
         return self.lat
 
 
+def saslauthd_gate(workdir, start_saslgate, start_smtp_sink, start_saslauthd, marker,
+                   **sections):
+    """saslgate (identity = header, the given config sections) in front of
+    smtp-sink, its logins checked by a saslauthd of its own; one message
+    (marked MARKER) already sent.  Returns the sink, saslgate, its port,
+    the AUTH line and saslauthd's process group (to SIGSTOP it)."""
+    sink = start_smtp_sink()
+    sa = start_saslauthd(users={SA_Q_USER: SA_Q_PW})
+    cfg = default_config(workdir, upstream_port=sink.port, saslauthd=sa, identity="header",
+                         **sections)
+    sg = start_saslgate(cfg, secrets={SA_Q_USER: SA_Q_PW})
+    port = sg.port("plain")
+    send_message(port, SA_Q_USER, SA_Q_PW, marker)
+    return (sink, sg, port, "AUTH PLAIN " + plain_b64(SA_Q_USER, SA_Q_PW),
+            os.getpgid(sa.proc.pid))
+
+
 def test_sasl_backend_stopped(workdir, start_saslgate, start_smtp_sink, start_saslauthd):
     """saslauthd stopped (SIGSTOP) behind [sasl] threads = 1: of 30 logins
     at once, 16 (16 x threads) wait for it and 14 get 454 4.7.0 at once, far
@@ -480,17 +497,11 @@ def test_sasl_backend_stopped(workdir, start_saslgate, start_smtp_sink, start_sa
     costs a failure (max_failures = 1, ip_failure_limit = 2): after SIGCONT
     every one of the 31 sessions logs in with 235, and mail flows."""
     threads, nauth, in_flight_max, wait_max = 1, 30, 16, 10.0
-    sink = start_smtp_sink()
-    sa = start_saslauthd(users={SA_Q_USER: SA_Q_PW})
-    cfg = default_config(workdir, upstream_port=sink.port, saslauthd=sa, identity="header",
-                         server={"workers": 2},
-                         sasl={"threads": threads, "failure_delay": "10s", "max_failures": 1,
-                               "ip_failure_limit": 2})
-    sg = start_saslgate(cfg, secrets={SA_Q_USER: SA_Q_PW})
-    port = sg.port("plain")
-    auth = "AUTH PLAIN " + plain_b64(SA_Q_USER, SA_Q_PW)
-    send_message(port, SA_Q_USER, SA_Q_PW, "q-before")
-    pgid = os.getpgid(sa.proc.pid)
+    sink, sg, port, auth, pgid = saslauthd_gate(
+        workdir, start_saslgate, start_smtp_sink, start_saslauthd, "q-before",
+        server={"workers": 2},
+        sasl={"threads": threads, "failure_delay": "10s", "max_failures": 1,
+              "ip_failure_limit": 2})
 
     sessions = []
     prober = Prober(port)
@@ -587,15 +598,9 @@ def test_sigterm_while_sasl_backend_hangs(workdir, start_saslgate, start_smtp_si
     does not wait for the hung calls.  Each waiting client gets 421 (or
     454, if its login's bound ran out first) and the process exits with
     status 0 one second after shutdown_timeout, saying why in the log."""
-    sink = start_smtp_sink()
-    sa = start_saslauthd(users={SA_Q_USER: SA_Q_PW})
-    cfg = default_config(workdir, upstream_port=sink.port, saslauthd=sa, identity="header",
-                         server={"shutdown_timeout": "2s"})
-    sg = start_saslgate(cfg, secrets={SA_Q_USER: SA_Q_PW})
-    port = sg.port("plain")
-    auth = "AUTH PLAIN " + plain_b64(SA_Q_USER, SA_Q_PW)
-    send_message(port, SA_Q_USER, SA_Q_PW, "t-before")
-    pgid = os.getpgid(sa.proc.pid)
+    sink, sg, port, auth, pgid = saslauthd_gate(
+        workdir, start_saslgate, start_smtp_sink, start_saslauthd, "t-before",
+        server={"shutdown_timeout": "2s"})
     sessions = []
     os.killpg(pgid, signal.SIGSTOP)
     try:

@@ -34,7 +34,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import ssl
 import statistics
 import subprocess
@@ -108,6 +107,18 @@ def parse_args(argv):
 
 # ---------------------------------------------------------------- helpers
 
+def tcp_rows():
+    """The rows of /proc/net/tcp and tcp6, split into fields."""
+    for tab in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(tab) as f:
+                next(f)
+                for line in f:
+                    yield line.split()
+        except OSError:
+            pass
+
+
 def proc_sample(pid):
     """(rss KiB, fds, fds that are not established TCP connections)."""
     rss = 0
@@ -115,17 +126,7 @@ def proc_sample(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-    established = set()
-    for tab in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(tab) as f:
-                next(f)
-                for line in f:
-                    w = line.split()
-                    if w[3] == "01":
-                        established.add(w[9])
-        except OSError:
-            pass
+    established = {w[9] for w in tcp_rows() if w[3] == "01"}
     fds = other = 0
     for fd in os.listdir("/proc/%d/fd" % pid):
         try:
@@ -152,15 +153,8 @@ def fd_table(pid):
         if len(ip) == 8:
             ip = ".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0))
         return "%s:%d" % (ip, int(port, 16))
-    for tab in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(tab) as f:
-                next(f)
-                for line in f:
-                    w = line.split()
-                    socks[w[9]] = "tcp %s %s->%s" % (states.get(w[3], w[3]), addr(w[1]), addr(w[2]))
-        except OSError:
-            pass
+    for w in tcp_rows():
+        socks[w[9]] = "tcp %s %s->%s" % (states.get(w[3], w[3]), addr(w[1]), addr(w[2]))
     try:
         with open("/proc/net/unix") as f:
             next(f)
@@ -217,6 +211,7 @@ class Soak:
         self.burst_codes = []       # reply codes to the wrong passwords
         self.idle_runs = []         # (start, end, events file)
         self.rig_errors = []
+        self.incomplete = set()  # queue files a killed cleanup(8) left
         self.seq = 0
         self.started = []           # things to stop, in order
 
@@ -538,10 +533,23 @@ class Soak:
     # -------------------------------------------------------- drain
 
     def queue_files(self, pf):
+        """Queue files of messages Postfix took.  A file cleanup(8) was
+        still writing when the restart fault killed it stays in incoming/
+        without its owner-execute bit (Postfix sets 0700 on a complete
+        file); nobody got a 2xx for it, it is not mail, and Postfix never
+        moves it, so it is counted apart (self.incomplete)."""
         n = 0
         for q in ("maildrop", "incoming", "active", "deferred", "hold"):
-            for _, _, files in os.walk(pf.spool / q):
-                n += len(files)
+            for root, _, files in os.walk(pf.spool / q):
+                for f in files:
+                    try:
+                        mode = os.stat(os.path.join(root, f)).st_mode
+                    except OSError:
+                        continue
+                    if q == "incoming" and not mode & 0o100:
+                        self.incomplete.add(os.path.join(root, f))
+                        continue
+                    n += 1
         return n
 
     def drain(self):
@@ -812,6 +820,8 @@ class Soak:
             "without a 2xx: %d (outside faults: %d)" % (len(dup), len(redelivered), len(extra),
                                                        len(extra_bad)),
             "- wrong-password burst replies: %s" % summary["burst_replies"],
+            "- incomplete queue files left by a cleanup(8) the restart killed (no 2xx "
+            "given, not mail): %d" % len(self.incomplete),
             "- idle sessions alive after the hold: %d of %d" % (idle_ok, idle_all),
             "- saslgate RSS: baseline %.1f MiB, slope after warm-up %s KiB/min (limit %g%s)" % (
                 self.baseline[0] / 1024, "%.1f" % rss_slope if rss_slope is not None else "-",

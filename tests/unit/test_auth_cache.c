@@ -216,6 +216,15 @@ static int plain(sg_config *c, const char *msg, size_t len, bool *cached,
 	return res;
 }
 
+/* One PLAIN login with cfg: its result and whether the cache answered
+ * (the login Cyrus reports lands in the caller's user[]). */
+#define LOGIN_IS(cfg, cred, want, want_cached)                              \
+	do {                                                                \
+		ASSERT_EQ(plain(cfg, cred, sizeof cred - 1, &cached, user,  \
+		                sizeof user), want);                        \
+		ASSERT_EQ(cached, want_cached);                             \
+	} while (0)
+
 #define PLAIN_OK "\0" USER "\0" PASS
 #define PLAIN_BAD "\0" USER "\0wrong"
 
@@ -230,13 +239,9 @@ static void test_glue(void)
 	ASSERT_EQ(sg_sasl_reconfig(c, &errs), 0);
 
 	/* a miss asks Cyrus; then the same login is a hit, same identity */
-	ASSERT_EQ(plain(c, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(!cached);
+	LOGIN_IS(c, PLAIN_OK, SG_AUTH_OK, false);
 	ASSERT_STR_EQ(user, LOGIN);
-	ASSERT_EQ(plain(c, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(cached);
+	LOGIN_IS(c, PLAIN_OK, SG_AUTH_OK, true);
 	ASSERT_STR_EQ(user, LOGIN);
 
 	/* LOGIN with the same login and password: the challenges come from
@@ -260,9 +265,7 @@ static void test_glue(void)
 
 	/* the wrong password (asked above, now a cached failure) is never
 	 * the right one's success; kept with cache_negative_ttl */
-	ASSERT_EQ(plain(c, PLAIN_BAD, sizeof PLAIN_BAD - 1, &cached, user,
-	                sizeof user), SG_AUTH_FAIL);
-	ASSERT(cached);
+	LOGIN_IS(c, PLAIN_BAD, SG_AUTH_FAIL, true);
 	ASSERT_STR_EQ(user, "");
 	/* a cached failure in the middle of LOGIN, then a new AUTH on the
 	 * same context: Cyrus answers it as usual */
@@ -291,9 +294,7 @@ static void test_glue(void)
 
 	/* SIGHUP's flush */
 	sg_sasl_cache_flush();
-	ASSERT_EQ(plain(c, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(!cached);
+	LOGIN_IS(c, PLAIN_OK, SG_AUTH_OK, false);
 
 	/* a reload with cache_negative_ttl = 0: emptied, failures never kept */
 	sg_config *c2 = config("cache_size = 16\ncache_negative_ttl = 0\n");
@@ -303,24 +304,16 @@ static void test_glue(void)
 		                sizeof user), SG_AUTH_FAIL);
 		ASSERT(!cached, "failure %d", i);
 	}
-	ASSERT_EQ(plain(c2, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(!cached); /* emptied by the reload */
-	ASSERT_EQ(plain(c2, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(cached);
+	LOGIN_IS(c2, PLAIN_OK, SG_AUTH_OK, false); /* emptied by the reload */
+	LOGIN_IS(c2, PLAIN_OK, SG_AUTH_OK, true);
 	/* a session still on the old configuration stays out of it */
-	ASSERT_EQ(plain(c, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-	                sizeof user), SG_AUTH_OK);
-	ASSERT(!cached);
+	LOGIN_IS(c, PLAIN_OK, SG_AUTH_OK, false);
 
 	/* cache_size = 0 (the default): every login asks Cyrus */
 	sg_config *c3 = config("");
 	ASSERT_EQ(sg_sasl_reconfig(c3, &errs), 0);
 	for (int i = 0; i < 2; i++) {
-		ASSERT_EQ(plain(c3, PLAIN_OK, sizeof PLAIN_OK - 1, &cached, user,
-		                sizeof user), SG_AUTH_OK);
-		ASSERT(!cached);
+		LOGIN_IS(c3, PLAIN_OK, SG_AUTH_OK, false);
 	}
 	sg_errors_print(&errs, stderr);
 	ASSERT_EQ(errs.n, 0);
