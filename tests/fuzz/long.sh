@@ -13,10 +13,11 @@
 # Expects the binaries built by tests/fuzz/run.sh in build-fuzz/.  Each run
 # starts from the committed corpus plus what earlier long runs found
 # (build-fuzz/long/work/<target>/).  When every run is over, each target's
-# inputs are merged (libFuzzer -merge=1: the smallest set with the same
-# coverage) into build-fuzz/long/min/<target>/; copy that over
-# tests/fuzz/corpus/<target>/ to commit it (crash-*, leak-* and timeout-*
-# regression inputs are kept as they are).  A table of the runs is printed
+# finds are merged (libFuzzer -merge=1) into a copy of its committed corpus,
+# build-fuzz/long/min/<target>/: the committed inputs stay as they are
+# (hand-made seeds, crash-*, leak-* and timeout-* regression inputs) and
+# only the fewest found inputs that add coverage join them; copy that over
+# tests/fuzz/corpus/<target>/ to commit it.  A table of the runs is printed
 # and kept in build-fuzz/long/table.md.
 set -u
 cd "$(dirname "$0")/../.."
@@ -103,14 +104,17 @@ while [ $# -gt 0 ] || [ "$running" -gt 0 ]; do
 	running=$(jobs -p | wc -l)
 done
 
-# minimise: the smallest input set with the coverage of corpus + work
+# minimise: the committed corpus as it is (hand-made seeds, regression
+# inputs), plus the fewest found inputs that add coverage to it
 for t in $targets; do
 	min="$L/min/$t"
 	rm -rf "$min"
-	mkdir -p "$min"
+	mkdir -p "$L/min"
+	cp -r "tests/fuzz/corpus/$t" "$min"
+	before=$(ls "$min" | wc -l)
 	"$B/$t" -merge=1 -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
-		"$min" "tests/fuzz/corpus/$t" "$L/work/$t" >"$L/$t.merge.log" 2>&1
-	echo "long: $t: $(ls "$min" | wc -l) inputs after merge ($(cat "$min"/* 2>/dev/null | wc -c) octets)"
+		"$min" "$L/work/$t" >"$L/$t.merge.log" 2>&1
+	echo "long: $t: $before committed inputs + $(($(ls "$min" | wc -l) - before)) found ($(cat "$min"/* 2>/dev/null | wc -c) octets in all)"
 done
 {
 	echo "| target | CPU s | wall s | execs | cov | ft | findings | end |"

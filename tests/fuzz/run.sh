@@ -12,7 +12,9 @@
 #   tests/fuzz/run.sh fuzz_config                 one target
 #
 # New interesting inputs found while fuzzing go to build-fuzz/work/<target>/,
-# not into the repository: seeds stay small and hand-made.
+# not into the repository.  The committed corpora are hand-made seeds,
+# regression inputs, and what the hour-long runs of tests/fuzz/long.sh found
+# that adds coverage (named by their SHA-1).
 #
 # Every fuzzer run is bounded by timeout(1) as well as by libFuzzer's own
 # limits, so a target that hangs, or a minimisation that never converges,
