@@ -746,6 +746,7 @@ static int add_server(struct loader *ld, const char *v, const char **why)
 		for (size_t i = 0; i < c->nservers; i++) {
 			free(c->servers[i].host);
 			free(c->servers[i].port);
+			free(c->servers[i].label);
 		}
 		c->nservers = 0;
 		ld->servers_file = ld->where.file;
@@ -754,6 +755,9 @@ static int add_server(struct loader *ld, const char *v, const char **why)
 	    sg_xreallocarray(c->servers, c->nservers + 1, sizeof *s);
 	s[c->nservers].host = host;
 	s[c->nservers].port = port;
+	bool v6 = strchr(host, ':') != NULL;
+	s[c->nservers].label = sg_xasprintf("%s%s%s:%s", v6 ? "[" : "", host,
+	                                    v6 ? "]" : "", port);
 	s[c->nservers].where = ld->where;
 	c->nservers++;
 	return 0;
@@ -1452,6 +1456,7 @@ void sg_config_unref(sg_config *c)
 	for (size_t i = 0; i < c->nservers; i++) {
 		free(c->servers[i].host);
 		free(c->servers[i].port);
+		free(c->servers[i].label);
 	}
 	free(c->servers);
 	policy_servers_free(c);

@@ -68,6 +68,7 @@ typedef struct sg_listener_cfg {
 typedef struct sg_upstream_server {
 	char *host; /* name or address, brackets removed for IPv6 */
 	char *port; /* numeric string */
+	char *label; /* "host:port", "[v6]:port": its name in logs and metrics */
 	sg_where where;
 } sg_upstream_server;
 

@@ -84,14 +84,8 @@ static void declare_metrics(const sg_config *cfg)
 {
 	for (size_t i = 0; i < cfg->nlisteners; i++)
 		sg_metrics_declare(SG_ML_LISTENER, cfg->listeners[i].name);
-	for (size_t i = 0; i < cfg->nservers; i++) {
-		const sg_upstream_server *u = &cfg->servers[i];
-		bool v6 = strchr(u->host, ':') != NULL;
-		char peer[300];
-		snprintf(peer, sizeof peer, "%s%s%s:%s", v6 ? "[" : "", u->host,
-		         v6 ? "]" : "", u->port);
-		sg_metrics_declare(SG_ML_UPSTREAM, peer);
-	}
+	for (size_t i = 0; i < cfg->nservers; i++)
+		sg_metrics_declare(SG_ML_UPSTREAM, cfg->servers[i].label);
 }
 
 bool sg_server_proxy_refused(const sg_listener_cfg *lc,

@@ -419,13 +419,7 @@ void link_fail_server(sg_link *l, const char *fmt, ...)
 
 /* ---- connecting ---------------------------------------------------------- */
 
-static void set_peer(sg_link *l)
-{
-	const sg_upstream_server *s = &l->cfg->servers[l->srv];
-	bool v6 = strchr(s->host, ':') != NULL;
-	snprintf(l->peer, sizeof l->peer, "%s%s%s:%s", v6 ? "[" : "", s->host,
-	         v6 ? "]" : "", s->port);
-}
+static void set_peer(sg_link *l) { l->peer = l->cfg->servers[l->srv].label; }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
@@ -476,6 +470,8 @@ static void connect_ai(sg_link *l)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
 	sg_link *l = req->data;
+	free(req);
+	l->gai = NULL;
 	l->nhandles--;
 	if (l->phase == P_CLOSED) {
 		if (res)
@@ -515,11 +511,16 @@ static void start_server(sg_link *l)
 		connect_ai(l);
 		return;
 	}
-	l->gai.data = l;
-	/* a name, on the thread pool: a slow DNS server must not stall the loop */
-	int rc = uv_getaddrinfo(l->loop, &l->gai, on_resolved, s->host, s->port,
+	/* a name, on the thread pool: a slow DNS server must not stall the
+	 * loop.  The request is allocated only for this (most links never
+	 * resolve) and freed by its callback. */
+	l->gai = sg_xmalloc(sizeof *l->gai);
+	l->gai->data = l;
+	int rc = uv_getaddrinfo(l->loop, l->gai, on_resolved, s->host, s->port,
 	                        &hints);
 	if (rc < 0) {
+		free(l->gai);
+		l->gai = NULL;
 		link_fail_server(l, "resolve: %s", uv_strerror(rc));
 		return;
 	}
@@ -685,6 +686,7 @@ static sg_link *link_new(uv_loop_t *loop, const sg_config *cfg,
 	sg_link *l = sg_xcalloc(1, sizeof *l);
 	l->loop = loop;
 	l->cfg = sg_config_ref((sg_config *)cfg);
+	l->peer = ""; /* the server's label from its first connect */
 	link_set_identity(l, id);
 	uv_timer_init(loop, &l->timer);
 	uv_timer_init(loop, &l->defer);

@@ -127,9 +127,9 @@ struct sg_link {
 
 	/* which server / address */
 	size_t srv;
-	uv_getaddrinfo_t gai;
+	uv_getaddrinfo_t *gai; /* while a name is looked up */
 	struct addrinfo *ais, *ai;
-	char peer[UP_PEER_MAX];
+	const char *peer; /* the server's label in l->cfg */
 	/* why the last server failed, for the one upstream_unavailable line;
 	 * allocated at the first failure (an idle link that never failed
 	 * carries none of it: idle sessions are kept small) */

@@ -617,6 +617,10 @@ static void test_every_key(void)
 		              "server 2 (default port 25)");
 		ASSERT_STR_EQ(c->servers[2].port, "25", "server 2 (default port 25)");
 		ASSERT_EQ(c->servers[2].where.line, 46);
+		/* the names logs and metrics give them */
+		ASSERT_STR_EQ(c->servers[0].label, "mx1.example.org:2525");
+		ASSERT_STR_EQ(c->servers[1].label, "[2001:db8::1]:26");
+		ASSERT_STR_EQ(c->servers[2].label, "10.0.0.5:25");
 	}
 	ASSERT_EQ(c->identity, SG_ID_AUTH, "identity");
 	ASSERT_STR_EQ(c->upstream_helo, "relay.example.org", "helo");
