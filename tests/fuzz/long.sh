@@ -5,7 +5,10 @@
 # /proc/PID/stat, so a run that shares the machine still gets its full hour
 # of fuzzing.  LANES targets run side by side (default 2) at nice 19, so the
 # machine stays usable; `kill -STOP` on the fuzzers pauses them without
-# costing them any of their budget.
+# costing them any of their budget (libFuzzer's watchdog, which counts
+# wall-clock time, then calls the input in hand a timeout: that input is run
+# again alone, and when it runs in time the fuzzing goes on from its
+# corpus with the rest of its budget).
 #
 #   tests/fuzz/long.sh                      every target, one CPU hour each
 #   CPU_SECONDS=600 tests/fuzz/long.sh fuzz_config fuzz_policy
@@ -52,38 +55,71 @@ cpu_of() {
 		"/proc/$1/stat" 2>/dev/null || echo -1
 }
 
+# stall_only ART: every timeout input in ART runs in time when run alone:
+# the "timeout" was the machine (or a SIGSTOP) stalling the fuzzer, whose
+# watchdog counts wall-clock time.  Such inputs are set aside as *.stall.
+stall_only() {
+	local f any=0
+	for f in "$1"/timeout-* "$1"/slow-unit-*; do
+		[ -f "$f" ] || continue
+		any=1
+		timeout -k 5 60 "$B/$t" -timeout=10 -runs=1 -rss_limit_mb=2048 "$f" \
+			>/dev/null 2>&1 || return 1
+	done
+	[ "$any" = 1 ] || return 1
+	for f in "$1"/timeout-* "$1"/slow-unit-*; do
+		[ -f "$f" ] && mv "$f" "$f.stall"
+	done
+	return 0
+}
+
 # one_run TARGET: fuzz until CPU_SECONDS are used, then SIGINT (libFuzzer
-# prints its final statistics on SIGINT)
+# prints its final statistics on SIGINT).  A run ended by a timeout that
+# does not reproduce goes on from its corpus with the rest of its budget.
 one_run() {
 	t=$1
 	work="$L/work/$t"
 	art="$L/artifacts/$t"
 	mkdir -p "$work" "$art"
 	log="$L/$t.log"
+	: >"$log"
 	start=$(date +%s)
-	ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
-	UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-		nice -n 19 "$B/$t" -max_len="$(max_len "$t")" -timeout=10 \
-		-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$art/" \
-		"$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 &
-	pid=$!
-	used=0
-	while kill -0 "$pid" 2>/dev/null; do
-		sleep 5
-		now=$(cpu_of "$pid")
-		[ "$now" -ge 0 ] && used=$now
-		[ "$used" -ge "$CPU_SECONDS" ] && kill -INT "$pid"
+	total=0 stalls=0 execs=0
+	while :; do
+		ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
+		UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+			nice -n 19 "$B/$t" -max_len="$(max_len "$t")" -timeout=10 \
+			-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$art/" \
+			"$work" "tests/fuzz/corpus/$t" >>"$log" 2>&1 &
+		pid=$!
+		used=0
+		while kill -0 "$pid" 2>/dev/null; do
+			sleep 5
+			now=$(cpu_of "$pid")
+			[ "$now" -ge 0 ] && used=$now
+			[ $((total + used)) -ge "$CPU_SECONDS" ] && kill -INT "$pid" 2>/dev/null
+		done
+		wait "$pid"
+		rc=$?
+		total=$((total + used))
+		n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+		execs=$((execs + ${n:-0}))
+		echo "long: $t: run ended, exit $rc, ${total}s CPU so far" >>"$log"
+		if [ "$rc" -ne 0 ] && [ "$rc" -ne 72 ] && [ "$rc" -ne 130 ] &&
+			[ "$total" -lt "$CPU_SECONDS" ] && stall_only "$art"; then
+			stalls=$((stalls + 1))
+			continue
+		fi
+		break
 	done
-	wait "$pid"
-	rc=$?
 	wall=$(($(date +%s) - start))
-	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 	cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -n 1 | cut -d' ' -f2)
 	ft=$(grep -Eo 'ft: [0-9]+' "$log" | tail -n 1 | cut -d' ' -f2)
-	finds=$(ls "$art" | grep -c -E '^(crash|leak|timeout|oom)-')
+	finds=$(ls "$art" | grep -c -E '^(crash|leak|timeout|oom)-[0-9a-f]+$')
 	# interrupted by us is the normal end (libFuzzer exits 72 on SIGINT)
 	case "$rc" in 0 | 72 | 130) verdict=ok ;; *) verdict="exit $rc" ;; esac
-	echo "| $t | $used | $wall | ${execs:-?} | ${cov:-?} | ${ft:-?} | $finds | $verdict |" \
+	[ "$stalls" -gt 0 ] && verdict="$verdict ($stalls stall(s) resumed)"
+	echo "| $t | $total | $wall | $execs | ${cov:-?} | ${ft:-?} | $finds | $verdict |" \
 		>>"$L/runs.md"
 }
 
