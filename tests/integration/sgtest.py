@@ -296,6 +296,16 @@ def make_sasldb(path, users, realm=None):
     return path
 
 
+def unix_socket_accepts(path):
+    """True when something accepts connections on the Unix socket PATH."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def spawn_saslauthd(args, dir, log_path, timeout=10):
     """saslauthd ARGS in the foreground (-d) with its socket in DIR (-m),
     output to LOG_PATH, in a session of its own (so a test can stop the
@@ -309,12 +319,7 @@ def spawn_saslauthd(args, dir, log_path, timeout=10):
     def up():
         if proc.poll() is not None:
             raise RuntimeError("saslauthd exited: %s" % pathlib.Path(log_path).read_text())
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(sock)
-                return True
-            except OSError:
-                return False
+        return unix_socket_accepts(sock)
     wait_for(up, T(timeout), "saslauthd socket")
     return proc
 

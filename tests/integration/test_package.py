@@ -59,7 +59,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -209,15 +208,6 @@ def _skip_reason():
     return None
 
 
-def _saslauthd_up(path):
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(path)
-            return True
-        except OSError:
-            return False
-
-
 SASLAUTHD_INIT = "/etc/init.d/saslauthd"
 SASLAUTHD_DEFAULT = pathlib.Path("/etc/default/saslauthd")
 SASLAUTHD_MUX = "/run/saslauthd/mux"
@@ -249,7 +239,7 @@ class _StockHost:
                 shutil.copy2(f, b)
                 self.saved.append((f, b, f.stat()))
                 f.unlink()
-        self.was_running = _saslauthd_up(SASLAUTHD_MUX)
+        self.was_running = sgtest.unix_socket_accepts(SASLAUTHD_MUX)
         if self.was_running:
             _run([SASLAUTHD_INIT, "stop"], timeout=60)
         if SASLAUTHD_DEFAULT.exists():
@@ -258,7 +248,7 @@ class _StockHost:
         return self
 
     def __exit__(self, *exc):
-        if _saslauthd_up(SASLAUTHD_MUX) or os.path.exists(SASLAUTHD_MUX):
+        if sgtest.unix_socket_accepts(SASLAUTHD_MUX) or os.path.exists(SASLAUTHD_MUX):
             _run([SASLAUTHD_INIT, "stop"], timeout=60)
         if self.default_text is not None:
             SASLAUTHD_DEFAULT.write_text(self.default_text)
@@ -427,7 +417,7 @@ def test_package_lifecycle(workdir, start_postfix):
     made_user = False
     with _StockHost(workdir / "stock-backup"):
         try:
-            assert not SNAKEOIL[0].exists() and not _saslauthd_up(SASLAUTHD_MUX)
+            assert not SNAKEOIL[0].exists() and not sgtest.unix_socket_accepts(SASLAUTHD_MUX)
 
             # --- install
             p = _dpkg("-i", deb)
@@ -531,7 +521,7 @@ def test_package_lifecycle(workdir, start_postfix):
                 f.write("START=yes\n")
             p = _run([SASLAUTHD_INIT, "start"], timeout=60)
             assert p.returncode == 0, p.stdout + p.stderr
-            wait_for(lambda: _saslauthd_up(SASLAUTHD_MUX), T(20), "the system saslauthd's socket")
+            wait_for(lambda: sgtest.unix_socket_accepts(SASLAUTHD_MUX), T(20), "the system saslauthd's socket")
 
             # a system account; saslauthd checks it through PAM as installed
             assert _run(["getent", "passwd", PKG_USER]).returncode != 0, PKG_USER
